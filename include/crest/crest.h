@@ -1,0 +1,13 @@
+/* crest: an edge-triggered epoll reactor for Linux.  The umbrella header. */
+#ifndef CREST_CREST_H
+#define CREST_CREST_H
+
+#include "error.h"
+#include "log.h"
+#include "fdreg.h"
+#include "loop.h"
+#include "io.h"
+#include "timer.h"
+#include "signal.h"
+
+#endif

@@ -1,0 +1,106 @@
+/* crest: the event loop.
+ *
+ * Threads: a loop belongs to the thread that runs it.  Every function in
+ * crest that takes a loop, or an object created on a loop (io watcher,
+ * timer, signal watcher, connection, listener), must be called from that
+ * thread only.  The exceptions are crest_loop_post(), crest_loop_wake() and
+ * crest_loop_stop(), which any thread may call.  For more cores, run one loop
+ * per thread (or per process) with its own SO_REUSEPORT listener.
+ *
+ * Time: the loop reads CLOCK_MONOTONIC once per iteration and caches it;
+ * crest_loop_now() returns that cached value, so every callback of one
+ * iteration sees the same "now".
+ *
+ * Signals: creating a loop sets SIGPIPE to SIG_IGN if it still has the
+ * default disposition, so a write to a reset peer returns -EPIPE instead of
+ * killing the process.  crest's own socket writes also pass MSG_NOSIGNAL.
+ */
+#ifndef CREST_LOOP_H
+#define CREST_LOOP_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct crest_loop crest_loop_t;
+
+/* A plain callback with a user argument: deferred and posted work. */
+typedef void (*crest_cb)(crest_loop_t *loop, void *arg);
+
+/* Create a loop: one epoll instance and one eventfd for wake-ups, both
+ * close-on-exec and recorded in the fd registry.  0 or -errno. */
+int crest_loop_create(crest_loop_t **loopp);
+
+/* Destroy a loop.  Call it from the loop's thread, outside crest_loop_run().
+ * Watchers, timers and signal watchers still attached are released (their
+ * file descriptors, which belong to the caller, are not closed) and each is
+ * logged as a warning.  Posted callbacks not yet run are dropped.  Ends with
+ * the fd leak report for the fds this loop opened (see fdreg.h): it says
+ * "0 fds leaked" when clean.  Returns the number of fds this loop opened that
+ * are still open after its own are closed (0 when clean). */
+int crest_loop_destroy(crest_loop_t *loop);
+
+/* Run until crest_loop_stop() is called or nothing is left to wait for (no
+ * active io watcher, timer, signal watcher or deferred callback).  Returns 0,
+ * or -errno if epoll_wait fails with something other than EINTR. */
+int crest_loop_run(crest_loop_t *loop);
+
+/* Run one iteration: wait at most timeout_ms for events (-1: until the next
+ * timer or an event; 0: do not block), then dispatch them, due timers and
+ * deferred callbacks.  Returns 1 if something is still alive, 0 if not, or
+ * -errno. */
+int crest_loop_run_once(crest_loop_t *loop, int timeout_ms);
+
+/* Make crest_loop_run() return after the current iteration.  Safe from any
+ * thread and from a callback. */
+void crest_loop_stop(crest_loop_t *loop);
+
+/* The cached monotonic time of the current iteration, in milliseconds and in
+ * nanoseconds. */
+uint64_t crest_loop_now(const crest_loop_t *loop);
+uint64_t crest_loop_now_ns(const crest_loop_t *loop);
+
+/* Re-read the clock now (for long callbacks that want a fresh "now"). */
+void crest_loop_update_time(crest_loop_t *loop);
+
+/* Run cb(loop, arg) on the next iteration, in the loop's thread; the loop
+ * does not block while deferred work is pending.  Order is preserved.  No
+ * allocation per call once the queue has grown.  0 or -ENOMEM. */
+int crest_loop_defer(crest_loop_t *loop, crest_cb cb, void *arg);
+
+/* Thread-safe: queue cb(loop, arg) to run in the loop's thread and wake the
+ * loop through its eventfd.  Callbacks run in the order they were posted.
+ * 0 or -ENOMEM. */
+int crest_loop_post(crest_loop_t *loop, crest_cb cb, void *arg);
+
+/* Thread-safe: wake the loop out of epoll_wait without queuing work. */
+int crest_loop_wake(crest_loop_t *loop);
+
+/* User data attached to the loop. */
+void crest_loop_set_data(crest_loop_t *loop, void *data);
+void *crest_loop_get_data(const crest_loop_t *loop);
+
+/* Where the loop's time goes. */
+typedef struct crest_loop_stats {
+    uint64_t iterations;     /* calls into epoll_wait */
+    uint64_t wait_ns;        /* time spent blocked in epoll_wait */
+    uint64_t run_ns;         /* time spent dispatching (callbacks) */
+    uint64_t callbacks;      /* every callback the loop invoked */
+    uint64_t io_events;      /* events delivered to io watchers */
+    uint64_t stale_events;   /* events dropped: their watcher was gone */
+    uint64_t fed_events;     /* events re-queued on the ready list */
+    uint64_t timers_fired;
+    uint64_t deferred_run;
+    uint64_t posted_run;
+    uint64_t wakeups;        /* eventfd wake-ups read */
+    uint64_t signals;        /* signals delivered */
+} crest_loop_stats_t;
+
+void crest_loop_get_stats(const crest_loop_t *loop, crest_loop_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

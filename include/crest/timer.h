@@ -1,0 +1,60 @@
+/* crest: timers.
+ *
+ * Timers are measured against the loop's cached monotonic clock, in
+ * milliseconds.  A timer fires in the first iteration at or after its
+ * deadline; timers due in the same iteration fire in deadline order (ties in
+ * start order).
+ *
+ * crest_timer_again() restarts a timer with its repeat interval from "now"
+ * and costs O(1) when the new deadline is not earlier than the one the timer
+ * holds in the heap: it only moves the deadline, and the heap entry is fixed
+ * up lazily when it comes due.  This is the idle-timeout path that runs on
+ * every message.
+ */
+#ifndef CREST_TIMER_H
+#define CREST_TIMER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct crest_timer crest_timer_t;
+typedef void (*crest_timer_cb)(crest_timer_t *timer, void *arg);
+
+/* Create a stopped timer.  0 or -ENOMEM. */
+int crest_timer_create(crest_loop_t *loop, crest_timer_cb cb, void *arg,
+                       crest_timer_t **timerp);
+
+/* Arm: fire after timeout_ms, then every repeat_ms if repeat_ms > 0.  A
+ * running timer is re-armed.  A repeating timer that fell behind does not
+ * fire in a burst to catch up.  0 or -EINVAL (no callback). */
+int crest_timer_start(crest_timer_t *timer, uint64_t timeout_ms, uint64_t repeat_ms);
+
+/* Restart with the repeat interval from now (O(1), see above).  If the
+ * repeat interval is 0 the timer is stopped.  0 or -EINVAL. */
+int crest_timer_again(crest_timer_t *timer);
+
+/* Change the repeat interval used by the next crest_timer_again() and
+ * re-arm. */
+void crest_timer_set_repeat(crest_timer_t *timer, uint64_t repeat_ms);
+
+/* Cancel.  Safe to call on a stopped timer and from the timer's callback. */
+void crest_timer_stop(crest_timer_t *timer);
+
+bool crest_timer_active(const crest_timer_t *timer);
+
+/* Milliseconds until the timer fires (0 if due), or UINT64_MAX if stopped. */
+uint64_t crest_timer_remaining(const crest_timer_t *timer);
+
+/* Stop and free.  Safe from the timer's own callback. */
+void crest_timer_destroy(crest_timer_t *timer);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,132 @@
+/* crest internals shared between src/ files.  Not installed.
+ *
+ * Names: crest__ for internal functions (not exported from the shared
+ * library), static for file-local ones. */
+#ifndef CREST_INTERNAL_H
+#define CREST_INTERNAL_H
+
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0.1.0"
+#endif
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crest/crest.h"
+#include "timer_int.h"
+
+#define CREST__UNUSED(x) ((void)(x))
+#define CREST__LIKELY(x) __builtin_expect(!!(x), 1)
+#define CREST__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define CREST__CONTAINER_OF(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* An io watcher.  Embedded by the connection layer; allocated by
+ * crest_io_start() for applications. */
+struct crest_io {
+    crest_loop_t *loop;
+    int fd;
+    unsigned events;      /* interest: CREST_IO_READABLE|WRITABLE */
+    unsigned fed;         /* events queued on the ready list, 0 if not queued */
+    uint32_t gen;         /* registration generation, in epoll data */
+    bool counted;         /* keeps the loop alive */
+    bool heap_owned;      /* allocated by crest_io_start, freed on stop */
+    crest_io_cb cb;
+    void *arg;
+    struct crest_io *ready_prev, *ready_next; /* ready list links */
+    struct crest_io *free_next;  /* deferred-free link */
+};
+
+struct crest_deferred {
+    crest_cb cb;
+    void *arg;
+};
+
+struct crest_posted {
+    struct crest_posted *next;
+    crest_cb cb;
+    void *arg;
+};
+
+struct crest_loop {
+    int epfd;
+    int wakefd;
+    pthread_t thread;           /* the thread that created or runs the loop */
+    _Atomic int stop_flag;
+    bool running;
+    bool dispatching;
+
+    uint64_t now_ns;
+    uint32_t next_gen;
+    unsigned alive;             /* counted io watchers, timers, signals */
+
+    /* fd-indexed table of io watchers, with checked capacity */
+    struct crest_io **ios;
+    int ios_cap;
+    struct crest_io wake_io;
+
+    /* ready list (fed events), FIFO, doubly linked so stop can unlink */
+    struct crest_io *ready_head, *ready_tail;
+    unsigned ready_len;
+    /* watchers to free after this dispatch */
+    struct crest_io *free_list;
+
+    /* deferred callbacks: a ring that grows; swapped out per iteration */
+    struct crest_deferred *defer;
+    size_t defer_len, defer_cap;
+    struct crest_deferred *defer_run;
+    size_t defer_run_cap;
+
+    /* posts from other threads */
+    pthread_mutex_t post_lock;
+    struct crest_posted *post_head, *post_tail;
+
+    /* timers */
+    struct crest__timer_heap timers;
+
+    /* signals */
+    struct crest__signals *signals;
+
+    void *data;
+    crest_loop_stats_t stats;
+};
+
+/* Time */
+uint64_t crest__clock_ns(void);
+
+/* Loop internals used by other modules */
+bool crest__on_loop_thread(const crest_loop_t *loop);
+int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
+                   crest_io_cb cb, void *arg, bool counted);
+void crest__io_close(struct crest_io *io);  /* stop, for embedded watchers */
+void crest__loop_ref(crest_loop_t *loop);
+struct epoll_event;
+void crest__io_dispatch(crest_loop_t *loop, const struct epoll_event *evs, int n);
+void crest__io_run_ready(crest_loop_t *loop);
+void crest__io_free_stopped(crest_loop_t *loop);
+void crest__io_destroy_all(crest_loop_t *loop);
+void crest__loop_unref(crest_loop_t *loop);
+
+/* Posts (post.c) */
+void crest__post_drain(crest_loop_t *loop);
+void crest__post_discard(crest_loop_t *loop);
+int crest__wake_write(crest_loop_t *loop);
+void crest__wake_read(crest_loop_t *loop);
+
+/* Signals (signal.c) */
+void crest__signals_destroy(crest_loop_t *loop);
+
+/* fd registry with an owner (the loop or layer that opened it) */
+int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
+int crest__fd_report_owner(const void *owner, const char *what);
+
+/* Logging */
+#define crest__log crest_log
+bool crest__log_enabled(crest_log_level_t level);
+
+#endif

@@ -1,0 +1,218 @@
+/* io watchers: an fd-indexed table of watchers, each registration tagged
+ * with a generation, and the ready list of events fed back by callbacks. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "epoll.h"
+#include "internal.h"
+
+#define INTEREST_MASK (CREST_IO_READABLE | CREST_IO_WRITABLE)
+
+static int table_reserve(crest_loop_t *loop, int fd) {
+    if (fd < loop->ios_cap)
+        return 0;
+    int cap = loop->ios_cap ? loop->ios_cap : 64;
+    while (cap <= fd) {
+        if (cap > INT32_MAX / 2)
+            return -ENOMEM;
+        cap *= 2;
+    }
+    struct crest_io **n = realloc(loop->ios, (size_t)cap * sizeof *n);
+    if (!n)
+        return -ENOMEM;
+    memset(n + loop->ios_cap, 0, (size_t)(cap - loop->ios_cap) * sizeof *n);
+    loop->ios = n;
+    loop->ios_cap = cap;
+    return 0;
+}
+
+int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
+                   crest_io_cb cb, void *arg, bool counted) {
+    if (fd < 0 || (events & ~INTEREST_MASK) || !cb)
+        return -EINVAL;
+    int rc = table_reserve(loop, fd);
+    if (rc < 0)
+        return rc;
+    if (loop->ios[fd])
+        return -EEXIST;
+    /* Generation 0 is never used, so a zeroed tag never matches. */
+    if (++loop->next_gen == 0)
+        loop->next_gen = 1;
+    *io = (struct crest_io){
+        .loop = loop, .fd = fd, .events = events, .gen = loop->next_gen,
+        .counted = counted, .cb = cb, .arg = arg,
+    };
+    rc = crest__epoll_add(loop->epfd, fd, events, crest__event_tag(fd, io->gen));
+    if (rc < 0)
+        return rc;
+    loop->ios[fd] = io;
+    if (counted)
+        crest__loop_ref(loop);
+    return 0;
+}
+
+int crest_io_start(crest_loop_t *loop, int fd, unsigned events, crest_io_cb cb, void *arg,
+                   crest_io_t **iop) {
+    if (!loop || !iop)
+        return -EINVAL;
+    struct crest_io *io = malloc(sizeof *io);
+    if (!io)
+        return -ENOMEM;
+    int rc = crest__io_init(loop, io, fd, events, cb, arg, true);
+    if (rc < 0) {
+        free(io);
+        return rc;
+    }
+    io->heap_owned = true;
+    *iop = io;
+    return 0;
+}
+
+int crest_io_modify(crest_io_t *io, unsigned events) {
+    if (events & ~INTEREST_MASK)
+        return -EINVAL;
+    if (events == io->events)
+        return 0;
+    int rc = crest__epoll_mod(io->loop->epfd, io->fd, events, crest__event_tag(io->fd, io->gen));
+    if (rc == 0)
+        io->events = events;
+    return rc;
+}
+
+static void ready_unlink(crest_loop_t *loop, struct crest_io *io) {
+    if (io->ready_prev)
+        io->ready_prev->ready_next = io->ready_next;
+    else
+        loop->ready_head = io->ready_next;
+    if (io->ready_next)
+        io->ready_next->ready_prev = io->ready_prev;
+    else
+        loop->ready_tail = io->ready_prev;
+    io->ready_prev = io->ready_next = NULL;
+    io->fed = 0;
+    loop->ready_len--;
+}
+
+void crest_io_feed(crest_io_t *io, unsigned events) {
+    crest_loop_t *loop = io->loop;
+    if (!events)
+        return;
+    if (io->fed) {
+        io->fed |= events;
+        return;
+    }
+    io->fed = events;
+    io->ready_next = NULL;
+    io->ready_prev = loop->ready_tail;
+    if (loop->ready_tail)
+        loop->ready_tail->ready_next = io;
+    else
+        loop->ready_head = io;
+    loop->ready_tail = io;
+    loop->ready_len++;
+    loop->stats.fed_events++;
+}
+
+void crest__io_close(struct crest_io *io) {
+    crest_loop_t *loop = io->loop;
+    if (io->fd < 0 || loop->ios[io->fd] != io)
+        return;
+    /* Remove from epoll before the caller closes the fd: a dup()ed
+     * description would otherwise keep firing.  Errors (the caller closed
+     * the fd already) are harmless here. */
+    (void)crest__epoll_del(loop->epfd, io->fd);
+    loop->ios[io->fd] = NULL;
+    if (io->fed)
+        ready_unlink(loop, io);
+    if (io->counted)
+        crest__loop_unref(loop);
+}
+
+void crest_io_stop(crest_io_t *io) {
+    if (!io)
+        return;
+    crest_loop_t *loop = io->loop;
+    crest__io_close(io);
+    if (!io->heap_owned)
+        return;
+    if (loop->running) {
+        /* A callback may still hold it: free after this iteration. */
+        io->free_next = loop->free_list;
+        loop->free_list = io;
+    } else {
+        free(io);
+    }
+}
+
+int crest_io_fd(const crest_io_t *io) {
+    return io->fd;
+}
+
+unsigned crest_io_events(const crest_io_t *io) {
+    return io->events;
+}
+
+crest_loop_t *crest_io_loop(const crest_io_t *io) {
+    return io->loop;
+}
+
+/* Deliver one epoll batch.  An event whose tag no longer matches the
+ * watcher in the table (stopped, and maybe replaced by a new watcher on a
+ * reused fd number, earlier in this batch) is dropped. */
+void crest__io_dispatch(crest_loop_t *loop, const crest__event_t *evs, int n) {
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = evs[i].data.u64;
+        int fd = crest__tag_fd(tag);
+        struct crest_io *io = fd < loop->ios_cap ? loop->ios[fd] : NULL;
+        if (CREST__UNLIKELY(!io || io->gen != crest__tag_gen(tag))) {
+            loop->stats.stale_events++;
+            continue;
+        }
+        unsigned events = evs[i].events;
+        if (io->fed) {
+            /* The kernel's news supersedes what was fed. */
+            events |= io->fed;
+            ready_unlink(loop, io);
+        }
+        loop->stats.io_events++;
+        loop->stats.callbacks++;
+        io->cb(io, events, io->arg);
+    }
+}
+
+/* Serve the ready list as it stood on entry; events fed while serving wait
+ * for the next iteration. */
+void crest__io_run_ready(crest_loop_t *loop) {
+    unsigned n = loop->ready_len;
+    while (n-- > 0 && loop->ready_head) {
+        struct crest_io *io = loop->ready_head;
+        unsigned events = io->fed;
+        ready_unlink(loop, io);
+        loop->stats.callbacks++;
+        io->cb(io, events, io->arg);
+    }
+}
+
+void crest__io_free_stopped(crest_loop_t *loop) {
+    while (loop->free_list) {
+        struct crest_io *io = loop->free_list;
+        loop->free_list = io->free_next;
+        free(io);
+    }
+}
+
+void crest__io_destroy_all(crest_loop_t *loop) {
+    for (int fd = 0; fd < loop->ios_cap; fd++) {
+        struct crest_io *io = loop->ios[fd];
+        if (!io || io == &loop->wake_io || !io->heap_owned)
+            continue;
+        crest_log(CREST_LOG_WARN, "loop destroyed with an active io watcher on fd %d", fd);
+        crest_io_stop(io);
+    }
+    crest__io_free_stopped(loop);
+    free(loop->ios);
+    loop->ios = NULL;
+    loop->ios_cap = 0;
+}

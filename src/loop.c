@@ -1,0 +1,261 @@
+/* The reactor: create/destroy, one iteration, run/stop, deferred callbacks,
+ * loop statistics.
+ *
+ * One iteration:
+ *   1. read the clock; fire due timers
+ *   2. serve the ready list (events fed back by callbacks that stopped early)
+ *   3. run deferred callbacks queued before this iteration
+ *   4. epoll_wait: zero timeout if work is pending, else until the next timer
+ *   5. read the clock; dispatch the batch (stale events dropped)
+ *   6. free watchers stopped during the iteration */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+
+#include "epoll.h"
+#include "internal.h"
+
+#define MAX_EVENTS 256
+
+uint64_t crest__clock_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* SIGPIPE must never kill a process that uses crest.  Only the default
+ * disposition is changed: an application's own handler is left alone. */
+static void ignore_sigpipe(void) {
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL &&
+        !(old.sa_flags & SA_SIGINFO)) {
+        struct sigaction ign;
+        memset(&ign, 0, sizeof ign);
+        ign.sa_handler = SIG_IGN;
+        sigemptyset(&ign.sa_mask);
+        sigaction(SIGPIPE, &ign, NULL);
+    }
+}
+
+static void on_wake(crest_io_t *io, unsigned events, void *arg) {
+    CREST__UNUSED(io);
+    CREST__UNUSED(events);
+    crest_loop_t *loop = arg;
+    crest__wake_read(loop);
+    crest__post_drain(loop);
+}
+
+int crest_loop_create(crest_loop_t **loopp) {
+    if (!loopp)
+        return -EINVAL;
+    ignore_sigpipe();
+    crest_loop_t *loop = calloc(1, sizeof *loop);
+    if (!loop)
+        return -ENOMEM;
+    loop->epfd = loop->wakefd = -1;
+    loop->thread = pthread_self();
+    pthread_mutex_init(&loop->post_lock, NULL);
+    loop->now_ns = crest__clock_ns();
+
+    int rc = crest__epoll_create(loop);
+    if (rc < 0)
+        goto fail;
+    loop->epfd = rc;
+    loop->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (loop->wakefd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = crest__fd_register(loop->wakefd, CREST_FD_EVENTFD, loop, CREST_HERE);
+    if (rc < 0) {
+        close(loop->wakefd);
+        loop->wakefd = -1;
+        goto fail;
+    }
+    /* The wake-up watcher does not keep the loop alive. */
+    rc = crest__io_init(loop, &loop->wake_io, loop->wakefd, CREST_IO_READABLE, on_wake, loop,
+                        false);
+    if (rc < 0)
+        goto fail;
+    *loopp = loop;
+    return 0;
+fail:
+    if (loop->wakefd >= 0)
+        crest_fd_close(loop->wakefd);
+    if (loop->epfd >= 0)
+        crest_fd_close(loop->epfd);
+    free(loop->ios);
+    pthread_mutex_destroy(&loop->post_lock);
+    free(loop);
+    return rc;
+}
+
+int crest_loop_destroy(crest_loop_t *loop) {
+    if (!loop)
+        return 0;
+    crest__signals_destroy(loop);
+    crest__timers_destroy(loop);
+    crest__io_close(&loop->wake_io);
+    crest__io_destroy_all(loop);
+    crest__post_discard(loop);
+    free(loop->defer);
+    free(loop->defer_run);
+    crest_fd_close(loop->wakefd);
+    crest_fd_close(loop->epfd);
+    pthread_mutex_destroy(&loop->post_lock);
+    int leaked = crest__fd_report_owner(loop, "crest loop destroyed");
+    free(loop);
+    return leaked;
+}
+
+void crest__loop_ref(crest_loop_t *loop) {
+    loop->alive++;
+}
+
+void crest__loop_unref(crest_loop_t *loop) {
+    loop->alive--;
+}
+
+bool crest__on_loop_thread(const crest_loop_t *loop) {
+    return pthread_equal(loop->thread, pthread_self());
+}
+
+static bool has_pending(const crest_loop_t *loop) {
+    return loop->defer_len > 0 || loop->ready_head != NULL;
+}
+
+static bool is_alive(const crest_loop_t *loop) {
+    return loop->alive > 0 || has_pending(loop);
+}
+
+void crest_loop_update_time(crest_loop_t *loop) {
+    loop->now_ns = crest__clock_ns();
+}
+
+uint64_t crest_loop_now(const crest_loop_t *loop) {
+    return loop->now_ns / 1000000u;
+}
+
+uint64_t crest_loop_now_ns(const crest_loop_t *loop) {
+    return loop->now_ns;
+}
+
+int crest_loop_defer(crest_loop_t *loop, crest_cb cb, void *arg) {
+    if (!loop || !cb)
+        return -EINVAL;
+    if (loop->defer_len == loop->defer_cap) {
+        size_t cap = loop->defer_cap ? loop->defer_cap * 2 : 16;
+        struct crest_deferred *n = realloc(loop->defer, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        loop->defer = n;
+        loop->defer_cap = cap;
+    }
+    loop->defer[loop->defer_len++] = (struct crest_deferred){cb, arg};
+    return 0;
+}
+
+/* Run the callbacks deferred before this point; those they defer wait for
+ * the next iteration.  The two arrays swap roles, so nothing is allocated
+ * once both have grown. */
+static void run_deferred(crest_loop_t *loop) {
+    size_t n = loop->defer_len;
+    if (n == 0)
+        return;
+    struct crest_deferred *batch = loop->defer;
+    size_t batch_cap = loop->defer_cap;
+    loop->defer = loop->defer_run;
+    loop->defer_cap = loop->defer_run_cap;
+    loop->defer_len = 0;
+    loop->defer_run = batch;
+    loop->defer_run_cap = batch_cap;
+    for (size_t i = 0; i < n; i++) {
+        loop->stats.deferred_run++;
+        loop->stats.callbacks++;
+        batch[i].cb(loop, batch[i].arg);
+    }
+}
+
+static int poll_timeout(crest_loop_t *loop, int timeout_ms) {
+    if (timeout_ms == 0 || has_pending(loop) || atomic_load(&loop->stop_flag))
+        return 0;
+    /* Nothing could ever wake a dead loop but a post: do not block. */
+    if (!is_alive(loop) && timeout_ms < 0)
+        return 0;
+    int next = crest__timers_next_timeout(loop);
+    if (next < 0)
+        return timeout_ms;
+    return timeout_ms < 0 || next < timeout_ms ? next : timeout_ms;
+}
+
+int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
+    crest__event_t events[MAX_EVENTS];
+    bool was_running = loop->running;
+    loop->running = true;
+    loop->thread = pthread_self();
+
+    uint64_t t0 = crest__clock_ns();
+    loop->now_ns = t0;
+    loop->stats.timers_fired += crest__timers_run(loop);
+    crest__io_run_ready(loop);
+    run_deferred(loop);
+
+    int timeout = poll_timeout(loop, timeout_ms);
+    uint64_t t1 = crest__clock_ns();
+    int n = crest__epoll_wait(loop->epfd, events, MAX_EVENTS, timeout);
+    uint64_t t2 = crest__clock_ns();
+    loop->now_ns = t2;
+    loop->stats.iterations++;
+    loop->stats.wait_ns += t2 - t1;
+
+    if (n > 0)
+        crest__io_dispatch(loop, events, n);
+    crest__io_free_stopped(loop);
+    loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);
+    loop->running = was_running;
+    if (n < 0)
+        return n;
+    return is_alive(loop) ? 1 : 0;
+}
+
+int crest_loop_run(crest_loop_t *loop) {
+    if (!loop)
+        return -EINVAL;
+    if (loop->running)
+        return -EBUSY;
+    int rc = 0;
+    while (!atomic_load(&loop->stop_flag)) {
+        rc = crest_loop_run_once(loop, -1);
+        if (rc <= 0)
+            break;
+    }
+    /* A stop is consumed by the run it ended (or, if it came before, by the
+     * run it prevented). */
+    atomic_store(&loop->stop_flag, 0);
+    /* Time already spent ends here; the clock is fresh for what follows. */
+    loop->now_ns = crest__clock_ns();
+    return rc < 0 ? rc : 0;
+}
+
+void crest_loop_stop(crest_loop_t *loop) {
+    atomic_store(&loop->stop_flag, 1);
+    if (!crest__on_loop_thread(loop))
+        (void)crest__wake_write(loop);
+}
+
+void crest_loop_set_data(crest_loop_t *loop, void *data) {
+    loop->data = data;
+}
+
+void *crest_loop_get_data(const crest_loop_t *loop) {
+    return loop->data;
+}
+
+void crest_loop_get_stats(const crest_loop_t *loop, crest_loop_stats_t *out) {
+    *out = loop->stats;
+}

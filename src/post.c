@@ -1,0 +1,82 @@
+/* Cross-thread posts and wake-ups: a mutex-protected FIFO and an eventfd.
+ *
+ * The eventfd is written only when a post makes the queue non-empty: a
+ * burst of posts costs one wake-up.  The loop reads the eventfd before it
+ * drains the queue, so a post that lands between the two is either drained
+ * now or announced by its own write. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int crest__wake_write(crest_loop_t *loop) {
+    uint64_t one = 1;
+    for (;;) {
+        if (write(loop->wakefd, &one, sizeof one) == (ssize_t)sizeof one)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        /* EAGAIN: the counter is saturated, so a wake-up is pending anyway. */
+        return errno == EAGAIN ? 0 : -errno;
+    }
+}
+
+void crest__wake_read(crest_loop_t *loop) {
+    uint64_t value;
+    while (read(loop->wakefd, &value, sizeof value) < 0 && errno == EINTR) {
+    }
+    loop->stats.wakeups++;
+}
+
+int crest_loop_wake(crest_loop_t *loop) {
+    return loop ? crest__wake_write(loop) : -EINVAL;
+}
+
+int crest_loop_post(crest_loop_t *loop, crest_cb cb, void *arg) {
+    if (!loop || !cb)
+        return -EINVAL;
+    struct crest_posted *p = malloc(sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    *p = (struct crest_posted){.cb = cb, .arg = arg};
+    pthread_mutex_lock(&loop->post_lock);
+    bool was_empty = loop->post_head == NULL;
+    if (loop->post_tail)
+        loop->post_tail->next = p;
+    else
+        loop->post_head = p;
+    loop->post_tail = p;
+    pthread_mutex_unlock(&loop->post_lock);
+    return was_empty ? crest__wake_write(loop) : 0;
+}
+
+static struct crest_posted *take_all(crest_loop_t *loop) {
+    pthread_mutex_lock(&loop->post_lock);
+    struct crest_posted *p = loop->post_head;
+    loop->post_head = loop->post_tail = NULL;
+    pthread_mutex_unlock(&loop->post_lock);
+    return p;
+}
+
+void crest__post_drain(crest_loop_t *loop) {
+    struct crest_posted *p = take_all(loop);
+    while (p) {
+        struct crest_posted *next = p->next;
+        loop->stats.posted_run++;
+        loop->stats.callbacks++;
+        p->cb(loop, p->arg);
+        free(p);
+        p = next;
+    }
+}
+
+void crest__post_discard(crest_loop_t *loop) {
+    struct crest_posted *p = take_all(loop);
+    while (p) {
+        struct crest_posted *next = p->next;
+        free(p);
+        p = next;
+    }
+}

@@ -1,0 +1,43 @@
+/* Timer internals: a binary min-heap of timers keyed by deadline, with lazy
+ * deadlines so crest_timer_again() is O(1). */
+#ifndef CREST_TIMER_INT_H
+#define CREST_TIMER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crest/timer.h"
+
+struct crest_timer {
+    struct crest_loop *loop;
+    crest_timer_cb cb;
+    void *arg;
+    uint64_t key_ns;      /* deadline the heap is ordered by */
+    uint64_t due_ns;      /* real deadline; >= key_ns while in the heap */
+    uint64_t repeat_ns;
+    uint64_t seq;         /* start order, breaks ties */
+    size_t heap_index;    /* position in the heap, SIZE_MAX when stopped */
+    bool heap_owned;      /* allocated by crest_timer_create */
+    bool counted;         /* keeps the loop alive while active */
+    bool in_callback;
+    bool destroy_pending;
+};
+
+struct crest__timer_heap {
+    struct crest_timer **v;
+    size_t len, cap;
+    uint64_t seq;
+};
+
+void crest__timer_init(struct crest_loop *loop, struct crest_timer *t,
+                       crest_timer_cb cb, void *arg, bool counted);
+/* Arm t to fire at deadline due_ns (absolute, loop clock). */
+int crest__timer_start_at(struct crest_timer *t, uint64_t due_ns, uint64_t repeat_ns);
+void crest__timers_destroy(struct crest_loop *loop);
+/* Fire due timers; returns how many fired. */
+unsigned crest__timers_run(struct crest_loop *loop);
+/* ms until the next timer, -1 if none (for epoll_wait). */
+int crest__timers_next_timeout(struct crest_loop *loop);
+
+#endif
