@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "crest/crest.h"
+#include "buf.h"
 #include "timer_int.h"
 
 #define CREST__UNUSED(x) ((void)(x))
@@ -92,9 +93,20 @@ struct crest_loop {
     /* signals */
     struct crest__signals *signals;
 
+    /* connections (conn.c, listener.c) */
+    struct crest__pool pool;
+    crest_conn_stats_t conn_stats;
+    struct crest_conn *conns;          /* every live connection */
+    struct crest_conn *zombies;        /* closed, freed after this iteration */
+    struct crest_listener *listeners;  /* open listeners */
+
     void *data;
     crest_loop_stats_t stats;
 };
+
+/* An internal event bit (no epoll flag uses it): fed to a watcher to make
+ * it finish pending work on the next iteration, with no readiness news. */
+#define CREST__IO_KICK (1u << 27)
 
 /* Time */
 uint64_t crest__clock_ns(void);
@@ -124,6 +136,12 @@ void crest__signals_destroy(crest_loop_t *loop);
 /* fd registry with an owner (the loop or layer that opened it) */
 int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
 int crest__fd_report_owner(const void *owner, const char *what);
+
+/* Connections (conn.c, listener.c): reap closed ones after each
+ * iteration; tear everything down with the loop. */
+void crest__conns_reap(crest_loop_t *loop);
+void crest__conns_destroy(crest_loop_t *loop);
+void crest__listeners_destroy(crest_loop_t *loop);
 
 /* Logging */
 #define crest__log crest_log

@@ -98,6 +98,8 @@ fail:
 int crest_loop_destroy(crest_loop_t *loop) {
     if (!loop)
         return 0;
+    crest__listeners_destroy(loop);
+    crest__conns_destroy(loop);
     crest__signals_destroy(loop);
     crest__timers_destroy(loop);
     crest__io_close(&loop->wake_io);
@@ -105,6 +107,7 @@ int crest_loop_destroy(crest_loop_t *loop) {
     crest__post_discard(loop);
     free(loop->defer);
     free(loop->defer_run);
+    crest__pool_destroy(&loop->pool);
     crest_fd_close(loop->wakefd);
     crest_fd_close(loop->epfd);
     pthread_mutex_destroy(&loop->post_lock);
@@ -216,6 +219,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     if (n > 0)
         crest__io_dispatch(loop, events, n);
     crest__io_free_stopped(loop);
+    crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);
     loop->running = was_running;
     if (n < 0)

@@ -9,5 +9,10 @@
 #include "io.h"
 #include "timer.h"
 #include "signal.h"
+#include "addr.h"
+#include "sockopt.h"
+#include "codec.h"
+#include "conn.h"
+#include "listener.h"
 
 #endif

@@ -1,0 +1,230 @@
+/* crest: connections and the protocol-handler contract.
+ *
+ * A connection is a nonblocking stream socket (TCP or Unix-domain) that the
+ * loop reads and writes for a protocol handler.  It is registered with epoll
+ * once, for readable|writable|rdhup, edge-triggered, and caches readiness:
+ * no epoll_ctl per message, and a short read means "drained" (no extra read
+ * that would return EAGAIN).
+ *
+ * State machine:
+ *   CONNECTING -> OPEN            outbound connect completed
+ *   OPEN -> HALF_CLOSED           the peer shut down its side (EOF); output
+ *                                 may still be written and is flushed
+ *   OPEN|HALF_CLOSED -> CLOSING   crest_conn_close(): reading stops, queued
+ *                                 output is flushed, then the socket closes
+ *   any -> CLOSED                 on_close(reason) runs exactly once; the
+ *                                 connection is freed after the callbacks of
+ *                                 this iteration return
+ *
+ * Reading: one event reads at most read_budget bytes; a connection still
+ * readable after that goes on the loop's ready list and is served next
+ * iteration, so a fast sender cannot starve the others.
+ *
+ * Writing: crest_conn_write() writes straight to the socket when it is
+ * writable and nothing is queued; what the kernel does not take is copied
+ * to the output queue and sent on the EPOLLOUT edge.  Writes made inside
+ * on_data/on_message are gathered and sent with one writev when the
+ * callback returns (one syscall for many pipelined replies).
+ *
+ * Backpressure: when queued output exceeds high_water, the connection stops
+ * reading and calls on_high_water; when it falls to low_water, reading
+ * resumes and on_drain is called.  Memory per slow reader stays bounded by
+ * high_water plus one message.
+ *
+ * Memory: a connection at rest holds no buffer.  Input and output chunks
+ * come from the loop's pool and go back when empty (see
+ * crest_loop_buf_stats()).
+ *
+ * Threads: a connection belongs to its loop's thread.
+ */
+#ifndef CREST_CONN_H
+#define CREST_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "addr.h"
+#include "codec.h"
+#include "loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct crest_conn crest_conn_t;
+
+typedef enum crest_conn_state {
+    CREST_CONN_CONNECTING = 0,
+    CREST_CONN_OPEN,
+    CREST_CONN_HALF_CLOSED,
+    CREST_CONN_CLOSING,
+    CREST_CONN_CLOSED
+} crest_conn_state_t;
+
+/* Why a connection closed.  Counted per loop (crest_loop_conn_stats()). */
+typedef enum crest_close_reason {
+    CREST_CLOSE_PEER_EOF = 0,     /* the peer closed cleanly */
+    CREST_CLOSE_PEER_RESET,       /* ECONNRESET / EPIPE */
+    CREST_CLOSE_IO_ERROR,         /* another read/write error */
+    CREST_CLOSE_IDLE_TIMEOUT,
+    CREST_CLOSE_READ_TIMEOUT,     /* a message started but not finished */
+    CREST_CLOSE_WRITE_TIMEOUT,    /* output not drained */
+    CREST_CLOSE_CONNECT_TIMEOUT,
+    CREST_CLOSE_CONNECT_FAILED,   /* refused, unreachable, ... (err says) */
+    CREST_CLOSE_PROTOCOL_ERROR,   /* the handler rejected the input */
+    CREST_CLOSE_TOO_LARGE,        /* line too long / frame too large */
+    CREST_CLOSE_LOCAL,            /* crest_conn_close() */
+    CREST_CLOSE_ABORT,            /* crest_conn_abort(): RST */
+    CREST_CLOSE_CONN_LIMIT,       /* refused: the listener is full */
+    CREST_CLOSE_NO_MEMORY,
+    CREST_CLOSE_SHUTDOWN,         /* the loop or server is shutting down */
+    CREST_CLOSE_REASON_COUNT
+} crest_close_reason_t;
+
+/* "peer EOF", "frame too large", ... */
+const char *crest_close_reason_name(crest_close_reason_t reason);
+/* "peer_eof", "too_large", ...: for metrics and key=value output. */
+const char *crest_close_reason_key(crest_close_reason_t reason);
+
+/* The protocol-handler contract.  Every callback is optional except
+ * on_data (RAW framing) or on_message (LINE/LENGTH framing).  The handler's
+ * context, given to crest_listen()/crest_connect(), is
+ * crest_conn_handler_ctx(c); per-connection data is crest_conn_set_data().
+ * A callback may write, close or abort its connection; after a close the
+ * connection stays valid until the callback returns. */
+typedef struct crest_handler {
+    /* Accepted, or outbound connect completed. */
+    void (*on_open)(crest_conn_t *c);
+    /* RAW: bytes arrived.  Return how many were consumed (0..len; the rest
+     * is kept and offered again with more), or a negative crest_close_reason_t
+     * (-CREST_CLOSE_PROTOCOL_ERROR, ...) to close the connection. */
+    ssize_t (*on_data)(crest_conn_t *c, const uint8_t *data, size_t len);
+    /* LINE/LENGTH: one whole message (payload, without framing).  Return 0,
+     * or a negative crest_close_reason_t to close. */
+    int (*on_message)(crest_conn_t *c, const uint8_t *msg, size_t len);
+    /* The peer shut down its side; all its data has been delivered.  Without
+     * on_eof, the connection closes (reason PEER_EOF) once output is
+     * flushed.  With it, the handler decides (write more, then close). */
+    void (*on_eof)(crest_conn_t *c);
+    /* Output rose above high_water: reading is paused. */
+    void (*on_high_water)(crest_conn_t *c);
+    /* Output fell to low_water after a high-water pause: reading resumed. */
+    void (*on_drain)(crest_conn_t *c);
+    /* Closed, exactly once.  err is the errno behind the reason, or 0. */
+    void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
+} crest_handler_t;
+
+/* Per-connection settings.  Start from crest_conn_opts_init(). */
+typedef struct crest_conn_opts {
+    crest_framing_t framing;      /* RAW (default), LINE or LENGTH */
+    size_t max_input;             /* RAW: most unconsumed bytes buffered (64 KiB) */
+    size_t read_budget;           /* bytes read per event before yielding (64 KiB) */
+    size_t high_water;            /* output queue: pause reading above (1 MiB) */
+    size_t low_water;             /* resume at or below (256 KiB) */
+    uint32_t idle_timeout_ms;     /* no bytes in or out for this long (0: off) */
+    uint32_t read_timeout_ms;     /* a message started but not finished (0: off) */
+    uint32_t write_timeout_ms;    /* output queued with no progress (0: off) */
+    uint32_t connect_timeout_ms;  /* outbound connect (0: off) */
+    bool nodelay;                 /* TCP_NODELAY (default true) */
+    bool keepalive;               /* SO_KEEPALIVE (default false) */
+    int keepalive_idle_s, keepalive_interval_s, keepalive_count;
+    unsigned user_timeout_ms;     /* TCP_USER_TIMEOUT (0: system default) */
+    int sndbuf, rcvbuf;           /* 0: kernel default (autotuned) */
+} crest_conn_opts_t;
+
+void crest_conn_opts_init(crest_conn_opts_t *opts);
+
+/* Outbound: a nonblocking connect to addr (see addr.h).  The connection
+ * starts CONNECTING; on_open runs when it completes, or on_close with
+ * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
+ * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
+ * (the callbacks never run then). */
+int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
+                  const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
+int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
+                       const crest_conn_opts_t *opts, const crest_handler_t *handler, void *ctx,
+                       crest_conn_t **connp);
+
+/* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
+ * after close or shutdown, -ENOMEM. */
+int crest_conn_write(crest_conn_t *c, const void *data, size_t len);
+int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
+/* Write msg framed as the connection's framing says: header + payload for
+ * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large. */
+int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
+
+/* Batch: while corked, writes are queued without syscalls; uncork sends
+ * everything with one writev (one segment for a burst of small writes). */
+void crest_conn_cork(crest_conn_t *c);
+int crest_conn_uncork(crest_conn_t *c);
+
+/* Half-close our side (shutdown(SHUT_WR)) once queued output is flushed.
+ * Reading goes on. */
+int crest_conn_shutdown(crest_conn_t *c);
+/* Graceful close: stop reading, flush output, close (reason LOCAL). */
+void crest_conn_close(crest_conn_t *c);
+/* Close with a reason and a logged explanation ("frame too large: 70000
+ * bytes, limit 65536"): the way to reject bad peer input.  Graceful like
+ * crest_conn_close() (queued output is still flushed). */
+void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Abortive close: drop queued output and send RST (SO_LINGER 0). */
+void crest_conn_abort(crest_conn_t *c);
+
+/* Pause / resume reading (the handler's own flow control). */
+void crest_conn_pause(crest_conn_t *c);
+void crest_conn_resume(crest_conn_t *c);
+
+/* Change this connection's socket options; the effective buffer size is
+ * returned (see sockopt.h). */
+int crest_conn_set_nodelay(crest_conn_t *c, bool on);
+int crest_conn_set_sndbuf(crest_conn_t *c, int bytes);
+int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes);
+
+void crest_conn_set_data(crest_conn_t *c, void *data);
+void *crest_conn_get_data(const crest_conn_t *c);
+void *crest_conn_handler_ctx(const crest_conn_t *c);
+crest_loop_t *crest_conn_loop(const crest_conn_t *c);
+crest_conn_state_t crest_conn_state(const crest_conn_t *c);
+int crest_conn_fd(const crest_conn_t *c);
+size_t crest_conn_output_bytes(const crest_conn_t *c);
+/* The peer's address ("127.0.0.1:40000"), into buf. */
+int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size);
+
+/* Per-loop connection counters. */
+typedef struct crest_conn_stats {
+    uint64_t opened;           /* accepted + connected */
+    uint64_t active;           /* open now */
+    uint64_t closed;
+    uint64_t bytes_in, bytes_out;
+    uint64_t messages_in;      /* framed messages delivered */
+    uint64_t reads, writes;    /* syscalls */
+    uint64_t paused;           /* high-water pauses */
+    uint64_t close_reasons[CREST_CLOSE_REASON_COUNT];
+} crest_conn_stats_t;
+
+void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);
+
+/* Close every connection of the loop (reason SHUTDOWN): graceful, or
+ * abortive if abort is set.  Used by servers on SIGTERM. */
+void crest_loop_close_all(crest_loop_t *loop, bool abort);
+
+/* The loop's buffer pool: bytes allocated from the system, bytes holding
+ * data now, the most ever in use.  in_use is 0 when every connection is
+ * at rest; allocated is 0 after crest_loop_destroy(). */
+typedef struct crest_buf_stats {
+    uint64_t allocated;
+    uint64_t in_use;
+    uint64_t peak;
+    uint64_t chunks_free;
+} crest_buf_stats_t;
+
+void crest_loop_buf_stats(const crest_loop_t *loop, crest_buf_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,79 @@
+/* crest: listeners.
+ *
+ * A listener accepts connections on an IPv4, IPv6 or Unix-domain address
+ * and hands each to its protocol handler.  Accepting uses accept4 with
+ * SOCK_NONBLOCK|SOCK_CLOEXEC, in a loop until EAGAIN, at most
+ * accept_batch per event (the rest is served next iteration).
+ *
+ * Out of fds (EMFILE/ENFILE): the listener keeps one spare fd open.  It
+ * closes the spare, accepts the pending connection and closes it at once,
+ * reopens the spare, counts and logs it (at most once a second), and goes
+ * on serving the connections it has.  It never spins.
+ *
+ * Connection limit: past max_conns, new connections are accepted and closed
+ * at once (reason CONN_LIMIT), and counted.
+ */
+#ifndef CREST_LISTENER_H
+#define CREST_LISTENER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct crest_listener crest_listener_t;
+
+typedef struct crest_listen_opts {
+    int backlog;            /* default 511 */
+    bool reuseaddr;         /* default true (TCP) */
+    bool reuseport;         /* SO_REUSEPORT: one listener per loop/process */
+    bool ipv6_only;         /* IPV6_V6ONLY for "[::]" */
+    unsigned max_conns;     /* 0: no limit */
+    unsigned accept_batch;  /* accepts per event; default 64 */
+    unsigned unix_mode;     /* chmod of a Unix socket path; 0: leave */
+    crest_conn_opts_t conn; /* applied to every accepted connection;
+                               sndbuf/rcvbuf are set on the listener before
+                               listen() and inherited */
+} crest_listen_opts_t;
+
+void crest_listen_opts_init(crest_listen_opts_t *opts);
+
+/* Bind and listen on addr (see addr.h), with handler and its ctx for every
+ * accepted connection.  opts may be NULL; it is copied.  A Unix socket path
+ * left by a dead process is replaced.  0 and *lp, or -errno. */
+int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
+                 const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
+
+/* Stop accepting and close the listening socket (and unlink a Unix path).
+ * Connections already accepted are not affected. */
+void crest_listener_close(crest_listener_t *l);
+
+/* The bound address, e.g. with the port the kernel picked for port 0. */
+int crest_listener_address(const crest_listener_t *l, char *buf, size_t size);
+int crest_listener_port(const crest_listener_t *l);
+int crest_listener_fd(const crest_listener_t *l);
+
+/* Effective SO_SNDBUF/SO_RCVBUF of the listening socket (inherited by
+ * accepted sockets): what the kernel applied, not what was asked. */
+int crest_listener_sndbuf(const crest_listener_t *l);
+int crest_listener_rcvbuf(const crest_listener_t *l);
+
+typedef struct crest_listener_stats {
+    uint64_t accepted;
+    uint64_t active;          /* accepted connections open now */
+    uint64_t refused_limit;   /* closed at once: max_conns reached */
+    uint64_t emfile;          /* dropped while out of fds */
+    uint64_t accept_errors;   /* other accept4 failures */
+} crest_listener_stats_t;
+
+void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,481 @@
+/* Connections: creation, the close state machine, timeouts, options and
+ * the public accessors.  The byte paths (read, deliver, write) are in
+ * conn_io.c.
+ *
+ * Closing has two halves.  A close is *requested* (by the handler, a
+ * timeout, a socket error or bad input): the first reason wins, reading
+ * stops, and, for a graceful close, queued output keeps flowing.  It is
+ * *settled* only from a loop callback, never from inside an API call the
+ * handler made: when the output is flushed (or the close is abortive) the
+ * socket is closed, on_close runs once, and the memory goes after this
+ * iteration (the zombie list), so a pointer held by a callback stays valid
+ * until it returns. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "conn_int.h"
+
+#define NS_PER_MS 1000000ull
+/* A graceful close whose peer never reads is bounded by the write timeout,
+ * or by this when none is set. */
+#define CLOSE_LINGER_MS 10000u
+
+static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
+    [CREST_CLOSE_PEER_EOF] = "peer EOF",
+    [CREST_CLOSE_PEER_RESET] = "peer reset",
+    [CREST_CLOSE_IO_ERROR] = "i/o error",
+    [CREST_CLOSE_IDLE_TIMEOUT] = "idle timeout",
+    [CREST_CLOSE_READ_TIMEOUT] = "read timeout",
+    [CREST_CLOSE_WRITE_TIMEOUT] = "write timeout",
+    [CREST_CLOSE_CONNECT_TIMEOUT] = "connect timeout",
+    [CREST_CLOSE_CONNECT_FAILED] = "connect failed",
+    [CREST_CLOSE_PROTOCOL_ERROR] = "protocol error",
+    [CREST_CLOSE_TOO_LARGE] = "too large",
+    [CREST_CLOSE_LOCAL] = "local close",
+    [CREST_CLOSE_ABORT] = "local abort",
+    [CREST_CLOSE_CONN_LIMIT] = "connection limit",
+    [CREST_CLOSE_NO_MEMORY] = "out of memory",
+    [CREST_CLOSE_SHUTDOWN] = "shutdown",
+};
+
+static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
+    [CREST_CLOSE_PEER_EOF] = "peer_eof",
+    [CREST_CLOSE_PEER_RESET] = "peer_reset",
+    [CREST_CLOSE_IO_ERROR] = "io_error",
+    [CREST_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
+    [CREST_CLOSE_READ_TIMEOUT] = "read_timeout",
+    [CREST_CLOSE_WRITE_TIMEOUT] = "write_timeout",
+    [CREST_CLOSE_CONNECT_TIMEOUT] = "connect_timeout",
+    [CREST_CLOSE_CONNECT_FAILED] = "connect_failed",
+    [CREST_CLOSE_PROTOCOL_ERROR] = "protocol_error",
+    [CREST_CLOSE_TOO_LARGE] = "too_large",
+    [CREST_CLOSE_LOCAL] = "local",
+    [CREST_CLOSE_ABORT] = "abort",
+    [CREST_CLOSE_CONN_LIMIT] = "conn_limit",
+    [CREST_CLOSE_NO_MEMORY] = "no_memory",
+    [CREST_CLOSE_SHUTDOWN] = "shutdown",
+};
+
+const char *crest_close_reason_name(crest_close_reason_t reason) {
+    return (unsigned)reason < CREST_CLOSE_REASON_COUNT ? reason_names[reason] : "unknown";
+}
+
+const char *crest_close_reason_key(crest_close_reason_t reason) {
+    return (unsigned)reason < CREST_CLOSE_REASON_COUNT ? reason_keys[reason] : "unknown";
+}
+
+void crest_conn_opts_init(crest_conn_opts_t *o) {
+    memset(o, 0, sizeof *o);
+    o->framing.kind = CREST_FRAMING_RAW;
+    o->max_input = 64 * 1024;
+    o->read_budget = 64 * 1024;
+    o->high_water = 1024 * 1024;
+    o->low_water = 256 * 1024;
+    o->nodelay = true;
+}
+
+/* ---- endpoints ---------------------------------------------------------- */
+
+struct crest__endpoint *crest__endpoint_new(const crest_handler_t *handler, void *ctx,
+                                            const crest_conn_opts_t *opts) {
+    if (!handler)
+        return NULL;
+    struct crest__endpoint *ep = calloc(1, sizeof *ep);
+    if (!ep)
+        return NULL;
+    ep->handler = *handler;
+    ep->ctx = ctx;
+    if (opts)
+        ep->opts = *opts;
+    else
+        crest_conn_opts_init(&ep->opts);
+    crest_conn_opts_t *o = &ep->opts;
+    if (o->framing.kind != CREST_FRAMING_RAW && o->framing.max_message == 0)
+        o->framing.max_message = CREST_FRAMING_DEFAULT_MAX;
+    if (o->read_budget == 0)
+        o->read_budget = 64 * 1024;
+    if (o->high_water == 0)
+        o->high_water = 1024 * 1024;
+    if (o->low_water > o->high_water)
+        o->low_water = o->high_water;
+    ep->max_buffered = o->framing.kind == CREST_FRAMING_RAW
+                           ? (o->max_input ? o->max_input : 64 * 1024)
+                           : crest_framing_max_buffered(&o->framing);
+    ep->refs = 1;
+    return ep;
+}
+
+void crest__endpoint_release(struct crest__endpoint *ep) {
+    if (ep && --ep->refs == 0)
+        free(ep);
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
+    int rc;
+    if (o->sndbuf > 0 && (rc = crest_sockopt_set_sndbuf(fd, o->sndbuf)) < 0)
+        return rc;
+    if (o->rcvbuf > 0 && (rc = crest_sockopt_set_rcvbuf(fd, o->rcvbuf)) < 0)
+        return rc;
+    if (!tcp)
+        return 0;
+    if (o->nodelay && (rc = crest_sockopt_set_nodelay(fd, true)) < 0)
+        return rc;
+    if (o->keepalive &&
+        (rc = crest_sockopt_set_keepalive(fd, true, o->keepalive_idle_s, o->keepalive_interval_s,
+                                          o->keepalive_count)) < 0)
+        return rc;
+    if (o->user_timeout_ms && (rc = crest_sockopt_set_user_timeout(fd, o->user_timeout_ms)) < 0)
+        return rc;
+    return 0;
+}
+
+/* ---- timeouts ----------------------------------------------------------- */
+
+static uint64_t deadline_after(uint64_t since, uint32_t ms) {
+    return since && ms ? since + ms * NS_PER_MS : UINT64_MAX;
+}
+
+/* The earliest deadline that applies now, and which reason it carries. */
+static uint64_t next_deadline(const struct crest_conn *c, crest_close_reason_t *why) {
+    const crest_conn_opts_t *o = &c->ep->opts;
+    uint64_t best = UINT64_MAX;
+    crest_close_reason_t reason = CREST_CLOSE_IDLE_TIMEOUT;
+#define CONSIDER(when, r)   \
+    do {                    \
+        uint64_t w_ = (when); \
+        if (w_ < best) {    \
+            best = w_;      \
+            reason = (r);   \
+        }                   \
+    } while (0)
+    if (c->state == CREST_CONN_CONNECTING) {
+        CONSIDER(deadline_after(c->started_ns, o->connect_timeout_ms), CREST_CLOSE_CONNECT_TIMEOUT);
+    } else if (c->state == CREST_CONN_CLOSING) {
+        uint32_t linger = o->write_timeout_ms ? o->write_timeout_ms : CLOSE_LINGER_MS;
+        CONSIDER(deadline_after(c->write_stalled_ns, linger), CREST_CLOSE_WRITE_TIMEOUT);
+    } else {
+        CONSIDER(deadline_after(c->last_active_ns, o->idle_timeout_ms), CREST_CLOSE_IDLE_TIMEOUT);
+        CONSIDER(deadline_after(c->read_started_ns, o->read_timeout_ms), CREST_CLOSE_READ_TIMEOUT);
+        CONSIDER(deadline_after(c->write_stalled_ns, o->write_timeout_ms),
+                 CREST_CLOSE_WRITE_TIMEOUT);
+    }
+#undef CONSIDER
+    *why = reason;
+    return best;
+}
+
+/* Arm the timer for the earliest deadline.  Cheap when nothing moved
+ * earlier: the timer keeps its heap slot (see timer.c). */
+void crest__conn_arm_timer(struct crest_conn *c) {
+    crest_close_reason_t why;
+    uint64_t when = next_deadline(c, &why);
+    if (when == UINT64_MAX) {
+        crest_timer_stop(&c->timer);
+        return;
+    }
+    crest__timer_start_at(&c->timer, when, 0);
+}
+
+static void on_deadline(crest_timer_t *t, void *arg) {
+    CREST__UNUSED(t);
+    struct crest_conn *c = arg;
+    crest_loop_t *loop = c->io.loop;
+    crest_close_reason_t why;
+    uint64_t when = next_deadline(c, &why);
+    if (when > loop->now_ns) {
+        /* Activity moved the deadline since the timer was armed. */
+        crest__conn_arm_timer(c);
+        return;
+    }
+    if (c->state == CREST_CONN_CLOSING) {
+        /* The peer would not take our last bytes: give up on them. */
+        c->aborting = true;
+    }
+    crest__conn_request_close(c, why, ETIMEDOUT);
+    crest__conn_settle(c);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
+                                      crest_conn_state_t state) {
+    struct crest_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->ep = ep;
+    c->state = (uint8_t)state;
+    c->started_ns = c->last_active_ns = loop->now_ns;
+    /* A fresh accepted socket has an empty send buffer: writable at once,
+     * without waiting for the first EPOLLOUT. */
+    c->writable = state == CREST_CONN_OPEN;
+    crest__timer_init(loop, &c->timer, on_deadline, c, false);
+    if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE, crest__conn_on_io,
+                       c, true) < 0) {
+        free(c);
+        return NULL;
+    }
+    ep->refs++;
+    c->next = loop->conns;
+    if (loop->conns)
+        loop->conns->prev = c;
+    loop->conns = c;
+    loop->conn_stats.opened++;
+    loop->conn_stats.active++;
+    return c;
+}
+
+/* The connection is established: tell the handler. */
+void crest__conn_open(struct crest_conn *c) {
+    c->state = CREST_CONN_OPEN;
+    c->last_active_ns = c->io.loop->now_ns;
+    crest__conn_arm_timer(c);
+    if (c->ep->handler.on_open) {
+        c->depth++;
+        c->ep->handler.on_open(c);
+        c->depth--;
+    }
+}
+
+void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err) {
+    if (c->state == CREST_CONN_CLOSED)
+        return;
+    if (!c->close_requested) {
+        c->close_requested = true;
+        c->close_reason = (uint8_t)reason;
+        c->close_err = err;
+    }
+    if (c->state == CREST_CONN_CONNECTING)
+        c->aborting = true; /* nothing was sent yet: nothing to flush */
+    if (c->state != CREST_CONN_CLOSING) {
+        c->state = CREST_CONN_CLOSING;
+        c->write_stalled_ns = c->io.loop->now_ns;
+        crest__conn_arm_timer(c);
+    }
+    /* Input that will never be delivered goes back to the pool now. */
+    if (c->in) {
+        crest__chunk_put(&c->io.loop->pool, c->in);
+        c->in = NULL;
+    }
+}
+
+void crest__conn_drop_buffers(struct crest_conn *c) {
+    struct crest__pool *pool = &c->io.loop->pool;
+    if (c->in) {
+        crest__chunk_put(pool, c->in);
+        c->in = NULL;
+    }
+    while (c->out_head) {
+        struct crest__chunk *k = c->out_head;
+        c->out_head = k->next;
+        crest__chunk_put(pool, k);
+    }
+    c->out_tail = NULL;
+    c->out_bytes = 0;
+}
+
+static void finish_close(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    int fd = c->io.fd;
+    crest__io_close(&c->io);
+    crest_timer_stop(&c->timer);
+    crest__conn_drop_buffers(c);
+    if (c->aborting)
+        (void)crest_sockopt_set_linger_abort(fd);
+    crest_fd_close(fd);
+    c->io.fd = -1;
+    c->state = CREST_CONN_CLOSED;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        loop->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = loop->zombies;
+    loop->zombies = c;
+
+    loop->conn_stats.active--;
+    loop->conn_stats.closed++;
+    loop->conn_stats.close_reasons[c->close_reason]++;
+    if (c->ep->lstats.active)
+        c->ep->lstats.active--;
+    if (c->ep->handler.on_close) {
+        c->depth++;
+        c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
+        c->depth--;
+    }
+}
+
+/* Complete a requested close if it can complete now.  Called by the loop's
+ * callbacks once the handler's callbacks have returned. */
+void crest__conn_settle(struct crest_conn *c) {
+    if (c->depth > 0 || c->state != CREST_CONN_CLOSING)
+        return;
+    if (!c->aborting && !c->dead && c->out_bytes > 0) {
+        if (c->writable)
+            (void)crest__conn_flush(c);
+        if (c->out_bytes > 0 && !c->dead)
+            return; /* the EPOLLOUT edge brings us back */
+    }
+    finish_close(c);
+}
+
+/* A close requested outside the loop's callbacks completes on the next
+ * iteration, through the ready list. */
+static void settle_later(struct crest_conn *c) {
+    if (c->depth == 0)
+        crest_io_feed(&c->io, CREST__IO_KICK);
+}
+
+void crest__conns_reap(crest_loop_t *loop) {
+    while (loop->zombies) {
+        struct crest_conn *c = loop->zombies;
+        loop->zombies = c->next;
+        crest__endpoint_release(c->ep);
+        free(c);
+    }
+}
+
+void crest_loop_close_all(crest_loop_t *loop, bool abort) {
+    for (struct crest_conn *c = loop->conns; c; c = c->next) {
+        if (abort)
+            c->aborting = true;
+        crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
+        settle_later(c);
+    }
+}
+
+void crest__conns_destroy(crest_loop_t *loop) {
+    while (loop->conns) {
+        struct crest_conn *c = loop->conns;
+        crest_log(CREST_LOG_WARN, "loop destroyed with an open connection (fd %d): aborted",
+                  c->io.fd);
+        c->aborting = true;
+        c->depth = 0;
+        crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
+        finish_close(c);
+    }
+    crest__conns_reap(loop);
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+void crest_conn_close(crest_conn_t *c) {
+    if (c->state == CREST_CONN_CLOSED || c->state == CREST_CONN_CLOSING)
+        return;
+    crest__conn_request_close(c, CREST_CLOSE_LOCAL, 0);
+    settle_later(c);
+}
+
+void crest_conn_abort(crest_conn_t *c) {
+    if (c->state == CREST_CONN_CLOSED)
+        return;
+    c->aborting = true;
+    crest__conn_request_close(c, CREST_CLOSE_ABORT, 0);
+    settle_later(c);
+}
+
+void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *fmt, ...) {
+    if (c->state == CREST_CONN_CLOSED || c->close_requested)
+        return;
+    if (crest__log_enabled(CREST_LOG_WARN)) {
+        char why[256], peer[CREST_ADDR_STRLEN];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof why, fmt, ap);
+        va_end(ap);
+        if (crest_conn_peer(c, peer, sizeof peer) < 0)
+            strcpy(peer, "?");
+        crest_log(CREST_LOG_WARN, "connection %s (fd %d) closed: %s: %s", peer, c->io.fd,
+                  crest_close_reason_name(reason), why);
+    }
+    crest__conn_request_close(c, reason, 0);
+    settle_later(c);
+}
+
+int crest_conn_shutdown(crest_conn_t *c) {
+    if (!crest__conn_can_write(c) || c->shut_pending || c->shut_done)
+        return -ENOTCONN;
+    c->shut_pending = true;
+    if (c->out_bytes == 0 && c->state != CREST_CONN_CONNECTING)
+        return crest__conn_flush(c); /* nothing queued: shuts down now */
+    return 0;
+}
+
+void crest_conn_pause(crest_conn_t *c) {
+    c->paused_user = true;
+}
+
+void crest_conn_resume(crest_conn_t *c) {
+    if (!c->paused_user)
+        return;
+    c->paused_user = false;
+    /* Edge-triggered: no new edge will come for data already there. */
+    if (c->readable || c->in)
+        crest_io_feed(&c->io, CREST_IO_READABLE);
+}
+
+int crest_conn_set_nodelay(crest_conn_t *c, bool on) {
+    return crest_sockopt_set_nodelay(c->io.fd, on);
+}
+
+int crest_conn_set_sndbuf(crest_conn_t *c, int bytes) {
+    return crest_sockopt_set_sndbuf(c->io.fd, bytes);
+}
+
+int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes) {
+    return crest_sockopt_set_rcvbuf(c->io.fd, bytes);
+}
+
+void crest_conn_set_data(crest_conn_t *c, void *data) {
+    c->data = data;
+}
+
+void *crest_conn_get_data(const crest_conn_t *c) {
+    return c->data;
+}
+
+void *crest_conn_handler_ctx(const crest_conn_t *c) {
+    return c->ep->ctx;
+}
+
+crest_loop_t *crest_conn_loop(const crest_conn_t *c) {
+    return c->io.loop;
+}
+
+crest_conn_state_t crest_conn_state(const crest_conn_t *c) {
+    return (crest_conn_state_t)c->state;
+}
+
+int crest_conn_fd(const crest_conn_t *c) {
+    return c->io.fd;
+}
+
+size_t crest_conn_output_bytes(const crest_conn_t *c) {
+    return c->out_bytes;
+}
+
+int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size) {
+    crest_addr_t a;
+    a.len = sizeof a.ss;
+    if (c->io.fd < 0)
+        return -ENOTCONN;
+    if (getpeername(c->io.fd, (struct sockaddr *)&a.ss, &a.len) < 0)
+        return -errno;
+    return crest_addr_format(&a, buf, size);
+}
+
+void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out) {
+    *out = loop->conn_stats;
+}
+
+void crest_loop_buf_stats(const crest_loop_t *loop, crest_buf_stats_t *out) {
+    *out = loop->pool.st;
+}

@@ -1,0 +1,302 @@
+/* Listeners: bind, listen, and the accept loop.
+ *
+ * The listening socket is watched edge-triggered like everything else, so
+ * each event accepts until EAGAIN; a batch cap keeps one busy listener from
+ * starving the connections, and the rest is fed to the next iteration.
+ *
+ * EMFILE/ENFILE: the pending connection cannot be accepted, and with an
+ * edge-triggered watch it would sit in the backlog unnoticed.  A spare fd
+ * (/dev/null) is closed to make room, the pending connections are accepted
+ * and closed at once (the client sees a clean close instead of a hang),
+ * and the spare is reopened (libuv's answer). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conn_int.h"
+
+struct crest_listener {
+    struct crest_io io;
+    crest_loop_t *loop;
+    struct crest__endpoint *ep;
+    crest_addr_t addr;          /* bound address (with the real port) */
+    unsigned accept_batch;
+    int reserve_fd;             /* spare fd for EMFILE recovery, or -1 */
+    bool tcp;
+    uint64_t emfile_logged_ns;
+    struct crest_listener *prev, *next;
+};
+
+void crest_listen_opts_init(crest_listen_opts_t *o) {
+    memset(o, 0, sizeof *o);
+    o->backlog = 511;
+    o->reuseaddr = true;
+    o->accept_batch = 64;
+    crest_conn_opts_init(&o->conn);
+}
+
+static int open_reserve(struct crest_listener *l) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    crest__fd_register(fd, CREST_FD_RESERVE, l->loop, CREST_HERE);
+    l->reserve_fd = fd;
+    return 0;
+}
+
+/* Out of fds: drop what is pending, using the spare fd as room. */
+static void shed_pending(struct crest_listener *l, int err) {
+    crest_loop_t *loop = l->loop;
+    unsigned dropped = 0;
+    if (l->reserve_fd >= 0) {
+        crest_fd_close(l->reserve_fd);
+        l->reserve_fd = -1;
+        for (;;) {
+            int fd = accept4(l->io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            (void)crest_sockopt_set_linger_abort(fd);
+            close(fd); /* never registered: it lived for two syscalls */
+            dropped++;
+        }
+        (void)open_reserve(l);
+    }
+    l->ep->lstats.emfile += dropped ? dropped : 1;
+    if (loop->now_ns - l->emfile_logged_ns >= 1000000000ull || !l->emfile_logged_ns) {
+        l->emfile_logged_ns = loop->now_ns;
+        char where[CREST_ADDR_STRLEN];
+        crest_addr_format(&l->addr, where, sizeof where);
+        crest_log(CREST_LOG_WARN,
+                  "listener %s: out of file descriptors (%s): dropped %u pending connection%s "
+                  "(%llu in total); serving the %llu open",
+                  where, crest_strerror(err), dropped, dropped == 1 ? "" : "s",
+                  (unsigned long long)l->ep->lstats.emfile,
+                  (unsigned long long)l->ep->lstats.active);
+    }
+}
+
+static void refuse(struct crest_listener *l, int fd) {
+    crest_loop_t *loop = l->loop;
+    (void)crest_sockopt_set_linger_abort(fd);
+    crest_fd_close(fd);
+    l->ep->lstats.refused_limit++;
+    loop->conn_stats.close_reasons[CREST_CLOSE_CONN_LIMIT]++;
+}
+
+static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
+    CREST__UNUSED(io);
+    CREST__UNUSED(events);
+    struct crest_listener *l = arg;
+    crest_loop_t *loop = l->loop;
+    struct crest__endpoint *ep = l->ep;
+    for (unsigned n = 0; n < l->accept_batch; n++) {
+        int fd = accept4(l->io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            switch (errno) {
+            case EAGAIN:
+                return;
+            case EINTR:
+            case ECONNABORTED: /* the peer gave up while queued */
+                continue;
+            case EMFILE:
+            case ENFILE:
+                shed_pending(l, -errno);
+                return;
+            default:
+                ep->lstats.accept_errors++;
+                crest_log(CREST_LOG_WARN, "accept4 failed: %s", crest_strerror(-errno));
+                return;
+            }
+        }
+        crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
+            refuse(l, fd);
+            continue;
+        }
+        struct crest_conn *c = crest__conn_create(loop, fd, ep, CREST_CONN_OPEN);
+        if (!c) {
+            (void)crest_sockopt_set_linger_abort(fd);
+            crest_fd_close(fd);
+            loop->conn_stats.close_reasons[CREST_CLOSE_NO_MEMORY]++;
+            continue;
+        }
+        ep->lstats.accepted++;
+        ep->lstats.active++;
+        crest__conn_open(c);
+        crest__conn_settle(c);
+    }
+    /* Batch used up: more may be waiting, and no new edge will say so. */
+    crest_io_feed(&l->io, CREST_IO_READABLE);
+}
+
+static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
+    int family = l->addr.ss.ss_family;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = crest__fd_register(fd, CREST_FD_LISTENER, l->loop, CREST_HERE);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    int on = 1;
+    if (l->tcp) {
+        if (o->reuseaddr && (rc = crest_sockopt_set_reuseaddr(fd, true)) < 0)
+            goto fail;
+        if (o->reuseport && (rc = crest_sockopt_set_reuseport(fd, true)) < 0)
+            goto fail;
+        if (family == AF_INET6 && o->ipv6_only &&
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+    } else {
+        /* A socket file left by a dead server would make bind fail. */
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
+        struct stat st;
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(un->sun_path);
+    }
+    /* Accepted sockets inherit buffer sizes, TCP_NODELAY and keepalive from
+     * the listener: set once here, not once per connection. */
+    if ((rc = crest__conn_apply_opts(fd, &o->conn, l->tcp)) < 0)
+        goto fail;
+    if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) < 0 ||
+        listen(fd, o->backlog > 0 ? o->backlog : 511) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (!l->tcp && o->unix_mode &&
+        chmod(((const struct sockaddr_un *)&l->addr.ss)->sun_path, o->unix_mode) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    /* Read back the port the kernel picked for port 0. */
+    l->addr.len = sizeof l->addr.ss;
+    if (l->tcp && getsockname(fd, (struct sockaddr *)&l->addr.ss, &l->addr.len) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    return fd;
+fail:
+    crest_fd_close(fd);
+    return rc;
+}
+
+int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
+                 const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
+    if (!loop || !addr || !handler || !lp)
+        return -EINVAL;
+    crest_listen_opts_t o;
+    if (opts)
+        o = *opts;
+    else
+        crest_listen_opts_init(&o);
+    bool framed = o.conn.framing.kind != CREST_FRAMING_RAW;
+    if ((framed && !handler->on_message) || (!framed && !handler->on_data))
+        return -EINVAL;
+    if (framed && crest_framing_validate(&o.conn.framing) < 0)
+        return -EINVAL;
+
+    struct crest_listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return -ENOMEM;
+    l->loop = loop;
+    l->reserve_fd = -1;
+    l->accept_batch = o.accept_batch ? o.accept_batch : 64;
+    int rc = crest_addr_parse(addr, &l->addr);
+    if (rc < 0)
+        goto fail;
+    l->tcp = l->addr.ss.ss_family != AF_UNIX;
+    l->ep = crest__endpoint_new(handler, ctx, &o.conn);
+    if (!l->ep) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    l->ep->max_conns = o.max_conns;
+    int fd = make_socket(l, &o);
+    if (fd < 0) {
+        rc = fd;
+        goto fail;
+    }
+    if ((rc = open_reserve(l)) < 0 ||
+        (rc = crest__io_init(loop, &l->io, fd, CREST_IO_READABLE, on_acceptable, l, true)) < 0) {
+        crest_fd_close(fd);
+        goto fail;
+    }
+    l->next = loop->listeners;
+    if (loop->listeners)
+        loop->listeners->prev = l;
+    loop->listeners = l;
+    *lp = l;
+    return 0;
+fail:
+    if (l->reserve_fd >= 0)
+        crest_fd_close(l->reserve_fd);
+    crest__endpoint_release(l->ep);
+    free(l);
+    return rc;
+}
+
+void crest_listener_close(crest_listener_t *l) {
+    if (!l)
+        return;
+    crest_loop_t *loop = l->loop;
+    int fd = l->io.fd;
+    crest__io_close(&l->io);
+    crest_fd_close(fd);
+    if (l->reserve_fd >= 0)
+        crest_fd_close(l->reserve_fd);
+    if (!l->tcp) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
+        if (un->sun_path[0])
+            unlink(un->sun_path);
+    }
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        loop->listeners = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    crest__endpoint_release(l->ep);
+    free(l);
+}
+
+void crest__listeners_destroy(crest_loop_t *loop) {
+    while (loop->listeners) {
+        crest_log(CREST_LOG_WARN, "loop destroyed with an open listener (fd %d): closed",
+                  loop->listeners->io.fd);
+        crest_listener_close(loop->listeners);
+    }
+}
+
+int crest_listener_address(const crest_listener_t *l, char *buf, size_t size) {
+    return crest_addr_format(&l->addr, buf, size);
+}
+
+int crest_listener_port(const crest_listener_t *l) {
+    return crest_addr_port(&l->addr);
+}
+
+int crest_listener_fd(const crest_listener_t *l) {
+    return l->io.fd;
+}
+
+int crest_listener_sndbuf(const crest_listener_t *l) {
+    return crest_sockopt_get_sndbuf(l->io.fd);
+}
+
+int crest_listener_rcvbuf(const crest_listener_t *l) {
+    return crest_sockopt_get_rcvbuf(l->io.fd);
+}
+
+void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out) {
+    *out = l->ep->lstats;
+}
