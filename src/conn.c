@@ -257,11 +257,8 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
         c->write_stalled_ns = c->io.loop->now_ns;
         crest__conn_arm_timer(c);
     }
-    /* Input that will never be delivered goes back to the pool now. */
-    if (c->in) {
-        crest__chunk_put(&c->io.loop->pool, c->in);
-        c->in = NULL;
-    }
+    /* Buffered input is never delivered now; it goes back to the pool when
+     * the close completes (a callback up the stack may still point into it). */
 }
 
 void crest__conn_drop_buffers(struct crest_conn *c) {
@@ -417,9 +414,7 @@ void crest_conn_resume(crest_conn_t *c) {
     if (!c->paused_user)
         return;
     c->paused_user = false;
-    /* Edge-triggered: no new edge will come for data already there. */
-    if (c->readable || c->in)
-        crest_io_feed(&c->io, CREST_IO_READABLE);
+    crest__conn_resume_input(c);
 }
 
 int crest_conn_set_nodelay(crest_conn_t *c, bool on) {

@@ -47,6 +47,7 @@ struct crest_conn {
     bool close_requested;
     bool aborting;
     bool dead;                    /* the socket failed: nothing more to send */
+    bool redeliver;               /* buffered input waits for a resume */
 };
 
 /* conn.c */
@@ -65,6 +66,7 @@ int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp);
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);
 int crest__conn_flush(struct crest_conn *c);
 void crest__conn_drop_buffers(struct crest_conn *c);
+void crest__conn_resume_input(struct crest_conn *c);
 
 static inline bool crest__conn_can_write(const struct crest_conn *c) {
     return c->state == CREST_CONN_OPEN || c->state == CREST_CONN_HALF_CLOSED ||

@@ -53,9 +53,7 @@ static void check_low_water(struct crest_conn *c) {
         c->ep->handler.on_drain(c);
         c->depth--;
     }
-    /* Data may have waited in the socket while paused: no edge will come. */
-    if (c->readable || c->in)
-        crest_io_feed(&c->io, CREST_IO_READABLE);
+    crest__conn_resume_input(c);
 }
 
 static void check_high_water(struct crest_conn *c) {
@@ -301,6 +299,21 @@ int crest_conn_uncork(crest_conn_t *c) {
 
 /* ---- reading ------------------------------------------------------------ */
 
+/* Reading was paused: input buffered then, and data that reached the socket
+ * meanwhile, raised no new edge.  Come back next iteration. */
+void crest__conn_resume_input(struct crest_conn *c) {
+    if (c->paused_high || c->paused_user)
+        return;
+    if (c->in && crest__chunk_len(c->in) > 0)
+        c->redeliver = true;
+    if (c->readable || c->redeliver)
+        crest_io_feed(&c->io, CREST__IO_KICK);
+}
+
+static bool may_deliver(const struct crest_conn *c) {
+    return !c->close_requested && !c->paused_user && !c->paused_high;
+}
+
 static bool may_read(const struct crest_conn *c) {
     return c->readable && !c->paused_high && !c->paused_user && !c->close_requested &&
            (c->state == CREST_CONN_OPEN);
@@ -310,7 +323,7 @@ static bool may_read(const struct crest_conn *c) {
  * must stop reading (closing or paused). */
 static void deliver_raw(struct crest_conn *c) {
     struct crest__chunk *in = c->in;
-    while (crest__chunk_len(in) > 0 && !c->close_requested && !c->paused_user) {
+    while (crest__chunk_len(in) > 0 && may_deliver(c)) {
         size_t len = crest__chunk_len(in);
         c->depth++;
         ssize_t r = c->ep->handler.on_data(c, in->data + in->start, len);
@@ -334,7 +347,7 @@ static void deliver_framed(struct crest_conn *c) {
     const crest_framing_t *f = &c->ep->opts.framing;
     crest_loop_t *loop = c->io.loop;
     struct crest__chunk *in = c->in;
-    while (crest__chunk_len(in) > 0 && !c->close_requested && !c->paused_user) {
+    while (crest__chunk_len(in) > 0 && may_deliver(c)) {
         crest_frame_t fr;
         int rc = crest_framing_next(f, in->data + in->start, crest__chunk_len(in), &fr);
         if (rc == CREST_FRAMING_NEED_MORE)
@@ -379,8 +392,8 @@ static void deliver(struct crest_conn *c) {
 static bool settle_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     struct crest__chunk *in = c->in;
-    if (!in)
-        return true;
+    if (!in || c->close_requested)
+        return !c->close_requested;
     if (crest__chunk_len(in) == 0) {
         crest__chunk_put(&loop->pool, in);
         c->in = NULL;
@@ -517,6 +530,12 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         c->writable = true;
     if (c->out_bytes && c->writable && !c->corked)
         (void)crest__conn_flush(c);
+    if (c->redeliver && may_deliver(c) && c->in) {
+        c->redeliver = false;
+        deliver(c);
+        if (settle_input(c) && c->out_bytes && c->writable && !c->corked)
+            (void)crest__conn_flush(c);
+    }
     if (may_read(c))
         read_input(c);
 out:
