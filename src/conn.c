@@ -80,33 +80,44 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
 
 /* ---- endpoints ---------------------------------------------------------- */
 
-struct crest__endpoint *crest__endpoint_new(const crest_handler_t *handler, void *ctx,
-                                            const crest_conn_opts_t *opts) {
+/* An endpoint for handler with these options (NULL: defaults).  -EINVAL
+ * if the handler lacks the callback its framing needs or the options are
+ * invalid; -ENOMEM. */
+int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
+                        struct crest__endpoint **out) {
     if (!handler)
-        return NULL;
+        return -EINVAL;
+    crest_conn_opts_t o;
+    if (opts)
+        o = *opts;
+    else
+        crest_conn_opts_init(&o);
+    bool framed = o.framing.kind != CREST_FRAMING_RAW;
+    if (framed && o.framing.max_message == 0)
+        o.framing.max_message = CREST_FRAMING_DEFAULT_MAX;
+    if ((framed && (!handler->on_message || crest_framing_validate(&o.framing) < 0)) ||
+        (!framed && !handler->on_data))
+        return -EINVAL;
+    if (o.read_budget == 0)
+        o.read_budget = 64 * 1024;
+    if (o.high_water == 0)
+        o.high_water = 1024 * 1024;
+    if (o.low_water > o.high_water)
+        o.low_water = o.high_water;
+    size_t max_buffered = framed ? crest_framing_max_buffered(&o.framing)
+                                 : (o.max_input ? o.max_input : 64 * 1024);
+    if (max_buffered > CREST__MAX_BUFFERED)
+        return -EINVAL;
     struct crest__endpoint *ep = calloc(1, sizeof *ep);
     if (!ep)
-        return NULL;
+        return -ENOMEM;
     ep->handler = *handler;
     ep->ctx = ctx;
-    if (opts)
-        ep->opts = *opts;
-    else
-        crest_conn_opts_init(&ep->opts);
-    crest_conn_opts_t *o = &ep->opts;
-    if (o->framing.kind != CREST_FRAMING_RAW && o->framing.max_message == 0)
-        o->framing.max_message = CREST_FRAMING_DEFAULT_MAX;
-    if (o->read_budget == 0)
-        o->read_budget = 64 * 1024;
-    if (o->high_water == 0)
-        o->high_water = 1024 * 1024;
-    if (o->low_water > o->high_water)
-        o->low_water = o->high_water;
-    ep->max_buffered = o->framing.kind == CREST_FRAMING_RAW
-                           ? (o->max_input ? o->max_input : 64 * 1024)
-                           : crest_framing_max_buffered(&o->framing);
+    ep->opts = o;
+    ep->max_buffered = max_buffered;
     ep->refs = 1;
-    return ep;
+    *out = ep;
+    return 0;
 }
 
 void crest__endpoint_release(struct crest__endpoint *ep) {

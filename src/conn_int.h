@@ -50,6 +50,9 @@ struct crest_conn {
     bool redeliver;               /* buffered input waits for a resume */
 };
 
+/* Chunk offsets are 32-bit: no input buffer may grow past this. */
+#define CREST__MAX_BUFFERED (1u << 30)
+
 /* conn.c */
 struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
                                       crest_conn_state_t state);
@@ -58,8 +61,8 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
 void crest__conn_settle(struct crest_conn *c);
 void crest__conn_arm_timer(struct crest_conn *c);
 void crest__endpoint_release(struct crest__endpoint *ep);
-struct crest__endpoint *crest__endpoint_new(const crest_handler_t *handler, void *ctx,
-                                            const crest_conn_opts_t *opts);
+int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
+                        struct crest__endpoint **out);
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp);
 
 /* conn_io.c */

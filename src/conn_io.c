@@ -355,8 +355,8 @@ static void deliver_framed(struct crest_conn *c) {
         if (rc < 0) {
             if (f->kind == CREST_FRAMING_LINE)
                 crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
-                                "line too long: no end of line within %zu bytes (limit %zu)",
-                                crest__chunk_len(in), f->max_message);
+                                "line too long: no end of line within the limit of %zu bytes",
+                                f->max_message);
             else
                 crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
                                 "frame too large: %llu bytes announced (limit %zu)",

@@ -34,18 +34,12 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
                        crest_conn_t **connp) {
     if (!loop || !addr || !handler || !connp)
         return -EINVAL;
-    struct crest__endpoint *ep = crest__endpoint_new(handler, ctx, opts);
-    if (!ep)
-        return -ENOMEM;
-    bool framed = ep->opts.framing.kind != CREST_FRAMING_RAW;
-    if ((framed && (!handler->on_message || crest_framing_validate(&ep->opts.framing) < 0)) ||
-        (!framed && !handler->on_data)) {
-        crest__endpoint_release(ep);
-        return -EINVAL;
-    }
+    struct crest__endpoint *ep;
+    int rc = crest__endpoint_new(handler, ctx, opts, &ep);
+    if (rc < 0)
+        return rc;
     int family = addr->ss.ss_family;
     bool tcp = family != AF_UNIX;
-    int rc;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         rc = -errno;

@@ -199,12 +199,6 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
         o = *opts;
     else
         crest_listen_opts_init(&o);
-    bool framed = o.conn.framing.kind != CREST_FRAMING_RAW;
-    if ((framed && !handler->on_message) || (!framed && !handler->on_data))
-        return -EINVAL;
-    if (framed && crest_framing_validate(&o.conn.framing) < 0)
-        return -EINVAL;
-
     struct crest_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -ENOMEM;
@@ -215,11 +209,8 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
     if (rc < 0)
         goto fail;
     l->tcp = l->addr.ss.ss_family != AF_UNIX;
-    l->ep = crest__endpoint_new(handler, ctx, &o.conn);
-    if (!l->ep) {
-        rc = -ENOMEM;
+    if ((rc = crest__endpoint_new(handler, ctx, &o.conn, &l->ep)) < 0)
         goto fail;
-    }
     l->ep->max_conns = o.max_conns;
     int fd = make_socket(l, &o);
     if (fd < 0) {
