@@ -35,6 +35,7 @@ struct crest_io {
     unsigned events;      /* interest: CREST_IO_READABLE|WRITABLE */
     unsigned fed;         /* events queued on the ready list, 0 if not queued */
     uint32_t gen;         /* registration generation, in epoll data */
+    uint32_t fed_epoch;   /* ready-list pass it was fed in */
     bool counted;         /* keeps the loop alive */
     bool heap_owned;      /* allocated by crest_io_start, freed on stop */
     crest_io_cb cb;
@@ -73,7 +74,7 @@ struct crest_loop {
 
     /* ready list (fed events), FIFO, doubly linked so stop can unlink */
     struct crest_io *ready_head, *ready_tail;
-    unsigned ready_len;
+    uint32_t ready_epoch;
     /* watchers to free after this dispatch */
     struct crest_io *free_list;
 

@@ -92,7 +92,6 @@ static void ready_unlink(crest_loop_t *loop, struct crest_io *io) {
         loop->ready_tail = io->ready_prev;
     io->ready_prev = io->ready_next = NULL;
     io->fed = 0;
-    loop->ready_len--;
 }
 
 void crest_io_feed(crest_io_t *io, unsigned events) {
@@ -104,6 +103,7 @@ void crest_io_feed(crest_io_t *io, unsigned events) {
         return;
     }
     io->fed = events;
+    io->fed_epoch = loop->ready_epoch;
     io->ready_next = NULL;
     io->ready_prev = loop->ready_tail;
     if (loop->ready_tail)
@@ -111,7 +111,6 @@ void crest_io_feed(crest_io_t *io, unsigned events) {
     else
         loop->ready_head = io;
     loop->ready_tail = io;
-    loop->ready_len++;
     loop->stats.fed_events++;
 }
 
@@ -183,10 +182,10 @@ void crest__io_dispatch(crest_loop_t *loop, const crest__event_t *evs, int n) {
 }
 
 /* Serve the ready list as it stood on entry; events fed while serving wait
- * for the next iteration. */
+ * for the next iteration.  Watchers stopped meanwhile are already unlinked. */
 void crest__io_run_ready(crest_loop_t *loop) {
-    unsigned n = loop->ready_len;
-    while (n-- > 0 && loop->ready_head) {
+    uint32_t epoch = loop->ready_epoch++;
+    while (loop->ready_head && loop->ready_head->fed_epoch == epoch) {
         struct crest_io *io = loop->ready_head;
         unsigned events = io->fed;
         ready_unlink(loop, io);

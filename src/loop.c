@@ -5,9 +5,11 @@
  *   1. read the clock; fire due timers
  *   2. serve the ready list (events fed back by callbacks that stopped early)
  *   3. run deferred callbacks queued before this iteration
- *   4. epoll_wait: zero timeout if work is pending, else until the next timer
- *   5. read the clock; dispatch the batch (stale events dropped)
- *   6. free watchers stopped during the iteration */
+ *   4. epoll_wait: zero timeout if there was or is work pending, else until
+ *      the next timer
+ *   5. read the clock; dispatch the batch (stale events dropped); fire the
+ *      timers that came due while waiting
+ *   6. free watchers and connections closed during the iteration */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -184,8 +186,8 @@ static void run_deferred(crest_loop_t *loop) {
     }
 }
 
-static int poll_timeout(crest_loop_t *loop, int timeout_ms) {
-    if (timeout_ms == 0 || has_pending(loop) || atomic_load(&loop->stop_flag))
+static int poll_timeout(crest_loop_t *loop, int timeout_ms, bool had_work) {
+    if (timeout_ms == 0 || had_work || has_pending(loop) || atomic_load(&loop->stop_flag))
         return 0;
     /* Nothing could ever wake a dead loop but a post: do not block. */
     if (!is_alive(loop) && timeout_ms < 0)
@@ -205,10 +207,13 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     uint64_t t0 = crest__clock_ns();
     loop->now_ns = t0;
     loop->stats.timers_fired += crest__timers_run(loop);
+    /* Work queued before this iteration runs now, and the poll below does
+     * not block for it (what it queues in turn waits for the next one). */
+    bool had_work = has_pending(loop);
     crest__io_run_ready(loop);
     run_deferred(loop);
 
-    int timeout = poll_timeout(loop, timeout_ms);
+    int timeout = poll_timeout(loop, timeout_ms, had_work);
     uint64_t t1 = crest__clock_ns();
     int n = crest__epoll_wait(loop->epfd, events, MAX_EVENTS, timeout);
     uint64_t t2 = crest__clock_ns();
@@ -218,6 +223,8 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
 
     if (n > 0)
         crest__io_dispatch(loop, events, n);
+    /* Timers that came due while we waited fire in this iteration. */
+    loop->stats.timers_fired += crest__timers_run(loop);
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);

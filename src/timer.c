@@ -179,8 +179,9 @@ unsigned crest__timers_run(struct crest_loop *loop) {
     unsigned fired = 0;
     while (h->len > 0 && h->v[0]->key_ns <= now) {
         struct crest_timer *t = h->v[0];
-        if (t->due_ns > now) {
-            /* Pushed later since it was keyed: re-key, no callback. */
+        if (t->due_ns != t->key_ns) {
+            /* Pushed later since it was keyed: re-key and look again, so
+             * timers due in this pass still fire in deadline order. */
             t->key_ns = t->due_ns;
             t->seq = h->seq++;
             sift_down(h, 0);
@@ -201,6 +202,7 @@ unsigned crest__timers_run(struct crest_loop *loop) {
                 crest__loop_unref(loop);
         }
         fired++;
+        loop->stats.callbacks++;
         t->in_callback = true;
         t->cb(t, t->arg);
         t->in_callback = false;
