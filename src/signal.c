@@ -186,6 +186,7 @@ void crest__signals_destroy(crest_loop_t *loop) {
     struct crest__signals *s = loop->signals;
     if (!s)
         return;
+    s->dispatching = true; /* stop() must not free while we walk the list */
     for (struct crest_signal *w = s->watchers; w; w = w->next) {
         if (!w->stopped) {
             crest_log(CREST_LOG_WARN, "loop destroyed with an active watcher for signal %d",
@@ -193,6 +194,7 @@ void crest__signals_destroy(crest_loop_t *loop) {
             crest_signal_stop(w);
         }
     }
+    s->dispatching = false;
     sweep_stopped(s);
     crest__io_close(&s->io);
     crest_fd_close(s->fd);

@@ -229,6 +229,8 @@ void crest__timers_destroy(struct crest_loop *loop) {
         struct crest_timer *t = h->v[h->len - 1];
         crest_log(CREST_LOG_WARN, "loop destroyed with an active timer (%p)", (void *)t);
         crest_timer_stop(t);
+        if (t->heap_owned)
+            free(t);
     }
     free(h->v);
     h->v = NULL;

@@ -34,9 +34,11 @@ typedef void (*crest_cb)(crest_loop_t *loop, void *arg);
 int crest_loop_create(crest_loop_t **loopp);
 
 /* Destroy a loop.  Call it from the loop's thread, outside crest_loop_run().
- * Watchers, timers and signal watchers still attached are released (their
- * file descriptors, which belong to the caller, are not closed) and each is
- * logged as a warning.  Posted callbacks not yet run are dropped.  Ends with
+ * Active io watchers, timers and signal watchers still attached are stopped
+ * and freed (do not use them afterwards; their file descriptors, which
+ * belong to the caller, are not closed), and each is logged as a warning.
+ * Stopped timers are not known to the loop: crest_timer_destroy() them.
+ * Open connections are aborted and listeners closed, also with a warning.  Posted callbacks not yet run are dropped.  Ends with
  * the fd leak report for the fds this loop opened (see fdreg.h): it says
  * "0 fds leaked" when clean.  Returns the number of fds this loop opened that
  * are still open after its own are closed (0 when clean). */
