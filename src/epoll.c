@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "epoll.h"
 #include "internal.h"
@@ -25,7 +26,7 @@ int crest__epoll_create(const void *owner) {
         return -errno;
     int rc = crest__fd_register(fd, CREST_FD_EPOLL, owner, CREST_HERE);
     if (rc < 0) {
-        crest_fd_close(fd);
+        close(fd); /* not registered: the registry would refuse it */
         return rc;
     }
     return fd;

@@ -96,8 +96,12 @@ static int signals_init(crest_loop_t *loop) {
         return rc;
     }
     int rc = crest__fd_register(s->fd, CREST_FD_SIGNALFD, loop, CREST_HERE);
-    if (rc == 0)
-        rc = crest__io_init(loop, &s->io, s->fd, CREST_IO_READABLE, on_signalfd, s, false);
+    if (rc < 0) {
+        close(s->fd); /* not registered: the registry would refuse it */
+        free(s);
+        return rc;
+    }
+    rc = crest__io_init(loop, &s->io, s->fd, CREST_IO_READABLE, on_signalfd, s, false);
     if (rc < 0) {
         crest_fd_close(s->fd);
         free(s);

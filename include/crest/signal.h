@@ -6,7 +6,7 @@
  * in every other thread too (create threads after starting the watcher, or
  * call pthread_sigmask yourself), or the kernel may deliver it to a thread
  * where it is not blocked.  Stopping the last watcher of a signal unblocks it
- * again.  An active signal watcher keeps crest_loop_run() going.
+ * again, unless the application had blocked it before.  An active signal watcher keeps crest_loop_run() going.
  */
 #ifndef CREST_SIGNAL_H
 #define CREST_SIGNAL_H

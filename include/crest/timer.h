@@ -26,7 +26,7 @@ extern "C" {
 typedef struct crest_timer crest_timer_t;
 typedef void (*crest_timer_cb)(crest_timer_t *timer, void *arg);
 
-/* Create a stopped timer.  0 or -ENOMEM. */
+/* Create a stopped timer.  0, -EINVAL (no callback) or -ENOMEM. */
 int crest_timer_create(crest_loop_t *loop, crest_timer_cb cb, void *arg,
                        crest_timer_t **timerp);
 
@@ -39,8 +39,8 @@ int crest_timer_start(crest_timer_t *timer, uint64_t timeout_ms, uint64_t repeat
  * repeat interval is 0 the timer is stopped.  0 or -EINVAL. */
 int crest_timer_again(crest_timer_t *timer);
 
-/* Change the repeat interval used by the next crest_timer_again() and
- * re-arm. */
+/* Change the repeat interval used by later repeats and by the next
+ * crest_timer_again(); the current deadline is not moved. */
 void crest_timer_set_repeat(crest_timer_t *timer, uint64_t repeat_ms);
 
 /* Cancel.  Safe to call on a stopped timer and from the timer's callback. */
@@ -51,7 +51,8 @@ bool crest_timer_active(const crest_timer_t *timer);
 /* Milliseconds until the timer fires (0 if due), or UINT64_MAX if stopped. */
 uint64_t crest_timer_remaining(const crest_timer_t *timer);
 
-/* Stop and free.  Safe from the timer's own callback. */
+/* Stop and free.  Safe from the timer's own callback.  A timer still active
+ * when its loop is destroyed is freed by crest_loop_destroy(). */
 void crest_timer_destroy(crest_timer_t *timer);
 
 #ifdef __cplusplus
