@@ -290,7 +290,9 @@ void crest__conn_drop_buffers(struct crest_conn *c) {
 static void finish_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     int fd = c->io.fd;
-    crest__io_close(&c->io);
+    /* crest never dup()s a connection's fd: the close below takes it out of
+     * epoll, no EPOLL_CTL_DEL needed. */
+    crest__io_detach(&c->io, false);
     crest_timer_stop(&c->timer);
     crest__conn_drop_buffers(c);
     if (c->aborting)

@@ -117,6 +117,7 @@ bool crest__on_loop_thread(const crest_loop_t *loop);
 int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
                    crest_io_cb cb, void *arg, bool counted);
 void crest__io_close(struct crest_io *io);  /* stop, for embedded watchers */
+void crest__io_detach(struct crest_io *io, bool epoll_del);
 void crest__loop_ref(crest_loop_t *loop);
 struct epoll_event;
 void crest__io_dispatch(crest_loop_t *loop, const struct epoll_event *evs, int n);

@@ -114,19 +114,27 @@ void crest_io_feed(crest_io_t *io, unsigned events) {
     loop->stats.fed_events++;
 }
 
-void crest__io_close(struct crest_io *io) {
+/* Take the watcher out of the table (and the ready list).  Remove it from
+ * epoll too, unless the caller is about to close an fd that nothing else
+ * shares: closing the last reference removes it for free, and saves one
+ * epoll_ctl per connection. */
+void crest__io_detach(struct crest_io *io, bool epoll_del) {
     crest_loop_t *loop = io->loop;
     if (io->fd < 0 || loop->ios[io->fd] != io)
         return;
-    /* Remove from epoll before the caller closes the fd: a dup()ed
-     * description would otherwise keep firing.  Errors (the caller closed
-     * the fd already) are harmless here. */
-    (void)crest__epoll_del(loop->epfd, io->fd);
+    /* A dup()ed description would otherwise keep firing after close.
+     * Errors (the caller closed the fd already) are harmless here. */
+    if (epoll_del)
+        (void)crest__epoll_del(loop->epfd, io->fd);
     loop->ios[io->fd] = NULL;
     if (io->fed)
         ready_unlink(loop, io);
     if (io->counted)
         crest__loop_unref(loop);
+}
+
+void crest__io_close(struct crest_io *io) {
+    crest__io_detach(io, true);
 }
 
 void crest_io_stop(crest_io_t *io) {

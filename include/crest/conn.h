@@ -189,6 +189,8 @@ void *crest_conn_get_data(const crest_conn_t *c);
 void *crest_conn_handler_ctx(const crest_conn_t *c);
 crest_loop_t *crest_conn_loop(const crest_conn_t *c);
 crest_conn_state_t crest_conn_state(const crest_conn_t *c);
+/* The socket, for getsockopt and the like.  Do not close it, and do not
+ * dup() it: crest relies on its close to take it out of epoll. */
 int crest_conn_fd(const crest_conn_t *c);
 size_t crest_conn_output_bytes(const crest_conn_t *c);
 /* The peer's address ("127.0.0.1:40000"), into buf. */
