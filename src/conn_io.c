@@ -28,8 +28,6 @@ static crest_close_reason_t reason_for_errno(int err) {
     case ENOMEM:
     case ENOBUFS:
         return CREST_CLOSE_NO_MEMORY;
-    case ETIMEDOUT:
-        return CREST_CLOSE_WRITE_TIMEOUT;
     default:
         return CREST_CLOSE_IO_ERROR;
     }
@@ -240,8 +238,12 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
             return write_failed(c);
         }
     }
-    if (!batching && c->writable)
-        return crest__conn_flush(c);
+    if (!batching && c->writable) {
+        int rc = crest__conn_flush(c);
+        if (rc == 0)
+            check_high_water(c);
+        return rc;
+    }
     if (was_empty && !batching) {
         c->write_stalled_ns = c->io.loop->now_ns;
         if (c->ep->opts.write_timeout_ms)
@@ -299,10 +301,14 @@ int crest_conn_uncork(crest_conn_t *c) {
 
 /* ---- reading ------------------------------------------------------------ */
 
+static bool paused(const struct crest_conn *c) {
+    return c->paused_user || (c->paused_high && !c->ep->opts.keep_reading);
+}
+
 /* Reading was paused: input buffered then, and data that reached the socket
  * meanwhile, raised no new edge.  Come back next iteration. */
 void crest__conn_resume_input(struct crest_conn *c) {
-    if (c->paused_high || c->paused_user)
+    if (paused(c))
         return;
     if (c->in && crest__chunk_len(c->in) > 0)
         c->redeliver = true;
@@ -311,12 +317,11 @@ void crest__conn_resume_input(struct crest_conn *c) {
 }
 
 static bool may_deliver(const struct crest_conn *c) {
-    return !c->close_requested && !c->paused_user && !c->paused_high;
+    return !c->close_requested && !paused(c);
 }
 
 static bool may_read(const struct crest_conn *c) {
-    return c->readable && !c->paused_high && !c->paused_user && !c->close_requested &&
-           (c->state == CREST_CONN_OPEN);
+    return c->readable && !paused(c) && !c->close_requested && c->state == CREST_CONN_OPEN;
 }
 
 /* Hand buffered input to the handler.  Returns false if the connection
@@ -340,6 +345,7 @@ static void deliver_raw(struct crest_conn *c) {
         in->start += (uint32_t)r;
         if (r == 0)
             return; /* it wants more bytes first */
+        c->read_started_ns = 0;
     }
 }
 
@@ -368,6 +374,7 @@ static void deliver_framed(struct crest_conn *c) {
         int r = c->ep->handler.on_message(c, in->data + in->start + fr.offset, fr.length);
         c->depth--;
         in->start += (uint32_t)fr.consumed;
+        c->read_started_ns = 0; /* a message completed: the next one starts now */
         if (r < 0) {
             crest_close_reason_t why = (crest_close_reason_t)-r;
             if ((unsigned)why >= CREST_CLOSE_REASON_COUNT)
@@ -528,7 +535,7 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         c->peer_done = true;
     if (events & (CREST_IO_WRITABLE | CREST_IO_HUP | CREST_IO_ERR))
         c->writable = true;
-    if (c->out_bytes && c->writable && !c->corked)
+    if ((c->out_bytes || c->shut_pending) && c->writable && !c->corked)
         (void)crest__conn_flush(c);
     if (c->redeliver && may_deliver(c) && c->in) {
         c->redeliver = false;

@@ -23,6 +23,7 @@ static bool is_connect_failure(int err) {
     case ENOENT:       /* Unix: no such socket path */
     case EADDRNOTAVAIL: /* out of local ports for this address */
     case ECONNRESET:
+    case EAGAIN:       /* Unix: the listener's backlog is full */
         return true;
     default:
         return false;

@@ -31,8 +31,11 @@ struct crest_listener {
     int reserve_fd;             /* spare fd for EMFILE recovery, or -1 */
     bool tcp;
     uint64_t emfile_logged_ns;
+    struct crest_timer retry;   /* after a transient accept4 error */
     struct crest_listener *prev, *next;
 };
+
+#define ACCEPT_RETRY_MS 10u
 
 void crest_listen_opts_init(crest_listen_opts_t *o) {
     memset(o, 0, sizeof *o);
@@ -55,19 +58,24 @@ static int open_reserve(struct crest_listener *l) {
 static void shed_pending(struct crest_listener *l, int err) {
     crest_loop_t *loop = l->loop;
     unsigned dropped = 0;
+    int end_err = EMFILE;
     if (l->reserve_fd >= 0) {
         crest_fd_close(l->reserve_fd);
         l->reserve_fd = -1;
         for (;;) {
             int fd = accept4(l->io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0)
+            if (fd < 0) {
+                end_err = errno;
                 break;
+            }
             (void)crest_sockopt_set_linger_abort(fd);
             close(fd); /* never registered: it lived for two syscalls */
             dropped++;
         }
         (void)open_reserve(l);
     }
+    if (dropped == 0 && end_err == EAGAIN)
+        return; /* accept4 says EMFILE before it looks: nothing was pending */
     l->ep->lstats.emfile += dropped ? dropped : 1;
     if (loop->now_ns - l->emfile_logged_ns >= 1000000000ull || !l->emfile_logged_ns) {
         l->emfile_logged_ns = loop->now_ns;
@@ -111,7 +119,12 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
                 return;
             default:
                 ep->lstats.accept_errors++;
-                crest_log(CREST_LOG_WARN, "accept4 failed: %s", crest_strerror(-errno));
+                crest_log(CREST_LOG_WARN, "accept4 failed: %s; retrying in %u ms",
+                          crest_strerror(-errno), ACCEPT_RETRY_MS);
+                /* No new edge will come for what is queued: look again soon,
+                 * without spinning if the error persists. */
+                if (!crest_timer_active(&l->retry))
+                    crest__timer_start_at(&l->retry, loop->now_ns + ACCEPT_RETRY_MS * 1000000ull, 0);
                 return;
             }
         }
@@ -133,6 +146,12 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
         crest__conn_settle(c);
     }
     /* Batch used up: more may be waiting, and no new edge will say so. */
+    crest_io_feed(&l->io, CREST_IO_READABLE);
+}
+
+static void on_retry(crest_timer_t *t, void *arg) {
+    CREST__UNUSED(t);
+    struct crest_listener *l = arg;
     crest_io_feed(&l->io, CREST_IO_READABLE);
 }
 
@@ -204,6 +223,7 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
         return -ENOMEM;
     l->loop = loop;
     l->reserve_fd = -1;
+    crest__timer_init(loop, &l->retry, on_retry, l, false);
     l->accept_batch = o.accept_batch ? o.accept_batch : 64;
     int rc = crest_addr_parse(addr, &l->addr);
     if (rc < 0)
@@ -241,6 +261,7 @@ void crest_listener_close(crest_listener_t *l) {
         return;
     crest_loop_t *loop = l->loop;
     int fd = l->io.fd;
+    crest_timer_stop(&l->retry);
     crest__io_close(&l->io);
     crest_fd_close(fd);
     if (l->reserve_fd >= 0)

@@ -5,9 +5,12 @@
  * Every test runs its server and its clients on one loop in the test's
  * thread: crest clients, or raw sockets the test drives itself between
  * iterations.  Addresses are 127.0.0.1 (or ::1, or a Unix path) with a port
- * the kernel picks.  Waits are bounded by iteration counts, never by wall
- * time, and every test ends the same way: every connection closed, no
+ * the kernel picks.  Waits are bounded by iteration counts, not by wall
+ * time (only test_read_timeout_reset_by_progress paces its writes by the
+ * clock), and every test ends the same way: every connection closed, no
  * buffer in use, the loop destroyed clean, no fd left open.
+ *
+ * CREST_TEST_FILTER=glob runs only the matching tests.
  *
  * The big transfers are divided by CREST_TEST_SCALE (default 1; 32 under
  * valgrind), so a native run moves the full 64 MiB. */
@@ -16,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -416,6 +420,9 @@ static void test_many_connections_ping_pong(void **state) {
 struct bulk {
     crest_conn_t *c;
     uint64_t total, sent, rcvd;
+    uint64_t window;    /* most bytes sent and not yet echoed; 0: no limit */
+    bool keep_reading;  /* the client keeps reading above its high water */
+    size_t high, low;   /* the client's high and low water */
     uint64_t h_tx, h_rx;
     uint64_t mismatches;
     uint8_t *piece, *expect;
@@ -426,7 +433,8 @@ struct bulk {
 };
 
 static void bulk_pump(struct bulk *b) {
-    while (!b->paused && b->sent < b->total) {
+    while (!b->paused && b->sent < b->total &&
+           (!b->window || b->sent - b->rcvd < b->window)) {
         size_t n = BULK_PIECE;
         if (n > b->total - b->sent)
             n = (size_t)(b->total - b->sent);
@@ -458,13 +466,15 @@ static ssize_t bulk_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     assert_true(b->rcvd <= b->sent);
     if (b->rcvd == b->total)
         crest_conn_close(c);
+    else
+        bulk_pump(b); /* the window moved */
     return (ssize_t)len;
 }
 
 static void bulk_on_high_water(crest_conn_t *c) {
     struct bulk *b = crest_conn_handler_ctx(c);
     assert_false(b->paused);
-    assert_true(crest_conn_output_bytes(c) > 512 * 1024);
+    assert_true(crest_conn_output_bytes(c) > b->high);
     b->paused = true;
     b->highs++;
 }
@@ -472,7 +482,7 @@ static void bulk_on_high_water(crest_conn_t *c) {
 static void bulk_on_drain(crest_conn_t *c) {
     struct bulk *b = crest_conn_handler_ctx(c);
     assert_true(b->paused);
-    assert_true(crest_conn_output_bytes(c) <= 128 * 1024);
+    assert_true(crest_conn_output_bytes(c) <= b->low);
     b->paused = false;
     b->drains++;
     bulk_pump(b);
@@ -480,74 +490,116 @@ static void bulk_on_drain(crest_conn_t *c) {
 
 static void bulk_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     struct bulk *b = crest_conn_handler_ctx(c);
-    (void)c;
     b->closed = true;
     b->reason = reason;
     b->err = err;
 }
 
-static void test_echo_64mib_checksum(void **state) {
-    (void)state;
+/* Echo b->total bytes from a crest client through a RAW echo server.
+ * Returns false if the transfer stalled (nothing moved for stall_iter
+ * iterations); everything is closed and checked either way. */
+static bool bulk_echo(struct bulk *b, int stall_iter) {
     crest_loop_t *loop = tu_loop();
     static struct srv s;
     srv_start(loop, &s, "127.0.0.1:0", NULL, &raw_echo_handler);
-
-    struct bulk b = {.h_tx = FNV_INIT, .h_rx = FNV_INIT};
-    b.total = (64ull << 20) / test_scale();
-    b.piece = malloc(BULK_PIECE);
-    b.expect = malloc(65536);
-    assert_non_null(b.piece);
-    assert_non_null(b.expect);
+    b->h_tx = b->h_rx = FNV_INIT;
+    b->piece = malloc(BULK_PIECE);
+    b->expect = malloc(65536);
+    assert_non_null(b->piece);
+    assert_non_null(b->expect);
 
     crest_conn_opts_t co;
     crest_conn_opts_init(&co);
-    co.high_water = 512 * 1024;
-    co.low_water = 128 * 1024;
+    co.high_water = b->high;
+    co.keep_reading = b->keep_reading;
+    co.low_water = b->low;
     crest_handler_t h = {.on_open = bulk_on_open, .on_data = bulk_on_data,
                          .on_high_water = bulk_on_high_water, .on_drain = bulk_on_drain,
                          .on_close = bulk_on_close};
     crest_conn_t *c = NULL;
-    assert_int_equal(crest_connect(loop, s.addr, &co, &h, &b, &c), 0);
+    assert_int_equal(crest_connect(loop, s.addr, &co, &h, b, &c), 0);
 
-    /* Bounded by progress: give up after RUN_MAX_ITER idle iterations. */
+    /* Bounded by progress: give up after stall_iter idle iterations. */
     uint64_t last = 0;
     int idle = 0;
-    while (!(b.closed && s.closed == 1)) {
+    bool stalled = false;
+    while (!(b->closed && s.closed == 1)) {
         assert_true(crest_loop_run_once(loop, 10) >= 0);
-        uint64_t now = b.rcvd + b.sent;
+        uint64_t now = b->rcvd + b->sent;
         idle = now == last ? idle + 1 : 0;
         last = now;
-        if (idle > RUN_MAX_ITER)
-            fail_msg("echo stalled: sent %llu, received %llu of %llu, paused %d",
-                     (unsigned long long)b.sent, (unsigned long long)b.rcvd,
-                     (unsigned long long)b.total, b.paused);
+        if (idle > stall_iter) {
+            stalled = true;
+            print_message("echo stalled: sent %llu, echoed %llu of %llu; client queue %zu "
+                          "(paused %d), server queue %zu\n",
+                          (unsigned long long)b->sent, (unsigned long long)b->rcvd,
+                          (unsigned long long)b->total, crest_conn_output_bytes(c), b->paused,
+                          s.conns[0] ? crest_conn_output_bytes(s.conns[0]) : 0);
+            crest_loop_close_all(loop, true);
+            RUN_UNTIL(loop, b->closed && s.closed == 1);
+            break;
+        }
     }
-    assert_int_equal(b.sent, b.total);
-    assert_int_equal(b.rcvd, b.total);
-    assert_int_equal(b.mismatches, 0);
-    assert_true(b.h_tx == b.h_rx);
-    assert_int_equal(b.reason, CREST_CLOSE_LOCAL);
-    assert_int_equal(s.why[0], CREST_CLOSE_PEER_EOF);
-    /* Every pause ended with a drain. */
-    assert_int_equal(b.highs, b.drains);
-    if (test_scale() == 1)
-        assert_true(b.highs >= 1);
+    if (!stalled) {
+        assert_int_equal(b->sent, b->total);
+        assert_int_equal(b->rcvd, b->total);
+        assert_int_equal(b->mismatches, 0);
+        assert_true(b->h_tx == b->h_rx);
+        assert_int_equal(b->reason, CREST_CLOSE_LOCAL);
+        assert_int_equal(s.why[0], CREST_CLOSE_PEER_EOF);
+        /* Every pause ended with a drain. */
+        assert_int_equal(b->highs, b->drains);
 
-    crest_conn_stats_t st;
-    crest_loop_conn_stats(loop, &st);
-    assert_true(st.bytes_in >= 2 * b.total);
-    assert_int_equal(st.bytes_in, st.bytes_out);
-    assert_true(st.paused >= b.highs);
-
+        crest_conn_stats_t st;
+        crest_loop_conn_stats(loop, &st);
+        assert_true(st.bytes_in >= 2 * b->total);
+        assert_int_equal(st.bytes_in, st.bytes_out);
+        assert_true(st.paused >= b->highs);
+    }
     crest_buf_stats_t bs;
     crest_loop_buf_stats(loop, &bs);
     /* The pool gave back what the burst took (at most 64 spare chunks). */
     assert_true(bs.allocated <= 64 * (16384 + 64));
 
-    free(b.piece);
-    free(b.expect);
+    free(b->piece);
+    free(b->expect);
     srv_stop(&s);
     finish(loop);
+    return !stalled;
+}
+
+/* The client writes 256 KiB pieces, stops at on_high_water and goes on at
+ * on_drain.  It also keeps at most 768 KiB unechoed, so that a piece more
+ * stays within the server's 1 MiB high water: the server never stops
+ * reading, and the transfer cannot deadlock (see the next test).  The
+ * client's own high water is low (128 KiB) so that it is crossed often. */
+static void test_echo_64mib_checksum(void **state) {
+    (void)state;
+    struct bulk b = {0};
+    b.total = (64ull << 20) / test_scale();
+    b.window = (1 << 20) - BULK_PIECE;
+    b.high = 128 * 1024;
+    b.low = 32 * 1024;
+    assert_true(bulk_echo(&b, RUN_MAX_ITER));
+    if (test_scale() == 1)
+        assert_true(b.highs >= 1);
+}
+
+/* The same client with no window of its own, relying on on_high_water /
+ * on_drain alone.  If both ends stopped *reading* while their own output is
+ * above high water, once the client has more in flight than the kernel
+ * buffers and the server's queue hold, each would wait for the other.  The
+ * client sets keep_reading: its reading is what drains the server. */
+static void test_echo_backpressure_without_window(void **state) {
+    (void)state;
+    struct bulk b = {0};
+    /* Not scaled: a deadlock needs more in flight than the kernel buffers
+     * hold (about 9 MB here). */
+    b.total = 32ull << 20;
+    b.high = 512 * 1024;
+    b.low = 128 * 1024;
+    b.keep_reading = true;
+    assert_true(bulk_echo(&b, 200));
 }
 
 /* ---- 3. framing: split at every byte, and many frames per write ----------- */
@@ -595,8 +647,8 @@ static void msgset_build(struct msgset *m, const crest_framing_t *f, size_t n_sm
                          size_t n_bulk) {
     bool line = f->kind == CREST_FRAMING_LINE;
     size_t max = f->max_message ? f->max_message : CREST_FRAMING_DEFAULT_MAX;
-    if (!line && f->header_bytes == 1)
-        max = 255;
+    if (!line && f->header_bytes < 8 && max > (1ull << (8 * f->header_bytes)) - 1)
+        max = (size_t)((1ull << (8 * f->header_bytes)) - 1); /* what the header can carry */
     m->n = n_small + n_bulk;
     m->off = calloc(m->n, sizeof *m->off);
     m->len = calloc(m->n, sizeof *m->len);
@@ -862,6 +914,7 @@ static void test_oversized_frame_and_line(void **state) {
 /* ---- 5. half-close ------------------------------------------------------- */
 
 struct hc_srv {
+    uint64_t msgs[MAX_SCONNS]; /* per connection */
     uint64_t msgs_at_eof;
     uint8_t buf[70000];
 };
@@ -869,8 +922,9 @@ struct hc_srv {
 static int hc_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
     struct srv *s = crest_conn_handler_ctx(c);
     struct hc_srv *h = s->test;
-    assert_int_equal(s->eofs, 0); /* nothing after the EOF */
+    assert_int_equal(s->eofs, s->closed); /* nothing after this one's EOF */
     s->messages++;
+    h->msgs[srv_index(c)]++;
     memcpy(h->buf, "echo:", 5);
     memcpy(h->buf + 5, msg, len);
     assert_int_equal(crest_conn_write_message(c, h->buf, len + 5), 0);
@@ -882,9 +936,9 @@ static void hc_on_eof(crest_conn_t *c) {
     struct hc_srv *h = s->test;
     assert_int_equal(crest_conn_state(c), CREST_CONN_HALF_CLOSED);
     s->eofs++;
-    h->msgs_at_eof = s->messages;
+    h->msgs_at_eof = h->msgs[srv_index(c)];
     char bye[64];
-    int n = snprintf(bye, sizeof bye, "bye:%llu", (unsigned long long)s->messages);
+    int n = snprintf(bye, sizeof bye, "bye:%llu", (unsigned long long)h->msgs_at_eof);
     /* Still writable after the peer's EOF. */
     assert_int_equal(crest_conn_write_message(c, bye, (size_t)n), 0);
     crest_conn_close(c);
@@ -947,6 +1001,7 @@ static void test_half_close_with_on_eof(void **state) {
     crest_loop_t *loop = tu_loop();
     static struct srv s;
     static struct hc_srv hs;
+    memset(&hs, 0, sizeof hs);
     crest_listen_opts_t lo;
     crest_listen_opts_init(&lo);
     lo.conn.framing.kind = CREST_FRAMING_LINE;
@@ -1005,8 +1060,9 @@ static void test_half_close_without_on_eof(void **state) {
     lo.conn.sndbuf = 8192; /* so that replies wait in crest's queue */
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
 
-    /* ~1 MiB of lines, then FIN, written before the client reads at all. */
-    size_t n_lines = 2000 / test_scale() + 10;
+    /* ~600 KB of lines (under the 1 MiB high water), then FIN, all written
+     * before the client reads at all. */
+    size_t n_lines = 400;
     uint8_t *req = malloc(n_lines * 3100);
     assert_non_null(req);
     size_t len = 0;
@@ -1017,7 +1073,11 @@ static void test_half_close_without_on_eof(void **state) {
     int fd = raw_connect(s.addr, 0);
     raw_send_all(loop, fd, req, len);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
-    RUN_UNTIL(loop, s.messages == n_lines);
+    /* The server saw every line and the EOF, and is closing with replies
+     * still queued. */
+    RUN_UNTIL(loop, s.messages == n_lines && s.conns[0] &&
+                        crest_conn_state(s.conns[0]) == CREST_CONN_CLOSING);
+    assert_true(crest_conn_output_bytes(s.conns[0]) > 0);
     uint8_t *got = malloc(len + 1);
     assert_non_null(got);
     int end;
@@ -1717,12 +1777,12 @@ static void close_in_callback_case(crest_framing_kind_t kind) {
     char got[64] = "";
     int end;
     size_t n = raw_recv(loop, b, got, 17, &end);
-    (void)n;
     close(a);
     close(b);
     RUN_UNTIL(loop, s.closed == 2);
     srv_stop(&s);
     finish(loop);
+    assert_int_equal(n, 17);
     assert_memory_equal(got, "bye-from-quitter\n", 17);
 }
 
@@ -1732,12 +1792,292 @@ static void test_close_in_callback_then_write_elsewhere(void **state) {
     close_in_callback_case(CREST_FRAMING_RAW);
 }
 
+/* ---- 13. more of the write path and shutdown ------------------------------ */
+
+/* Writes queued while connecting, then one big write in on_open: the
+ * queue is far above high water after it, so on_high_water must have run
+ * (conn.h: "when queued output exceeds high_water, the connection stops
+ * reading and calls on_high_water"), as it does for any other write. */
+struct hw1 {
+    bool opened, closed;
+    unsigned highs;
+    size_t out_after_write;
+    unsigned highs_after_write;
+    uint8_t *big;
+};
+
+static void hw1_open(crest_conn_t *c) {
+    struct hw1 *h = crest_conn_handler_ctx(c);
+    h->opened = true;
+    assert_int_equal(crest_conn_write(c, h->big, 4 << 20), 0);
+    h->out_after_write = crest_conn_output_bytes(c);
+    h->highs_after_write = h->highs;
+    crest_conn_abort(c); /* what happened is recorded: no need to flush it */
+}
+
+static void hw1_high(crest_conn_t *c) {
+    struct hw1 *h = crest_conn_handler_ctx(c);
+    h->highs++;
+}
+
+static void hw1_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    struct hw1 *h = crest_conn_handler_ctx(c);
+    h->closed = true;
+}
+
+/* One client: maybe a write while connecting, then 4 MiB in on_open. */
+static void hw1_case(struct hw1 *h, bool write_while_connecting) {
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    crest_handler_t sh = {.on_open = srv_on_open, .on_data = ignore_data,
+                          .on_close = srv_on_close};
+    srv_start(loop, &s, "127.0.0.1:0", NULL, &sh);
+    memset(h, 0, sizeof *h);
+    h->big = calloc(1, 4 << 20);
+    assert_non_null(h->big);
+    crest_conn_opts_t co;
+    crest_conn_opts_init(&co);
+    co.high_water = 64 * 1024;
+    co.low_water = 16 * 1024;
+    co.sndbuf = 16 * 1024;
+    crest_handler_t ch = {.on_open = hw1_open, .on_data = ignore_data,
+                          .on_high_water = hw1_high, .on_close = hw1_close};
+    crest_conn_t *c;
+    assert_int_equal(crest_connect(loop, s.addr, &co, &ch, h, &c), 0);
+    if (write_while_connecting) {
+        assert_int_equal(crest_conn_write(c, "queued while connecting", 23), 0);
+        assert_int_equal(crest_conn_output_bytes(c), 23);
+    }
+    RUN_UNTIL(loop, h->closed && s.closed == 1);
+    free(h->big);
+    srv_stop(&s);
+    finish(loop);
+    assert_true(h->opened);
+    assert_true(h->out_after_write > 64 * 1024);
+}
+
+static void test_high_water_after_connect(void **state) {
+    (void)state;
+    static struct hw1 h;
+    hw1_case(&h, false); /* the direct path: on_high_water runs */
+    assert_true(h.highs_after_write >= 1);
+    hw1_case(&h, true);  /* queue non-empty and writable: queue, then flush */
+    if (h.highs_after_write == 0)
+        fail_msg("%zu bytes queued (high_water 65536) and on_high_water never called",
+                 h.out_after_write);
+}
+
+/* crest_loop_close_all(): graceful (queued output still goes out, reason
+ * SHUTDOWN) and abortive (RST). */
+static void test_close_all(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    crest_handler_t sh = {.on_open = srv_on_open, .on_data = ignore_data,
+                          .on_close = srv_on_close};
+    crest_listen_opts_t lo;
+    crest_listen_opts_init(&lo);
+    lo.conn.sndbuf = 8192;
+    srv_start(loop, &s, "127.0.0.1:0", &lo, &sh);
+    enum { N = 3, BYTES = 300000 };
+    int fd[N];
+    uint8_t *data = malloc(BYTES), *got = malloc(BYTES);
+    assert_non_null(data);
+    assert_non_null(got);
+    pattern(data, 77, BYTES);
+    for (int i = 0; i < N; i++)
+        fd[i] = raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.opened == N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(crest_conn_write(s.conns[i], data, BYTES), 0);
+        assert_true(crest_conn_output_bytes(s.conns[i]) > 0);
+    }
+    crest_loop_close_all(loop, false);
+    for (int i = 0; i < N; i++) {
+        int end;
+        assert_int_equal(raw_recv(loop, fd[i], got, BYTES, &end), BYTES);
+        assert_memory_equal(got, data, BYTES);
+        assert_int_equal(raw_wait_end(loop, fd[i]), 1);
+        close(fd[i]);
+    }
+    RUN_UNTIL(loop, s.closed == N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(s.why[i], CREST_CLOSE_SHUTDOWN);
+
+    for (int i = 0; i < N; i++)
+        fd[i] = raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.opened == 2 * N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(crest_conn_write(s.conns[N + i], data, BYTES), 0);
+    crest_loop_close_all(loop, true);
+    RUN_UNTIL(loop, s.closed == 2 * N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(s.why[N + i], CREST_CLOSE_SHUTDOWN);
+        assert_int_equal(raw_wait_end(loop, fd[i]), -ECONNRESET);
+        close(fd[i]);
+    }
+    free(data);
+    free(got);
+    srv_stop(&s);
+    finish(loop);
+}
+
+/* connect.c: "Failures of the connect itself ... are always reported
+ * through on_close, even when connect() fails at once (a Unix socket can)".
+ * A Unix listener whose backlog is full makes connect() fail at once with
+ * EAGAIN. */
+static void test_unix_connect_backlog_full(void **state) {
+    (void)state;
+    char path[108], addr[128];
+    snprintf(path, sizeof path, "/tmp/crest-test-full-%d.sock", (int)getpid());
+    snprintf(addr, sizeof addr, "unix:%s", path);
+    unlink(path);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, path);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    /* Fill the queue: nonblocking connects until one fails with EAGAIN. */
+    int fill[8], n_fill = 0;
+    for (; n_fill < 8; n_fill++) {
+        fill[n_fill] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        assert_true(fill[n_fill] >= 0);
+        if (connect(fill[n_fill], (struct sockaddr *)&sun, sizeof sun) < 0) {
+            assert_int_equal(errno, EAGAIN);
+            close(fill[n_fill]);
+            break;
+        }
+    }
+    assert_true(n_fill < 8);
+
+    crest_loop_t *loop = tu_loop();
+    struct outcome o = {0};
+    crest_conn_t *c = NULL;
+    int rc = crest_connect(loop, addr, NULL, &oc_handler, &o, &c);
+    if (rc == 0)
+        RUN_UNTIL(loop, o.closed);
+    for (int i = 0; i < n_fill; i++)
+        close(fill[i]);
+    close(lfd);
+    unlink(path);
+    finish(loop);
+    assert_int_equal(rc, 0);
+    assert_false(o.opened);
+    assert_int_equal(o.reason, CREST_CLOSE_CONNECT_FAILED);
+    assert_int_equal(o.err, EAGAIN);
+}
+
+/* A real EMFILE (a lowered soft RLIMIT_NOFILE, every slot below it taken
+ * but one): the listener sheds the connection it cannot hold through its
+ * spare fd, counts it, keeps serving, and accepts again once fds free up.
+ * (test_fault.c injects EMFILE; this is the kernel's.) */
+static void test_accept_real_emfile(void **state) {
+    (void)state;
+    /* valgrind emulates the fd limit: an accept4 whose fd lands above it
+     * is closed by valgrind and reported as EMFILE, the connection gone. */
+    if (RUNNING_ON_VALGRIND)
+        skip();
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    srv_start(loop, &s, "127.0.0.1:0", NULL, &raw_echo_handler);
+    crest_addr_t a;
+    assert_int_equal(crest_addr_parse(s.addr, &a), 0);
+    int cl[3];
+    for (int i = 0; i < 3; i++) {
+        cl[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(cl[i] >= 0);
+    }
+    /* Take every slot below a limit a few above the highest fd, then
+     * give one back. */
+    int hi = 0;
+    static unsigned char set[65536];
+    tu_proc_fd_set(set, (int)sizeof set);
+    for (int fd = 0; fd < (int)sizeof set; fd++)
+        if (set[fd] && (rlim_t)fd < old.rlim_cur)
+            hi = fd;
+    struct rlimit lim = old;
+    lim.rlim_cur = (rlim_t)hi + 4;
+    if (setrlimit(RLIMIT_NOFILE, &lim) < 0) {
+        for (int i = 0; i < 3; i++)
+            close(cl[i]);
+        srv_stop(&s);
+        finish(loop);
+        skip();
+    }
+    int fill[4096], n_fill = 0;
+    while (n_fill < 4096) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            break;
+        fill[n_fill++] = fd;
+    }
+    int open_errno = errno;
+    close(fill[--n_fill]); /* exactly one slot free */
+
+    bool ok = open_errno == EMFILE;
+    /* The first client takes the last slot. */
+    ok = ok && connect(cl[0], (struct sockaddr *)&a.ss, a.len) == 0;
+    for (int i = 0; ok && i < 200 && s.opened < 1; i++)
+        crest_loop_run_once(loop, 10);
+    int opened_first = s.opened;
+    /* The second cannot be held. */
+    crest_listener_stats_t ls = {0};
+    ok = ok && connect(cl[1], (struct sockaddr *)&a.ss, a.len) == 0;
+    for (int i = 0; ok && i < 200 && ls.emfile < 1; i++) {
+        crest_loop_run_once(loop, 10);
+        crest_listener_get_stats(s.l, &ls);
+    }
+    int opened_second = s.opened;
+    /* Fds back. */
+    for (int i = 0; i < n_fill; i++)
+        close(fill[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+
+    assert_true(ok);
+    assert_int_equal(opened_first, 1);
+    assert_int_equal(opened_second, 1);
+    assert_int_equal(ls.accepted, 1);
+    assert_true(ls.emfile >= 1);
+    assert_true(tu_log_line_has("warning", "out of file descriptors", NULL));
+    crest_fd_counts_t rsv;
+    assert_int_equal(crest_fd_counts(CREST_FD_RESERVE, &rsv), 0);
+    assert_true(rsv.open >= 1); /* the spare is back */
+    /* The dropped client sees its connection end (reset or EOF). */
+    assert_int_equal(fcntl(cl[1], F_SETFL, O_NONBLOCK), 0);
+    assert_true(raw_wait_end(loop, cl[1]) != 0);
+    /* The first is served; a new one is accepted. */
+    assert_int_equal(fcntl(cl[0], F_SETFL, O_NONBLOCK), 0);
+    expect_echo(loop, cl[0], "still served", 12);
+    assert_int_equal(connect(cl[2], (struct sockaddr *)&a.ss, a.len), 0);
+    RUN_UNTIL(loop, s.opened == 2);
+    assert_int_equal(fcntl(cl[2], F_SETFL, O_NONBLOCK), 0);
+    expect_echo(loop, cl[2], "accepted again", 14);
+    for (int i = 0; i < 3; i++)
+        close(cl[i]);
+    RUN_UNTIL(loop, s.closed == 2);
+    srv_stop(&s);
+    finish(loop);
+    /* listener.h: emfile counts connections "dropped while out of fds":
+     * one was. */
+    if (ls.emfile != 1)
+        fail_msg("emfile is %llu with one connection dropped: accept4 fails with EMFILE "
+                 "before it looks at the queue, so the accept after the one that took the "
+                 "last free fd counted (and logged) a drop of nothing",
+                 (unsigned long long)ls.emfile);
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_many_connections_ping_pong),
         tu_test(test_echo_64mib_checksum),
+        tu_test(test_echo_backpressure_without_window),
         tu_test(test_framing_length_split_and_batched),
         tu_test(test_framing_line_split_and_batched),
         tu_test(test_write_message_limits),
@@ -1758,6 +2098,14 @@ int main(void) {
         tu_test(test_ipv6_loopback),
         tu_test(test_pause_resume_delivers_buffered),
         tu_test(test_close_in_callback_then_write_elsewhere),
+        tu_test(test_high_water_after_connect),
+        tu_test(test_close_all),
+        tu_test(test_unix_connect_backlog_full),
+        tu_test(test_accept_real_emfile),
     };
+    /* CREST_TEST_FILTER=test_name (a glob) runs only the matching tests. */
+    const char *filter = getenv("CREST_TEST_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

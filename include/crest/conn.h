@@ -124,6 +124,11 @@ typedef struct crest_conn_opts {
     size_t read_budget;           /* bytes read per event before yielding (64 KiB) */
     size_t high_water;            /* output queue: pause reading above (1 MiB) */
     size_t low_water;             /* resume at or below (256 KiB) */
+    bool keep_reading;            /* do not pause reading above high_water:
+                                     for a client whose reading is what
+                                     drains its peer (on_high_water still
+                                     fires); two ends that both pause can
+                                     deadlock */
     uint32_t idle_timeout_ms;     /* no bytes in or out for this long (0: off) */
     uint32_t read_timeout_ms;     /* a message started but not finished (0: off) */
     uint32_t write_timeout_ms;    /* output queued with no progress (0: off) */
@@ -149,7 +154,8 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
                        crest_conn_t **connp);
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
- * after close or shutdown, -ENOMEM. */
+ * after close or shutdown, -EPIPE if the socket failed (the connection is
+ * then closing, with the reason the error maps to), -ENOMEM. */
 int crest_conn_write(crest_conn_t *c, const void *data, size_t len);
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 /* Write msg framed as the connection's framing says: header + payload for
@@ -198,7 +204,7 @@ int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size);
 
 /* Per-loop connection counters. */
 typedef struct crest_conn_stats {
-    uint64_t opened;           /* accepted + connected */
+    uint64_t opened;           /* accepted + outbound (counted at connect()) */
     uint64_t active;           /* open now */
     uint64_t closed;
     uint64_t bytes_in, bytes_out;
