@@ -295,10 +295,6 @@ static void finish_close(struct crest_conn *c) {
     crest__io_detach(&c->io, false);
     crest_timer_stop(&c->timer);
     crest__conn_drop_buffers(c);
-    if (c->aborting)
-        (void)crest_sockopt_set_linger_abort(fd);
-    crest_fd_close(fd);
-    c->io.fd = -1;
     c->state = CREST_CONN_CLOSED;
 
     if (c->prev)
@@ -316,11 +312,17 @@ static void finish_close(struct crest_conn *c) {
     loop->conn_stats.close_reasons[c->close_reason]++;
     if (c->ep->lstats.active)
         c->ep->lstats.active--;
+    /* on_close runs with the socket still open, so crest_conn_peer() and
+     * crest_conn_fd() work there; nothing more can be read or written. */
     if (c->ep->handler.on_close) {
         c->depth++;
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
+    if (c->aborting)
+        (void)crest_sockopt_set_linger_abort(fd);
+    crest_fd_close(fd);
+    c->io.fd = -1;
 }
 
 /* Complete a requested close if it can complete now.  Called by the loop's

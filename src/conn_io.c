@@ -324,6 +324,14 @@ static bool may_read(const struct crest_conn *c) {
     return c->readable && !paused(c) && !c->close_requested && c->state == CREST_CONN_OPEN;
 }
 
+/* The handler returned a negative close reason for len bytes of input. */
+static void reject(struct crest_conn *c, ssize_t r, size_t len) {
+    crest_close_reason_t why = (crest_close_reason_t)-r;
+    if ((unsigned)why >= CREST_CLOSE_REASON_COUNT)
+        why = CREST_CLOSE_PROTOCOL_ERROR;
+    crest_conn_fail(c, why, "the handler rejected %zu bytes of input", len);
+}
+
 /* Hand buffered input to the handler.  Returns false if the connection
  * must stop reading (closing or paused). */
 static void deliver_raw(struct crest_conn *c) {
@@ -334,10 +342,7 @@ static void deliver_raw(struct crest_conn *c) {
         ssize_t r = c->ep->handler.on_data(c, in->data + in->start, len);
         c->depth--;
         if (r < 0) {
-            crest_close_reason_t why = (crest_close_reason_t)-r;
-            if ((unsigned)why >= CREST_CLOSE_REASON_COUNT)
-                why = CREST_CLOSE_PROTOCOL_ERROR;
-            crest_conn_fail(c, why, "the handler rejected %zu bytes of input", len);
+            reject(c, r, len);
             return;
         }
         if ((size_t)r > len)
@@ -376,13 +381,33 @@ static void deliver_framed(struct crest_conn *c) {
         in->start += (uint32_t)fr.consumed;
         c->read_started_ns = 0; /* a message completed: the next one starts now */
         if (r < 0) {
-            crest_close_reason_t why = (crest_close_reason_t)-r;
-            if ((unsigned)why >= CREST_CLOSE_REASON_COUNT)
-                why = CREST_CLOSE_PROTOCOL_ERROR;
-            crest_conn_fail(c, why, "the handler rejected a %zu-byte message", fr.length);
+            reject(c, r, fr.length);
             return;
         }
     }
+}
+
+/* At EOF, LINE framing hands over a last line that has no "\n" (Go's
+ * bufio.ScanLines does the same): what is buffered is shorter than the
+ * limit, or it would have been refused already. */
+static void deliver_last_line(struct crest_conn *c) {
+    struct crest__chunk *in = c->in;
+    if (c->ep->opts.framing.kind != CREST_FRAMING_LINE || !in || crest__chunk_len(in) == 0 ||
+        !may_deliver(c))
+        return;
+    size_t len = crest__chunk_len(in);
+    const uint8_t *line = in->data + in->start;
+    if (line[len - 1] == '\r')
+        len--;
+    c->io.loop->conn_stats.messages_in++;
+    c->gather = true;
+    c->depth++;
+    int r = c->ep->handler.on_message(c, line, len);
+    c->depth--;
+    c->gather = false;
+    in->start = in->end;
+    if (r < 0)
+        reject(c, r, len);
 }
 
 static void deliver(struct crest_conn *c) {
@@ -474,6 +499,9 @@ static void read_input(struct crest_conn *c) {
         if (n == 0) {
             c->readable = false;
             c->state = CREST_CONN_HALF_CLOSED;
+            deliver_last_line(c);
+            if (c->out_bytes && c->writable && !c->corked)
+                (void)crest__conn_flush(c);
             if (c->in && crest__chunk_len(c->in) == 0) {
                 crest__chunk_put(&loop->pool, c->in);
                 c->in = NULL;

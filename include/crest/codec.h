@@ -9,7 +9,9 @@
  * Line framing: a message ends at "\n"; a "\r" right before it is removed
  * too, so "\n" and "\r\n" lines both work.  The message excludes the line
  * ending.  A line longer than max_message bytes (its ending excluded) is
- * "line too long" and closes the connection.
+ * "line too long" and closes the connection.  A connection that reaches
+ * EOF with a last line that has no "\n" delivers it too (like Go's
+ * bufio.ScanLines), a trailing "\r" removed.
  *
  * Length-prefix framing: a header of 1, 2, 4 or 8 bytes, big-endian unless
  * little_endian is set, gives the payload length that follows; the message

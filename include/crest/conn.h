@@ -75,7 +75,9 @@ typedef enum crest_close_reason {
     CREST_CLOSE_CONNECT_TIMEOUT,
     CREST_CLOSE_CONNECT_FAILED,   /* refused, unreachable, ... (err says) */
     CREST_CLOSE_PROTOCOL_ERROR,   /* the handler rejected the input */
-    CREST_CLOSE_TOO_LARGE,        /* line too long / frame too large */
+    CREST_CLOSE_TOO_LARGE,        /* a message over the framing's limit: the
+                                     log says "line too long" or "frame too
+                                     large" */
     CREST_CLOSE_LOCAL,            /* crest_conn_close() */
     CREST_CLOSE_ABORT,            /* crest_conn_abort(): RST */
     CREST_CLOSE_CONN_LIMIT,       /* refused: the listener is full */
@@ -84,7 +86,7 @@ typedef enum crest_close_reason {
     CREST_CLOSE_REASON_COUNT
 } crest_close_reason_t;
 
-/* "peer EOF", "frame too large", ... */
+/* "peer EOF", "too large", ... */
 const char *crest_close_reason_name(crest_close_reason_t reason);
 /* "peer_eof", "too_large", ...: for metrics and key=value output. */
 const char *crest_close_reason_key(crest_close_reason_t reason);
@@ -113,7 +115,9 @@ typedef struct crest_handler {
     void (*on_high_water)(crest_conn_t *c);
     /* Output fell to low_water after a high-water pause: reading resumed. */
     void (*on_drain)(crest_conn_t *c);
-    /* Closed, exactly once.  err is the errno behind the reason, or 0. */
+    /* Closed, exactly once.  err is the errno behind the reason, or 0.  The
+     * socket is still open during the call (crest_conn_peer() works), but
+     * nothing more can be written. */
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
 } crest_handler_t;
 
