@@ -241,11 +241,20 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
     return c;
 }
 
-/* The connection is established: tell the handler. */
+/* The connection is established.  The handler hears of it now, or, behind
+ * a PROXY header, once the header is in (conn_io.c). */
 void crest__conn_open(struct crest_conn *c) {
     c->state = CREST_CONN_OPEN;
     c->last_active_ns = c->io.loop->now_ns;
     crest__conn_arm_timer(c);
+    if (c->ep->proxy) {
+        c->proxy_wait = true;
+        return;
+    }
+    crest__conn_notify_open(c);
+}
+
+void crest__conn_notify_open(struct crest_conn *c) {
     if (c->ep->handler.on_open) {
         c->depth++;
         c->ep->handler.on_open(c);
@@ -351,6 +360,7 @@ void crest__conns_reap(crest_loop_t *loop) {
         struct crest_conn *c = loop->zombies;
         loop->zombies = c->next;
         crest__endpoint_release(c->ep);
+        free(c->proxy);
         free(c);
     }
 }
@@ -473,6 +483,12 @@ size_t crest_conn_output_bytes(const crest_conn_t *c) {
 }
 
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size) {
+    if (c->proxy && c->proxy->has_addr)
+        return crest_addr_format(&c->proxy->src, buf, size);
+    return crest_conn_socket_peer(c, buf, size);
+}
+
+int crest_conn_socket_peer(const crest_conn_t *c, char *buf, size_t size) {
     crest_addr_t a;
     a.len = sizeof a.ss;
     if (c->io.fd < 0)

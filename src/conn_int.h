@@ -15,6 +15,7 @@ struct crest__endpoint {
     size_t max_buffered;          /* most input bytes a connection may hold */
     unsigned refs;
     unsigned max_conns;           /* listener: 0 = no limit */
+    unsigned proxy;               /* listener: PROXY versions expected */
     crest_listener_stats_t lstats;
 };
 
@@ -23,6 +24,7 @@ struct crest_conn {
     struct crest__endpoint *ep;
     void *data;
     struct crest__chunk *in;      /* input not yet consumed, or NULL */
+    crest_proxy_info_t *proxy;    /* what a PROXY header said, or NULL */
     struct crest__chunk *out_head, *out_tail;
     size_t out_bytes;
     struct crest_timer timer;     /* the earliest of the deadlines below */
@@ -48,6 +50,7 @@ struct crest_conn {
     bool aborting;
     bool dead;                    /* the socket failed: nothing more to send */
     bool redeliver;               /* buffered input waits for a resume */
+    bool proxy_wait;              /* the PROXY header has not arrived yet */
 };
 
 /* Chunk offsets are 32-bit: no input buffer may grow past this. */
@@ -57,6 +60,7 @@ struct crest_conn {
 struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
                                       crest_conn_state_t state);
 void crest__conn_open(struct crest_conn *c);
+void crest__conn_notify_open(struct crest_conn *c);
 void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err);
 void crest__conn_settle(struct crest_conn *c);
 void crest__conn_arm_timer(struct crest_conn *c);

@@ -393,7 +393,7 @@ static void deliver_framed(struct crest_conn *c) {
 static void deliver_last_line(struct crest_conn *c) {
     struct crest__chunk *in = c->in;
     if (c->ep->opts.framing.kind != CREST_FRAMING_LINE || !in || crest__chunk_len(in) == 0 ||
-        !may_deliver(c))
+        c->proxy_wait || !may_deliver(c))
         return;
     size_t len = crest__chunk_len(in);
     const uint8_t *line = in->data + in->start;
@@ -410,7 +410,38 @@ static void deliver_last_line(struct crest_conn *c) {
         reject(c, r, len);
 }
 
+/* Behind a load balancer: the PROXY header comes first, then on_open,
+ * then the stream.  Returns false while the header is incomplete or bad. */
+static bool take_proxy_header(struct crest_conn *c) {
+    struct crest__chunk *in = c->in;
+    crest_proxy_info_t info;
+    size_t used = 0;
+    const char *why = "malformed";
+    int rc = crest_proxy_parse(in->data + in->start, crest__chunk_len(in), c->ep->proxy, &info,
+                               &used, &why);
+    if (rc == 0)
+        return false;
+    if (rc < 0) {
+        crest_conn_fail(c, CREST_CLOSE_PROTOCOL_ERROR, "PROXY header: %s", why);
+        return false;
+    }
+    in->start += (uint32_t)used;
+    c->proxy_wait = false;
+    if (info.has_addr) {
+        c->proxy = malloc(sizeof *c->proxy);
+        if (!c->proxy) {
+            crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "no memory for the PROXY addresses");
+            return false;
+        }
+        *c->proxy = info;
+    }
+    crest__conn_notify_open(c);
+    return may_deliver(c);
+}
+
 static void deliver(struct crest_conn *c) {
+    if (c->proxy_wait && !take_proxy_header(c))
+        return;
     c->gather = true;
     if (c->ep->opts.framing.kind == CREST_FRAMING_RAW)
         deliver_raw(c);
@@ -442,8 +473,11 @@ static bool settle_input(struct crest_conn *c) {
     crest__chunk_compact(in);
     if (crest__chunk_space(in) > 0)
         return true;
-    /* Full with one partial message: grow, up to what a message may need. */
+    /* Full with one partial message: grow, up to what a message (or the
+     * PROXY header) may need. */
     size_t limit = c->ep->max_buffered;
+    if (c->proxy_wait && limit < CREST_PROXY_MAX_HEADER)
+        limit = CREST_PROXY_MAX_HEADER;
     if (in->cap >= limit) {
         crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
                         "input buffer full: %u bytes unconsumed (limit %zu)", in->cap, limit);

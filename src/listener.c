@@ -232,6 +232,7 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
     if ((rc = crest__endpoint_new(handler, ctx, &o.conn, &l->ep)) < 0)
         goto fail;
     l->ep->max_conns = o.max_conns;
+    l->ep->proxy = o.proxy_protocol & CREST_PROXY_ANY;
     int fd = make_socket(l, &o);
     if (fd < 0) {
         rc = fd;

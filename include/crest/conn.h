@@ -98,7 +98,9 @@ const char *crest_close_reason_key(crest_close_reason_t reason);
  * A callback may write, close or abort its connection; after a close the
  * connection stays valid until the callback returns. */
 typedef struct crest_handler {
-    /* Accepted, or outbound connect completed. */
+    /* Accepted (after its PROXY header, if the listener expects one), or
+     * outbound connect completed.  A connection that fails before that
+     * gets on_close without on_open. */
     void (*on_open)(crest_conn_t *c);
     /* RAW: bytes arrived.  Return how many were consumed (0..len; the rest
      * is kept and offered again with more), or a negative crest_close_reason_t
@@ -203,8 +205,12 @@ crest_conn_state_t crest_conn_state(const crest_conn_t *c);
  * dup() it: crest relies on its close to take it out of epoll. */
 int crest_conn_fd(const crest_conn_t *c);
 size_t crest_conn_output_bytes(const crest_conn_t *c);
-/* The peer's address ("127.0.0.1:40000"), into buf. */
+/* The client's address ("127.0.0.1:40000"), into buf: the one a PROXY
+ * header named (proxy.h) if there was one, else the socket's peer.
+ * Returns the length written or -errno. */
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size);
+/* The socket's own peer (the load balancer, behind one). */
+int crest_conn_socket_peer(const crest_conn_t *c, char *buf, size_t size);
 
 /* Per-loop connection counters. */
 typedef struct crest_conn_stats {

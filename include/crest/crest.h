@@ -13,6 +13,7 @@
 #include "sockopt.h"
 #include "codec.h"
 #include "conn.h"
+#include "proxy.h"
 #include "listener.h"
 
 #endif

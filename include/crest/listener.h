@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "conn.h"
+#include "proxy.h"
 #include "loop.h"
 
 #ifdef __cplusplus
@@ -36,6 +37,8 @@ typedef struct crest_listen_opts {
     unsigned max_conns;     /* 0: no limit */
     unsigned accept_batch;  /* accepts per event; default 64 */
     unsigned unix_mode;     /* chmod of a Unix socket path; 0: leave */
+    unsigned proxy_protocol; /* CREST_PROXY_V1|V2|ANY: expect a PROXY
+                                header first (proxy.h); 0: off */
     crest_conn_opts_t conn; /* applied to every accepted connection;
                                sndbuf/rcvbuf are set on the listener before
                                listen() and inherited */
