@@ -112,9 +112,13 @@ void bench_result_print_human(FILE *out, const bench_run_info_t *info, const ben
     struct numbers n;
     derive(r, &n);
     fprintf(out,
-            "crest-bench (crest %s): %s mode, %llu-byte payload, %u connection%s on %u thread%s, "
-            "pipeline %u, ",
-            info->version, info->mode, (unsigned long long)info->size, info->conns,
+            "crest-bench (crest %s): %s mode, ", info->version, info->mode);
+    if (info->size_min < info->size)
+        fprintf(out, "random %llu-%llu-byte payloads, ", (unsigned long long)info->size_min,
+                (unsigned long long)info->size);
+    else
+        fprintf(out, "%llu-byte payload, ", (unsigned long long)info->size);
+    fprintf(out, "%u connection%s on %u thread%s, pipeline %u, ", info->conns,
             info->conns == 1 ? "" : "s", info->threads, info->threads == 1 ? "" : "s",
             info->pipeline);
     if (info->rate > 0)
@@ -183,15 +187,22 @@ void bench_result_print_human(FILE *out, const bench_run_info_t *info, const ben
 void bench_result_print_kv(FILE *out, const bench_run_info_t *info, const bench_result_t *r) {
     struct numbers n;
     derive(r, &n);
+    char size[48];
+    if (info->size_min < info->size) /* --size-random: size=MIN-MAX */
+        snprintf(size, sizeof size, "%llu-%llu", (unsigned long long)info->size_min,
+                 (unsigned long long)info->size);
+    else
+        snprintf(size, sizeof size, "%llu", (unsigned long long)info->size);
     fprintf(out,
-            "crest-bench: mode=%s size=%llu conns=%llu conn_failed=%llu threads=%u pipeline=%u "
-            "rate=%.0f seconds=%.3f msgs=%llu msgs_per_s=%.0f mb_per_s=%.3f "
+            "crest-bench: mode=%s size=%s conns=%llu conn_failed=%llu threads=%u pipeline=%u "
+            "rate=%.0f seconds=%.3f msgs=%llu payload_bytes=%llu msgs_per_s=%.0f mb_per_s=%.3f "
             "p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f mean_us=%.1f "
             "connect_p50_us=%.1f connect_p99_us=%.1f connect_max_us=%.1f errors=%llu",
-            info->mode, (unsigned long long)info->size, (unsigned long long)r->conns_established,
+            info->mode, size, (unsigned long long)r->conns_established,
             (unsigned long long)n.conn_failed, info->threads, info->pipeline, info->rate, n.seconds,
-            (unsigned long long)r->msgs, n.msgs_per_s, n.mb_per_s, n.p50, n.p90, n.p99, n.p999,
-            n.max, n.mean, n.c50, n.c99, n.cmax, (unsigned long long)n.errors);
+            (unsigned long long)r->msgs, (unsigned long long)r->payload_bytes, n.msgs_per_s,
+            n.mb_per_s, n.p50, n.p90, n.p99, n.p999, n.max, n.mean, n.c50, n.c99, n.cmax,
+            (unsigned long long)n.errors);
     for (int k = 0; k < BENCH_ERR_COUNT; k++)
         fprintf(out, " err_%s=%llu", bench_err_key(k), (unsigned long long)r->errors[k]);
     fprintf(out, " unsent=%llu client_reads=%llu client_writes=%llu fds_leaked=%d interrupted=%d\n",
@@ -225,19 +236,20 @@ void bench_result_print_json(FILE *out, const bench_run_info_t *info, const benc
     fprintf(out, ", \"target\": ");
     json_string(out, info->target);
     fprintf(out,
-            ", \"size\": %llu, \"conns_requested\": %u, \"threads\": %u, \"pipeline\": %u, "
-            "\"rate\": %.0f, \"per_conn\": %lld, \"warmup_s\": %.3f, \"duration_s\": %.3f, "
-            "\"source_addresses\": %u,\n",
-            (unsigned long long)info->size, info->conns, info->threads, info->pipeline, info->rate,
+            ", \"size\": %llu, \"size_min\": %llu, \"conns_requested\": %u, \"threads\": %u, "
+            "\"pipeline\": %u, \"rate\": %.0f, \"per_conn\": %lld, \"warmup_s\": %.3f, "
+            "\"duration_s\": %.3f, \"source_addresses\": %u,\n",
+            (unsigned long long)info->size, (unsigned long long)info->size_min, info->conns, info->threads, info->pipeline, info->rate,
             info->by_count ? (long long)info->per_conn : -1LL, info->warmup_s, info->duration_s,
             info->binds);
     fprintf(out,
             " \"conns\": %llu, \"conn_failed\": %llu, \"seconds\": %.6f, \"msgs\": %llu, "
-            "\"msgs_per_s\": %.1f, \"mb_per_s\": %.4f, "
+            "\"payload_bytes\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.4f, "
             "\"mb_per_s_is\": \"payload one way, MB = 1e6 bytes\", \"unsent\": %llu, "
             "\"client_reads\": %llu, \"client_writes\": %llu,\n",
             (unsigned long long)r->conns_established, (unsigned long long)n.conn_failed, n.seconds,
-            (unsigned long long)r->msgs, n.msgs_per_s, n.mb_per_s, (unsigned long long)r->unsent,
+            (unsigned long long)r->msgs, (unsigned long long)r->payload_bytes, n.msgs_per_s,
+            n.mb_per_s, (unsigned long long)r->unsent,
             (unsigned long long)r->client_reads, (unsigned long long)r->client_writes);
     fprintf(out,
             " \"latency_us\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, "

@@ -71,7 +71,8 @@ typedef struct bench_run_info {
     const char *version;       /* crest_version() */
     const char *mode;          /* "raw", "line", "frame" */
     const char *target;        /* "127.0.0.1:7000" */
-    uint64_t size;             /* payload bytes per message */
+    uint64_t size;             /* payload bytes per message (the most) */
+    uint64_t size_min;         /* --size-random: the least; == size if fixed */
     unsigned conns, threads, pipeline;
     double rate;               /* msgs/s, 0: closed loop */
     double duration_s;         /* 0 with -n and no deadline */

@@ -12,7 +12,9 @@
  * Requests and verification: request seq of connection id carries the
  * payload pattern[off .. off+size) with off = (97 seq + 31 id) mod 251, so
  * consecutive requests differ and the expected reply can be regenerated
- * instead of stored.  Replies are checked byte for byte as they stream in
+ * instead of stored.  With --size-random the payload size is regenerated
+ * the same way: a hash of (id, seq) picks it in [size_min, size], and in
+ * frame mode the 4-byte header is built per message.  Replies are checked byte for byte as they stream in
  * (RAW framing on our side, whatever the mode: the reply must be exactly
  * prefix + payload + suffix, and no copy or reassembly is needed).  The
  * connection keeps only a ring of `pipeline` send timestamps (FIFO: the
@@ -177,8 +179,30 @@ static const uint8_t *payload(const bench_cfg_t *cfg, uint32_t id, uint64_t seq)
     return cfg->pattern + (seq * 97 + (uint64_t)id * 31) % PATTERN_SLOTS;
 }
 
-static size_t reply_len(const bench_cfg_t *cfg) {
-    return cfg->rep_prefix_len + cfg->size + cfg->rep_suffix_len;
+/* Payload bytes of request (id, seq): cfg->size, or with --size-random a
+ * value in [size_min, size] from a hash (splitmix64) of (id, seq). */
+static size_t msg_size(const bench_cfg_t *cfg, uint32_t id, uint64_t seq) {
+    if (cfg->size_min >= cfg->size)
+        return cfg->size;
+    uint64_t x = ((uint64_t)id << 40) ^ seq ^ 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return cfg->size_min + (size_t)(x % (uint64_t)(cfg->size - cfg->size_min + 1));
+}
+
+/* The reply's prefix for a payload of this size: in frame mode the header
+ * carries the size, so it is built per message. */
+static const uint8_t *reply_prefix(const bench_cfg_t *cfg, size_t size, uint8_t buf[8]) {
+    if (cfg->mode != BENCH_MODE_FRAME)
+        return cfg->rep_prefix;
+    for (int i = 0; i < 4; i++)
+        buf[i] = (uint8_t)((uint64_t)size >> (24 - 8 * i));
+    return buf;
+}
+
+static size_t reply_len(const bench_cfg_t *cfg, uint32_t id, uint64_t seq) {
+    return cfg->rep_prefix_len + msg_size(cfg, id, seq) + cfg->rep_suffix_len;
 }
 
 /* Compare data[0..n) with bytes [off, off+n) of the expected reply to
@@ -186,12 +210,14 @@ static size_t reply_len(const bench_cfg_t *cfg) {
  * first differing byte and *want the byte expected there. */
 static bool reply_matches(const bench_cfg_t *cfg, uint32_t id, uint64_t seq, size_t off,
                           const uint8_t *data, size_t n, size_t *bad, uint8_t *want) {
+    size_t size = msg_size(cfg, id, seq);
+    uint8_t prefix[8];
     const struct {
         const uint8_t *p;
         size_t len;
     } seg[3] = {
-        {cfg->rep_prefix, cfg->rep_prefix_len},
-        {payload(cfg, id, seq), cfg->size},
+        {reply_prefix(cfg, size, prefix), cfg->rep_prefix_len},
+        {payload(cfg, id, seq), size},
         {(const uint8_t *)cfg->rep_suffix, cfg->rep_suffix_len},
     };
     size_t pos = off, done = 0, base = 0;
@@ -282,12 +308,14 @@ static int send_one(struct bconn *bc, uint64_t stamp) {
     struct bench_worker *w = bc->w;
     const bench_cfg_t *cfg = w->cfg;
     uint64_t seq = bc->sent;
+    size_t size = msg_size(cfg, bc->id, seq);
+    uint8_t prefix[8];
     struct iovec iov[3];
     int n = 0;
-    if (cfg->req_prefix_len)
-        iov[n++] = (struct iovec){(void *)cfg->req_prefix, cfg->req_prefix_len};
-    if (cfg->size)
-        iov[n++] = (struct iovec){(void *)payload(cfg, bc->id, seq), cfg->size};
+    if (cfg->req_prefix_len) /* frame mode: the request's header is the reply's */
+        iov[n++] = (struct iovec){(void *)reply_prefix(cfg, size, prefix), cfg->req_prefix_len};
+    if (size)
+        iov[n++] = (struct iovec){(void *)payload(cfg, bc->id, seq), size};
     if (cfg->req_suffix_len)
         iov[n++] = (struct iovec){(void *)cfg->req_suffix, cfg->req_suffix_len};
     int rc = crest_conn_writev(bc->c, iov, n);
@@ -342,12 +370,13 @@ static void reply_done(struct bconn *bc, uint64_t now) {
     struct bench_worker *w = bc->w;
     const bench_cfg_t *cfg = w->cfg;
     uint64_t stamp = bc->stamp[bc->recv % cfg->pipeline];
+    size_t size = msg_size(cfg, bc->id, bc->recv);
     bc->recv++;
     bc->recv_off = 0;
     w->res->replies_total++;
     if (in_window(w, now)) {
         w->res->msgs++;
-        w->res->payload_bytes += cfg->size;
+        w->res->payload_bytes += size;
         bench_hist_record(&w->res->latency, now > stamp ? now - stamp : 0);
         w->last_reply_ns = now;
     }
@@ -380,7 +409,7 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     struct bconn *bc = crest_conn_handler_ctx(c);
     const bench_cfg_t *cfg = bc->w->cfg;
     uint64_t now = now_ns();
-    size_t rlen = reply_len(cfg), used = 0;
+    size_t used = 0;
     while (used < len) {
         if (bc->state != BC_OPEN && bc->state != BC_CLOSING)
             break;
@@ -389,6 +418,7 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
                        "replies so far)", len - used, (unsigned long long)bc->recv);
             break;
         }
+        size_t rlen = reply_len(cfg, bc->id, bc->recv);
         size_t n = rlen - bc->recv_off;
         if (n > len - used)
             n = len - used;
@@ -628,7 +658,7 @@ static void check_timeouts(struct bench_worker *w, uint64_t now) {
         if (now > t && now - t > cfg->timeout_ns) {
             conn_error(bc, BENCH_ERR_TIMEOUT, "no reply to request %llu after %.3f s (%zu of "
                        "%zu bytes came)", (unsigned long long)bc->recv, (double)(now - t) / 1e9,
-                       bc->recv_off, reply_len(cfg));
+                       bc->recv_off, reply_len(cfg, bc->id, bc->recv));
             conn_abort(bc);
         }
     }

@@ -36,7 +36,10 @@ typedef struct bench_cfg {
     unsigned conns;             /* in total, split over the threads */
     unsigned threads;
     unsigned pipeline;          /* requests in flight per connection */
-    size_t size;                /* payload bytes per message */
+    size_t size;                /* payload bytes per message (the most, with
+                                   --size-random) */
+    size_t size_min;            /* --size-random: the least; == size when
+                                   every message has the same size */
     double rate;                /* msgs/s over all connections; 0: closed loop */
     bool by_count;              /* -n given: a fixed number of messages */
     uint64_t per_conn;          /* -n: replies per connection (0: connect and

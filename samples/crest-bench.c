@@ -46,7 +46,8 @@ struct options {
     const char *host, *unix_path;
     long port;
     unsigned conns, threads, pipeline;
-    uint64_t size;
+    uint64_t size, size_min;
+    bool size_set, size_random;
     double duration, warmup, rate, connect_timeout, timeout;
     bool duration_set, warmup_set;
     uint64_t per_conn;
@@ -70,6 +71,9 @@ static void usage(FILE *out) {
 "                           line: S printable bytes + \"\\n\", reply \"echo: \" line \"\\n\"\n"
 "                           frame: 4-byte big-endian length + S bytes, echoed as is\n"
 "  -s, --size S             payload bytes per message (default 64; k/M suffixes)\n"
+"      --size-random MIN-MAX  payload size of each message drawn from MIN..MAX\n"
+"                           (a hash of connection and sequence number, so every\n"
+"                           reply is still checked byte for byte)\n"
 "  -c, --connections N      connections (default 100)\n"
 "  -t, --threads N          threads, one crest loop each (default 1)\n"
 "  -P, --pipeline N         requests in flight per connection (default 1)\n"
@@ -141,10 +145,11 @@ static uint64_t parse_count(const char *s, const char *opt, uint64_t max) {
 
 static void parse_options(int argc, char **argv, struct options *o) {
     enum { OPT_HOST = 256, OPT_PORT, OPT_UNIX, OPT_WARMUP, OPT_BIND, OPT_CTIMEOUT, OPT_TIMEOUT,
-           OPT_JSON };
+           OPT_JSON, OPT_SIZE_RANDOM };
     static const struct option longopts[] = {
         {"mode", required_argument, NULL, 'm'},
         {"size", required_argument, NULL, 's'},
+        {"size-random", required_argument, NULL, OPT_SIZE_RANDOM},
         {"connections", required_argument, NULL, 'c'},
         {"threads", required_argument, NULL, 't'},
         {"pipeline", required_argument, NULL, 'P'},
@@ -182,7 +187,24 @@ static void parse_options(int argc, char **argv, struct options *o) {
             else
                 bad_usage("--mode %s: raw, line or frame", optarg);
             break;
-        case 's': o->size = parse_count(optarg, "--size", 1u << 30); break;
+        case 's':
+            o->size = parse_count(optarg, "--size", 1u << 30);
+            o->size_set = true;
+            break;
+        case OPT_SIZE_RANDOM: {
+            char lo[32];
+            const char *dash = strchr(optarg, '-');
+            if (!dash || (size_t)(dash - optarg) >= sizeof lo)
+                bad_usage("--size-random %s: give MIN-MAX, e.g. 1-64k", optarg);
+            memcpy(lo, optarg, (size_t)(dash - optarg));
+            lo[dash - optarg] = '\0';
+            o->size_min = parse_count(lo, "--size-random", 1u << 30);
+            o->size = parse_count(dash + 1, "--size-random", 1u << 30);
+            if (o->size_min > o->size)
+                bad_usage("--size-random %s: MIN is above MAX", optarg);
+            o->size_random = true;
+            break;
+        }
         case 'c': o->conns = (unsigned)parse_count(optarg, "--connections", 1000000); break;
         case 't': o->threads = (unsigned)parse_count(optarg, "--threads", 1024); break;
         case 'P': o->pipeline = (unsigned)parse_count(optarg, "--pipeline", 65536); break;
@@ -230,7 +252,11 @@ static void parse_options(int argc, char **argv, struct options *o) {
         bad_usage("%s", "--host needs --port");
     if (o->conns == 0 || o->threads == 0 || o->pipeline == 0)
         bad_usage("%s", "-c, -t and -P must be at least 1");
-    if (o->mode == BENCH_MODE_RAW && o->size == 0)
+    if (o->size_set && o->size_random)
+        bad_usage("%s", "give -s or --size-random, not both");
+    if (!o->size_random)
+        o->size_min = o->size;
+    if (o->mode == BENCH_MODE_RAW && o->size_min == 0)
         bad_usage("%s", "raw mode needs -s of at least 1 byte");
     if (!o->by_count && o->duration <= 0)
         bad_usage("%s", "--duration must be above 0");
@@ -412,6 +438,7 @@ int main(int argc, char **argv) {
     cfg.threads = o.threads;
     cfg.pipeline = o.pipeline;
     cfg.size = (size_t)o.size;
+    cfg.size_min = (size_t)o.size_min;
     cfg.rate = o.rate;
     cfg.by_count = o.by_count;
     cfg.per_conn = o.per_conn;
@@ -490,6 +517,7 @@ int main(int argc, char **argv) {
         .mode = bench_mode_name(o.mode),
         .target = target,
         .size = o.size,
+        .size_min = o.size_min,
         .conns = o.conns,
         .threads = o.threads,
         .pipeline = o.pipeline,

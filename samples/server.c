@@ -49,6 +49,7 @@ struct config {
     bool nodelay, keepalive, quiet;
     unsigned max_conns;           /* per listener, so per thread */
     uint32_t idle_timeout_ms;
+    uint32_t read_timeout_ms;
     uint64_t stats_ms;            /* 0: no --stats line */
 };
 
@@ -322,6 +323,7 @@ static int worker_setup(struct worker *w) {
     lo.conn.nodelay = cfg->nodelay;
     lo.conn.keepalive = cfg->keepalive;
     lo.conn.idle_timeout_ms = cfg->idle_timeout_ms;
+    lo.conn.read_timeout_ms = cfg->read_timeout_ms;
     lo.conn.sndbuf = cfg->sndbuf;  /* set on the listener, inherited */
     lo.conn.rcvbuf = cfg->rcvbuf;
 
@@ -628,6 +630,7 @@ enum {
     OPT_KEEPALIVE,
     OPT_MAX_CONNS,
     OPT_IDLE_TIMEOUT,
+    OPT_READ_TIMEOUT,
     OPT_STATS
 };
 
@@ -643,6 +646,7 @@ static const struct option common_options[] = {
     {"keepalive", no_argument, NULL, OPT_KEEPALIVE},
     {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"read-timeout", required_argument, NULL, OPT_READ_TIMEOUT},
     {"stats", required_argument, NULL, OPT_STATS},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -673,6 +677,9 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "      --rcvbuf BYTES      SO_RCVBUF; likewise (default for both: autotuned)\n"
             "      --idle-timeout SECONDS  close a connection idle this long (0.5 works;\n"
             "                          default: never)\n"
+            "      --read-timeout SECONDS  close a connection whose message (a line or a\n"
+            "                          frame) is still unfinished this long after its\n"
+            "                          first byte came (default: never)\n"
             "Output:\n"
             "      --stats SECONDS     print live figures every SECONDS\n"
             "  -q, --quiet             no per-connection or stats lines (the final report\n"
@@ -821,6 +828,11 @@ static int parse_options(struct server *srv, int argc, char **argv) {
             if (parse_seconds("idle-timeout", optarg, UINT32_MAX, &ms) < 0)
                 return SERVER_EXIT_USAGE;
             cfg->idle_timeout_ms = (uint32_t)ms;
+            break;
+        case OPT_READ_TIMEOUT:
+            if (parse_seconds("read-timeout", optarg, UINT32_MAX, &ms) < 0)
+                return SERVER_EXIT_USAGE;
+            cfg->read_timeout_ms = (uint32_t)ms;
             break;
         case OPT_STATS:
             if (parse_seconds("stats", optarg, 86400000, &ms) < 0)
