@@ -15,5 +15,6 @@
 #include "conn.h"
 #include "proxy.h"
 #include "listener.h"
+#include "group.h"
 
 #endif

@@ -1,0 +1,59 @@
+/* crest: a group of loops, one per thread, for using every core.
+ *
+ * Each worker thread creates its own loop, calls init(loop, index, arg) on
+ * that thread (create the listeners there: with SO_REUSEPORT each loop owns
+ * a listener on the same port and the kernel spreads connections over
+ * them), runs the loop until crest_group_stop(), calls fini(), and destroys
+ * the loop.  No locks on any loop's hot path: the only cross-thread
+ * traffic is crest_loop_post().
+ *
+ * SO_REUSEPORT versus accept-and-hand-off: with reuseport the kernel hashes
+ * each new connection to a listener, so no thread hands connections around
+ * and accept scales with the cores; but the spread ignores how busy each
+ * loop is, and a connection stays on its loop for life.  One acceptor that
+ * hands connections to the least loaded loop balances better when
+ * connections are few and their costs very unequal (long-lived, heavy
+ * streams), at the price of a cross-thread hand-off per connection.
+ */
+#ifndef CREST_GROUP_H
+#define CREST_GROUP_H
+
+#include "loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct crest_group crest_group_t;
+
+/* Runs on worker thread index before its loop runs: set the loop up.
+ * A negative return (-errno) fails crest_group_start(). */
+typedef int (*crest_group_init_cb)(crest_loop_t *loop, unsigned index, void *arg);
+/* Runs on worker thread index after its loop stopped, before the loop is
+ * destroyed: close what init opened, collect statistics.  May be NULL. */
+typedef void (*crest_group_fini_cb)(crest_loop_t *loop, unsigned index, void *arg);
+
+/* Start n worker threads (n >= 1).  Returns once every init has run: 0,
+ * or the first init's error (the threads already started are stopped and
+ * joined then), -EINVAL, -ENOMEM or pthread_create's -errno. */
+int crest_group_start(unsigned n, crest_group_init_cb init, crest_group_fini_cb fini, void *arg,
+                      crest_group_t **groupp);
+
+/* Ask every loop to stop (thread-safe, also from a loop callback). */
+void crest_group_stop(crest_group_t *group);
+
+/* Wait for every worker to finish (fini run, loop destroyed) and free the
+ * group.  Not from a worker thread.  Returns 0, or the first loop's error,
+ * or the number of fds the loops reported leaked (> 0). */
+int crest_group_join(crest_group_t *group);
+
+unsigned crest_group_size(const crest_group_t *group);
+/* The loop of worker index while it runs, or NULL once it has stopped.
+ * From another thread, only crest_loop_post()/wake()/stop() may be used on
+ * it, and only until crest_group_stop(). */
+crest_loop_t *crest_group_loop(crest_group_t *group, unsigned index);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
