@@ -14,21 +14,92 @@
 
 #include "internal.h"
 
+/* 16 bytes an fd: origins and owners are pointers to strings or loops that
+ * live as long as the process (or the loop), so an entry keeps 16-bit
+ * indexes into one table of them (interned once each), and times in
+ * milliseconds since the registry's first use. */
 struct fd_entry {
-    const char *origin;        /* where it was opened (while open) */
-    const char *closed_at;     /* where it was last closed */
-    const void *owner;         /* the loop or layer that opened it */
-    uint64_t opened_ns;
-    uint64_t generation;
+    uint16_t origin;           /* where it was opened (while open) */
+    uint16_t closed_at;        /* where it was last closed */
+    uint16_t owner;            /* the loop or layer that opened it */
     uint8_t kind;
     bool open;
+    uint32_t generation;
+    uint32_t opened_ms;
 };
+
+_Static_assert(sizeof(struct fd_entry) == 16, "an fd entry stays small");
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct fd_entry *entries;
 static size_t entries_cap;
-static uint64_t next_generation = 1;
+static uint32_t next_generation = 1;
+static uint64_t base_ns;
 static crest_fd_counts_t counts[CREST_FD_KIND_COUNT + 1];
+
+/* The intern table: index 0 is NULL ("unknown"); slots is an open-addressed
+ * hash of indexes, at most half full. */
+#define INTERN_MAX 65535u
+static const void **interned;
+static uint32_t interned_len = 1, interned_cap;
+static uint16_t *slots;
+static uint32_t slots_cap;
+
+static uint32_t slot_of(const void *p, uint32_t cap) {
+    return (uint32_t)(((uintptr_t)p * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
+}
+
+static bool rehash(uint32_t cap) {
+    uint16_t *n = calloc(cap, sizeof *n);
+    if (!n)
+        return false;
+    for (uint32_t id = 1; id < interned_len; id++) {
+        uint32_t i = slot_of(interned[id], cap);
+        while (n[i])
+            i = (i + 1) & (cap - 1);
+        n[i] = (uint16_t)id;
+    }
+    free(slots);
+    slots = n;
+    slots_cap = cap;
+    return true;
+}
+
+/* The index of p, added if new; 0 for NULL or when the table is full or
+ * out of memory (the report then says "?").  Lock held. */
+static uint16_t intern(const void *p) {
+    if (!p)
+        return 0;
+    if (slots_cap) {
+        for (uint32_t i = slot_of(p, slots_cap); slots[i]; i = (i + 1) & (slots_cap - 1))
+            if (interned[slots[i]] == p)
+                return slots[i];
+    }
+    if (interned_len >= INTERN_MAX)
+        return 0;
+    if (interned_len + 1 > interned_cap) {
+        uint32_t cap = interned_cap ? interned_cap * 2 : 64;
+        const void **n = realloc(interned, cap * sizeof *n);
+        if (!n)
+            return 0;
+        n[0] = NULL;
+        interned = n;
+        interned_cap = cap;
+    }
+    if (2 * (interned_len + 1) > slots_cap && !rehash(slots_cap ? slots_cap * 2 : 128))
+        return 0;
+    uint16_t id = (uint16_t)interned_len++;
+    interned[id] = p;
+    uint32_t i = slot_of(p, slots_cap);
+    while (slots[i])
+        i = (i + 1) & (slots_cap - 1);
+    slots[i] = id;
+    return id;
+}
+
+static const char *origin_text(uint16_t id) {
+    return id && id < interned_len ? (const char *)interned[id] : "?";
+}
 
 static const char *const kind_names[CREST_FD_KIND_COUNT] = {
     [CREST_FD_EPOLL] = "epoll",       [CREST_FD_EVENTFD] = "eventfd",
@@ -84,19 +155,23 @@ int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const ch
         return -EINVAL;
     uint64_t now = crest__clock_ns();
     pthread_mutex_lock(&reg_lock);
+    if (!base_ns)
+        base_ns = now;
     int rc = reserve((size_t)fd);
     if (rc == 0 && entries[fd].open) {
         crest_log(CREST_LOG_WARN, "fd %d registered twice: already open as %s from %s, again as %s from %s",
-                  fd, crest_fd_kind_name(entries[fd].kind), entries[fd].origin,
+                  fd, crest_fd_kind_name(entries[fd].kind), origin_text(entries[fd].origin),
                   crest_fd_kind_name(kind), origin);
         rc = -EEXIST;
     }
     if (rc == 0) {
         struct fd_entry *e = &entries[fd];
-        e->origin = origin;
-        e->owner = owner;
-        e->opened_ns = now;
+        e->origin = intern(origin);
+        e->owner = intern(owner);
+        e->opened_ms = (uint32_t)((now - base_ns) / 1000000u);
         e->generation = next_generation++;
+        if (next_generation == 0)
+            next_generation = 1;
         e->kind = (uint8_t)kind;
         e->open = true;
         count_open(kind);
@@ -120,7 +195,8 @@ static int unregister(int fd, const char *origin, const char *verb) {
             counts[e->kind].bad_closes++;
             crest_log(CREST_LOG_ERROR,
                       "double %s of fd %d (%s) at %s: opened at %s, already closed at %s; not closed again",
-                      verb, fd, crest_fd_kind_name(e->kind), origin, e->origin, e->closed_at);
+                      verb, fd, crest_fd_kind_name(e->kind), origin, origin_text(e->origin),
+                      origin_text(e->closed_at));
         } else {
             crest_log(CREST_LOG_ERROR,
                       "%s of fd %d at %s: the fd registry does not hold it; not closed", verb, fd,
@@ -130,8 +206,11 @@ static int unregister(int fd, const char *origin, const char *verb) {
     } else {
         struct fd_entry *e = &entries[fd];
         e->open = false;
-        e->closed_at = origin;
-        e->owner = NULL;
+        e->closed_at = intern(origin);
+        /* Never 0 once closed: a later bad close can name this one. */
+        if (!e->closed_at)
+            e->closed_at = UINT16_MAX;
+        e->owner = 0;
         count_close(e->kind);
     }
     pthread_mutex_unlock(&reg_lock);
@@ -162,7 +241,7 @@ int crest_fd_lookup(int fd, crest_fd_kind_t *kind, const char **origin, uint64_t
         if (kind)
             *kind = (crest_fd_kind_t)entries[fd].kind;
         if (origin)
-            *origin = entries[fd].origin;
+            *origin = origin_text(entries[fd].origin);
         if (generation)
             *generation = entries[fd].generation;
         rc = 0;
@@ -208,14 +287,16 @@ static void emit(struct sink *s, const char *fmt, ...) {
 /* List open fds (all, or those of one owner).  Lock held. */
 static int list_open(struct sink *s, bool all, const void *owner, uint64_t now) {
     int n = 0;
+    uint16_t owner_id = intern(owner);
+    uint32_t now_ms = (uint32_t)((now - base_ns) / 1000000u);
     for (size_t fd = 0; fd < entries_cap; fd++) {
         const struct fd_entry *e = &entries[fd];
-        if (!e->open || (!all && e->owner != owner))
+        if (!e->open || (!all && e->owner != owner_id))
             continue;
         n++;
-        uint64_t age_ms = (now - e->opened_ns) / 1000000u;
-        emit(s, "  fd %zu: %s, opened at %s, %" PRIu64 ".%03" PRIu64 " s ago, generation %" PRIu64,
-             fd, crest_fd_kind_name(e->kind), e->origin, age_ms / 1000, age_ms % 1000,
+        uint32_t age_ms = now_ms - e->opened_ms;
+        emit(s, "  fd %zu: %s, opened at %s, %" PRIu32 ".%03" PRIu32 " s ago, generation %" PRIu32,
+             fd, crest_fd_kind_name(e->kind), origin_text(e->origin), age_ms / 1000, age_ms % 1000,
              e->generation);
     }
     return n;
