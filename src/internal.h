@@ -31,17 +31,25 @@
  * crest_io_start() for applications. */
 struct crest_io {
     crest_loop_t *loop;
+    crest_io_cb cb;
+    union {
+        void *arg;                 /* while active */
+        struct crest_io *free_next; /* stopped, waiting to be freed */
+    };
     int fd;
-    unsigned events;      /* interest: CREST_IO_READABLE|WRITABLE */
-    unsigned fed;         /* events queued on the ready list, 0 if not queued */
     uint32_t gen;         /* registration generation, in epoll data */
-    uint32_t fed_epoch;   /* ready-list pass it was fed in */
+    unsigned fed;         /* events fed for the next iteration, or 0 */
+    uint8_t events;       /* interest: CREST_IO_READABLE|WRITABLE */
     bool counted;         /* keeps the loop alive */
     bool heap_owned;      /* allocated by crest_io_start, freed on stop */
-    crest_io_cb cb;
-    void *arg;
-    struct crest_io *ready_prev, *ready_next; /* ready list links */
-    struct crest_io *free_next;  /* deferred-free link */
+};
+
+/* A ready-list entry names its watcher by fd and generation, so a watcher
+ * stopped after it was fed is skipped without the list holding pointers
+ * to it. */
+struct crest_ready {
+    int fd;
+    uint32_t gen;
 };
 
 struct crest_deferred {
@@ -72,9 +80,10 @@ struct crest_loop {
     int ios_cap;
     struct crest_io wake_io;
 
-    /* ready list (fed events), FIFO, doubly linked so stop can unlink */
-    struct crest_io *ready_head, *ready_tail;
-    uint32_t ready_epoch;
+    /* ready list (fed events), FIFO; served one batch per iteration, the
+     * two arrays swapping roles */
+    struct crest_ready *ready, *ready_run;
+    size_t ready_len, ready_cap, ready_run_cap;
     /* watchers to free after this dispatch */
     struct crest_io *free_list;
 

@@ -41,7 +41,7 @@ int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned eve
     if (++loop->next_gen == 0)
         loop->next_gen = 1;
     *io = (struct crest_io){
-        .loop = loop, .fd = fd, .events = events, .gen = loop->next_gen,
+        .loop = loop, .fd = fd, .events = (uint8_t)events, .gen = loop->next_gen,
         .counted = counted, .cb = cb, .arg = arg,
     };
     rc = crest__epoll_add(loop->epfd, fd, events, crest__event_tag(fd, io->gen));
@@ -77,21 +77,8 @@ int crest_io_modify(crest_io_t *io, unsigned events) {
         return 0;
     int rc = crest__epoll_mod(io->loop->epfd, io->fd, events, crest__event_tag(io->fd, io->gen));
     if (rc == 0)
-        io->events = events;
+        io->events = (uint8_t)events;
     return rc;
-}
-
-static void ready_unlink(crest_loop_t *loop, struct crest_io *io) {
-    if (io->ready_prev)
-        io->ready_prev->ready_next = io->ready_next;
-    else
-        loop->ready_head = io->ready_next;
-    if (io->ready_next)
-        io->ready_next->ready_prev = io->ready_prev;
-    else
-        loop->ready_tail = io->ready_prev;
-    io->ready_prev = io->ready_next = NULL;
-    io->fed = 0;
 }
 
 void crest_io_feed(crest_io_t *io, unsigned events) {
@@ -99,25 +86,27 @@ void crest_io_feed(crest_io_t *io, unsigned events) {
     if (!events)
         return;
     if (io->fed) {
-        io->fed |= events;
+        io->fed |= events; /* already listed: merge */
         return;
     }
+    if (loop->ready_len == loop->ready_cap) {
+        size_t cap = loop->ready_cap ? loop->ready_cap * 2 : 64;
+        struct crest_ready *n = realloc(loop->ready, cap * sizeof *n);
+        if (!n) {
+            crest_log(CREST_LOG_ERROR, "out of memory: event for fd %d not requeued", io->fd);
+            return;
+        }
+        loop->ready = n;
+        loop->ready_cap = cap;
+    }
+    loop->ready[loop->ready_len++] = (struct crest_ready){io->fd, io->gen};
     io->fed = events;
-    io->fed_epoch = loop->ready_epoch;
-    io->ready_next = NULL;
-    io->ready_prev = loop->ready_tail;
-    if (loop->ready_tail)
-        loop->ready_tail->ready_next = io;
-    else
-        loop->ready_head = io;
-    loop->ready_tail = io;
     loop->stats.fed_events++;
 }
 
-/* Take the watcher out of the table (and the ready list).  Remove it from
- * epoll too, unless the caller is about to close an fd that nothing else
- * shares: closing the last reference removes it for free, and saves one
- * epoll_ctl per connection. */
+/* Take the watcher out of the table.  Remove it from epoll too, unless the
+ * caller is about to close an fd that nothing else shares: closing the last
+ * reference removes it for free, and saves one epoll_ctl per connection. */
 void crest__io_detach(struct crest_io *io, bool epoll_del) {
     crest_loop_t *loop = io->loop;
     if (io->fd < 0 || loop->ios[io->fd] != io)
@@ -126,9 +115,8 @@ void crest__io_detach(struct crest_io *io, bool epoll_del) {
      * Errors (the caller closed the fd already) are harmless here. */
     if (epoll_del)
         (void)crest__epoll_del(loop->epfd, io->fd);
-    loop->ios[io->fd] = NULL;
-    if (io->fed)
-        ready_unlink(loop, io);
+    loop->ios[io->fd] = NULL; /* its ready-list entry, if any, is now stale */
+    io->fed = 0;
     if (io->counted)
         crest__loop_unref(loop);
 }
@@ -178,25 +166,36 @@ void crest__io_dispatch(crest_loop_t *loop, const crest__event_t *evs, int n) {
             continue;
         }
         unsigned events = evs[i].events;
-        if (io->fed) {
-            /* The kernel's news supersedes what was fed. */
-            events |= io->fed;
-            ready_unlink(loop, io);
-        }
+        /* What was fed goes with the kernel's news; the ready-list entry
+         * then finds nothing left to deliver. */
+        events |= io->fed;
+        io->fed = 0;
         loop->stats.io_events++;
         loop->stats.callbacks++;
         io->cb(io, events, io->arg);
     }
 }
 
-/* Serve the ready list as it stood on entry; events fed while serving wait
- * for the next iteration.  Watchers stopped meanwhile are already unlinked. */
+/* Serve the ready list as it stood on entry; events fed while serving go
+ * to the other array and wait for the next iteration. */
 void crest__io_run_ready(crest_loop_t *loop) {
-    uint32_t epoch = loop->ready_epoch++;
-    while (loop->ready_head && loop->ready_head->fed_epoch == epoch) {
-        struct crest_io *io = loop->ready_head;
+    size_t n = loop->ready_len;
+    if (n == 0)
+        return;
+    struct crest_ready *batch = loop->ready;
+    size_t batch_cap = loop->ready_cap;
+    loop->ready = loop->ready_run;
+    loop->ready_cap = loop->ready_run_cap;
+    loop->ready_len = 0;
+    loop->ready_run = batch;
+    loop->ready_run_cap = batch_cap;
+    for (size_t i = 0; i < n; i++) {
+        int fd = batch[i].fd;
+        struct crest_io *io = fd < loop->ios_cap ? loop->ios[fd] : NULL;
+        if (!io || io->gen != batch[i].gen || !io->fed)
+            continue; /* stopped, replaced, or served by an epoll event */
         unsigned events = io->fed;
-        ready_unlink(loop, io);
+        io->fed = 0;
         loop->stats.callbacks++;
         io->cb(io, events, io->arg);
     }
@@ -222,4 +221,8 @@ void crest__io_destroy_all(crest_loop_t *loop) {
     free(loop->ios);
     loop->ios = NULL;
     loop->ios_cap = 0;
+    free(loop->ready);
+    free(loop->ready_run);
+    loop->ready = loop->ready_run = NULL;
+    loop->ready_len = loop->ready_cap = loop->ready_run_cap = 0;
 }

@@ -131,7 +131,7 @@ bool crest__on_loop_thread(const crest_loop_t *loop) {
 }
 
 static bool has_pending(const crest_loop_t *loop) {
-    return loop->defer_len > 0 || loop->ready_head != NULL;
+    return loop->defer_len > 0 || loop->ready_len > 0;
 }
 
 static bool is_alive(const crest_loop_t *loop) {
