@@ -1,50 +1,81 @@
 /* The skeleton the crest sample servers share (see server.h).
  *
- * Threads and who touches what:
+ * Processes, threads, and who touches what:
  *
- *   main thread   the control loop: SIGINT/SIGTERM watchers and the --stats
- *                 timer.  It never touches a worker's loop, connections or
- *                 listener; it only posts callbacks to the worker loops.
- *   worker i      its own loop and listener, and every connection that
- *                 listener accepts.  It posts back to the control loop when
- *                 it has its figures ready and when it is done.
+ *   supervisor    only with --workers N (N > 1): the parent process.  It
+ *                 forks the N worker processes before any crest loop exists
+ *                 (a loop must never cross a fork), then runs a small loop
+ *                 of its own that watches SIGINT/SIGTERM and one pipe per
+ *                 worker.  A worker writes "ready" (its listening address)
+ *                 and, at exit, its final figures to its pipe; the
+ *                 supervisor prints "listening on" once every worker is
+ *                 ready, turns a signal into SIGTERM to every worker, and
+ *                 prints the summed final report.  Each worker is a whole
+ *                 server process as below, with its own fd limit.
+ *   main thread   of a server process (the only one, or a worker): the
+ *                 control loop, with the SIGINT/SIGTERM watchers and the
+ *                 --stats timer.  It never touches a worker thread's loop,
+ *                 connections or listener; it only posts callbacks to them.
+ *   worker i      thread i of a crest_group (group.h): its own loop and
+ *                 listener, and every connection that listener accepts.  It
+ *                 posts back to the control loop when it has its figures
+ *                 ready and when it is done.
  *
- * Shutdown, on the first SIGINT or SIGTERM:
- *   1. the control loop posts worker_shutdown to every worker;
+ * Listeners: with several threads or processes every loop has its own
+ * SO_REUSEPORT listener on the same port and the kernel spreads new
+ * connections over them.  The group sets its loops up concurrently, so with
+ * --port 0 the port is picked before any of them: a throwaway socket with
+ * SO_REUSEPORT, bound to port 0 and never listening (so no connection is
+ * ever queued on it), holds the port the kernel chose until every listener
+ * is bound to it, and is closed then.
+ *
+ * Shutdown, on the first SIGINT or SIGTERM (a worker process watches
+ * SIGTERM only: the supervisor forwards both as SIGTERM, and a terminal's
+ * Ctrl-C, which reaches the whole process group, must not count twice):
+ *   1. the control loop posts worker_shutdown to every worker thread;
  *   2. each worker closes its listener (no new connections), closes its
  *      connections gracefully (queued replies are still sent) and arms a
  *      grace timer; if connections are still open when it fires, they are
  *      aborted;
  *   3. once the last connection is gone the worker's loop has nothing left
- *      to wait for and crest_loop_run() returns by itself; the worker saves
- *      its figures, destroys its loop and posts "done";
+ *      to wait for and returns by itself; the group calls group_fini on
+ *      that thread, which saves the figures and posts "done"; the group
+ *      then destroys the loop;
  *   4. when every worker is done the control loop stops, the main thread
- *      joins the workers and prints the final report.
+ *      joins the group and prints the final report (a worker process sends
+ *      it to the supervisor instead).
  * A second signal aborts every connection at once instead of waiting.
  */
 #define _GNU_SOURCE
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define GRACE_MS 2000     /* how long a shutdown waits for connections to drain */
 #define MAX_THREADS 1024
+#define MAX_WORKERS 256
 
 /* The common options. */
 struct config {
     const char *host;
     int port;
     const char *unix_path;
-    unsigned threads;
+    unsigned threads;             /* per process */
+    unsigned workers;             /* processes; 1: no supervisor */
+    unsigned proxy;               /* CREST_PROXY_*: expect a PROXY header */
     int sndbuf, rcvbuf;           /* 0: kernel default */
     bool nodelay, keepalive, quiet;
     unsigned max_conns;           /* per listener, so per thread */
@@ -60,20 +91,48 @@ struct figures {
     crest_listener_stats_t listener;
 };
 
+/* What a server process ends with: printed as the final report, or sent to
+ * the supervisor, which adds them up. */
+struct totals {
+    struct figures sum;
+    crest_fd_counts_t fds;        /* the process's fd registry */
+    uint64_t open_now;            /* fds the registry still holds */
+    uint64_t leaked;              /* what the loops reported leaked */
+    uint32_t failed;              /* loops (or processes) that failed */
+    uint32_t exit_code;
+};
+
+/* A worker process's messages to the supervisor, one write() each: a
+ * pipe write of at most PIPE_BUF bytes is never split or interleaved.
+ * Raw structs: both ends are the same binary. */
+enum { MSG_READY = 1, MSG_REPORT = 2 };
+
+struct wmsg {
+    uint32_t type;
+    uint32_t index;
+    union {
+        struct {
+            char address[CREST_ADDR_STRLEN];
+            int sndbuf, rcvbuf;
+        } ready;
+        struct totals totals;
+    } u;
+};
+
+_Static_assert(sizeof(struct wmsg) <= PIPE_BUF, "a message is one atomic pipe write");
+
 struct server;
 
 struct worker {
     struct server *srv;
     unsigned index;
-    pthread_t thread;
 
-    /* Start-up: the main thread waits on ready, then reads the result. */
-    int port;                     /* to bind */
-    sem_t ready;
+    /* Set up by group_init, on the worker thread; read by the main thread
+     * once crest_group_start() has returned. */
     int setup_rc;
     const char *setup_step;       /* what failed */
     char address[CREST_ADDR_STRLEN];
-    int bound_port, sndbuf, rcvbuf;
+    int sndbuf, rcvbuf;
 
     /* The worker thread's own. */
     crest_loop_t *loop;
@@ -83,15 +142,13 @@ struct worker {
     bool stopping;
 
     /* Written by the worker, read by the main thread after a post (snap)
-     * or after pthread_join (the rest). */
+     * or after crest_group_join() (final). */
     struct figures snap;          /* for --stats */
     struct figures final;
-    int run_rc;
-    int leaked_fds;               /* crest_loop_destroy()'s count */
 
     /* The main thread may post to this worker's loop only while
-     * accepting_posts is set: the worker clears it, under the lock, before
-     * it destroys the loop. */
+     * accepting_posts is set: group_fini clears it, under the lock, before
+     * the group destroys the loop. */
     pthread_mutex_t post_lock;
     bool accepting_posts;
 };
@@ -101,14 +158,23 @@ struct server {
     struct config cfg;
     crest_handler_t handler;      /* the protocol's, on_open/on_close wrapped */
 
+    int port;                     /* what every listener binds */
+    int reserve_fd;               /* holds a port picked for --port 0, or -1 */
+
+    /* In a worker process: its index, the pipe to the supervisor, and
+     * "worker 2: " to tag the lines it prints.  -1 and "" otherwise. */
+    int report_fd;
+    unsigned proc_index;
+    char tag[32];
+
     crest_loop_t *loop;           /* the control loop, on the main thread */
     crest_signal_t *sigint, *sigterm;
     crest_timer_t *stats_timer;
     int signals_seen;
 
+    crest_group_t *group;
     struct worker *workers;
-    unsigned created;             /* threads to join */
-    unsigned running;             /* workers that set up and serve */
+    unsigned running;             /* worker threads that set up and serve */
     unsigned done;                /* workers that finished (control loop) */
 
     /* --stats: a round posts worker_snapshot to every worker; the last one
@@ -229,7 +295,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
 }
 
 /* ------------------------------------------------------------------------
- * Workers
+ * Worker threads
  * ------------------------------------------------------------------------ */
 
 static void listen_address(const struct config *cfg, int port, char *buf, size_t size) {
@@ -265,8 +331,8 @@ static void on_grace_over(crest_timer_t *t, void *arg) {
     struct worker *w = arg;
     crest_conn_stats_t st;
     crest_loop_conn_stats(w->loop, &st);
-    printf("%s: grace period over: aborting %" PRIu64 " connection%s\n", w->srv->proto->name,
-           st.active, st.active == 1 ? "" : "s");
+    printf("%s%s: grace period over: aborting %" PRIu64 " connection%s\n", w->srv->tag,
+           w->srv->proto->name, st.active, st.active == 1 ? "" : "s");
     crest_loop_close_all(w->loop, true);
 }
 
@@ -304,12 +370,7 @@ static void worker_snapshot(crest_loop_t *loop, void *arg) {
 static int worker_setup(struct worker *w) {
     const struct server *srv = w->srv;
     const struct config *cfg = &srv->cfg;
-    int rc = crest_loop_create(&w->loop);
-    if (rc < 0) {
-        w->setup_step = "crest_loop_create";
-        return rc;
-    }
-    rc = crest_timer_create(w->loop, on_grace_over, w, &w->grace);
+    int rc = crest_timer_create(w->loop, on_grace_over, w, &w->grace);
     if (rc < 0) {
         w->setup_step = "crest_timer_create";
         return rc;
@@ -317,8 +378,10 @@ static int worker_setup(struct worker *w) {
 
     crest_listen_opts_t lo;
     crest_listen_opts_init(&lo);
-    lo.reuseport = cfg->threads > 1; /* one listener per thread, same port */
+    /* One listener per thread and per process, all on the same port. */
+    lo.reuseport = cfg->threads > 1 || cfg->workers > 1;
     lo.max_conns = cfg->max_conns;
+    lo.proxy_protocol = cfg->proxy;
     lo.conn.framing = srv->proto->framing;
     lo.conn.nodelay = cfg->nodelay;
     lo.conn.keepalive = cfg->keepalive;
@@ -328,61 +391,61 @@ static int worker_setup(struct worker *w) {
     lo.conn.rcvbuf = cfg->rcvbuf;
 
     char addr[CREST_ADDR_STRLEN + 16];
-    listen_address(cfg, w->port, addr, sizeof addr);
+    listen_address(cfg, srv->port, addr, sizeof addr);
     rc = crest_listen(w->loop, addr, &lo, &srv->handler, w, &w->listener);
     if (rc < 0) {
         w->setup_step = "listen";
         return rc;
     }
     crest_listener_address(w->listener, w->address, sizeof w->address);
-    w->bound_port = crest_listener_port(w->listener);
     w->sndbuf = crest_listener_sndbuf(w->listener);
     w->rcvbuf = crest_listener_rcvbuf(w->listener);
     return 0;
 }
 
-/* Save the figures and release everything the worker's loop holds. */
-static void worker_finish(struct worker *w) {
-    if (w->loop) {
+/* crest_group init: on worker thread index, before its loop runs. */
+static int group_init(crest_loop_t *loop, unsigned index, void *arg) {
+    struct server *srv = arg;
+    struct worker *w = &srv->workers[index];
+    w->loop = loop;
+    w->setup_rc = worker_setup(w);
+    if (w->setup_rc < 0) {
+        /* group_fini is not called for a failed init: undo it here. */
         close_listener(w);
-        take_figures(w, &w->final);
+        crest_timer_destroy(w->grace);
+        w->grace = NULL;
+        w->loop = NULL;
+        return w->setup_rc;
     }
+    pthread_mutex_lock(&w->post_lock);
+    w->accepting_posts = true;
+    pthread_mutex_unlock(&w->post_lock);
+    return 0;
+}
+
+static void on_worker_done(crest_loop_t *loop, void *arg);
+
+/* crest_group fini: on worker thread index, once its loop has returned
+ * (drained after a shutdown, or failed), before the group destroys it. */
+static void group_fini(crest_loop_t *loop, unsigned index, void *arg) {
+    struct server *srv = arg;
+    struct worker *w = &srv->workers[index];
+    if (!w->stopping) {
+        /* The loop returned without a shutdown: it failed (the group
+         * reports the error), or another thread's setup did.  Close what is
+         * left now, so that the figures below are final. */
+        close_listener(w);
+        crest_loop_close_all(loop, true);
+        crest_loop_run_once(loop, 0);
+    }
+    close_listener(w);
+    take_figures(w, &w->final);
     crest_timer_destroy(w->grace);
     w->grace = NULL;
     pthread_mutex_lock(&w->post_lock);
     w->accepting_posts = false;
     pthread_mutex_unlock(&w->post_lock);
-    if (w->loop)
-        w->leaked_fds = crest_loop_destroy(w->loop);
-    w->loop = NULL;
-}
-
-static void on_worker_done(crest_loop_t *loop, void *arg);
-
-static void *worker_main(void *arg) {
-    struct worker *w = arg;
-    w->setup_rc = worker_setup(w);
-    if (w->setup_rc < 0) {
-        worker_finish(w);
-        sem_post(&w->ready);
-        return NULL;
-    }
-    pthread_mutex_lock(&w->post_lock);
-    w->accepting_posts = true;
-    pthread_mutex_unlock(&w->post_lock);
-    sem_post(&w->ready);
-
-    w->run_rc = crest_loop_run(w->loop); /* until drained after a shutdown */
-    if (w->run_rc < 0) {
-        fprintf(stderr, "%s: thread %u: loop failed: %s\n", w->srv->proto->name, w->index,
-                crest_strerror(w->run_rc));
-        close_listener(w);
-        crest_loop_close_all(w->loop, true);
-        crest_loop_run_once(w->loop, 0);
-    }
-    worker_finish(w);
-    crest_loop_post(w->srv->loop, on_worker_done, w);
-    return NULL;
+    crest_loop_post(srv->loop, on_worker_done, w);
 }
 
 /* Post cb to a worker's loop unless it is gone.  Main thread. */
@@ -407,10 +470,10 @@ static void print_stats(crest_loop_t *loop, void *arg) {
     if (secs <= 0)
         secs = 1e-3;
     const crest_conn_stats_t *c = &sum.conn, *p = &srv->prev.conn;
-    printf("stats: %" PRIu64 " conns, %.0f %s/s, %.2f MB/s in, %.2f MB/s out, %" PRIu64
+    printf("%sstats: %" PRIu64 " conns, %.0f %s/s, %.2f MB/s in, %.2f MB/s out, %" PRIu64
            " fds open, %" PRIu64 " buffer bytes in use\n",
-           c->active, (double)(messages(srv, c) - messages(srv, p)) / secs, message_unit(srv),
-           (double)(c->bytes_in - p->bytes_in) / secs / 1e6,
+           srv->tag, c->active, (double)(messages(srv, c) - messages(srv, p)) / secs,
+           message_unit(srv), (double)(c->bytes_in - p->bytes_in) / secs / 1e6,
            (double)(c->bytes_out - p->bytes_out) / secs / 1e6, crest_fd_open_count(),
            sum.buf.in_use);
     srv->prev = sum;
@@ -450,15 +513,18 @@ static void on_signal(crest_signal_t *sig, int signo, void *arg) {
     (void)sig;
     struct server *srv = arg;
     const char *name = signo == SIGINT ? "SIGINT" : "SIGTERM";
+    bool worker = srv->report_fd >= 0; /* the supervisor already said it */
     if (srv->signals_seen++ == 0) {
-        printf("%s: %s: closing the listener, draining connections (at most %.1f s)\n",
-               srv->proto->name, name, GRACE_MS / 1000.0);
+        if (!worker)
+            printf("%s: %s: closing the listener, draining connections (at most %.1f s)\n",
+                   srv->proto->name, name, GRACE_MS / 1000.0);
         if (srv->stats_timer)
             crest_timer_stop(srv->stats_timer);
         for (unsigned i = 0; i < srv->running; i++)
             worker_post(&srv->workers[i], worker_shutdown);
     } else {
-        printf("%s: %s again: aborting every connection now\n", srv->proto->name, name);
+        if (!worker)
+            printf("%s: %s again: aborting every connection now\n", srv->proto->name, name);
         for (unsigned i = 0; i < srv->running; i++)
             worker_post(&srv->workers[i], worker_abort);
     }
@@ -474,47 +540,45 @@ static void on_worker_done(crest_loop_t *loop, void *arg) {
  * Start-up
  * ------------------------------------------------------------------------ */
 
-/* Start the workers one by one: the first binds the port asked for (0 lets
- * the kernel pick one), the others bind the first one's port. */
-static int start_workers(struct server *srv) {
+/* With --port 0 and several listeners: pick the port now, before the
+ * listeners are created concurrently (see the top of this file). */
+static int reserve_port(struct server *srv) {
     const struct config *cfg = &srv->cfg;
-    srv->workers = calloc(cfg->threads, sizeof *srv->workers);
-    if (!srv->workers)
-        return -ENOMEM;
-    for (unsigned i = 0; i < cfg->threads; i++) {
-        struct worker *w = &srv->workers[i];
-        w->srv = srv;
-        w->index = i;
-        w->port = i == 0 ? cfg->port : srv->workers[0].bound_port;
-        sem_init(&w->ready, 0, 0);
-        pthread_mutex_init(&w->post_lock, NULL);
-        int rc = pthread_create(&w->thread, NULL, worker_main, w);
-        if (rc != 0) {
-            fprintf(stderr, "%s: pthread_create: %s\n", srv->proto->name, crest_strerror(rc));
-            return -rc;
-        }
-        srv->created++;
-        while (sem_wait(&w->ready) < 0 && errno == EINTR) {
-        }
-        if (w->setup_rc < 0) {
-            char addr[CREST_ADDR_STRLEN + 16];
-            listen_address(cfg, w->port, addr, sizeof addr);
-            fprintf(stderr, "%s: %s %s: %s%s\n", srv->proto->name, w->setup_step, addr,
-                    crest_strerror(w->setup_rc),
-                    w->setup_rc == -EINVAL ? " (--host takes an IP address or localhost)" : "");
-            return w->setup_rc;
-        }
-        srv->running++;
+    srv->port = cfg->port;
+    srv->reserve_fd = -1;
+    if (cfg->unix_path || cfg->port != 0 || (cfg->threads == 1 && cfg->workers == 1))
+        return 0;
+    char text[CREST_ADDR_STRLEN + 16];
+    crest_addr_t a;
+    listen_address(cfg, 0, text, sizeof text);
+    int rc = crest_addr_parse(text, &a);
+    if (rc < 0) {
+        fprintf(stderr, "%s: listen %s: %s (--host takes an IP address or localhost)\n",
+                srv->proto->name, text, crest_strerror(rc));
+        return rc;
     }
+    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        bind(fd, (struct sockaddr *)&a.ss, a.len) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a.ss, &a.len) < 0) {
+        rc = -errno;
+        fprintf(stderr, "%s: picking a port on %s: %s\n", srv->proto->name, text,
+                crest_strerror(rc));
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    srv->port = crest_addr_port(&a);
+    srv->reserve_fd = fd;
     return 0;
 }
 
-static void join_workers(struct server *srv) {
-    for (unsigned i = 0; i < srv->created; i++) {
-        pthread_join(srv->workers[i].thread, NULL);
-        sem_destroy(&srv->workers[i].ready);
-        pthread_mutex_destroy(&srv->workers[i].post_lock);
-    }
+static void release_port(struct server *srv) {
+    if (srv->reserve_fd >= 0)
+        close(srv->reserve_fd);
+    srv->reserve_fd = -1;
 }
 
 static void describe_framing(const crest_framing_t *f, char *buf, size_t size) {
@@ -534,14 +598,28 @@ static void describe_framing(const crest_framing_t *f, char *buf, size_t size) {
     }
 }
 
-static void announce(const struct server *srv) {
+static const char *proxy_name(unsigned proxy) {
+    switch (proxy) {
+    case CREST_PROXY_V1: return "v1";
+    case CREST_PROXY_V2: return "v2";
+    case CREST_PROXY_ANY: return "v1 or v2";
+    default: return "off";
+    }
+}
+
+/* The start-up lines, printed once every listener accepts. */
+static void announce(const struct server *srv, const char *address, int sndbuf, int rcvbuf) {
     const struct config *cfg = &srv->cfg;
-    const struct worker *w0 = &srv->workers[0];
-    char framing[128];
+    char framing[128], procs[48] = "";
     describe_framing(&srv->proto->framing, framing, sizeof framing);
-    printf("%s %s: %s, %u thread%s%s\n", srv->proto->name, crest_version(), framing,
+    if (cfg->workers > 1)
+        snprintf(procs, sizeof procs, "%u worker processes x ", cfg->workers);
+    printf("%s %s: %s, %s%u thread%s%s\n", srv->proto->name, crest_version(), framing, procs,
            cfg->threads, cfg->threads == 1 ? "" : "s",
-           cfg->threads > 1 ? " (one SO_REUSEPORT listener each)" : "");
+           cfg->threads > 1 || cfg->workers > 1 ? " (one SO_REUSEPORT listener each)" : "");
+    if (cfg->proxy)
+        printf("PROXY protocol %s expected before any data; connections are logged with "
+               "the client address it gives\n", proxy_name(cfg->proxy));
     if (cfg->sndbuf || cfg->rcvbuf) {
         /* What the kernel applied: Linux doubles the request (and caps it at
          * wmem_max/rmem_max first), see sockopt.h. */
@@ -550,11 +628,11 @@ static void announce(const struct server *srv) {
             snprintf(snd, sizeof snd, "asked %d", cfg->sndbuf);
         if (cfg->rcvbuf)
             snprintf(rcv, sizeof rcv, "asked %d", cfg->rcvbuf);
-        printf("socket buffers: sndbuf %d bytes (%s), rcvbuf %d bytes (%s)\n", w0->sndbuf, snd,
-               w0->rcvbuf, rcv);
+        printf("socket buffers: sndbuf %d bytes (%s), rcvbuf %d bytes (%s)\n", sndbuf, snd,
+               rcvbuf, rcv);
     }
-    /* Tests wait for this line: print it last, once every thread accepts. */
-    printf("listening on %s\n", w0->address);
+    /* Tests wait for this line: print it last. */
+    printf("listening on %s\n", address);
     fflush(stdout);
 }
 
@@ -562,19 +640,24 @@ static void announce(const struct server *srv) {
  * The final report
  * ------------------------------------------------------------------------ */
 
-static int report(const struct server *srv, int main_leaked, uint64_t uptime_ms) {
-    struct figures sum = {0};
-    int leaked = main_leaked;
-    bool failed = false;
-    for (unsigned i = 0; i < srv->running; i++) {
-        add_figures(&sum, &srv->workers[i].final);
-        leaked += srv->workers[i].leaked_fds;
-        failed |= srv->workers[i].run_rc < 0;
-    }
-    const crest_conn_stats_t *c = &sum.conn;
-    const crest_listener_stats_t *l = &sum.listener;
+static int totals_exit_code(const struct totals *t) {
+    if (t->open_now || t->leaked || t->sum.buf.in_use)
+        return SERVER_EXIT_LEAK;
+    return t->failed ? SERVER_EXIT_ERROR : SERVER_EXIT_OK;
+}
 
-    printf("%s: final report after %.1f s\n", srv->proto->name, (double)uptime_ms / 1000.0);
+/* Print the final report; returns the exit code.  With worker processes,
+ * each listed its own fds still open (crest_fd_report()) before sending
+ * its figures. */
+static int print_report(const struct server *srv, const struct totals *t, uint64_t uptime_ms) {
+    const crest_conn_stats_t *c = &t->sum.conn;
+    const crest_listener_stats_t *l = &t->sum.listener;
+    bool procs = srv->cfg.workers > 1;
+
+    printf("%s: final report after %.1f s", srv->proto->name, (double)uptime_ms / 1000.0);
+    if (procs)
+        printf(" (%u worker processes, summed)", srv->cfg.workers);
+    printf("\n");
     printf("  connections: %" PRIu64 " served, %" PRIu64 " refused (--max-conns), %" PRIu64
            " dropped (out of fds), %" PRIu64 " accept errors\n",
            c->opened, l->refused_limit, l->emfile, l->accept_errors);
@@ -595,25 +678,48 @@ static int report(const struct server *srv, int main_leaked, uint64_t uptime_ms)
     if (c->paused)
         printf("  reading paused %" PRIu64 " time%s (output above high water)\n", c->paused,
                c->paused == 1 ? "" : "s");
-
-    crest_fd_counts_t fds;
-    crest_fd_counts(CREST_FD_ALL, &fds);
-    printf("  fds: %" PRIu64 " opened, %" PRIu64 " closed, peak %" PRIu64 " open at once\n",
-           fds.opened, fds.closed, fds.peak);
-    if (fds.bad_closes) /* double closes caught by the registry: a bug somewhere */
-        printf("  fds: %" PRIu64 " bad closes (see the log)\n", fds.bad_closes);
+    printf("  fds: %" PRIu64 " opened, %" PRIu64 " closed, peak %" PRIu64 " open at once%s\n",
+           t->fds.opened, t->fds.closed, t->fds.peak,
+           procs ? " (the sum of each process's peak)" : "");
+    if (t->fds.bad_closes) /* double closes caught by the registry: a bug somewhere */
+        printf("  fds: %" PRIu64 " bad closes (see the log)\n", t->fds.bad_closes);
     printf("  buffer bytes outstanding: %" PRIu64 " (peak %" PRIu64 " in one thread)\n",
-           sum.buf.in_use, sum.buf.peak);
-    uint64_t open_now = crest_fd_open_count();
-    if (open_now == 0 && leaked == 0)
+           t->sum.buf.in_use, t->sum.buf.peak);
+    if (t->open_now == 0 && t->leaked == 0)
         printf("  0 fds leaked\n");
+    else if (procs)
+        printf("  %" PRIu64 " fds leaked (each worker listed its own above)\n",
+               t->open_now > t->leaked ? t->open_now : t->leaked);
     else
         crest_fd_report(stdout); /* lists each fd still open, with its origin */
+    if (t->failed)
+        printf("  %u %s failed (see above)\n", t->failed,
+               procs ? "worker processes or loops" : "loops");
     fflush(stdout);
+    return totals_exit_code(t);
+}
 
-    if (open_now || leaked || sum.buf.in_use)
-        return SERVER_EXIT_LEAK;
-    return failed ? SERVER_EXIT_ERROR : SERVER_EXIT_OK;
+/* The figures of this process, once every loop is destroyed. */
+static void collect_totals(const struct server *srv, struct totals *t, uint64_t leaked,
+                           bool failed) {
+    memset(t, 0, sizeof *t);
+    for (unsigned i = 0; i < srv->running; i++)
+        add_figures(&t->sum, &srv->workers[i].final);
+    crest_fd_counts(CREST_FD_ALL, &t->fds);
+    t->open_now = crest_fd_open_count();
+    t->leaked = leaked;
+    t->failed = failed ? 1 : 0;
+    t->exit_code = (uint32_t)totals_exit_code(t);
+}
+
+/* A worker process's message to the supervisor.  EPIPE (the supervisor is
+ * gone) is not worth a word: the worker is on its way out anyway. */
+static void send_msg(const struct server *srv, struct wmsg *m) {
+    m->index = srv->proc_index;
+    ssize_t n;
+    do
+        n = write(srv->report_fd, m, sizeof *m);
+    while (n < 0 && errno == EINTR);
 }
 
 /* ------------------------------------------------------------------------
@@ -631,7 +737,9 @@ enum {
     OPT_MAX_CONNS,
     OPT_IDLE_TIMEOUT,
     OPT_READ_TIMEOUT,
-    OPT_STATS
+    OPT_STATS,
+    OPT_WORKERS,
+    OPT_PROXY
 };
 
 static const struct option common_options[] = {
@@ -639,6 +747,8 @@ static const struct option common_options[] = {
     {"port", required_argument, NULL, 'p'},
     {"unix", required_argument, NULL, OPT_UNIX},
     {"threads", required_argument, NULL, 't'},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"proxy-protocol", required_argument, NULL, OPT_PROXY},
     {"sndbuf", required_argument, NULL, OPT_SNDBUF},
     {"rcvbuf", required_argument, NULL, OPT_RCVBUF},
     {"nodelay", no_argument, NULL, OPT_NODELAY},
@@ -667,6 +777,12 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "      --unix PATH         listen on a Unix-domain socket instead of TCP\n"
             "  -t, --threads N         worker threads, each with its own loop and its own\n"
             "                          SO_REUSEPORT listener on the same port (default 1)\n"
+            "      --workers N         N processes, each with --threads loops and listeners\n"
+            "                          of its own, started and stopped together; the\n"
+            "                          final report is their sum (default 1: no fork)\n"
+            "      --proxy-protocol v1|v2|any  expect a PROXY protocol header (HAProxy's\n"
+            "                          send-proxy, send-proxy-v2) on every connection, and\n"
+            "                          log the client address it gives (default: off)\n"
             "      --max-conns N       per thread: connections past N are accepted and\n"
             "                          closed at once (default: no limit)\n"
             "Connections:\n"
@@ -769,7 +885,8 @@ static int parse_options(struct server *srv, int argc, char **argv) {
     struct config *cfg = &srv->cfg;
     prog = proto->name;
     *cfg = (struct config){
-        .host = "127.0.0.1", .port = proto->default_port, .threads = 1, .nodelay = true};
+        .host = "127.0.0.1", .port = proto->default_port, .threads = 1, .workers = 1,
+        .nodelay = true};
 
     /* getopt_long wants one table: the common options, then the protocol's. */
     struct option all[N_COMMON + MAX_PROTO_OPTIONS + 1];
@@ -804,6 +921,25 @@ static int parse_options(struct server *srv, int argc, char **argv) {
             if (parse_uint("threads", optarg, 1, MAX_THREADS, &u) < 0)
                 return SERVER_EXIT_USAGE;
             cfg->threads = (unsigned)u;
+            break;
+        case OPT_WORKERS:
+            if (parse_uint("workers", optarg, 1, MAX_WORKERS, &u) < 0)
+                return SERVER_EXIT_USAGE;
+            cfg->workers = (unsigned)u;
+            break;
+        case OPT_PROXY:
+            if (strcmp(optarg, "v1") == 0)
+                cfg->proxy = CREST_PROXY_V1;
+            else if (strcmp(optarg, "v2") == 0)
+                cfg->proxy = CREST_PROXY_V2;
+            else if (strcmp(optarg, "any") == 0)
+                cfg->proxy = CREST_PROXY_ANY;
+            else if (strcmp(optarg, "off") == 0)
+                cfg->proxy = CREST_PROXY_OFF;
+            else {
+                bad_value("proxy-protocol", optarg, "v1, v2, any or off");
+                return SERVER_EXIT_USAGE;
+            }
             break;
         case OPT_SNDBUF:
         case OPT_RCVBUF:
@@ -862,9 +998,9 @@ static int parse_options(struct server *srv, int argc, char **argv) {
                 argv[optind], proto->name);
         return SERVER_EXIT_USAGE;
     }
-    if (cfg->unix_path && cfg->threads > 1) {
+    if (cfg->unix_path && (cfg->threads > 1 || cfg->workers > 1)) {
         /* SO_REUSEPORT does not share a Unix socket path between listeners. */
-        fprintf(stderr, "%s: --unix works with one thread only\n", proto->name);
+        fprintf(stderr, "%s: --unix works with one thread and one process only\n", proto->name);
         return SERVER_EXIT_USAGE;
     }
     if (proto->configured && proto->configured(proto) < 0)
@@ -873,17 +1009,412 @@ static int parse_options(struct server *srv, int argc, char **argv) {
 }
 
 /* ------------------------------------------------------------------------
- * main
+ * One server process: a control loop and a group of worker loops
  * ------------------------------------------------------------------------ */
 
-static int fail(const server_proto_t *proto, const char *what, int rc) {
-    fprintf(stderr, "%s: %s: %s\n", proto->name, what, crest_strerror(rc));
+static int fail(const struct server *srv, const char *what, int rc) {
+    fprintf(stderr, "%s%s: %s: %s\n", srv->tag, srv->proto->name, what, crest_strerror(rc));
     return SERVER_EXIT_ERROR;
 }
+
+/* crest_group_start() failed: say which thread's setup, and why. */
+static void setup_failed(const struct server *srv, int rc) {
+    const struct config *cfg = &srv->cfg;
+    for (unsigned i = 0; i < cfg->threads; i++) {
+        const struct worker *w = &srv->workers[i];
+        if (w->setup_rc < 0 && w->setup_step) {
+            char addr[CREST_ADDR_STRLEN + 16];
+            listen_address(cfg, srv->port, addr, sizeof addr);
+            fprintf(stderr, "%s%s: %s %s: %s%s\n", srv->tag, srv->proto->name, w->setup_step,
+                    addr, crest_strerror(w->setup_rc),
+                    w->setup_rc == -EINVAL ? " (--host takes an IP address or localhost)" : "");
+            return;
+        }
+    }
+    fail(srv, "starting the worker threads", rc);
+}
+
+/* Serve until the signals say stop; print the final report (or, in a
+ * worker process, send it to the supervisor).  Returns the exit code.
+ * SIGINT and SIGTERM are blocked already. */
+static int serve(struct server *srv) {
+    const struct config *cfg = &srv->cfg;
+    int rc;
+    if ((rc = crest_loop_create(&srv->loop)) < 0)
+        return fail(srv, "crest_loop_create", rc);
+    /* A worker process listens to the supervisor only (SIGTERM). */
+    if ((srv->report_fd < 0 &&
+         (rc = crest_signal_start(srv->loop, SIGINT, on_signal, srv, &srv->sigint)) < 0) ||
+        (rc = crest_signal_start(srv->loop, SIGTERM, on_signal, srv, &srv->sigterm)) < 0) {
+        crest_signal_stop(srv->sigint);
+        crest_loop_destroy(srv->loop);
+        return fail(srv, "crest_signal_start", rc);
+    }
+    if (cfg->stats_ms && !cfg->quiet) {
+        if ((rc = crest_timer_create(srv->loop, on_stats_tick, srv, &srv->stats_timer)) < 0)
+            return fail(srv, "crest_timer_create", rc);
+        crest_timer_start(srv->stats_timer, cfg->stats_ms, cfg->stats_ms);
+    }
+
+    srv->workers = calloc(cfg->threads, sizeof *srv->workers);
+    if (!srv->workers)
+        return fail(srv, "calloc", -ENOMEM);
+    for (unsigned i = 0; i < cfg->threads; i++) {
+        srv->workers[i].srv = srv;
+        srv->workers[i].index = i;
+        pthread_mutex_init(&srv->workers[i].post_lock, NULL);
+    }
+
+    /* Every thread creates its loop and listener, concurrently; this
+     * returns once all have (or one failed and the rest were stopped). */
+    int code = SERVER_EXIT_OK, join_rc = 0;
+    rc = crest_group_start(cfg->threads, group_init, group_fini, srv, &srv->group);
+    if (srv->report_fd < 0)
+        release_port(srv); /* every listener is bound (or none will be) */
+    if (rc < 0) {
+        setup_failed(srv, rc);
+        code = SERVER_EXIT_ERROR;
+    } else {
+        srv->running = cfg->threads;
+        const struct worker *w0 = &srv->workers[0];
+        if (srv->report_fd >= 0) {
+            struct wmsg m = {.type = MSG_READY};
+            snprintf(m.u.ready.address, sizeof m.u.ready.address, "%s", w0->address);
+            m.u.ready.sndbuf = w0->sndbuf;
+            m.u.ready.rcvbuf = w0->rcvbuf;
+            send_msg(srv, &m);
+        } else {
+            announce(srv, w0->address, w0->sndbuf, w0->rcvbuf);
+        }
+        srv->started_ms = srv->prev_ms = crest_loop_now(srv->loop);
+        rc = crest_loop_run(srv->loop); /* until every worker is done */
+        if (rc < 0) {
+            code = fail(srv, "control loop", rc);
+            for (unsigned i = 0; i < srv->running; i++)
+                worker_post(&srv->workers[i], worker_abort);
+        }
+        join_rc = crest_group_join(srv->group);
+        if (join_rc < 0)
+            fail(srv, "a worker loop failed", join_rc);
+    }
+    crest_loop_update_time(srv->loop);
+    uint64_t uptime_ms = crest_loop_now(srv->loop) - srv->started_ms;
+
+    crest_signal_stop(srv->sigint);
+    crest_signal_stop(srv->sigterm);
+    crest_timer_destroy(srv->stats_timer);
+    int main_leaked = crest_loop_destroy(srv->loop);
+    if (code == SERVER_EXIT_OK) {
+        struct totals t;
+        collect_totals(srv, &t, (uint64_t)(main_leaked > 0 ? main_leaked : 0) +
+                                    (uint64_t)(join_rc > 0 ? join_rc : 0), join_rc < 0);
+        if (srv->report_fd >= 0) {
+            if (t.open_now || t.leaked) {
+                printf("%s%s: fds still open at exit:\n", srv->tag, srv->proto->name);
+                crest_fd_report(stdout);
+            }
+            struct wmsg m = {.type = MSG_REPORT};
+            m.u.totals = t;
+            send_msg(srv, &m);
+            code = (int)t.exit_code;
+        } else {
+            code = print_report(srv, &t, uptime_ms);
+        }
+    }
+    for (unsigned i = 0; i < cfg->threads; i++)
+        pthread_mutex_destroy(&srv->workers[i].post_lock);
+    free(srv->workers);
+    srv->workers = NULL;
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * The supervisor: --workers N processes
+ * ------------------------------------------------------------------------ */
+
+struct child {
+    struct supervisor *sup;
+    unsigned index;
+    pid_t pid;
+    int fd;                       /* our end of its pipe; -1 once it closed */
+    crest_io_t *io;
+    struct wmsg msg;              /* being received */
+    size_t got;
+    bool ready, reported, exited;
+    struct wmsg ready_msg;
+    struct totals totals;
+    int status;                   /* waitpid()'s */
+};
+
+struct supervisor {
+    struct server *srv;
+    struct child *kids;
+    unsigned n, forked, ready, exited;
+    crest_loop_t *loop;
+    crest_signal_t *sigint, *sigterm;
+    int signals_seen;
+    bool announced, stopping, failed;
+    uint64_t started_ms;
+};
+
+static void signal_children(struct supervisor *sup) {
+    for (unsigned i = 0; i < sup->forked; i++)
+        if (!sup->kids[i].exited)
+            kill(sup->kids[i].pid, SIGTERM);
+}
+
+/* Stop every worker that is still running: one went away, or one did not
+ * start.  Workers run together or not at all. */
+static void stop_all(struct supervisor *sup) {
+    if (sup->stopping)
+        return;
+    sup->stopping = true;
+    signal_children(sup);
+}
+
+static void describe_status(int status, char *buf, size_t size) {
+    if (WIFEXITED(status))
+        snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(buf, size, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, size, "ended (status 0x%x)", (unsigned)status);
+}
+
+static void child_message(struct child *k) {
+    struct supervisor *sup = k->sup;
+    struct server *srv = sup->srv;
+    if (k->msg.type == MSG_READY && !k->ready) {
+        k->ready = true;
+        k->ready_msg = k->msg;
+        if (++sup->ready == sup->n && !sup->stopping) {
+            release_port(srv); /* every listener is bound */
+            const struct wmsg *r = &sup->kids[0].ready_msg;
+            announce(srv, r->u.ready.address, r->u.ready.sndbuf, r->u.ready.rcvbuf);
+            sup->announced = true;
+            sup->started_ms = crest_loop_now(sup->loop);
+        }
+    } else if (k->msg.type == MSG_REPORT) {
+        k->reported = true;
+        k->totals = k->msg.u.totals;
+    }
+}
+
+static void child_gone(struct child *k) {
+    struct supervisor *sup = k->sup;
+    crest_io_stop(k->io);
+    k->io = NULL;
+    close(k->fd);
+    k->fd = -1;
+    while (waitpid(k->pid, &k->status, 0) < 0 && errno == EINTR) {
+    }
+    k->exited = true;
+    bool clean = WIFEXITED(k->status) && k->reported &&
+                 (WEXITSTATUS(k->status) == SERVER_EXIT_OK ||
+                  WEXITSTATUS(k->status) == SERVER_EXIT_LEAK);
+    if (!clean) {
+        char how[96];
+        describe_status(k->status, how, sizeof how);
+        printf("%s: worker %u (pid %d) %s%s%s\n", sup->srv->proto->name, k->index, (int)k->pid,
+               how, k->ready ? "" : " before it was ready",
+               sup->stopping ? "" : ": stopping the others");
+        sup->failed = true;
+        stop_all(sup);
+    }
+    if (++sup->exited == sup->forked)
+        crest_loop_stop(sup->loop);
+}
+
+static void on_child_pipe(crest_io_t *io, unsigned events, void *arg) {
+    (void)io;
+    (void)events;
+    struct child *k = arg;
+    for (;;) {
+        ssize_t n = read(k->fd, (char *)&k->msg + k->got, sizeof k->msg - k->got);
+        if (n > 0) {
+            k->got += (size_t)n;
+            if (k->got == sizeof k->msg) {
+                child_message(k);
+                k->got = 0;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        child_gone(k); /* EOF: the worker exited (or an error: treat it so) */
+        return;
+    }
+}
+
+static void on_supervisor_signal(crest_signal_t *sig, int signo, void *arg) {
+    (void)sig;
+    struct supervisor *sup = arg;
+    const char *name = signo == SIGINT ? "SIGINT" : "SIGTERM";
+    if (sup->signals_seen++ == 0)
+        printf("%s: %s: stopping %u workers: each closes its listeners and drains its "
+               "connections (at most %.1f s)\n",
+               sup->srv->proto->name, name, sup->n, GRACE_MS / 1000.0);
+    else
+        printf("%s: %s again: workers abort every connection now\n", sup->srv->proto->name,
+               name);
+    sup->stopping = true;
+    signal_children(sup); /* a worker takes a second SIGTERM as "abort now" */
+}
+
+/* The worker process: a whole server of its own. */
+static _Noreturn void run_worker(struct server *srv, unsigned index, int wfd, pid_t parent) {
+    /* If the supervisor dies, drain and go (the pipe write then fails). */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+        _exit(SERVER_EXIT_ERROR);
+    signal(SIGINT, SIG_IGN); /* the supervisor forwards it as SIGTERM */
+    srv->report_fd = wfd;
+    srv->proc_index = index;
+    snprintf(srv->tag, sizeof srv->tag, "worker %u: ", index);
+    int code = serve(srv);
+    close(wfd);
+    fflush(stdout);
+    exit(code);
+}
+
+static int supervise(struct server *srv) {
+    const struct config *cfg = &srv->cfg;
+    const char *name = srv->proto->name;
+    static struct supervisor sup;
+    sup.srv = srv;
+    sup.n = cfg->workers;
+    sup.kids = calloc(sup.n, sizeof *sup.kids);
+    if (!sup.kids) {
+        fprintf(stderr, "%s: out of memory\n", name);
+        return SERVER_EXIT_ERROR;
+    }
+    if (reserve_port(srv) < 0) {
+        free(sup.kids);
+        return SERVER_EXIT_ERROR;
+    }
+
+    /* Fork every worker before this process creates any crest loop. */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t self = getpid();
+    int code = SERVER_EXIT_OK;
+    for (unsigned i = 0; i < sup.n; i++) {
+        struct child *k = &sup.kids[i];
+        k->sup = &sup;
+        k->index = i;
+        k->fd = -1;
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0) {
+            fprintf(stderr, "%s: pipe: %s\n", name, crest_strerror(-errno));
+            code = SERVER_EXIT_ERROR;
+            break;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "%s: fork: %s\n", name, crest_strerror(-errno));
+            close(p[0]);
+            close(p[1]);
+            code = SERVER_EXIT_ERROR;
+            break;
+        }
+        if (pid == 0) {
+            for (unsigned j = 0; j < i; j++)
+                close(sup.kids[j].fd); /* the other workers' pipes */
+            close(p[0]);
+            release_port(srv);     /* the supervisor's to hold */
+            run_worker(srv, i, p[1], self);
+        }
+        close(p[1]);
+        fcntl(p[0], F_SETFL, O_NONBLOCK);
+        k->pid = pid;
+        k->fd = p[0];
+        sup.forked++;
+    }
+
+    int rc = crest_loop_create(&sup.loop);
+    if (rc < 0 ||
+        (rc = crest_signal_start(sup.loop, SIGINT, on_supervisor_signal, &sup, &sup.sigint)) < 0 ||
+        (rc = crest_signal_start(sup.loop, SIGTERM, on_supervisor_signal, &sup, &sup.sigterm)) <
+            0) {
+        fprintf(stderr, "%s: supervisor loop: %s\n", name, crest_strerror(rc));
+        code = SERVER_EXIT_ERROR;
+    }
+    for (unsigned i = 0; i < sup.forked && code == SERVER_EXIT_OK; i++) {
+        struct child *k = &sup.kids[i];
+        rc = crest_io_start(sup.loop, k->fd, CREST_IO_READABLE, on_child_pipe, k, &k->io);
+        if (rc < 0) {
+            fprintf(stderr, "%s: watching worker %u: %s\n", name, i, crest_strerror(rc));
+            code = SERVER_EXIT_ERROR;
+        }
+    }
+    if (code != SERVER_EXIT_OK) {
+        /* Stop what was started and wait for it, without a loop. */
+        sup.failed = true;
+        stop_all(&sup);
+        for (unsigned i = 0; i < sup.forked; i++) {
+            if (sup.kids[i].io)
+                crest_io_stop(sup.kids[i].io);
+            if (!sup.kids[i].exited)
+                while (waitpid(sup.kids[i].pid, &sup.kids[i].status, 0) < 0 && errno == EINTR) {
+                }
+        }
+    } else {
+        crest_loop_run(sup.loop); /* until every worker has exited */
+    }
+    uint64_t uptime_ms = 0;
+    if (sup.loop) {
+        crest_loop_update_time(sup.loop);
+        uptime_ms = crest_loop_now(sup.loop) - sup.started_ms;
+    }
+    crest_signal_stop(sup.sigint);
+    crest_signal_stop(sup.sigterm);
+    int leaked = sup.loop ? crest_loop_destroy(sup.loop) : 0;
+    for (unsigned i = 0; i < sup.forked; i++)
+        if (sup.kids[i].fd >= 0)
+            close(sup.kids[i].fd);
+    release_port(srv);
+
+    if (code == SERVER_EXIT_OK && sup.announced) {
+        /* The summed report: the workers' figures, and this process's own
+         * fds (its loop's). */
+        struct totals t;
+        collect_totals(srv, &t, leaked > 0 ? (uint64_t)leaked : 0, sup.failed);
+        for (unsigned i = 0; i < sup.forked; i++) {
+            const struct child *k = &sup.kids[i];
+            if (!k->reported)
+                continue;
+            const struct totals *w = &k->totals;
+            add_figures(&t.sum, &w->sum);
+            t.fds.opened += w->fds.opened;
+            t.fds.closed += w->fds.closed;
+            t.fds.peak += w->fds.peak;
+            t.fds.bad_closes += w->fds.bad_closes;
+            t.open_now += w->open_now;
+            t.leaked += w->leaked;
+            t.failed += w->failed;
+        }
+        if (sup.failed && !t.failed)
+            t.failed = 1;
+        code = print_report(srv, &t, uptime_ms);
+    } else if (code == SERVER_EXIT_OK) {
+        code = SERVER_EXIT_ERROR; /* a worker failed to start: it said why */
+    }
+    free(sup.kids);
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * main
+ * ------------------------------------------------------------------------ */
 
 int server_main(int argc, char **argv, server_proto_t *proto) {
     static struct server srv; /* zeroed; outlives every thread */
     srv.proto = proto;
+    srv.report_fd = -1;
+    srv.reserve_fd = -1;
     /* One line at a time even into a pipe: tests read "listening on" and
      * the report as they come. */
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -900,51 +1431,18 @@ int server_main(int argc, char **argv, server_proto_t *proto) {
     srv.handler.on_open = on_open;
     srv.handler.on_close = on_close;
 
-    /* Block SIGINT and SIGTERM before any thread starts, so that every
-     * worker inherits the mask and the signals reach only the control
-     * loop's signalfd. */
+    /* Block SIGINT and SIGTERM before any thread or worker process starts,
+     * so that every thread inherits the mask and the signals reach only
+     * the control loop's signalfd. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if ((rc = crest_loop_create(&srv.loop)) < 0)
-        return fail(proto, "crest_loop_create", rc);
-    if ((rc = crest_signal_start(srv.loop, SIGINT, on_signal, &srv, &srv.sigint)) < 0 ||
-        (rc = crest_signal_start(srv.loop, SIGTERM, on_signal, &srv, &srv.sigterm)) < 0)
-        return fail(proto, "crest_signal_start", rc);
-    if (srv.cfg.stats_ms && !srv.cfg.quiet) {
-        if ((rc = crest_timer_create(srv.loop, on_stats_tick, &srv, &srv.stats_timer)) < 0)
-            return fail(proto, "crest_timer_create", rc);
-        crest_timer_start(srv.stats_timer, srv.cfg.stats_ms, srv.cfg.stats_ms);
-    }
-
-    int code = SERVER_EXIT_OK;
-    if (start_workers(&srv) < 0) {
-        /* Stop the ones that did start; nothing is reported. */
-        for (unsigned i = 0; i < srv.running; i++)
-            worker_post(&srv.workers[i], worker_abort);
-        code = SERVER_EXIT_ERROR;
-    } else {
-        announce(&srv);
-        srv.started_ms = srv.prev_ms = crest_loop_now(srv.loop);
-        rc = crest_loop_run(srv.loop); /* until every worker is done */
-        if (rc < 0) {
-            code = fail(proto, "control loop", rc);
-            for (unsigned i = 0; i < srv.running; i++)
-                worker_post(&srv.workers[i], worker_abort);
-        }
-    }
-    uint64_t uptime_ms = crest_loop_now(srv.loop) - srv.started_ms;
-    join_workers(&srv);
-
-    crest_signal_stop(srv.sigint);
-    crest_signal_stop(srv.sigterm);
-    crest_timer_destroy(srv.stats_timer);
-    int main_leaked = crest_loop_destroy(srv.loop);
-    if (code == SERVER_EXIT_OK)
-        code = report(&srv, main_leaked, uptime_ms);
-    free(srv.workers);
-    return code;
+    if (srv.cfg.workers > 1)
+        return supervise(&srv);
+    if (reserve_port(&srv) < 0)
+        return SERVER_EXIT_ERROR;
+    return serve(&srv);
 }
