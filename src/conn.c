@@ -19,10 +19,6 @@
 
 #include "conn_int.h"
 
-#define NS_PER_MS 1000000ull
-/* A graceful close whose peer never reads is bounded by the write timeout,
- * or by this when none is set. */
-#define CLOSE_LINGER_MS 10000u
 
 static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_PEER_EOF] = "peer EOF",
@@ -146,64 +142,9 @@ int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
     return 0;
 }
 
-/* ---- timeouts ----------------------------------------------------------- */
+/* ---- timeouts (the heap is in conn_timer.c) ------------------------------ */
 
-static uint64_t deadline_after(uint64_t since, uint32_t ms) {
-    return since && ms ? since + ms * NS_PER_MS : UINT64_MAX;
-}
-
-/* The earliest deadline that applies now, and which reason it carries. */
-static uint64_t next_deadline(const struct crest_conn *c, crest_close_reason_t *why) {
-    const crest_conn_opts_t *o = &c->ep->opts;
-    uint64_t best = UINT64_MAX;
-    crest_close_reason_t reason = CREST_CLOSE_IDLE_TIMEOUT;
-#define CONSIDER(when, r)   \
-    do {                    \
-        uint64_t w_ = (when); \
-        if (w_ < best) {    \
-            best = w_;      \
-            reason = (r);   \
-        }                   \
-    } while (0)
-    if (c->state == CREST_CONN_CONNECTING) {
-        CONSIDER(deadline_after(c->started_ns, o->connect_timeout_ms), CREST_CLOSE_CONNECT_TIMEOUT);
-    } else if (c->state == CREST_CONN_CLOSING) {
-        uint32_t linger = o->write_timeout_ms ? o->write_timeout_ms : CLOSE_LINGER_MS;
-        CONSIDER(deadline_after(c->write_stalled_ns, linger), CREST_CLOSE_WRITE_TIMEOUT);
-    } else {
-        CONSIDER(deadline_after(c->last_active_ns, o->idle_timeout_ms), CREST_CLOSE_IDLE_TIMEOUT);
-        CONSIDER(deadline_after(c->read_started_ns, o->read_timeout_ms), CREST_CLOSE_READ_TIMEOUT);
-        CONSIDER(deadline_after(c->write_stalled_ns, o->write_timeout_ms),
-                 CREST_CLOSE_WRITE_TIMEOUT);
-    }
-#undef CONSIDER
-    *why = reason;
-    return best;
-}
-
-/* Arm the timer for the earliest deadline.  Cheap when nothing moved
- * earlier: the timer keeps its heap slot (see timer.c). */
-void crest__conn_arm_timer(struct crest_conn *c) {
-    crest_close_reason_t why;
-    uint64_t when = next_deadline(c, &why);
-    if (when == UINT64_MAX) {
-        crest_timer_stop(&c->timer);
-        return;
-    }
-    crest__timer_start_at(&c->timer, when, 0);
-}
-
-static void on_deadline(crest_timer_t *t, void *arg) {
-    CREST__UNUSED(t);
-    struct crest_conn *c = arg;
-    crest_loop_t *loop = c->io.loop;
-    crest_close_reason_t why;
-    uint64_t when = next_deadline(c, &why);
-    if (when > loop->now_ns) {
-        /* Activity moved the deadline since the timer was armed. */
-        crest__conn_arm_timer(c);
-        return;
-    }
+void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why) {
     if (c->state == CREST_CONN_CLOSING) {
         /* The peer would not take our last bytes: give up on them. */
         c->aborting = true;
@@ -221,21 +162,16 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
         return NULL;
     c->ep = ep;
     c->state = (uint8_t)state;
-    c->started_ns = c->last_active_ns = loop->now_ns;
+    c->last_active = loop->now_ms;
     /* A fresh accepted socket has an empty send buffer: writable at once,
      * without waiting for the first EPOLLOUT. */
     c->writable = state == CREST_CONN_OPEN;
-    crest__timer_init(loop, &c->timer, on_deadline, c, false);
     if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE, crest__conn_on_io,
                        c, true) < 0) {
         free(c);
         return NULL;
     }
     ep->refs++;
-    c->next = loop->conns;
-    if (loop->conns)
-        loop->conns->prev = c;
-    loop->conns = c;
     loop->conn_stats.opened++;
     loop->conn_stats.active++;
     return c;
@@ -245,7 +181,7 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
  * a PROXY header, once the header is in (conn_io.c). */
 void crest__conn_open(struct crest_conn *c) {
     c->state = CREST_CONN_OPEN;
-    c->last_active_ns = c->io.loop->now_ns;
+    c->last_active = c->io.loop->now_ms;
     crest__conn_arm_timer(c);
     if (c->ep->proxy) {
         c->proxy_wait = true;
@@ -268,13 +204,13 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
     if (!c->close_requested) {
         c->close_requested = true;
         c->close_reason = (uint8_t)reason;
-        c->close_err = err;
+        c->close_err = (uint16_t)err;
     }
     if (c->state == CREST_CONN_CONNECTING)
         c->aborting = true; /* nothing was sent yet: nothing to flush */
     if (c->state != CREST_CONN_CLOSING) {
         c->state = CREST_CONN_CLOSING;
-        c->write_stalled_ns = c->io.loop->now_ns;
+        c->write_stalled = c->io.loop->now_ms;
         crest__conn_arm_timer(c);
     }
     /* Buffered input is never delivered now; it goes back to the pool when
@@ -302,19 +238,11 @@ static void finish_close(struct crest_conn *c) {
     /* crest never dup()s a connection's fd: the close below takes it out of
      * epoll, no EPOLL_CTL_DEL needed. */
     crest__io_detach(&c->io, false);
-    crest_timer_stop(&c->timer);
+    crest__conn_disarm_timer(c);
     crest__conn_drop_buffers(c);
     c->state = CREST_CONN_CLOSED;
-
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        loop->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = NULL;
-    c->next = loop->zombies;
-    loop->zombies = c;
+    c->io.free_next = loop->zombies;
+    loop->zombies = &c->io;
 
     loop->conn_stats.active--;
     loop->conn_stats.closed++;
@@ -357,16 +285,26 @@ static void settle_later(struct crest_conn *c) {
 
 void crest__conns_reap(crest_loop_t *loop) {
     while (loop->zombies) {
-        struct crest_conn *c = loop->zombies;
-        loop->zombies = c->next;
+        struct crest_conn *c = CREST__CONN_OF_IO(loop->zombies);
+        loop->zombies = c->io.free_next;
         crest__endpoint_release(c->ep);
         free(c->proxy);
         free(c);
     }
 }
 
+/* The loop's live connections are the watchers in its fd table whose
+ * callback is the connection's: no list to keep per connection. */
+static struct crest_conn *conn_at(crest_loop_t *loop, int fd) {
+    struct crest_io *io = loop->ios[fd];
+    return io && io->cb == crest__conn_on_io ? CREST__CONN_OF_IO(io) : NULL;
+}
+
 void crest_loop_close_all(crest_loop_t *loop, bool abort) {
-    for (struct crest_conn *c = loop->conns; c; c = c->next) {
+    for (int fd = 0; fd < loop->ios_cap; fd++) {
+        struct crest_conn *c = conn_at(loop, fd);
+        if (!c)
+            continue;
         if (abort)
             c->aborting = true;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
@@ -375,16 +313,18 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
 }
 
 void crest__conns_destroy(crest_loop_t *loop) {
-    while (loop->conns) {
-        struct crest_conn *c = loop->conns;
-        crest_log(CREST_LOG_WARN, "loop destroyed with an open connection (fd %d): aborted",
-                  c->io.fd);
+    for (int fd = 0; fd < loop->ios_cap; fd++) {
+        struct crest_conn *c = conn_at(loop, fd);
+        if (!c)
+            continue;
+        crest_log(CREST_LOG_WARN, "loop destroyed with an open connection (fd %d): aborted", fd);
         c->aborting = true;
         c->depth = 0;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
         finish_close(c);
     }
     crest__conns_reap(loop);
+    crest__deadlines_destroy(loop);
 }
 
 /* ---- public API --------------------------------------------------------- */

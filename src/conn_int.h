@@ -19,38 +19,53 @@ struct crest__endpoint {
     crest_listener_stats_t lstats;
 };
 
+/* A connection: 120 bytes, so that an idle one costs 128 bytes of heap
+ * (see docs/performance.md).  Times are the loop's millisecond clock
+ * (crest__now_ms), 0 meaning "not set". */
 struct crest_conn {
-    struct crest_io io;           /* io.loop, io.fd; registered once */
+    struct crest_io io;           /* io.loop, io.fd; registered once; after
+                                     the close, io.free_next links zombies */
     struct crest__endpoint *ep;
     void *data;
     struct crest__chunk *in;      /* input not yet consumed, or NULL */
-    crest_proxy_info_t *proxy;    /* what a PROXY header said, or NULL */
     struct crest__chunk *out_head, *out_tail;
-    size_t out_bytes;
-    struct crest_timer timer;     /* the earliest of the deadlines below */
-    uint64_t last_active_ns;      /* idle timeout: last byte in or out */
-    uint64_t read_started_ns;     /* read timeout: a partial message since */
-    uint64_t write_stalled_ns;    /* write timeout: output waiting since */
-    uint64_t started_ns;          /* connect timeout */
-    struct crest_conn *prev, *next; /* loop->conns; zombies use next */
-    int close_err;
-    uint16_t depth;               /* handler callbacks in progress */
+    crest_proxy_info_t *proxy;    /* what a PROXY header said, or NULL */
+    uint32_t out_bytes;           /* queued output (at most 4 GiB - 1) */
+    uint32_t last_active;         /* idle timeout: last byte in or out;
+                                     connect timeout: when it started */
+    uint32_t read_started;        /* read timeout: a partial message since */
+    uint32_t write_stalled;       /* write timeout: output waiting since */
+    uint32_t dl_key;              /* deadline the loop's heap holds */
+    uint32_t dl_index;            /* position in that heap + 1; 0: none */
+    uint16_t close_err;           /* the errno behind the close reason */
+    uint8_t depth;                /* handler callbacks in progress */
     uint8_t state;                /* crest_conn_state_t */
     uint8_t close_reason;
-    bool readable;                /* cached readiness (edge-triggered) */
-    bool writable;
-    bool peer_done;               /* RDHUP/HUP seen: read until EOF */
-    bool paused_high;             /* above high water */
-    bool paused_user;             /* crest_conn_pause() */
-    bool gather;                  /* inside on_data: queue writes */
-    bool corked;                  /* crest_conn_cork() */
-    bool shut_pending;            /* shutdown(SHUT_WR) once flushed */
-    bool shut_done;
-    bool close_requested;
-    bool aborting;
-    bool dead;                    /* the socket failed: nothing more to send */
-    bool redeliver;               /* buffered input waits for a resume */
-    bool proxy_wait;              /* the PROXY header has not arrived yet */
+    bool readable : 1;            /* cached readiness (edge-triggered) */
+    bool writable : 1;
+    bool peer_done : 1;           /* RDHUP/HUP seen: read until EOF */
+    bool paused_high : 1;         /* above high water */
+    bool paused_user : 1;         /* crest_conn_pause() */
+    bool gather : 1;              /* inside on_data: queue writes */
+    bool corked : 1;              /* crest_conn_cork() */
+    bool shut_pending : 1;        /* shutdown(SHUT_WR) once flushed */
+    bool shut_done : 1;
+    bool close_requested : 1;
+    bool aborting : 1;
+    bool dead : 1;                /* the socket failed: nothing more to send */
+    bool redeliver : 1;           /* buffered input waits for a resume */
+    bool proxy_wait : 1;          /* the PROXY header has not arrived yet */
+};
+
+/* The per-loop heap of connection deadlines (conn_timer.c): one generic
+ * timer for the loop, and a heap of connection pointers ordered by each
+ * one's dl_key.  Later deadlines are applied lazily, so the per-message
+ * cost of the idle timeout is one store to last_active. */
+struct crest__deadlines {
+    struct crest_conn **v;
+    uint32_t len, cap;
+    struct crest_timer timer;
+    bool ready;                   /* timer initialised */
 };
 
 /* Chunk offsets are 32-bit: no input buffer may grow past this. */
@@ -63,7 +78,12 @@ void crest__conn_open(struct crest_conn *c);
 void crest__conn_notify_open(struct crest_conn *c);
 void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err);
 void crest__conn_settle(struct crest_conn *c);
+void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why);
+
+/* conn_timer.c */
 void crest__conn_arm_timer(struct crest_conn *c);
+void crest__conn_disarm_timer(struct crest_conn *c);
+void crest__deadlines_destroy(crest_loop_t *loop);
 void crest__endpoint_release(struct crest__endpoint *ep);
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
                         struct crest__endpoint **out);

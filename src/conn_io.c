@@ -68,9 +68,9 @@ static void check_high_water(struct crest_conn *c) {
 
 static void after_progress(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
-    c->last_active_ns = loop->now_ns;
+    c->last_active = loop->now_ms;
     if (c->out_bytes == 0) {
-        c->write_stalled_ns = 0;
+        c->write_stalled = 0;
         if (c->shut_pending && !c->shut_done) {
             c->shut_done = true;
             c->shut_pending = false;
@@ -79,7 +79,7 @@ static void after_progress(struct crest_conn *c) {
         }
     } else {
         /* A stall is measured from the last progress. */
-        c->write_stalled_ns = loop->now_ns;
+        c->write_stalled = loop->now_ms;
     }
     check_low_water(c);
 }
@@ -112,7 +112,7 @@ int crest__conn_flush(struct crest_conn *c) {
             return -errno;
         }
         loop->conn_stats.bytes_out += (uint64_t)sent;
-        c->out_bytes -= (size_t)sent;
+        c->out_bytes -= (uint32_t)sent;
         size_t left = (size_t)sent;
         while (left > 0) {
             struct crest__chunk *k = c->out_head;
@@ -131,7 +131,7 @@ int crest__conn_flush(struct crest_conn *c) {
             c->writable = false; /* the socket buffer is full */
     }
     if (c->out_bytes == 0 || !c->writable) {
-        bool stalled_before = c->write_stalled_ns != 0;
+        bool stalled_before = c->write_stalled != 0;
         after_progress(c);
         if (c->out_bytes && !stalled_before && c->ep->opts.write_timeout_ms)
             crest__conn_arm_timer(c);
@@ -142,6 +142,8 @@ int crest__conn_flush(struct crest_conn *c) {
 /* Copy bytes to the end of the output queue. */
 static int enqueue(struct crest_conn *c, const uint8_t *p, size_t len) {
     struct crest__pool *pool = &c->io.loop->pool;
+    if (len > UINT32_MAX - c->out_bytes)
+        return -ENOBUFS; /* over 4 GiB queued: the peer is not reading */
     while (len > 0) {
         struct crest__chunk *k = c->out_tail;
         if (!k || crest__chunk_space(k) == 0) {
@@ -159,7 +161,7 @@ static int enqueue(struct crest_conn *c, const uint8_t *p, size_t len) {
             n = len;
         memcpy(k->data + k->end, p, n);
         k->end += (uint32_t)n;
-        c->out_bytes += n;
+        c->out_bytes += (uint32_t)n;
         p += n;
         len -= n;
     }
@@ -176,7 +178,7 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
         loop->conn_stats.writes++;
         if (sent >= 0) {
             loop->conn_stats.bytes_out += (uint64_t)sent;
-            c->last_active_ns = loop->now_ns;
+            c->last_active = loop->now_ms;
             if ((size_t)sent < total)
                 c->writable = false;
             return (size_t)sent;
@@ -245,7 +247,7 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
         return rc;
     }
     if (was_empty && !batching) {
-        c->write_stalled_ns = c->io.loop->now_ns;
+        c->write_stalled = c->io.loop->now_ms;
         if (c->ep->opts.write_timeout_ms)
             crest__conn_arm_timer(c);
     }
@@ -350,7 +352,7 @@ static void deliver_raw(struct crest_conn *c) {
         in->start += (uint32_t)r;
         if (r == 0)
             return; /* it wants more bytes first */
-        c->read_started_ns = 0;
+        c->read_started = 0;
     }
 }
 
@@ -379,7 +381,7 @@ static void deliver_framed(struct crest_conn *c) {
         int r = c->ep->handler.on_message(c, in->data + in->start + fr.offset, fr.length);
         c->depth--;
         in->start += (uint32_t)fr.consumed;
-        c->read_started_ns = 0; /* a message completed: the next one starts now */
+        c->read_started = 0; /* a message completed: the next one starts now */
         if (r < 0) {
             reject(c, r, fr.length);
             return;
@@ -460,11 +462,11 @@ static bool settle_input(struct crest_conn *c) {
     if (crest__chunk_len(in) == 0) {
         crest__chunk_put(&loop->pool, in);
         c->in = NULL;
-        c->read_started_ns = 0;
+        c->read_started = 0;
         return true;
     }
-    if (!c->read_started_ns) {
-        c->read_started_ns = loop->now_ns;
+    if (!c->read_started) {
+        c->read_started = loop->now_ms;
         if (c->ep->opts.read_timeout_ms)
             crest__conn_arm_timer(c);
     }
@@ -513,7 +515,7 @@ static void read_input(struct crest_conn *c) {
         loop->conn_stats.reads++;
         if (n > 0) {
             loop->conn_stats.bytes_in += (uint64_t)n;
-            c->last_active_ns = loop->now_ns;
+            c->last_active = loop->now_ms;
             in->end += (uint32_t)n;
             if ((size_t)n < space && !c->peer_done)
                 c->readable = false; /* short read: drained */

@@ -120,10 +120,14 @@ static int reserve(size_t fd) {
     size_t cap = entries_cap ? entries_cap : 256;
     while (cap <= fd)
         cap *= 2;
-    struct fd_entry *n = realloc(entries, cap * sizeof *n);
+    /* calloc, not realloc + memset: a large table comes zeroed from mmap,
+     * and the pages no fd reaches are never touched, so cost no memory. */
+    struct fd_entry *n = calloc(cap, sizeof *n);
     if (!n)
         return -ENOMEM;
-    memset(n + entries_cap, 0, (cap - entries_cap) * sizeof *n);
+    if (entries_cap)
+        memcpy(n, entries, entries_cap * sizeof *n);
+    free(entries);
     entries = n;
     entries_cap = cap;
     return 0;

@@ -72,6 +72,8 @@ struct crest_loop {
     bool dispatching;
 
     uint64_t now_ns;
+    uint64_t base_ns;           /* the loop's creation: now_ms counts from it */
+    uint32_t now_ms;            /* milliseconds since base_ns, plus 1 */
     uint32_t next_gen;
     unsigned alive;             /* counted io watchers, timers, signals */
 
@@ -106,8 +108,9 @@ struct crest_loop {
     /* connections (conn.c, listener.c) */
     struct crest__pool pool;
     crest_conn_stats_t conn_stats;
-    struct crest_conn *conns;          /* every live connection */
-    struct crest_conn *zombies;        /* closed, freed after this iteration */
+    struct crest_io *zombies;          /* closed connections (their io), freed
+                                          after this iteration */
+    struct crest__deadlines *deadlines; /* connection timeouts (conn_timer.c) */
     struct crest_listener *listeners;  /* open listeners */
 
     void *data;
@@ -120,6 +123,8 @@ struct crest_loop {
 
 /* Time */
 uint64_t crest__clock_ns(void);
+/* Set the loop's cached time (now_ns and the millisecond clock). */
+void crest__loop_set_now(crest_loop_t *loop, uint64_t ns);
 
 /* Loop internals used by other modules */
 bool crest__on_loop_thread(const crest_loop_t *loop);

@@ -19,10 +19,14 @@ static int table_reserve(crest_loop_t *loop, int fd) {
             return -ENOMEM;
         cap *= 2;
     }
-    struct crest_io **n = realloc(loop->ios, (size_t)cap * sizeof *n);
+    /* calloc, not realloc + memset: untouched pages of a large table cost
+     * no memory (see fdreg.c). */
+    struct crest_io **n = calloc((size_t)cap, sizeof *n);
     if (!n)
         return -ENOMEM;
-    memset(n + loop->ios_cap, 0, (size_t)(cap - loop->ios_cap) * sizeof *n);
+    if (loop->ios_cap)
+        memcpy(n, loop->ios, (size_t)loop->ios_cap * sizeof *n);
+    free(loop->ios);
     loop->ios = n;
     loop->ios_cap = cap;
     return 0;

@@ -24,6 +24,14 @@
 
 #define MAX_EVENTS 256
 
+void crest__loop_set_now(crest_loop_t *loop, uint64_t ns) {
+    loop->now_ns = ns;
+    /* 0 means "not set" in connection time stamps: the clock starts at 1
+     * and skips 0 when it wraps (after 49 days). */
+    uint32_t ms = (uint32_t)((ns - loop->base_ns) / 1000000u) + 1;
+    loop->now_ms = ms ? ms : 1;
+}
+
 uint64_t crest__clock_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -62,7 +70,8 @@ int crest_loop_create(crest_loop_t **loopp) {
     loop->epfd = loop->wakefd = -1;
     loop->thread = pthread_self();
     pthread_mutex_init(&loop->post_lock, NULL);
-    loop->now_ns = crest__clock_ns();
+    loop->base_ns = crest__clock_ns();
+    crest__loop_set_now(loop, loop->base_ns);
 
     int rc = crest__epoll_create(loop);
     if (rc < 0)
@@ -139,7 +148,7 @@ static bool is_alive(const crest_loop_t *loop) {
 }
 
 void crest_loop_update_time(crest_loop_t *loop) {
-    loop->now_ns = crest__clock_ns();
+    crest__loop_set_now(loop, crest__clock_ns());
 }
 
 uint64_t crest_loop_now(const crest_loop_t *loop) {
@@ -205,7 +214,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     loop->thread = pthread_self();
 
     uint64_t t0 = crest__clock_ns();
-    loop->now_ns = t0;
+    crest__loop_set_now(loop, t0);
     loop->stats.timers_fired += crest__timers_run(loop);
     /* Work queued before this iteration runs now, and the poll below does
      * not block for it (what it queues in turn waits for the next one). */
@@ -217,7 +226,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     uint64_t t1 = crest__clock_ns();
     int n = crest__epoll_wait(loop->epfd, events, MAX_EVENTS, timeout);
     uint64_t t2 = crest__clock_ns();
-    loop->now_ns = t2;
+    crest__loop_set_now(loop, t2);
     loop->stats.iterations++;
     loop->stats.wait_ns += t2 - t1;
 
@@ -249,7 +258,7 @@ int crest_loop_run(crest_loop_t *loop) {
      * run it prevented). */
     atomic_store(&loop->stop_flag, 0);
     /* Time already spent ends here; the clock is fresh for what follows. */
-    loop->now_ns = crest__clock_ns();
+    crest__loop_set_now(loop, crest__clock_ns());
     return rc < 0 ? rc : 0;
 }
 
