@@ -25,6 +25,7 @@ void bench_result_init(bench_result_t *r) {
     memset(r, 0, sizeof *r);
     r->version = BENCH_RESULT_VERSION;
     r->window_start_ns = UINT64_MAX;
+    r->first_connect_ns = UINT64_MAX;
     bench_hist_init(&r->latency);
     bench_hist_init(&r->connect);
 }
@@ -43,6 +44,10 @@ void bench_result_merge(bench_result_t *dst, const bench_result_t *src) {
         dst->window_start_ns = src->window_start_ns;
     if (src->window_end_ns > dst->window_end_ns)
         dst->window_end_ns = src->window_end_ns;
+    if (src->first_connect_ns < dst->first_connect_ns)
+        dst->first_connect_ns = src->first_connect_ns;
+    if (src->last_open_ns > dst->last_open_ns)
+        dst->last_open_ns = src->last_open_ns;
     for (int k = 0; k < BENCH_ERR_COUNT; k++) {
         if (src->errors[k] && !dst->errors[k])
             memcpy(dst->detail[k], src->detail[k], sizeof dst->detail[k]);
@@ -76,12 +81,19 @@ double bench_result_seconds(const bench_result_t *r) {
     return (double)(r->window_end_ns - r->window_start_ns) / 1e9;
 }
 
+double bench_result_establish_seconds(const bench_result_t *r) {
+    if (r->first_connect_ns == UINT64_MAX || r->last_open_ns <= r->first_connect_ns)
+        return 0.0;
+    return (double)(r->last_open_ns - r->first_connect_ns) / 1e9;
+}
+
 /* ---- derived numbers, shared by the three formats ---------------------- */
 
 struct numbers {
     double seconds, msgs_per_s, mb_per_s;
     double p50, p90, p99, p999, max, mean; /* us */
-    double c50, c99, cmax;                 /* connect, us */
+    double c50, c90, c99, c999, cmax;      /* connect, us */
+    double establish_s;                    /* first connect to last open */
     uint64_t conn_failed, errors;
 };
 
@@ -100,7 +112,10 @@ static void derive(const bench_result_t *r, struct numbers *n) {
     n->max = us(r->latency.max);
     n->mean = bench_hist_mean(&r->latency) / 1000.0;
     n->c50 = us(bench_hist_percentile(&r->connect, 50));
+    n->c90 = us(bench_hist_percentile(&r->connect, 90));
     n->c99 = us(bench_hist_percentile(&r->connect, 99));
+    n->c999 = us(bench_hist_percentile(&r->connect, 99.9));
+    n->establish_s = bench_result_establish_seconds(r);
     n->cmax = us(r->connect.max);
     n->conn_failed = r->errors[BENCH_ERR_CONNECT_FAILED] + r->errors[BENCH_ERR_CONNECT_TIMEOUT];
     n->errors = bench_result_errors(r);
@@ -118,8 +133,10 @@ void bench_result_print_human(FILE *out, const bench_run_info_t *info, const ben
                 (unsigned long long)info->size);
     else
         fprintf(out, "%llu-byte payload, ", (unsigned long long)info->size);
-    fprintf(out, "%u connection%s on %u thread%s, pipeline %u, ", info->conns,
-            info->conns == 1 ? "" : "s", info->threads, info->threads == 1 ? "" : "s",
+    fprintf(out, "%u connection%s on ", info->conns, info->conns == 1 ? "" : "s");
+    if (info->procs > 1)
+        fprintf(out, "%u processes x ", info->procs);
+    fprintf(out, "%u thread%s, pipeline %u, ", info->threads, info->threads == 1 ? "" : "s",
             info->pipeline);
     if (info->rate > 0)
         fprintf(out, "open loop at %.0f msg/s\n", info->rate);
@@ -139,10 +156,14 @@ void bench_result_print_human(FILE *out, const bench_run_info_t *info, const ben
     if (r->conns_attempted < info->conns)
         fprintf(out, ", %llu not started (the run ended first)",
                 (unsigned long long)(info->conns - r->conns_attempted));
-    if (r->connect.count)
-        fprintf(out, "; connect time p50 %.1f us, p99 %.1f us, max %.1f us", n.c50, n.c99,
-                n.cmax);
+    if (r->conns_established)
+        fprintf(out, " (all established within %.3f s of the first connect)", n.establish_s);
     fprintf(out, "\n");
+    if (r->connect.count)
+        fprintf(out,
+                "connect time p50 %.1f us, p90 %.1f, p99 %.1f, p99.9 %.1f, max %.1f "
+                "(connect() to established)\n",
+                n.c50, n.c90, n.c99, n.c999, n.cmax);
     fprintf(out, "messages     %llu in %.3f s: %.0f msg/s\n", (unsigned long long)r->msgs,
             n.seconds, n.msgs_per_s);
     fprintf(out,
@@ -205,9 +226,14 @@ void bench_result_print_kv(FILE *out, const bench_run_info_t *info, const bench_
             (unsigned long long)n.errors);
     for (int k = 0; k < BENCH_ERR_COUNT; k++)
         fprintf(out, " err_%s=%llu", bench_err_key(k), (unsigned long long)r->errors[k]);
-    fprintf(out, " unsent=%llu client_reads=%llu client_writes=%llu fds_leaked=%d interrupted=%d\n",
+    fprintf(out, " unsent=%llu client_reads=%llu client_writes=%llu fds_leaked=%d interrupted=%d",
             (unsigned long long)r->unsent, (unsigned long long)r->client_reads,
             (unsigned long long)r->client_writes, info->fds_leaked, info->interrupted ? 1 : 0);
+    fprintf(out,
+            " procs=%u conns_attempted=%llu establish_s=%.3f connect_p90_us=%.1f "
+            "connect_p999_us=%.1f\n",
+            info->procs ? info->procs : 1, (unsigned long long)r->conns_attempted, n.establish_s,
+            n.c90, n.c999);
 }
 
 /* ---- JSON --------------------------------------------------------------- */
@@ -257,8 +283,12 @@ void bench_result_print_json(FILE *out, const bench_run_info_t *info, const benc
             n.p50, n.p90, n.p99, n.p999, n.max, n.mean, (unsigned long long)r->latency.count,
             BENCH_HIST_MAX_REL_ERROR);
     fprintf(out,
-            " \"connect_us\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f, \"count\": %llu},\n",
-            n.c50, n.c99, n.cmax, (unsigned long long)r->connect.count);
+            " \"connect_us\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, "
+            "\"max\": %.3f, \"count\": %llu},\n",
+            n.c50, n.c90, n.c99, n.c999, n.cmax, (unsigned long long)r->connect.count);
+    fprintf(out, " \"procs\": %u, \"conns_attempted\": %llu, \"establish_s\": %.6f,\n",
+            info->procs ? info->procs : 1, (unsigned long long)r->conns_attempted,
+            n.establish_s);
     fprintf(out, " \"errors\": %llu, \"errors_by_kind\": {", (unsigned long long)n.errors);
     for (int k = 0; k < BENCH_ERR_COUNT; k++)
         fprintf(out, "%s\"%s\": %llu", k ? ", " : "", bench_err_key(k),

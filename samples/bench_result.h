@@ -1,7 +1,7 @@
 /* bench_result: what one crest-bench run measured, and how it is printed.
  *
  * A result is a plain struct with no pointers (fixed-size arrays only), so
- * that results from several threads, or later from several client
+ * that results from several threads, or from several client
  * processes (-j N, sent back over a pipe as raw bytes: same binary, same
  * layout), merge with bench_result_merge() into one, exactly.  Times are
  * CLOCK_MONOTONIC nanoseconds, which all threads and processes of one host
@@ -35,7 +35,7 @@ typedef enum bench_err {
 const char *bench_err_key(bench_err_t kind);
 
 #define BENCH_DETAIL_MAX 160
-#define BENCH_RESULT_VERSION 1u
+#define BENCH_RESULT_VERSION 2u
 
 typedef struct bench_result {
     uint32_t version;              /* BENCH_RESULT_VERSION: layout check for -j */
@@ -50,6 +50,9 @@ typedef struct bench_result {
     uint64_t client_writes;        /* whole run (crest_loop_conn_stats) */
     uint64_t window_start_ns;      /* the measured window, CLOCK_MONOTONIC; */
     uint64_t window_end_ns;        /* merged as [min start, max end] */
+    uint64_t first_connect_ns;     /* the first connect() (UINT64_MAX: none) */
+    uint64_t last_open_ns;         /* the last on_open (0: none); together, the
+                                      time it took to establish them all */
     uint64_t errors[BENCH_ERR_COUNT];
     char detail[BENCH_ERR_COUNT][BENCH_DETAIL_MAX]; /* the first of each kind */
     bench_hist_t latency;          /* ns, replies in the window */
@@ -65,6 +68,9 @@ void bench_result_error(bench_result_t *r, bench_err_t kind, const char *fmt, ..
 uint64_t bench_result_errors(const bench_result_t *r);
 /* The measured window in seconds (0 if empty). */
 double bench_result_seconds(const bench_result_t *r);
+/* From the first connect() to the last connection established, in seconds
+ * (0 if none was). */
+double bench_result_establish_seconds(const bench_result_t *r);
 
 /* How the run was set up: printed with the result. */
 typedef struct bench_run_info {
@@ -74,6 +80,7 @@ typedef struct bench_run_info {
     uint64_t size;             /* payload bytes per message (the most) */
     uint64_t size_min;         /* --size-random: the least; == size if fixed */
     unsigned conns, threads, pipeline;
+    unsigned procs;            /* client processes (-j); threads is per process */
     double rate;               /* msgs/s, 0: closed loop */
     double duration_s;         /* 0 with -n and no deadline */
     double warmup_s;

@@ -1,8 +1,10 @@
 /* bench_worker: one thread, one crest loop, its share of the connections.
  *
- * Connections: worker w of T owns the global connection ids w, w+T, w+2T,
- * ...  (interleaved, so that with --rate each worker's send times are
- * spread evenly, see below).  Each connects with crest_connect_addr() (from
+ * Connections: the run's threads, over all its processes (-j), are L lanes
+ * (L = procs x threads; thread t of process p is lane p*threads + t), and
+ * lane w owns the global connection ids w, w+L, w+2L, ...  (interleaved,
+ * so that with --rate each worker's send times are spread evenly, see
+ * below).  Each connects with crest_connect_addr() (from
  * a --bind source address if given), at most CONNECT_WINDOW outstanding
  * per worker, and at most CONNECT_BATCH started per loop iteration: the
  * connect time of a connection (connect() to on_open) would otherwise
@@ -398,6 +400,8 @@ static void on_open(crest_conn_t *c) {
     w->connecting--;
     w->res->conns_established++;
     bench_hist_record(&w->res->connect, now - bc->connect_ns);
+    if (now > w->res->last_open_ns)
+        w->res->last_open_ns = now;
     if (w->stopping || (w->cfg->by_count && w->cfg->per_conn == 0))
         conn_close(bc);
     else if (w->cfg->rate <= 0)
@@ -504,6 +508,8 @@ static void start_connect(struct bench_worker *w, struct bconn *bc) {
     const crest_addr_t *bind = cfg->nbinds ? &cfg->binds[bc->id % cfg->nbinds] : NULL;
     bc->state = BC_CONNECTING;
     bc->connect_ns = now_ns();
+    if (bc->connect_ns < w->res->first_connect_ns)
+        w->res->first_connect_ns = bc->connect_ns;
     w->connecting++;
     w->live++;
     w->res->conns_attempted++;
@@ -812,7 +818,9 @@ int bench_worker_start(const bench_cfg_t *cfg, unsigned index, bench_worker_t **
     w->cfg = cfg;
     w->index = index;
     w->tfd = -1;
-    w->nconns = cfg->conns / cfg->threads + (index < cfg->conns % cfg->threads ? 1 : 0);
+    unsigned lanes = cfg->threads * (cfg->procs ? cfg->procs : 1);
+    unsigned lane = cfg->proc_index * cfg->threads + index;
+    w->nconns = cfg->conns / lanes + (lane < cfg->conns % lanes ? 1 : 0);
     w->conns = calloc(w->nconns ? w->nconns : 1, sizeof *w->conns);
     w->stamps = calloc((size_t)(w->nconns ? w->nconns : 1) * cfg->pipeline, sizeof *w->stamps);
     w->touched = calloc(w->nconns ? w->nconns : 1, sizeof *w->touched);
@@ -829,7 +837,7 @@ int bench_worker_start(const bench_cfg_t *cfg, unsigned index, bench_worker_t **
     w->res->workers = 1;
     for (unsigned i = 0; i < w->nconns; i++) {
         w->conns[i].w = w;
-        w->conns[i].id = index + i * cfg->threads;
+        w->conns[i].id = lane + i * lanes;
         w->conns[i].stamp = w->stamps + (size_t)i * cfg->pipeline;
     }
     int rc = pthread_create(&w->thread, NULL, worker_main, w);

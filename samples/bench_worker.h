@@ -33,8 +33,11 @@ typedef struct bench_cfg {
     crest_addr_t target;
     const crest_addr_t *binds;  /* source addresses, round-robin; NULL: none */
     unsigned nbinds;
-    unsigned conns;             /* in total, split over the threads */
-    unsigned threads;
+    unsigned conns;             /* in total, split over every thread of every
+                                   process */
+    unsigned threads;           /* per process */
+    unsigned procs;             /* client processes (-j); 0 or 1: just this one */
+    unsigned proc_index;        /* this process's index, 0 .. procs-1 */
     unsigned pipeline;          /* requests in flight per connection */
     size_t size;                /* payload bytes per message (the most, with
                                    --size-random) */
@@ -80,7 +83,9 @@ typedef struct bench_progress {
 
 typedef struct bench_worker bench_worker_t;
 
-/* Start worker index (0 .. cfg->threads-1) in a new thread.  0 or -errno. */
+/* Start worker index (0 .. cfg->threads-1) in a new thread.  0 or -errno.
+ * Its connections are those of lane proc_index * threads + index of the
+ * procs * threads lanes of the whole run. */
 int bench_worker_start(const bench_cfg_t *cfg, unsigned index, bench_worker_t **wp);
 void bench_worker_progress(const bench_worker_t *w, bench_progress_t *out);
 /* Join the thread, merge its result into *into, free the worker.  Returns

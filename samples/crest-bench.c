@@ -11,25 +11,39 @@
  * latency measured from each request's scheduled time.
  *
  * This file: options, the phases (the main thread only fixes the window
- * times, waits for signals and prints progress), merging and output.  The
- * connections live in bench_worker.c, the numbers in bench_result.c and
- * bench_hist.c.
+ * times, waits for signals and prints progress), client processes (-j),
+ * merging and output.  The connections live in bench_worker.c, the numbers
+ * in bench_result.c and bench_hist.c.
+ *
+ * -j N: N client processes, forked once the phases are fixed (so they all
+ * share one schedule: CLOCK_MONOTONIC is the same in every process) and
+ * before any crest loop exists.  Each runs -t threads on its share of the
+ * connections, with its own fd limit, and writes its progress (4 times a
+ * second) and at the end its whole bench_result_t (a plain struct) to a
+ * pipe; the parent merges the results exactly as threads' are merged, and
+ * forwards SIGINT/SIGTERM to the children as SIGTERM.
  *
  * Exit status: 0 clean; 1 errors (any kind), no reply measured at all, or
  * fds left open; 2 usage; 3 setup failure (no loop, no thread). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,13 +53,14 @@
 #include "bench_worker.h"
 
 #define MAX_BINDS 4096
+#define MAX_PROCS 256
 
 struct options {
     bench_mode_t mode;
     const char *address;      /* positional */
     const char *host, *unix_path;
     long port;
-    unsigned conns, threads, pipeline;
+    unsigned conns, threads, pipeline, procs;
     uint64_t size, size_min;
     bool size_set, size_random;
     double duration, warmup, rate, connect_timeout, timeout;
@@ -75,11 +90,17 @@ static void usage(FILE *out) {
 "                           (a hash of connection and sequence number, so every\n"
 "                           reply is still checked byte for byte)\n"
 "  -c, --connections N      connections (default 100)\n"
-"  -t, --threads N          threads, one crest loop each (default 1)\n"
+"  -t, --threads N          threads, one crest loop each (default 1); per process\n"
+"  -j, --processes N        client processes (default 1), each with -t threads and\n"
+"                           its own fd limit; the connections are shared out and\n"
+"                           the results merged\n"
 "  -P, --pipeline N         requests in flight per connection (default 1)\n"
 "  -r, --rate N             open loop: N messages/s in total, at fixed intervals;\n"
 "                           latency counts from the scheduled time (default:\n"
-"                           closed loop, each reply triggers the next request)\n"
+"                           closed loop, each reply triggers the next request);\n"
+"                           each connection sends every C/N s (C connections):\n"
+"                           -c 100000 -r 10000 holds 100,000 connections open with\n"
+"                           one message every 10 s each\n"
 "  -d, --duration SEC       measured time (default 5; fractions allowed)\n"
 "      --warmup SEC         unmeasured time before it (default 1)\n"
 "  -n, --messages N         instead of a duration: N replies per connection, all\n"
@@ -152,6 +173,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
         {"size-random", required_argument, NULL, OPT_SIZE_RANDOM},
         {"connections", required_argument, NULL, 'c'},
         {"threads", required_argument, NULL, 't'},
+        {"processes", required_argument, NULL, 'j'},
         {"pipeline", required_argument, NULL, 'P'},
         {"rate", required_argument, NULL, 'r'},
         {"duration", required_argument, NULL, 'd'},
@@ -171,11 +193,11 @@ static void parse_options(int argc, char **argv, struct options *o) {
         {NULL, 0, NULL, 0},
     };
     *o = (struct options){
-        .mode = BENCH_MODE_RAW, .port = -1, .conns = 100, .threads = 1, .pipeline = 1,
+        .mode = BENCH_MODE_RAW, .port = -1, .conns = 100, .threads = 1, .pipeline = 1, .procs = 1,
         .size = 64, .duration = 5, .warmup = 1, .connect_timeout = 5, .timeout = 5,
     };
     int ch;
-    while ((ch = getopt_long(argc, argv, "m:s:c:t:P:r:d:n:p:qvhV", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "m:s:c:t:j:P:r:d:n:p:qvhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 'm':
             if (!strcmp(optarg, "raw"))
@@ -207,6 +229,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
         }
         case 'c': o->conns = (unsigned)parse_count(optarg, "--connections", 1000000); break;
         case 't': o->threads = (unsigned)parse_count(optarg, "--threads", 1024); break;
+        case 'j': o->procs = (unsigned)parse_count(optarg, "--processes", MAX_PROCS); break;
         case 'P': o->pipeline = (unsigned)parse_count(optarg, "--pipeline", 65536); break;
         case 'r':
             o->rate = parse_seconds(optarg, "--rate");
@@ -250,8 +273,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
         bad_usage("%s", "give one target: ADDRESS, --host/--port or --unix");
     if ((o->host || o->port >= 0) && o->port < 0)
         bad_usage("%s", "--host needs --port");
-    if (o->conns == 0 || o->threads == 0 || o->pipeline == 0)
-        bad_usage("%s", "-c, -t and -P must be at least 1");
+    if (o->conns == 0 || o->threads == 0 || o->pipeline == 0 || o->procs == 0)
+        bad_usage("%s", "-c, -t, -j and -P must be at least 1");
+    if (o->procs > o->conns)
+        bad_usage("%s", "-j: more processes than connections");
     if (o->size_set && o->size_random)
         bad_usage("%s", "give -s or --size-random, not both");
     if (!o->size_random)
@@ -264,8 +289,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
         bad_usage("%s", "--warmup does not apply with -n (every message is measured)");
     if (o->unix_path && o->bind)
         bad_usage("%s", "--bind applies to TCP only");
-    if (o->threads > o->conns)
-        o->threads = o->conns;
+    if ((uint64_t)o->threads * o->procs > o->conns)
+        o->threads = o->conns / o->procs; /* at least one connection per thread */
 }
 
 /* ADDRESS, --host/--port or --unix, as crest_addr_parse() text. */
@@ -357,12 +382,54 @@ static void raise_fd_limit(unsigned conns) {
                 (unsigned long long)rl.rlim_cur);
 }
 
-/* Wait for the workers, printing progress and turning SIGINT/SIGTERM into
- * a stop request (a second one: stop without waiting for replies). */
+/* ---- one process: its threads -------------------------------------------- */
+
+/* A client process's messages to the parent (-j): a header, then len bytes. */
+enum { MSG_PROGRESS = 1, MSG_RESULT = 2 };
+
+struct msg_hdr {
+    uint32_t type, len;
+};
+
+struct proc_result {
+    int setup_failed;
+    int fds_leaked;
+    int interrupted;
+    bench_result_t res;
+};
+
+/* Blocking write of the whole message.  EPIPE (the parent is gone): the
+ * child is on its way out anyway. */
+static void send_msg(int fd, uint32_t type, const void *body, size_t len) {
+    struct msg_hdr h = {type, (uint32_t)len};
+    struct iovec iov[2] = {{&h, sizeof h}, {(void *)body, len}};
+    int n = 2, i = 0;
+    while (i < n) {
+        ssize_t w = writev(fd, iov + i, n - i);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        while (i < n && (size_t)w >= iov[i].iov_len)
+            w -= (ssize_t)iov[i++].iov_len;
+        if (i < n) {
+            iov[i].iov_base = (char *)iov[i].iov_base + w;
+            iov[i].iov_len -= (size_t)w;
+        }
+    }
+}
+
+/* Wait for the workers, printing progress (or, in a client process, sending
+ * it to the parent on report_fd) and turning SIGINT/SIGTERM into a stop
+ * request (a second one: stop without waiting for replies). */
 static bool supervise(bench_cfg_t *cfg, bench_worker_t **workers, unsigned n,
-                      const sigset_t *sigs, bool progress) {
+                      const sigset_t *sigs, bool progress, int report_fd) {
     bool interrupted = false;
     uint64_t next = cfg->t0_ns + 1000000000ull, last_replies = 0, last_t = cfg->t0_ns;
+    uint64_t period = report_fd >= 0 ? 250000000ull : 1000000000ull;
+    if (report_fd >= 0)
+        progress = true;
     for (;;) {
         bench_progress_t sum = {0}, p;
         bool all_done = true;
@@ -377,20 +444,24 @@ static bool supervise(bench_cfg_t *cfg, bench_worker_t **workers, unsigned n,
             break;
         uint64_t now = now_ns();
         if (progress && now >= next) {
-            const char *phase = atomic_load(&cfg->stop_ns) != UINT64_MAX ? "stopping"
-                                : cfg->by_count                          ? "running"
-                                : now < cfg->win_start_ns                ? "warm-up"
-                                : now < cfg->win_end_ns                  ? "measuring"
-                                                                         : "draining";
-            double dt = (double)(now - last_t) / 1e9;
-            fprintf(stderr, "\r\033[K%6.1f s  %-9s  %" PRIu64 " open  %.0f msg/s  %" PRIu64
-                    " replies  %" PRIu64 " errors", (double)(now - cfg->t0_ns) / 1e9, phase,
-                    sum.open, dt > 0 ? (double)(sum.replies - last_replies) / dt : 0.0,
-                    sum.replies, sum.errors);
-            last_replies = sum.replies;
-            last_t = now;
+            if (report_fd >= 0) {
+                send_msg(report_fd, MSG_PROGRESS, &sum, sizeof sum);
+            } else {
+                const char *phase = atomic_load(&cfg->stop_ns) != UINT64_MAX ? "stopping"
+                                    : cfg->by_count                          ? "running"
+                                    : now < cfg->win_start_ns                ? "warm-up"
+                                    : now < cfg->win_end_ns                  ? "measuring"
+                                                                             : "draining";
+                double dt = (double)(now - last_t) / 1e9;
+                fprintf(stderr, "\r\033[K%6.1f s  %-9s  %" PRIu64 " open  %.0f msg/s  %" PRIu64
+                        " replies  %" PRIu64 " errors", (double)(now - cfg->t0_ns) / 1e9, phase,
+                        sum.open, dt > 0 ? (double)(sum.replies - last_replies) / dt : 0.0,
+                        sum.replies, sum.errors);
+                last_replies = sum.replies;
+                last_t = now;
+            }
             while (next <= now)
-                next += 1000000000ull;
+                next += period;
         }
         uint64_t wait = 100000000ull; /* poll the workers' done flags at 10 Hz */
         if (progress && next > now && next - now < wait)
@@ -406,8 +477,247 @@ static bool supervise(bench_cfg_t *cfg, bench_worker_t **workers, unsigned n,
             }
         }
     }
+    if (progress && report_fd < 0)
+        fprintf(stderr, "\r\033[K");
+    return interrupted;
+}
+
+/* Run this process's threads to the end and merge their results into res. */
+static bool run_threads(bench_cfg_t *cfg, const sigset_t *sigs, bool progress, int report_fd,
+                        bench_result_t *res, int *setup_failed, int *fds_leaked) {
+    bench_worker_t **workers = calloc(cfg->threads, sizeof *workers);
+    if (!workers) {
+        fprintf(stderr, "crest-bench: out of memory\n");
+        *setup_failed = 1;
+        return false;
+    }
+    unsigned started = 0;
+    for (; started < cfg->threads; started++) {
+        int rc = bench_worker_start(cfg, started, &workers[started]);
+        if (rc < 0) {
+            fprintf(stderr, "crest-bench: starting thread %u: %s\n", started, crest_strerror(rc));
+            atomic_store(&cfg->stop_ns, now_ns());
+            atomic_store(&cfg->hurry, true);
+            break;
+        }
+    }
+    bool interrupted = supervise(cfg, workers, started, sigs, progress, report_fd);
+
+    int loop_leaks = 0;
+    *setup_failed = started < cfg->threads;
+    for (unsigned i = 0; i < started; i++) {
+        int leaked = 0;
+        int rc = bench_worker_join(workers[i], res, &leaked);
+        loop_leaks += leaked;
+        if (rc < 0) {
+            fprintf(stderr, "crest-bench: thread %u: %s\n", i, crest_strerror(rc));
+            *setup_failed = 1;
+        }
+    }
+    free(workers);
+
+    /* Every connection closed, every loop destroyed: nothing may be left. */
+    int fds_left = (int)crest_fd_open_count();
+    if (fds_left || loop_leaks)
+        crest_fd_report(stderr);
+    *fds_leaked = fds_left > loop_leaks ? fds_left : loop_leaks;
+    return interrupted;
+}
+
+/* ---- -j: client processes ------------------------------------------------- */
+
+struct proc {
+    pid_t pid;
+    int fd;                       /* our end of its pipe; -1 at EOF */
+    uint8_t *buf;                 /* messages being received */
+    size_t got;
+    bench_progress_t progress;    /* the latest */
+    struct proc_result *result;   /* NULL until it came */
+    int status;
+};
+
+static _Noreturn void child_main(bench_cfg_t *cfg, unsigned index, int wfd, pid_t parent,
+                                 const sigset_t *sigs) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* the parent died: stop */
+    if (getppid() != parent)
+        _exit(3);
+    signal(SIGINT, SIG_IGN); /* the parent forwards it as SIGTERM */
+    cfg->proc_index = index;
+    static struct proc_result pr; /* large: not on the stack */
+    bench_result_init(&pr.res);
+    pr.interrupted = run_threads(cfg, sigs, false, wfd, &pr.res, &pr.setup_failed,
+                                 &pr.fds_leaked);
+    send_msg(wfd, MSG_RESULT, &pr, sizeof pr);
+    close(wfd);
+    exit(0);
+}
+
+/* Take the complete messages out of p->buf. */
+static void proc_messages(struct proc *p) {
+    size_t off = 0;
+    while (p->got - off >= sizeof(struct msg_hdr)) {
+        struct msg_hdr h;
+        memcpy(&h, p->buf + off, sizeof h);
+        if (p->got - off - sizeof h < h.len)
+            break;
+        const uint8_t *body = p->buf + off + sizeof h;
+        if (h.type == MSG_PROGRESS && h.len == sizeof p->progress) {
+            memcpy(&p->progress, body, sizeof p->progress);
+        } else if (h.type == MSG_RESULT && h.len == sizeof *p->result && !p->result) {
+            p->result = malloc(sizeof *p->result);
+            if (p->result)
+                memcpy(p->result, body, sizeof *p->result);
+        }
+        off += sizeof h + h.len;
+    }
+    memmove(p->buf, p->buf + off, p->got - off);
+    p->got -= off;
+}
+
+/* Fork the client processes, gather their progress and results, merge. */
+static bool run_procs(bench_cfg_t *cfg, const sigset_t *sigs, bool progress,
+                      bench_result_t *res, int *setup_failed, int *fds_leaked) {
+    const size_t cap = sizeof(struct msg_hdr) + sizeof(struct proc_result);
+    unsigned n = cfg->procs, forked = 0;
+    struct proc *procs = calloc(n, sizeof *procs);
+    bool interrupted = false;
+    *setup_failed = 0;
+    *fds_leaked = 0;
+    if (!procs) {
+        fprintf(stderr, "crest-bench: out of memory\n");
+        *setup_failed = 1;
+        return false;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t self = getpid();
+    for (unsigned i = 0; i < n; i++) {
+        int p[2];
+        procs[i].fd = -1;
+        procs[i].buf = malloc(cap);
+        if (!procs[i].buf || pipe2(p, O_CLOEXEC) < 0) {
+            fprintf(stderr, "crest-bench: pipe: %s\n", strerror(errno ? errno : ENOMEM));
+            *setup_failed = 1;
+            break;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "crest-bench: fork: %s\n", strerror(errno));
+            close(p[0]);
+            close(p[1]);
+            *setup_failed = 1;
+            break;
+        }
+        if (pid == 0) {
+            for (unsigned j = 0; j < i; j++)
+                close(procs[j].fd);
+            close(p[0]);
+            child_main(cfg, i, p[1], self, sigs);
+        }
+        close(p[1]);
+        procs[i].pid = pid;
+        procs[i].fd = p[0];
+        forked++;
+    }
+    if (*setup_failed) {
+        for (unsigned i = 0; i < forked; i++)
+            kill(procs[i].pid, SIGTERM);
+        interrupted = true;
+    }
+
+    /* The parent's signals come through a signalfd (they are blocked). */
+    int sfd = signalfd(-1, sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+    struct pollfd *pfd = calloc(forked + 1, sizeof *pfd);
+    if (sfd < 0 || !pfd) {
+        fprintf(stderr, "crest-bench: signalfd: %s\n", strerror(errno ? errno : ENOMEM));
+        *setup_failed = 1;
+    }
+    uint64_t next = cfg->t0_ns + 1000000000ull, last_replies = 0, last_t = cfg->t0_ns;
+    unsigned open_pipes = forked;
+    while (open_pipes > 0 && pfd) {
+        for (unsigned i = 0; i < forked; i++)
+            pfd[i] = (struct pollfd){.fd = procs[i].fd, .events = POLLIN};
+        pfd[forked] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        int rc = poll(pfd, forked + 1, 250);
+        if (rc < 0 && errno != EINTR)
+            break;
+        for (unsigned i = 0; i < forked && rc > 0; i++) {
+            struct proc *p = &procs[i];
+            if (p->fd < 0 || !pfd[i].revents)
+                continue;
+            ssize_t r = read(p->fd, p->buf + p->got, cap - p->got);
+            if (r > 0) {
+                p->got += (size_t)r;
+                proc_messages(p);
+            } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+                close(p->fd);
+                p->fd = -1;
+                p->progress.done = true;
+                open_pipes--;
+            }
+        }
+        if (sfd >= 0 && rc > 0 && pfd[forked].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                interrupted = true;
+                for (unsigned i = 0; i < forked; i++)
+                    if (procs[i].fd >= 0)
+                        kill(procs[i].pid, SIGTERM); /* a second one: hurry */
+            }
+        }
+        uint64_t now = now_ns();
+        if (progress && now >= next) {
+            bench_progress_t sum = {0};
+            for (unsigned i = 0; i < forked; i++) {
+                sum.replies += procs[i].progress.replies;
+                sum.open += procs[i].progress.open;
+                sum.errors += procs[i].progress.errors;
+            }
+            double dt = (double)(now - last_t) / 1e9;
+            fprintf(stderr, "\r\033[K%6.1f s  %u processes  %" PRIu64 " open  %.0f msg/s  %" PRIu64
+                    " replies  %" PRIu64 " errors", (double)(now - cfg->t0_ns) / 1e9, open_pipes,
+                    sum.open, dt > 0 ? (double)(sum.replies - last_replies) / dt : 0.0,
+                    sum.replies, sum.errors);
+            last_replies = sum.replies;
+            last_t = now;
+            while (next <= now)
+                next += 1000000000ull;
+        }
+    }
     if (progress)
         fprintf(stderr, "\r\033[K");
+    if (sfd >= 0)
+        close(sfd);
+    free(pfd);
+
+    for (unsigned i = 0; i < forked; i++) {
+        struct proc *p = &procs[i];
+        if (p->fd >= 0) { /* the loop above broke off: stop it */
+            kill(p->pid, SIGTERM);
+            close(p->fd);
+        }
+        while (waitpid(p->pid, &p->status, 0) < 0 && errno == EINTR) {
+        }
+        if (!p->result || p->result->res.version != BENCH_RESULT_VERSION) {
+            if (WIFSIGNALED(p->status))
+                fprintf(stderr, "crest-bench: process %u (pid %d) was killed by signal %d\n", i,
+                        (int)p->pid, WTERMSIG(p->status));
+            else
+                fprintf(stderr, "crest-bench: process %u (pid %d) ended without a result "
+                        "(status %d)\n", i, (int)p->pid, WEXITSTATUS(p->status));
+            *setup_failed = 1;
+        } else {
+            bench_result_merge(res, &p->result->res);
+            *setup_failed |= p->result->setup_failed;
+            *fds_leaked += p->result->fds_leaked;
+            interrupted |= p->result->interrupted != 0;
+        }
+        free(p->result);
+        free(p->buf);
+    }
+    for (unsigned i = forked; i < n; i++)
+        free(procs[i].buf);
+    free(procs);
     return interrupted;
 }
 
@@ -436,6 +746,7 @@ int main(int argc, char **argv) {
     cfg.mode = o.mode;
     cfg.conns = o.conns;
     cfg.threads = o.threads;
+    cfg.procs = o.procs;
     cfg.pipeline = o.pipeline;
     cfg.size = (size_t)o.size;
     cfg.size_min = (size_t)o.size_min;
@@ -448,10 +759,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "crest-bench: out of memory\n");
         return 3;
     }
-    raise_fd_limit(o.conns);
+    /* Each process holds its share of the connections. */
+    raise_fd_limit((o.conns + o.procs - 1) / o.procs);
 
     /* Signals go to the main thread only: block them before the workers
-     * exist (they inherit the mask) and take them with sigtimedwait. */
+     * (and the client processes) exist, and take them with sigtimedwait
+     * (a signalfd in the -j parent). */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -471,46 +784,19 @@ int main(int argc, char **argv) {
     atomic_store(&cfg.stop_ns, UINT64_MAX);
     atomic_store(&cfg.hurry, false);
 
-    bench_worker_t **workers = calloc(o.threads, sizeof *workers);
-    if (!workers) {
-        fprintf(stderr, "crest-bench: out of memory\n");
-        return 3;
-    }
-    unsigned started = 0;
-    for (; started < o.threads; started++) {
-        rc = bench_worker_start(&cfg, started, &workers[started]);
-        if (rc < 0) {
-            fprintf(stderr, "crest-bench: starting thread %u: %s\n", started, crest_strerror(rc));
-            atomic_store(&cfg.stop_ns, now_ns());
-            atomic_store(&cfg.hurry, true);
-            break;
-        }
-    }
-    bool progress = isatty(STDOUT_FILENO) && !o.quiet && !o.json;
-    bool interrupted = supervise(&cfg, workers, started, &sigs, progress);
-
     bench_result_t *res = malloc(sizeof *res);
     if (!res) {
         fprintf(stderr, "crest-bench: out of memory\n");
         return 3;
     }
     bench_result_init(res);
-    int setup_failed = started < o.threads, loop_leaks = 0;
-    for (unsigned i = 0; i < started; i++) {
-        int leaked = 0;
-        rc = bench_worker_join(workers[i], res, &leaked);
-        loop_leaks += leaked;
-        if (rc < 0) {
-            fprintf(stderr, "crest-bench: thread %u: %s\n", i, crest_strerror(rc));
-            setup_failed = 1;
-        }
-    }
-    free(workers);
-
-    /* Every connection closed, every loop destroyed: nothing may be left. */
-    int fds_left = (int)crest_fd_open_count();
-    if (fds_left || loop_leaks)
-        crest_fd_report(stderr);
+    bool progress = isatty(STDOUT_FILENO) && !o.quiet && !o.json;
+    int setup_failed = 0, fds_leaked = 0;
+    bool interrupted;
+    if (o.procs > 1)
+        interrupted = run_procs(&cfg, &sigs, progress, res, &setup_failed, &fds_leaked);
+    else
+        interrupted = run_threads(&cfg, &sigs, progress, -1, res, &setup_failed, &fds_leaked);
 
     bench_run_info_t info = {
         .version = crest_version(),
@@ -520,6 +806,7 @@ int main(int argc, char **argv) {
         .size_min = o.size_min,
         .conns = o.conns,
         .threads = o.threads,
+        .procs = o.procs,
         .pipeline = o.pipeline,
         .rate = o.rate,
         .duration_s = o.by_count && !o.duration_set ? 0 : o.duration,
@@ -527,7 +814,7 @@ int main(int argc, char **argv) {
         .by_count = o.by_count,
         .per_conn = o.per_conn,
         .binds = cfg.nbinds,
-        .fds_leaked = fds_left > loop_leaks ? fds_left : loop_leaks,
+        .fds_leaked = fds_leaked,
         .interrupted = interrupted,
     };
     if (o.json) {
