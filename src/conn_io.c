@@ -108,8 +108,9 @@ int crest__conn_flush(struct crest_conn *c) {
                 c->writable = false;
                 break;
             }
-            socket_failed(c, errno);
-            return -errno;
+            int err = errno;
+            socket_failed(c, err);
+            return -err;
         }
         loop->conn_stats.bytes_out += (uint64_t)sent;
         c->out_bytes -= (uint32_t)sent;
