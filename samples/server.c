@@ -79,6 +79,7 @@ struct config {
     int sndbuf, rcvbuf;           /* 0: kernel default */
     bool nodelay, keepalive, quiet;
     unsigned max_conns;           /* per listener, so per thread */
+    int backlog;                  /* 0: crest's default */
     uint32_t idle_timeout_ms;
     uint32_t read_timeout_ms;
     uint64_t stats_ms;            /* 0: no --stats line */
@@ -381,6 +382,8 @@ static int worker_setup(struct worker *w) {
     /* One listener per thread and per process, all on the same port. */
     lo.reuseport = cfg->threads > 1 || cfg->workers > 1;
     lo.max_conns = cfg->max_conns;
+    if (cfg->backlog)
+        lo.backlog = cfg->backlog;
     lo.proxy_protocol = cfg->proxy;
     lo.conn.framing = srv->proto->framing;
     lo.conn.nodelay = cfg->nodelay;
@@ -739,7 +742,8 @@ enum {
     OPT_READ_TIMEOUT,
     OPT_STATS,
     OPT_WORKERS,
-    OPT_PROXY
+    OPT_PROXY,
+    OPT_BACKLOG
 };
 
 static const struct option common_options[] = {
@@ -755,6 +759,7 @@ static const struct option common_options[] = {
     {"no-nodelay", no_argument, NULL, OPT_NO_NODELAY},
     {"keepalive", no_argument, NULL, OPT_KEEPALIVE},
     {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+    {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"read-timeout", required_argument, NULL, OPT_READ_TIMEOUT},
     {"stats", required_argument, NULL, OPT_STATS},
@@ -785,6 +790,8 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "                          log the client address it gives (default: off)\n"
             "      --max-conns N       per thread: connections past N are accepted and\n"
             "                          closed at once (default: no limit)\n"
+            "      --backlog N         listen() backlog of each listener (default 511;\n"
+            "                          the kernel caps it at net.core.somaxconn)\n"
             "Connections:\n"
             "      --nodelay           TCP_NODELAY on accepted sockets (the default)\n"
             "      --no-nodelay        leave Nagle's algorithm on\n"
@@ -959,6 +966,11 @@ static int parse_options(struct server *srv, int argc, char **argv) {
             if (parse_uint("max-conns", optarg, 0, UINT_MAX, &u) < 0)
                 return SERVER_EXIT_USAGE;
             cfg->max_conns = (unsigned)u;
+            break;
+        case OPT_BACKLOG:
+            if (parse_uint("backlog", optarg, 1, INT_MAX, &u) < 0)
+                return SERVER_EXIT_USAGE;
+            cfg->backlog = (int)u;
             break;
         case OPT_IDLE_TIMEOUT:
             if (parse_seconds("idle-timeout", optarg, UINT32_MAX, &ms) < 0)
