@@ -1,0 +1,55 @@
+/* Shared bits of the fuzz targets: the libFuzzer entry point and a check
+ * that aborts (libFuzzer reports an abort as a crash, with the input).
+ *
+ * Each target builds two ways:
+ *   - with clang -fsanitize=fuzzer (`make fuzz`), libFuzzer drives it;
+ *   - with the normal compiler and fuzz/replay.c (`make check`), a plain
+ *     program replays the seed corpus and the saved regressions, so every
+ *     crash ever found is rerun by every build, under valgrind and the
+ *     sanitizers too. */
+#ifndef CREST_FUZZ_H
+#define CREST_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FUZZ_CHECK(cond)                                                                      \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);          \
+            abort();                                                                          \
+        }                                                                                     \
+    } while (0)
+
+/* Reads the input front to back; past the end every byte is 0. */
+struct fuzz_in {
+    const uint8_t *p;
+    size_t n;
+};
+
+static inline uint8_t fuzz_u8(struct fuzz_in *in) {
+    if (in->n == 0)
+        return 0;
+    in->n--;
+    return *in->p++;
+}
+
+static inline uint16_t fuzz_u16(struct fuzz_in *in) {
+    uint16_t hi = fuzz_u8(in);
+    return (uint16_t)(hi << 8 | fuzz_u8(in));
+}
+
+/* Up to want bytes of the input itself (fewer at the end). */
+static inline const uint8_t *fuzz_bytes(struct fuzz_in *in, size_t want, size_t *got) {
+    const uint8_t *p = in->p;
+    *got = want < in->n ? want : in->n;
+    in->p += *got;
+    in->n -= *got;
+    return p;
+}
+
+#endif
