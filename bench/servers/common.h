@@ -27,6 +27,12 @@ static inline void bench_nodelay(int fd) {
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+/* bench/run waits for this line (crest-echo prints the same). */
+static inline void bench_listening(int port) {
+    printf("listening on 127.0.0.1:%d\n", port);
+    fflush(stdout);
+}
+
 /* SIGTERM ends the process with a normal exit, so that callgrind writes
  * its profile and perf sees an ordinary end. */
 #include <signal.h>

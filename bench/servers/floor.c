@@ -133,6 +133,8 @@ int main(int argc, char **argv) {
     struct epoll_event lev = {.events = EPOLLIN, .data.fd = lfd};
     epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &lev);
 
+    bench_listening(port);
+
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
         int n = epoll_wait(epfd, evs, MAX_EVENTS, -1);

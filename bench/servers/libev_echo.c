@@ -107,6 +107,7 @@ int main(int argc, char **argv) {
     ev_io lw;
     ev_io_init(&lw, on_accept, lfd, EV_READ);
     ev_io_start(loop, &lw);
+    bench_listening(port);
     ev_run(loop, 0);
     return 0;
 }

@@ -56,6 +56,7 @@ int main(int argc, char **argv) {
         perror("libevent-echo: listen");
         return 1;
     }
+    bench_listening(port);
     event_base_dispatch(base);
     return 0;
 }

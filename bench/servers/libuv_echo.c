@@ -75,5 +75,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "libuv-echo: listen: %s\n", uv_strerror(rc));
         return 1;
     }
+    bench_listening(port);
     return uv_run(loop, UV_RUN_DEFAULT);
 }

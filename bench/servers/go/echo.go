@@ -37,6 +37,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "go-echo:", err)
 		os.Exit(1)
 	}
+	fmt.Printf("listening on %s\n", l.Addr()) // bench/run waits for this line
 	for {
 		c, err := l.Accept()
 		if err != nil {

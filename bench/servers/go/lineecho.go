@@ -33,6 +33,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "go-line:", err)
 		os.Exit(1)
 	}
+	fmt.Printf("listening on %s\n", l.Addr()) // bench/run waits for this line
 	for {
 		conn, err := l.Accept()
 		if err != nil {
