@@ -1165,7 +1165,7 @@ struct supervisor {
     crest_loop_t *loop;
     crest_signal_t *sigint, *sigterm;
     int signals_seen;
-    bool announced, stopping, failed;
+    bool stopping, failed;
     uint64_t started_ms;
 };
 
@@ -1200,12 +1200,11 @@ static void child_message(struct child *k) {
     if (k->msg.type == MSG_READY && !k->ready) {
         k->ready = true;
         k->ready_msg = k->msg;
-        if (++sup->ready == sup->n && !sup->stopping) {
+        if (++sup->ready == sup->n) {
             release_port(srv); /* every listener is bound */
             const struct wmsg *r = &sup->kids[0].ready_msg;
-            announce(srv, r->u.ready.address, r->u.ready.sndbuf, r->u.ready.rcvbuf);
-            sup->announced = true;
-            sup->started_ms = crest_loop_now(sup->loop);
+            if (!sup->stopping) /* a signal came first: they are draining already */
+                announce(srv, r->u.ready.address, r->u.ready.sndbuf, r->u.ready.rcvbuf);
         }
     } else if (k->msg.type == MSG_REPORT) {
         k->reported = true;
@@ -1354,6 +1353,8 @@ static int supervise(struct server *srv) {
         fprintf(stderr, "%s: supervisor loop: %s\n", name, crest_strerror(rc));
         code = SERVER_EXIT_ERROR;
     }
+    if (sup.loop)
+        sup.started_ms = crest_loop_now(sup.loop);
     for (unsigned i = 0; i < sup.forked && code == SERVER_EXIT_OK; i++) {
         struct child *k = &sup.kids[i];
         rc = crest_io_start(sup.loop, k->fd, CREST_IO_READABLE, on_child_pipe, k, &k->io);
@@ -1389,7 +1390,7 @@ static int supervise(struct server *srv) {
             close(sup.kids[i].fd);
     release_port(srv);
 
-    if (code == SERVER_EXIT_OK && sup.announced) {
+    if (code == SERVER_EXIT_OK && sup.ready == sup.n) { /* they all served */
         /* The summed report: the workers' figures, and this process's own
          * fds (its loop's). */
         struct totals t;
