@@ -696,7 +696,7 @@ static int print_report(const struct server *srv, const struct totals *t, uint64
     else
         crest_fd_report(stdout); /* lists each fd still open, with its origin */
     if (t->failed)
-        printf("  %u %s failed (see above)\n", t->failed,
+        printf("  failed: %u (%s; see above)\n", t->failed,
                procs ? "worker processes or loops" : "loops");
     fflush(stdout);
     return totals_exit_code(t);
