@@ -36,15 +36,10 @@
  *   - afterwards the loop has no connection, its buffer pool holds no
  *     bytes, and the fd registry is back to where it was.
  *
- * Known bug 2 (tests/test_bug_eof_after_resume.c): input buffered while
- * reading was paused at the high watermark is not delivered when the pause
- * ends inside the read pass and the next read() is EOF: RAW and LENGTH
- * lose it, LINE hands it over as one "last line", newlines and all.  Until
- * it is fixed, keep_reading is forced on (no high-water pause of reading,
- * so the bug cannot fire and the fuzzer can look for others); with
- * FUZZ_CONN_KNOWN_BUGS=1 in the environment the input decides, and
- * `fuzz/replay-conn fuzz/known-bugs/conn` shows the failures.  Once fixed:
- * drop the override, move fuzz/known-bugs/conn/ to fuzz/regressions/conn/. */
+ * Once a bug: input buffered while reading was paused at the high
+ * watermark was lost when the pause ended inside the read pass and the
+ * next read() was EOF (tests/test_eof_after_pause.c; the inputs are in
+ * fuzz/regressions/conn/). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -343,8 +338,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o->high_water = (size_t)(b3 & 0x7f) * 256 + 1;
     o->low_water = o->high_water / ((b3 >> 7) + 2);
     o->keep_reading = b4 & 1;
-    if (!getenv("FUZZ_CONN_KNOWN_BUGS"))
-        o->keep_reading = true; /* sidesteps known bug 2, see the top */
     o->max_input = (size_t)b6 * 64 + 1;
     srv.framing = o->framing;
     if (srv.framing.kind != CREST_FRAMING_RAW && srv.framing.max_message == 0)

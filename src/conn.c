@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "conn_int.h"
@@ -288,7 +289,8 @@ void crest__conns_reap(crest_loop_t *loop) {
         struct crest_conn *c = CREST__CONN_OF_IO(loop->zombies);
         loop->zombies = c->io.free_next;
         crest__endpoint_release(c->ep);
-        free(c->proxy);
+        if (c->peer_kind == CREST__PEER_EXTRA)
+            free(c->peer.extra);
         free(c);
     }
 }
@@ -422,14 +424,62 @@ size_t crest_conn_output_bytes(const crest_conn_t *c) {
     return c->out_bytes;
 }
 
+/* ---- peer addresses ------------------------------------------------------ */
+
+void crest__conn_set_peer(struct crest_conn *c, const struct sockaddr *sa, socklen_t len) {
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        c->peer.v4.addr = in->sin_addr.s_addr;
+        c->peer.v4.port = in->sin_port;
+        c->peer_kind = CREST__PEER_V4;
+    } else if (sa->sa_family == AF_INET6 && len <= (socklen_t)sizeof(struct sockaddr_storage)) {
+        struct crest__conn_extra *x = crest__conn_extra(c);
+        if (x) {
+            memcpy(&x->socket_peer.ss, sa, len);
+            x->socket_peer.len = len;
+        }
+    }
+    /* Unix-domain peers are unnamed as a rule: nothing to keep. */
+}
+
+/* The extra block, made on first need (moving an inline IPv4 peer in). */
+struct crest__conn_extra *crest__conn_extra(struct crest_conn *c) {
+    if (c->peer_kind == CREST__PEER_EXTRA)
+        return c->peer.extra;
+    struct crest__conn_extra *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    if (c->peer_kind == CREST__PEER_V4) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&x->socket_peer.ss;
+        in->sin_family = AF_INET;
+        in->sin_addr.s_addr = c->peer.v4.addr;
+        in->sin_port = c->peer.v4.port;
+        x->socket_peer.len = sizeof *in;
+    }
+    c->peer.extra = x;
+    c->peer_kind = CREST__PEER_EXTRA;
+    return x;
+}
+
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size) {
-    if (c->proxy && c->proxy->has_addr)
-        return crest_addr_format(&c->proxy->src, buf, size);
+    if (c->peer_kind == CREST__PEER_EXTRA && c->peer.extra->proxy.has_addr)
+        return crest_addr_format(&c->peer.extra->proxy.src, buf, size);
     return crest_conn_socket_peer(c, buf, size);
 }
 
 int crest_conn_socket_peer(const crest_conn_t *c, char *buf, size_t size) {
     crest_addr_t a;
+    if (c->peer_kind == CREST__PEER_V4) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&a.ss;
+        memset(in, 0, sizeof *in);
+        in->sin_family = AF_INET;
+        in->sin_addr.s_addr = c->peer.v4.addr;
+        in->sin_port = c->peer.v4.port;
+        a.len = sizeof *in;
+        return crest_addr_format(&a, buf, size);
+    }
+    if (c->peer_kind == CREST__PEER_EXTRA && c->peer.extra->socket_peer.len)
+        return crest_addr_format(&c->peer.extra->socket_peer, buf, size);
     a.len = sizeof a.ss;
     if (c->io.fd < 0)
         return -ENOTCONN;

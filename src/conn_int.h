@@ -29,7 +29,15 @@ struct crest_conn {
     void *data;
     struct crest__chunk *in;      /* input not yet consumed, or NULL */
     struct crest__chunk *out_head, *out_tail;
-    crest_proxy_info_t *proxy;    /* what a PROXY header said, or NULL */
+    union {                       /* the socket's peer, kept from accept4 or
+                                     connect: after an RST the kernel forgets
+                                     it, and on_close still wants it */
+        struct {
+            uint32_t addr;        /* IPv4, network order */
+            uint16_t port;        /* network order */
+        } v4;
+        struct crest__conn_extra *extra; /* IPv6, or a PROXY header's */
+    } peer;
     uint32_t out_bytes;           /* queued output (at most 4 GiB - 1) */
     uint32_t last_active;         /* idle timeout: last byte in or out;
                                      connect timeout: when it started */
@@ -55,6 +63,18 @@ struct crest_conn {
     bool dead : 1;                /* the socket failed: nothing more to send */
     bool redeliver : 1;           /* buffered input waits for a resume */
     bool proxy_wait : 1;          /* the PROXY header has not arrived yet */
+    bool eof_seen : 1;            /* read() returned 0; acted on once all
+                                     buffered input is delivered */
+    unsigned peer_kind : 2;       /* CREST__PEER_*: which member of peer */
+};
+
+enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
+
+/* What does not fit in the 120 bytes: only IPv6 peers and connections
+ * behind a PROXY header pay for it. */
+struct crest__conn_extra {
+    crest_addr_t socket_peer;     /* len 0 if unknown */
+    crest_proxy_info_t proxy;     /* version 0 if no PROXY header */
 };
 
 /* The per-loop heap of connection deadlines (conn_timer.c): one generic
@@ -76,6 +96,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
                                       crest_conn_state_t state);
 void crest__conn_open(struct crest_conn *c);
 void crest__conn_notify_open(struct crest_conn *c);
+void crest__conn_set_peer(struct crest_conn *c, const struct sockaddr *sa, socklen_t len);
+struct crest__conn_extra *crest__conn_extra(struct crest_conn *c);
 void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err);
 void crest__conn_settle(struct crest_conn *c);
 void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why);

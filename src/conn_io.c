@@ -431,12 +431,12 @@ static bool take_proxy_header(struct crest_conn *c) {
     in->start += (uint32_t)used;
     c->proxy_wait = false;
     if (info.has_addr) {
-        c->proxy = malloc(sizeof *c->proxy);
-        if (!c->proxy) {
+        struct crest__conn_extra *x = crest__conn_extra(c);
+        if (!x) {
             crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "no memory for the PROXY addresses");
             return false;
         }
-        *c->proxy = info;
+        x->proxy = info;
     }
     crest__conn_notify_open(c);
     return may_deliver(c);
@@ -498,6 +498,43 @@ static bool settle_input(struct crest_conn *c) {
     return true;
 }
 
+/* The peer shut down its side.  Whole messages still buffered (a
+ * high-water pause may have held them) go first; the EOF is acted on only
+ * once they are all delivered, and waits for the resume if delivery pauses
+ * again. */
+static void take_eof(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    while (c->in && crest__chunk_len(c->in) > 0) {
+        if (!may_deliver(c))
+            return; /* the resume (redeliver) brings us back */
+        size_t before = crest__chunk_len(c->in);
+        deliver(c);
+        if (c->out_bytes && c->writable && !c->corked)
+            (void)crest__conn_flush(c); /* may resume delivery */
+        if (c->close_requested)
+            return;
+        if (crest__chunk_len(c->in) == before)
+            break; /* only a partial message is left */
+    }
+    deliver_last_line(c);
+    if (c->out_bytes && c->writable && !c->corked)
+        (void)crest__conn_flush(c);
+    if (c->close_requested)
+        return;
+    if (c->in) {
+        crest__chunk_put(&loop->pool, c->in); /* a partial message never finished */
+        c->in = NULL;
+    }
+    c->state = CREST_CONN_HALF_CLOSED;
+    if (c->ep->handler.on_eof) {
+        c->depth++;
+        c->ep->handler.on_eof(c);
+        c->depth--;
+    } else {
+        crest__conn_request_close(c, CREST_CLOSE_PEER_EOF, 0);
+    }
+}
+
 static void read_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     size_t budget = c->ep->opts.read_budget;
@@ -535,21 +572,8 @@ static void read_input(struct crest_conn *c) {
         }
         if (n == 0) {
             c->readable = false;
-            c->state = CREST_CONN_HALF_CLOSED;
-            deliver_last_line(c);
-            if (c->out_bytes && c->writable && !c->corked)
-                (void)crest__conn_flush(c);
-            if (c->in && crest__chunk_len(c->in) == 0) {
-                crest__chunk_put(&loop->pool, c->in);
-                c->in = NULL;
-            }
-            if (c->ep->handler.on_eof) {
-                c->depth++;
-                c->ep->handler.on_eof(c);
-                c->depth--;
-            } else {
-                crest__conn_request_close(c, CREST_CLOSE_PEER_EOF, 0);
-            }
+            c->eof_seen = true;
+            take_eof(c);
             return;
         }
         if (errno == EINTR)
@@ -604,9 +628,13 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         (void)crest__conn_flush(c);
     if (c->redeliver && may_deliver(c) && c->in) {
         c->redeliver = false;
-        deliver(c);
-        if (settle_input(c) && c->out_bytes && c->writable && !c->corked)
-            (void)crest__conn_flush(c);
+        if (c->eof_seen && c->state == CREST_CONN_OPEN) {
+            take_eof(c);
+        } else {
+            deliver(c);
+            if (settle_input(c) && c->out_bytes && c->writable && !c->corked)
+                (void)crest__conn_flush(c);
+        }
     }
     if (may_read(c))
         read_input(c);

@@ -78,6 +78,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
         crest_fd_close(fd);
         return -ENOMEM;
     }
+    crest__conn_set_peer(c, (const struct sockaddr *)&addr->ss, addr->len);
     if (err == 0) {
         /* Connected at once (Unix sockets can): open on the first event. */
     } else if (is_connect_failure(err)) {

@@ -105,7 +105,10 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
     crest_loop_t *loop = l->loop;
     struct crest__endpoint *ep = l->ep;
     for (unsigned n = 0; n < l->accept_batch; n++) {
-        int fd = accept4(l->io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof peer;
+        int fd = accept4(l->io.fd, (struct sockaddr *)&peer, &peer_len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             switch (errno) {
             case EAGAIN:
@@ -140,6 +143,7 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
             loop->conn_stats.close_reasons[CREST_CLOSE_NO_MEMORY]++;
             continue;
         }
+        crest__conn_set_peer(c, (struct sockaddr *)&peer, peer_len);
         ep->lstats.accepted++;
         ep->lstats.active++;
         crest__conn_open(c);

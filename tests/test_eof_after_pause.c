@@ -1,25 +1,9 @@
-/* Known library bug, as a failing test (XFAIL_TESTS in Makefile.am): it
- * fails until the bug is fixed; then automake reports XPASS, which counts
- * as a failure: move the test cases to tests/test_conn.c, drop this program
- * from crest_tests and XFAIL_TESTS, and see fuzz/fuzz_conn.c ("Known bug
- * 2") for the fuzzer's side.
- *
- * Input buffered during a high-water pause is lost at EOF.  Found by
- * fuzz/fuzz_conn.c.  In src/conn_io.c read_input(): a read brings several
- * messages and the peer has already shut down its side; the first message's
- * reply takes the output above high_water, so delivery stops (paused); the
- * flush right after the delivery drains the output to low_water, which
- * resumes reading (crest__conn_resume_input() sets redeliver and feeds a
- * kick), but the read loop goes on first: read() returns 0, and the EOF
- * branch never delivers what is buffered.
- *   - LENGTH (and RAW): the remaining whole frames are dropped, and the
- *     connection closes for "peer EOF" as if all was delivered;
- *   - LINE: deliver_last_line() hands over the whole rest of the buffer as
- *     one "last line", "\n" and all, instead of the lines in it.
- * Expected: every whole message delivered, one by one, before the EOF is
- * acted on (LINE: then the last line without "\n" alone).  A client that
- * sends requests and shuts down its write side (tests/hostile.py
- * half_close does, but with the default 1 MiB high water) loses replies. */
+/* Input buffered during a high-water pause is delivered before the EOF is
+ * acted on.  (Found by fuzz/fuzz_conn.c.)  A read brings several messages
+ * and the peer has already shut down its side; the first reply takes the
+ * output over high_water, so delivery pauses; read() then returns 0.  Every
+ * whole message must still be delivered, one by one, before on_eof / the
+ * PEER_EOF close (LINE: then the last line without "\n", alone). */
 #include "crest_test.h"
 
 #include <netinet/in.h>
