@@ -460,12 +460,13 @@ def expect_reasons(srv, ports, reason):
 
 @scenario
 def slowloris(ctx, out):
-    """One byte every 250 ms, never finishing a message.  --idle-timeout 0.5
-    cannot catch it (bytes keep coming); --read-timeout 1.5 does."""
+    """One byte every 200 ms, never finishing a message.  --idle-timeout 1
+    cannot catch it (bytes keep coming, with a 5x margin for a loaded
+    machine); --read-timeout 2 does."""
     for name, args, kind, header in (
             ("crest-echo", ["--line"], "line", b""),
             ("crest-framed", ["--max-frame", "1000"], "frame", struct.pack(">I", 900))):
-        srv = Server(ctx, name, args + ["--idle-timeout", "0.5", "--read-timeout", "1.5"])
+        srv = Server(ctx, name, args + ["--idle-timeout", "1", "--read-timeout", "2"])
         try:
             prober = Prober(srv.port, kind).start()
             n = 10
@@ -493,7 +494,7 @@ def slowloris(ctx, out):
                         sent[i] += 1
                     except OSError:
                         closed[i] = "send failed"
-                time.sleep(0.25)
+                time.sleep(0.2)
             elapsed = now() - t0
             check(None not in closed, "%s: %d of %d slowloris connections still open after "
                   "%.1f s" % (name, closed.count(None), n, elapsed))
@@ -505,8 +506,8 @@ def slowloris(ctx, out):
             rep = srv.stop()
             check(rep["reasons"].get("read timeout") == n and "idle timeout" not in rep["reasons"],
                   "%s: report close reasons %s" % (name, rep["reasons"]))
-            out("%s %s: %d connections trickling 1 byte/250 ms (%d-%d bytes each) all closed "
-                "by 'read timeout' (idle timeout 0.5 s never fired; report: read timeout %d); "
+            out("%s %s: %d connections trickling 1 byte/200 ms (%d-%d bytes each) all closed "
+                "by 'read timeout' 2 s (idle timeout 1 s never fired; report: read timeout %d); "
                 "%s; %s" % (name, " ".join(args), n, min(sent), max(sent),
                             rep["reasons"]["read timeout"], probe, fds))
         finally:
