@@ -205,6 +205,7 @@ static void cleanup(void) {
     if (loop) {
         crest_loop_destroy(loop);
         loop = NULL;
+        unlink(sock_path);
     }
 }
 

@@ -29,7 +29,7 @@ mkdir -p "$out/obj"
 
 flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer
        -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
-       -D_GNU_SOURCE -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread)
+       -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread)
 
 # The library, once for all targets.
 objs=()
