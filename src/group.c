@@ -152,6 +152,18 @@ int crest_group_join(crest_group_t *g) {
     return rc < 0 ? rc : leaked;
 }
 
+int crest_group_post(crest_group_t *g, unsigned index, crest_cb cb, void *arg) {
+    if (!g || index >= g->n || !cb)
+        return -EINVAL;
+    /* Under the lock a worker cannot take its loop out of the table and
+     * destroy it: the post lands before the destroy or not at all. */
+    pthread_mutex_lock(&g->lock);
+    crest_loop_t *loop = g->workers[index].loop;
+    int rc = loop ? crest_loop_post(loop, cb, arg) : -ESRCH;
+    pthread_mutex_unlock(&g->lock);
+    return rc;
+}
+
 unsigned crest_group_size(const crest_group_t *g) {
     return g->n;
 }

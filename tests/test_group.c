@@ -17,7 +17,16 @@ struct ctx {
     pthread_t threads[WORKERS];
     crest_listener_t *listeners[WORKERS];
     int fail_index;                 /* init of this index fails; -1: none */
+    _Atomic int posted_on_worker;   /* posts that ran on a worker thread */
 };
+
+static void note_thread(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    struct ctx *x = arg;
+    for (int i = 0; i < WORKERS; i++)
+        if (pthread_equal(x->threads[i], pthread_self()))
+            atomic_fetch_add(&x->posted_on_worker, 1);
+}
 
 static ssize_t echo_data(crest_conn_t *c, const uint8_t *d, size_t n) {
     crest_conn_write(c, d, n);
@@ -97,12 +106,17 @@ static void test_group_reuseport_echo(void **state) {
         assert_non_null(crest_group_loop(g, i));
         assert_false(pthread_equal(x.threads[i], pthread_self()));
     }
+    /* A post through the group runs on that worker's thread. */
+    for (unsigned i = 0; i < WORKERS; i++)
+        assert_int_equal(crest_group_post(g, i, note_thread, &x), 0);
+    assert_int_equal(crest_group_post(g, WORKERS, note_thread, &x), -EINVAL);
     int total = 200;
     for (int i = 0; i < total; i++)
         echo_once(x.port, i);
     crest_group_stop(g);
     assert_int_equal(crest_group_join(g), 0);
     assert_int_equal(atomic_load(&x.finis), WORKERS);
+    assert_int_equal(atomic_load(&x.posted_on_worker), WORKERS);
     int sum = 0;
     for (int i = 0; i < WORKERS; i++)
         sum += atomic_load(&x.served[i]);
@@ -134,10 +148,20 @@ static int idle_init(crest_loop_t *loop, unsigned index, void *arg) {
     return 0;
 }
 
+static void idle_post(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    (void)arg;
+}
+
 static void test_group_idle_loops(void **state) {
     (void)state;
     crest_group_t *g;
     assert_int_equal(crest_group_start(2, idle_init, NULL, NULL, &g), 0);
+    /* Nothing to wait for: each loop ends by itself, and a post then is
+     * refused rather than sent to a destroyed loop. */
+    for (int tries = 0; tries < 1000 && crest_group_loop(g, 0); tries++)
+        tu_sleep_ms(1);
+    assert_int_equal(crest_group_post(g, 0, idle_post, NULL), -ESRCH);
     crest_group_stop(g);
     assert_int_equal(crest_group_join(g), 0);
     assert_int_equal(crest_group_start(0, idle_init, NULL, NULL, &g), -EINVAL);

@@ -48,9 +48,16 @@ void crest_group_stop(crest_group_t *group);
 int crest_group_join(crest_group_t *group);
 
 unsigned crest_group_size(const crest_group_t *group);
-/* The loop of worker index while it runs, or NULL once it has stopped.
- * From another thread, only crest_loop_post()/wake()/stop() may be used on
- * it, and only until crest_group_stop(). */
+/* Thread-safe: run cb(loop, arg) on worker index's loop thread.  0, or
+ * -ESRCH once that loop has finished (a loop with nothing left to wait for
+ * ends by itself), -EINVAL, -ENOMEM.  Use this rather than posting to
+ * crest_group_loop() from another thread: the group makes sure the loop
+ * still exists while it posts. */
+int crest_group_post(crest_group_t *group, unsigned index, crest_cb cb, void *arg);
+
+/* The loop of worker index while it runs, or NULL once it has finished.
+ * For use on that loop's own thread (in its callbacks); from other threads
+ * use crest_group_post(). */
 crest_loop_t *crest_group_loop(crest_group_t *group, unsigned index);
 
 #ifdef __cplusplus
