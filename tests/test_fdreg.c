@@ -383,10 +383,11 @@ static void test_report_lists_leaked_fd(void **state) {
 
     int n = -1;
     char *text = report_text(&n);
+    assert_non_null(text);
     assert_int_equal(n, (int)before + 1);
     /* One line names the fd, its kind and its origin. */
     if (!line_has(text, "pipe", origin, NULL, p[0]))
-        print_message("%s", text);
+        print_message("%s", text ? text : "(null)");
     assert_true(line_has(text, "pipe", origin, NULL, p[0]));
     assert_non_null(strstr(origin, "test_fdreg.c"));
     assert_null(strstr(text, "0 fds leaked"));
@@ -410,9 +411,10 @@ static void test_report_clean(void **state) {
     assert_int_equal(crest_fd_open_count(), 0);
     int n = -1;
     char *text = report_text(&n);
+    assert_non_null(text);
     assert_int_equal(n, 0);
     if (!strstr(text, "0 fds leaked"))
-        print_message("%s", text);
+        print_message("%s", text ? text : "(null)");
     assert_non_null(strstr(text, "0 fds leaked"));
     free(text);
 
@@ -433,9 +435,10 @@ static void test_report_lists_unregistered(void **state) {
 
     int n = -1;
     char *text = report_text(&n);
+    assert_non_null(text);
     if (!line_has(text, "unregistered", NULL, NULL, p[0]) ||
         !line_has(text, "unregistered", NULL, NULL, p[1]))
-        print_message("%s", text);
+        print_message("%s", text ? text : "(null)");
     assert_true(line_has(text, "unregistered", NULL, NULL, p[0]));
     assert_true(line_has(text, "unregistered", NULL, NULL, p[1]));
     /* The registered ones are not called unregistered. */
@@ -451,6 +454,7 @@ static void test_report_lists_unregistered(void **state) {
     close(p[1]);
 
     text = report_text(&n);
+    assert_non_null(text);
     assert_int_equal(n, 0);
     assert_non_null(strstr(text, "0 fds leaked"));
     free(text);
