@@ -77,11 +77,18 @@ static int echo_option(server_proto_t *p, int id, const char *arg) {
     }
 }
 
+/* Go's bufio.Scanner, by default, holds a line and its "\n" in 64 KiB: a
+ * line of 65,535 bytes is the longest it answers, so that is --line's
+ * default limit too. */
+#define GO_SCANNER_MAX_LINE 65535u
+
 static int echo_configured(server_proto_t *p) {
     if (max_line_given && p->framing.kind != CREST_FRAMING_LINE) {
         fprintf(stderr, "crest-echo: --max-line needs --line\n");
         return -1;
     }
+    if (!max_line_given && p->framing.kind == CREST_FRAMING_LINE)
+        p->framing.max_message = GO_SCANNER_MAX_LINE;
     return 0;
 }
 
@@ -95,7 +102,8 @@ static server_proto_t echo = {
         "      --line              line protocol: answer each line with \"echo: \" LINE \"\\n\"\n"
         "                          (lines end in \"\\n\"; a \"\\r\" before it is dropped)\n"
         "      --max-line BYTES    longest line; a longer one closes its connection\n"
-        "                          (\"line too long\"; default 64K)\n",
+        "                          (\"line too long\"; default 65535, as Go's\n"
+        "                          bufio.Scanner: a line and its \"\\n\" in 64 KiB)\n",
     .parse_option = echo_option,
     .configured = echo_configured,
     .framing = {.kind = CREST_FRAMING_RAW, .max_message = CREST_FRAMING_DEFAULT_MAX},

@@ -391,8 +391,9 @@ static void deliver_framed(struct crest_conn *c) {
 }
 
 /* At EOF, LINE framing hands over a last line that has no "\n" (Go's
- * bufio.ScanLines does the same): what is buffered is shorter than the
- * limit, or it would have been refused already. */
+ * bufio.ScanLines does the same), if it is within the limit: the codec
+ * waits for max + 2 bytes before it calls a line too long, so up to two
+ * bytes more may be buffered. */
 static void deliver_last_line(struct crest_conn *c) {
     struct crest__chunk *in = c->in;
     if (c->ep->opts.framing.kind != CREST_FRAMING_LINE || !in || crest__chunk_len(in) == 0 ||
@@ -402,6 +403,13 @@ static void deliver_last_line(struct crest_conn *c) {
     const uint8_t *line = in->data + in->start;
     if (line[len - 1] == '\r')
         len--;
+    size_t max = c->ep->opts.framing.max_message;
+    if (len > max) {
+        crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
+                        "line too long: %zu bytes before EOF without an end of line (limit %zu)",
+                        len, max);
+        return;
+    }
     c->io.loop->conn_stats.messages_in++;
     c->gather = true;
     c->depth++;
