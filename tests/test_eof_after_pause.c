@@ -92,10 +92,26 @@ static void test_line_lines_after_resume_at_eof(void **state) {
     assert_string_equal(s.got[2], "f");
 }
 
+/* A last line without "\n" is delivered at EOF only within the limit: the
+ * codec waits for max + 2 bytes before it calls a line too long, so a line
+ * one byte over can still be buffered when the EOF comes. */
+static void test_line_last_line_over_limit_at_eof(void **state) {
+    (void)state;
+    struct eof_state s = {0};
+    crest_framing_t f = {.kind = CREST_FRAMING_LINE, .max_message = 5};
+    static const char stream[] = "ab\nabcdef";
+    run_case(&s, f, stream, sizeof stream - 1);
+    assert_int_equal(s.count, 1);
+    assert_string_equal(s.got[0], "ab");
+    assert_int_equal(s.reason, CREST_CLOSE_TOO_LARGE);
+    assert_true(tu_log_contains("line too long"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_length_frames_after_resume_at_eof),
         tu_test(test_line_lines_after_resume_at_eof),
+        tu_test(test_line_last_line_over_limit_at_eof),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
