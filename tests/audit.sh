@@ -25,6 +25,8 @@
 # exits 0 only if all passed.
 set -u
 
+. "$(dirname "$0")/lib.sh"
+
 bin=${abs_top_builddir:-.}/samples
 srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
 # LIBTOOL may be a command with arguments ("/bin/bash ./libtool")
@@ -35,18 +37,6 @@ if ! command -v "$valgrind" >/dev/null 2>&1; then
     echo "audit: valgrind not found"
     exit 1
 fi
-work=$(mktemp -d)
-pids=()
-checks=0
-failures=0
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-pass() { checks=$((checks + 1)); echo "ok   $*"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $*"; }
 
 vg_flags=(--tool=memcheck --leak-check=full --show-leak-kinds=definite,indirect,possible
           --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99

@@ -21,6 +21,8 @@
 # (KEEP_WORK=1 keeps the temp dir with the logs and the config).
 set -u
 
+. "$(dirname "$0")/lib.sh"
+
 bin=${abs_top_builddir:-.}/samples
 haproxy=$(command -v haproxy || ls /usr/sbin/haproxy /usr/local/sbin/haproxy 2>/dev/null | head -n 1)
 if [ -z "$haproxy" ]; then
@@ -28,20 +30,8 @@ if [ -z "$haproxy" ]; then
     exit 77
 fi
 
-work=$(mktemp -d)
-pids=()
-failures=0
-checks=0
 conns=30
 
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-pass() { checks=$((checks + 1)); echo "ok   $*"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $*"; }
 kv() { grep '^crest-bench:' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
 # start N ARGS...: crest-echo number N on a free port; sets port[N], spid[N].

@@ -12,20 +12,9 @@
 # Run by `make check`; by hand: abs_top_builddir=. bash tests/samples.sh
 set -u
 
+. "$(dirname "$0")/lib.sh"
+
 bin=${abs_top_builddir:-.}/samples
-work=$(mktemp -d)
-trap 'cleanup' EXIT
-pids=()
-failures=0
-checks=0
-
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$work"
-}
-
-pass() { checks=$((checks + 1)); echo "ok   $*"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $*"; }
 
 # start NAME ARGS...: run a server on port 0, wait for "listening on", set
 # $addr and $pid.

@@ -17,21 +17,10 @@
 # make check.  By hand: abs_top_builddir=. bash tests/scale.sh
 set -u
 
+. "$(dirname "$0")/lib.sh"
+
 bin=${abs_top_builddir:-.}/samples
-work=$(mktemp -d)
 conns=${SCALE_CONNS:-2000}
-pids=()
-failures=0
-checks=0
-
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-pass() { checks=$((checks + 1)); echo "ok   $*"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $*"; }
 
 # kv KEY FILE: a value from the crest-bench: key=value line.
 kv() { grep '^crest-bench:' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }

@@ -18,19 +18,10 @@
 # check passed.
 set -u
 
+. "$(dirname "$0")/lib.sh"
+
 bin=${abs_top_builddir:-.}/samples
 want=${STRESS_BYTES:-1073741824}
-work=$(mktemp -d)
-pids=()
-checks=0
-failures=0
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-pass() { checks=$((checks + 1)); echo "ok   $*"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAIL $*"; }
 
 start() {
     local name=$1; shift
