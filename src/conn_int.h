@@ -21,7 +21,7 @@ struct crest__endpoint {
 
 /* A connection: 120 bytes, so that an idle one costs 128 bytes of heap
  * (see docs/performance.md).  Times are the loop's millisecond clock
- * (crest__now_ms), 0 meaning "not set". */
+ * (loop->now_ms), 0 meaning "not set". */
 struct crest_conn {
     struct crest_io io;           /* io.loop, io.fd; registered once; after
                                      the close, io.free_next links zombies */

@@ -160,7 +160,6 @@ void crest__conns_destroy(crest_loop_t *loop);
 void crest__listeners_destroy(crest_loop_t *loop);
 
 /* Logging */
-#define crest__log crest_log
 bool crest__log_enabled(crest_log_level_t level);
 
 #endif
