@@ -54,8 +54,8 @@ static void test_parse_ipv4(void **state) {
     assert_int_equal(ntohs(as_in(&a)->sin_port), 8080);
     assert_int_equal(crest_addr_port(&a), 8080);
 
-    assert_int_equal(crest_addr_parse("10.20.30.40:1", &a), 0);
-    assert_int_equal(ntohl(as_in(&a)->sin_addr.s_addr), 0x0A141E28);
+    assert_int_equal(crest_addr_parse("198.51.100.40:1", &a), 0);
+    assert_int_equal(ntohl(as_in(&a)->sin_addr.s_addr), 0xC6336428);
     assert_int_equal(crest_addr_port(&a), 1);
 
     /* The extremes of the port. */

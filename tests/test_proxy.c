@@ -110,7 +110,7 @@ static void test_parse_v1_malformed(void **state) {
                      -EPROTO);
     /* A version the listener does not accept is a missing header. */
     uint8_t v2[64];
-    size_t n = v2_tcp4(v2, "10.1.2.3", 1000, "10.1.2.4", 80);
+    size_t n = v2_tcp4(v2, "198.51.100.3", 1000, "198.51.100.4", 80);
     assert_int_equal(crest_proxy_parse(v2, n, CREST_PROXY_V1, &info, &used, &why), -EPROTO);
     assert_string_equal(why, "missing PROXY header");
 }
