@@ -247,6 +247,63 @@ static TU_UNUSED void tu_destroy_loop(crest_loop_t *loop) {
 
 #define tu_test(f) cmocka_unit_test_setup_teardown(f, tu_setup, tu_teardown)
 
+/* ---- data: scale, a checkable byte stream, a hash ------------------------ */
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+/* How much to divide big transfers by: CREST_TEST_SCALE, else
+ * under_valgrind when running under valgrind, else 1 (native runs move
+ * the full amounts). */
+static TU_UNUSED unsigned tu_scale(unsigned under_valgrind) {
+    const char *s = getenv("CREST_TEST_SCALE");
+    if (s && *s) {
+        long v = strtol(s, NULL, 10);
+        if (v >= 1)
+            return (unsigned)v;
+    }
+    return RUNNING_ON_VALGRIND ? under_valgrind : 1;
+}
+
+static TU_UNUSED uint64_t tu_mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* The byte at stream offset off is byte (off % 8) of tu_mix64(off / 8):
+ * every position has its own value, so a lost, duplicated or reordered
+ * piece shows. */
+static TU_UNUSED void tu_pattern(uint8_t *dst, uint64_t off, size_t len) {
+    while (len > 0) {
+        uint64_t w = tu_mix64(off / 8);
+        unsigned b = (unsigned)(off % 8);
+        size_t n = 8 - b;
+        if (n > len)
+            n = len;
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (uint8_t)(w >> (8 * (b + i)));
+        dst += n;
+        off += n;
+        len -= n;
+    }
+}
+
+static TU_UNUSED uint64_t tu_fnv1a(uint64_t h, const uint8_t *p, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
 /* ---- misc ------------------------------------------------------------- */
 
 static TU_UNUSED void tu_sleep_ms(unsigned ms) {

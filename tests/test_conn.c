@@ -24,61 +24,10 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
 
 /* ---- scale, data and hashes ----------------------------------------------- */
 
-static unsigned test_scale(void) {
-    const char *s = getenv("CREST_TEST_SCALE");
-    if (s && *s) {
-        long v = strtol(s, NULL, 10);
-        if (v >= 1)
-            return (unsigned)v;
-    }
-    return RUNNING_ON_VALGRIND ? 32 : 1;
-}
-
-static uint64_t mix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* The byte at stream offset off is byte (off % 8) of mix64(off / 8): every
- * position has its own value, so a lost, duplicated or reordered piece
- * shows. */
-static void pattern(uint8_t *dst, uint64_t off, size_t len) {
-    while (len > 0) {
-        uint64_t w = mix64(off / 8);
-        unsigned b = (unsigned)(off % 8);
-        size_t n = 8 - b;
-        if (n > len)
-            n = len;
-        for (size_t i = 0; i < n; i++)
-            dst[i] = (uint8_t)(w >> (8 * (b + i)));
-        dst += n;
-        off += n;
-        len -= n;
-    }
-}
-
 #define FNV_INIT 0xcbf29ce484222325ull
-
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len) {
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
 
 static void put_be32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)(v >> 24);
@@ -318,7 +267,7 @@ static uint64_t pp_seed(int id, int round) {
 
 static void pp_send(struct pp *p, struct pp_client *k) {
     size_t n = pp_len(k->id, k->round);
-    pattern(p->buf, pp_seed(k->id, k->round), n);
+    tu_pattern(p->buf, pp_seed(k->id, k->round), n);
     assert_int_equal(crest_conn_write_message(k->c, p->buf, n), 0);
 }
 
@@ -335,7 +284,7 @@ static int pp_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
     struct pp *p = crest_conn_handler_ctx(c);
     struct pp_client *k = crest_conn_get_data(c);
     size_t n = pp_len(k->id, k->round);
-    pattern(p->buf, pp_seed(k->id, k->round), n);
+    tu_pattern(p->buf, pp_seed(k->id, k->round), n);
     if (len != n || memcmp(msg, p->buf, n) != 0)
         k->bad = true;
     if (++k->round < PP_ROUNDS)
@@ -438,8 +387,8 @@ static void bulk_pump(struct bulk *b) {
         size_t n = BULK_PIECE;
         if (n > b->total - b->sent)
             n = (size_t)(b->total - b->sent);
-        pattern(b->piece, b->sent, n);
-        b->h_tx = fnv1a(b->h_tx, b->piece, n);
+        tu_pattern(b->piece, b->sent, n);
+        b->h_tx = tu_fnv1a(b->h_tx, b->piece, n);
         b->sent += n;
         /* May call on_high_water, which stops this loop. */
         assert_int_equal(crest_conn_write(b->c, b->piece, n), 0);
@@ -456,10 +405,10 @@ static ssize_t bulk_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     struct bulk *b = crest_conn_handler_ctx(c);
     for (size_t done = 0; done < len;) {
         size_t n = len - done < 65536 ? len - done : 65536;
-        pattern(b->expect, b->rcvd, n);
+        tu_pattern(b->expect, b->rcvd, n);
         if (memcmp(b->expect, data + done, n) != 0)
             b->mismatches++;
-        b->h_rx = fnv1a(b->h_rx, data + done, n);
+        b->h_rx = tu_fnv1a(b->h_rx, data + done, n);
         b->rcvd += n;
         done += n;
     }
@@ -576,12 +525,12 @@ static bool bulk_echo(struct bulk *b, int stall_iter) {
 static void test_echo_64mib_checksum(void **state) {
     (void)state;
     struct bulk b = {0};
-    b.total = (64ull << 20) / test_scale();
+    b.total = (64ull << 20) / tu_scale(32);
     b.window = (1 << 20) - BULK_PIECE;
     b.high = 128 * 1024;
     b.low = 32 * 1024;
     assert_true(bulk_echo(&b, RUN_MAX_ITER));
-    if (test_scale() == 1)
+    if (tu_scale(32) == 1)
         assert_true(b.highs >= 1);
 }
 
@@ -675,7 +624,7 @@ static void msgset_build(struct msgset *m, const crest_framing_t *f, size_t n_sm
     for (size_t i = 0; i < m->n; i++) {
         uint8_t *p = m->store + m->off[i];
         size_t n = m->len[i];
-        pattern(p, (uint64_t)i << 32, n);
+        tu_pattern(p, (uint64_t)i << 32, n);
         if (line) {
             /* Text without '\n'; a '\r' inside some lines, never at the end
              * (it would be taken for part of a "\r\n"). */
@@ -754,7 +703,7 @@ static void framing_case(const crest_framing_t *f, size_t n_bulk) {
 
 static void test_framing_length_split_and_batched(void **state) {
     (void)state;
-    size_t n_bulk = 2000 / test_scale() + 20;
+    size_t n_bulk = 2000 / tu_scale(32) + 20;
     static const struct {
         uint8_t hb;
         bool le;
@@ -769,7 +718,7 @@ static void test_framing_length_split_and_batched(void **state) {
 static void test_framing_line_split_and_batched(void **state) {
     (void)state;
     crest_framing_t f = {.kind = CREST_FRAMING_LINE};
-    framing_case(&f, 2000 / test_scale() + 20);
+    framing_case(&f, 2000 / tu_scale(32) + 20);
     crest_framing_t small = {.kind = CREST_FRAMING_LINE, .max_message = 100};
     framing_case(&small, 200);
 }
@@ -840,7 +789,7 @@ static void test_oversized_frame_and_line(void **state) {
     RUN_UNTIL(loop, s.opened == 1);
     uint8_t frame[4 + 1024];
     put_be32(frame, 1024);
-    pattern(frame + 4, 1, 1024);
+    tu_pattern(frame + 4, 1, 1024);
     expect_echo(loop, good, frame, sizeof frame); /* exactly the limit: fine */
 
     /* 1025 announced: too large, whatever follows. */
@@ -955,7 +904,7 @@ struct hc_client {
 
 static size_t hc_line(size_t i, uint8_t *out) {
     size_t n = 10 + (i * 37) % 3000;
-    pattern(out, (uint64_t)i << 20, n);
+    tu_pattern(out, (uint64_t)i << 20, n);
     for (size_t j = 0; j < n; j++)
         out[j] = (uint8_t)('a' + out[j] % 26);
     return n;
@@ -1162,7 +1111,7 @@ static int sr_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
     uint32_t seq = get_be32(msg);
     assert_int_equal(seq, s->messages); /* in order, once each */
     s->messages++;
-    pattern(r->reply, (uint64_t)seq * SR_REPLY, SR_REPLY);
+    tu_pattern(r->reply, (uint64_t)seq * SR_REPLY, SR_REPLY);
     assert_int_equal(crest_conn_write_message(c, r->reply, SR_REPLY), 0);
     size_t out = crest_conn_output_bytes(c);
     if (out > r->max_out)
@@ -1241,7 +1190,7 @@ static void test_slow_reader_backpressure(void **state) {
         int end;
         assert_int_equal(raw_recv(loop, fd, rx, 4 + SR_REPLY, &end), 4 + SR_REPLY);
         assert_int_equal(get_be32(rx), SR_REPLY);
-        pattern(want, (uint64_t)i * SR_REPLY, SR_REPLY);
+        tu_pattern(want, (uint64_t)i * SR_REPLY, SR_REPLY);
         if (memcmp(rx + 4, want, SR_REPLY) != 0)
             fail_msg("reply %u corrupt", i);
     }
@@ -1886,7 +1835,7 @@ static void test_close_all(void **state) {
     uint8_t *data = malloc(BYTES), *got = malloc(BYTES);
     assert_non_null(data);
     assert_non_null(got);
-    pattern(data, 77, BYTES);
+    tu_pattern(data, 77, BYTES);
     for (int i = 0; i < N; i++)
         fd[i] = raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == N);

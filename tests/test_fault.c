@@ -30,14 +30,6 @@
 
 #include "epoll.h" /* crest__tag_fd(): how crest tags its epoll events */
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
 
 /* ---- the fault plan ------------------------------------------------------ */
 
@@ -309,46 +301,6 @@ static void finish(crest_loop_t *loop) {
     plan_reset();
 }
 
-static unsigned test_scale(void) {
-    const char *s = getenv("CREST_TEST_SCALE");
-    if (s && *s) {
-        long v = strtol(s, NULL, 10);
-        if (v >= 1)
-            return (unsigned)v;
-    }
-    return RUNNING_ON_VALGRIND ? 8 : 1;
-}
-
-static uint64_t mix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-static void pattern(uint8_t *dst, uint64_t off, size_t len) {
-    while (len > 0) {
-        uint64_t w = mix64(off / 8);
-        unsigned b = (unsigned)(off % 8);
-        size_t n = 8 - b;
-        if (n > len)
-            n = len;
-        for (size_t i = 0; i < n; i++)
-            dst[i] = (uint8_t)(w >> (8 * (b + i)));
-        dst += n;
-        off += n;
-        len -= n;
-    }
-}
-
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len) {
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 /* ---- a RAW echo server and one crest client ----------------------------- */
 
 #define MAX_SCONNS 16
@@ -477,8 +429,8 @@ static void bulk_pump(struct bulk *b) {
         size_t n = BULK_PIECE;
         if (n > b->total - b->sent)
             n = (size_t)(b->total - b->sent);
-        pattern(b->piece, b->sent, n);
-        b->h_tx = fnv1a(b->h_tx, b->piece, n);
+        tu_pattern(b->piece, b->sent, n);
+        b->h_tx = tu_fnv1a(b->h_tx, b->piece, n);
         b->sent += n;
         assert_int_equal(crest_conn_write(b->c, b->piece, n), 0);
     }
@@ -496,10 +448,10 @@ static ssize_t bulk_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     struct bulk *b = crest_conn_handler_ctx(c);
     for (size_t done = 0; done < len;) {
         size_t n = len - done < sizeof b->expect ? len - done : sizeof b->expect;
-        pattern(b->expect, b->rcvd, n);
+        tu_pattern(b->expect, b->rcvd, n);
         if (memcmp(b->expect, data + done, n) != 0)
             b->mismatches++;
-        b->h_rx = fnv1a(b->h_rx, data + done, n);
+        b->h_rx = tu_fnv1a(b->h_rx, data + done, n);
         b->rcvd += n;
         done += n;
     }
@@ -577,7 +529,7 @@ static void test_short_reads_and_writes(void **state) {
     s.mark = true;
     add_fault(plan.read, -1, 0, 3, 1, -1);
     add_fault(plan.sendmsg, -1, 0, 7, 1, -1);
-    uint64_t total = (1 << 20) / test_scale();
+    uint64_t total = (1 << 20) / tu_scale(8);
     bulk_echo(loop, &s, total);
     /* Nearly every call was cut short. */
     assert_true(injected(plan.read) >= total / 3);
@@ -604,7 +556,7 @@ static void test_eagain_and_eintr(void **state) {
     add_fault(plan.sendmsg, -1, EINTR, 0, 3, -1);
     add_fault(plan.sendmsg, -1, EAGAIN, 0, 4, -1);
     add_fault(plan.sendmsg, -1, 0, 1000, 2, -1);
-    uint64_t total = (4 << 20) / test_scale();
+    uint64_t total = (4 << 20) / tu_scale(8);
     bulk_echo(loop, &s, total);
     assert_true(plan.read[0].injected > 0 && plan.read[1].injected > 0);
     assert_true(plan.sendmsg[0].injected > 0 && plan.sendmsg[1].injected > 0 &&
