@@ -148,11 +148,14 @@ int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
 void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why) {
     if (c->state == CREST_CONN_CLOSING) {
         /* The peer would not take our last bytes: give up on them. */
-        c->aborting = true;
+        c->flags |= CREST__C_ABORTING;
     }
     crest__conn_request_close(c, why, ETIMEDOUT);
     crest__conn_settle(c);
 }
+
+_Static_assert(sizeof(void *) != 8 || sizeof(struct crest_conn) <= 120,
+               "an idle connection stays within 128 bytes of heap");
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
@@ -166,7 +169,7 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
     c->last_active = loop->now_ms;
     /* A fresh accepted socket has an empty send buffer: writable at once,
      * without waiting for the first EPOLLOUT. */
-    c->writable = state == CREST_CONN_OPEN;
+    c->flags = state == CREST_CONN_OPEN ? CREST__C_WRITABLE : 0;
     if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE, crest__conn_on_io,
                        c, true) < 0) {
         free(c);
@@ -185,7 +188,7 @@ void crest__conn_open(struct crest_conn *c) {
     c->last_active = c->io.loop->now_ms;
     crest__conn_arm_timer(c);
     if (c->ep->proxy) {
-        c->proxy_wait = true;
+        c->flags |= CREST__C_PROXY_WAIT;
         return;
     }
     crest__conn_notify_open(c);
@@ -202,13 +205,13 @@ void crest__conn_notify_open(struct crest_conn *c) {
 void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err) {
     if (c->state == CREST_CONN_CLOSED)
         return;
-    if (!c->close_requested) {
-        c->close_requested = true;
+    if (!(c->flags & CREST__C_CLOSE_REQUESTED)) {
+        c->flags |= CREST__C_CLOSE_REQUESTED;
         c->close_reason = (uint8_t)reason;
         c->close_err = (uint16_t)err;
     }
     if (c->state == CREST_CONN_CONNECTING)
-        c->aborting = true; /* nothing was sent yet: nothing to flush */
+        c->flags |= CREST__C_ABORTING; /* nothing was sent yet: nothing to flush */
     if (c->state != CREST_CONN_CLOSING) {
         c->state = CREST_CONN_CLOSING;
         c->write_stalled = c->io.loop->now_ms;
@@ -257,7 +260,7 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
-    if (c->aborting)
+    if ((c->flags & CREST__C_ABORTING))
         (void)crest_sockopt_set_linger_abort(fd);
     crest_fd_close(fd);
     c->io.fd = -1;
@@ -268,10 +271,10 @@ static void finish_close(struct crest_conn *c) {
 void crest__conn_settle(struct crest_conn *c) {
     if (c->depth > 0 || c->state != CREST_CONN_CLOSING)
         return;
-    if (!c->aborting && !c->dead && c->out_bytes > 0) {
-        if (c->writable)
+    if (!(c->flags & CREST__C_ABORTING) && !(c->flags & CREST__C_DEAD) && c->out_bytes > 0) {
+        if ((c->flags & CREST__C_WRITABLE))
             (void)crest__conn_flush(c);
-        if (c->out_bytes > 0 && !c->dead)
+        if (c->out_bytes > 0 && !(c->flags & CREST__C_DEAD))
             return; /* the EPOLLOUT edge brings us back */
     }
     finish_close(c);
@@ -308,7 +311,7 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
         if (!c)
             continue;
         if (abort)
-            c->aborting = true;
+            c->flags |= CREST__C_ABORTING;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
         settle_later(c);
     }
@@ -320,7 +323,7 @@ void crest__conns_destroy(crest_loop_t *loop) {
         if (!c)
             continue;
         crest_log(CREST_LOG_WARN, "loop destroyed with an open connection (fd %d): aborted", fd);
-        c->aborting = true;
+        c->flags |= CREST__C_ABORTING;
         c->depth = 0;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
         finish_close(c);
@@ -341,13 +344,13 @@ void crest_conn_close(crest_conn_t *c) {
 void crest_conn_abort(crest_conn_t *c) {
     if (c->state == CREST_CONN_CLOSED)
         return;
-    c->aborting = true;
+    c->flags |= CREST__C_ABORTING;
     crest__conn_request_close(c, CREST_CLOSE_ABORT, 0);
     settle_later(c);
 }
 
 void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *fmt, ...) {
-    if (c->state == CREST_CONN_CLOSED || c->close_requested)
+    if (c->state == CREST_CONN_CLOSED || (c->flags & CREST__C_CLOSE_REQUESTED))
         return;
     if (crest__log_enabled(CREST_LOG_WARN)) {
         char why[256], peer[CREST_ADDR_STRLEN];
@@ -365,22 +368,24 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
 }
 
 int crest_conn_shutdown(crest_conn_t *c) {
-    if (!crest__conn_can_write(c) || c->shut_pending || c->shut_done)
+    if (!crest__conn_can_write(c) || (c->flags & CREST__C_SHUT_PENDING) || (c->flags & CREST__C_SHUT_DONE))
         return -ENOTCONN;
-    c->shut_pending = true;
+    if (c->io.loop->gather_owner == c)
+        crest__conn_commit_gathered(c); /* replies gathered so far go first */
+    c->flags |= CREST__C_SHUT_PENDING;
     if (c->out_bytes == 0 && c->state != CREST_CONN_CONNECTING)
         return crest__conn_flush(c); /* nothing queued: shuts down now */
     return 0;
 }
 
 void crest_conn_pause(crest_conn_t *c) {
-    c->paused_user = true;
+    c->flags |= CREST__C_PAUSED_USER;
 }
 
 void crest_conn_resume(crest_conn_t *c) {
-    if (!c->paused_user)
+    if (!(c->flags & CREST__C_PAUSED_USER))
         return;
-    c->paused_user = false;
+    c->flags &= (uint16_t)~CREST__C_PAUSED_USER;
     crest__conn_resume_input(c);
 }
 
@@ -421,7 +426,8 @@ int crest_conn_fd(const crest_conn_t *c) {
 }
 
 size_t crest_conn_output_bytes(const crest_conn_t *c) {
-    return c->out_bytes;
+    const crest_loop_t *loop = c->io.loop;
+    return c->out_bytes + (loop->gather_owner == c ? loop->gather_len : 0);
 }
 
 /* ---- peer addresses ------------------------------------------------------ */

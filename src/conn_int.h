@@ -46,26 +46,32 @@ struct crest_conn {
     uint32_t dl_key;              /* deadline the loop's heap holds */
     uint32_t dl_index;            /* position in that heap + 1; 0: none */
     uint16_t close_err;           /* the errno behind the close reason */
+    uint16_t flags;               /* CREST__C_* */
     uint8_t depth;                /* handler callbacks in progress */
     uint8_t state;                /* crest_conn_state_t */
     uint8_t close_reason;
-    bool readable : 1;            /* cached readiness (edge-triggered) */
-    bool writable : 1;
-    bool peer_done : 1;           /* RDHUP/HUP seen: read until EOF */
-    bool paused_high : 1;         /* above high water */
-    bool paused_user : 1;         /* crest_conn_pause() */
-    bool gather : 1;              /* inside on_data: queue writes */
-    bool corked : 1;              /* crest_conn_cork() */
-    bool shut_pending : 1;        /* shutdown(SHUT_WR) once flushed */
-    bool shut_done : 1;
-    bool close_requested : 1;
-    bool aborting : 1;
-    bool dead : 1;                /* the socket failed: nothing more to send */
-    bool redeliver : 1;           /* buffered input waits for a resume */
-    bool proxy_wait : 1;          /* the PROXY header has not arrived yet */
-    bool eof_seen : 1;            /* read() returned 0; acted on once all
-                                     buffered input is delivered */
-    unsigned peer_kind : 2;       /* CREST__PEER_*: which member of peer */
+    uint8_t peer_kind;            /* CREST__PEER_*: which member of peer */
+};
+
+/* Connection flags, one word so that the read path can test the usual
+ * case ("nothing unusual going on") with one mask. */
+enum {
+    CREST__C_READABLE = 1u << 0,        /* cached readiness (edge-triggered) */
+    CREST__C_WRITABLE = 1u << 1,
+    CREST__C_PEER_DONE = 1u << 2,       /* RDHUP/HUP seen: read until EOF */
+    CREST__C_PAUSED_HIGH = 1u << 3,     /* above high water */
+    CREST__C_PAUSED_USER = 1u << 4,     /* crest_conn_pause() */
+    CREST__C_GATHER = 1u << 5,          /* inside on_data: gather writes */
+    CREST__C_CORKED = 1u << 6,          /* crest_conn_cork() */
+    CREST__C_SHUT_PENDING = 1u << 7,    /* shutdown(SHUT_WR) once flushed */
+    CREST__C_SHUT_DONE = 1u << 8,
+    CREST__C_CLOSE_REQUESTED = 1u << 9,
+    CREST__C_ABORTING = 1u << 10,
+    CREST__C_DEAD = 1u << 11,           /* the socket failed: nothing more to send */
+    CREST__C_REDELIVER = 1u << 12,      /* buffered input waits for a resume */
+    CREST__C_PROXY_WAIT = 1u << 13,     /* the PROXY header has not arrived yet */
+    CREST__C_EOF_SEEN = 1u << 14,       /* read() returned 0; acted on once all
+                                           buffered input is delivered */
 };
 
 enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
@@ -116,6 +122,7 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);
 int crest__conn_flush(struct crest_conn *c);
 void crest__conn_drop_buffers(struct crest_conn *c);
 void crest__conn_resume_input(struct crest_conn *c);
+void crest__conn_commit_gathered(struct crest_conn *c);
 
 static inline bool crest__conn_can_write(const struct crest_conn *c) {
     return c->state == CREST_CONN_OPEN || c->state == CREST_CONN_HALF_CLOSED ||

@@ -35,17 +35,17 @@ static crest_close_reason_t reason_for_errno(int err) {
 
 /* The socket failed: nothing more can be sent or received. */
 static void socket_failed(struct crest_conn *c, int err) {
-    c->dead = true;
-    c->readable = c->writable = false;
+    c->flags |= CREST__C_DEAD;
+    c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
     crest__conn_request_close(c, reason_for_errno(err), err);
 }
 
 /* ---- writing ------------------------------------------------------------ */
 
 static void check_low_water(struct crest_conn *c) {
-    if (!c->paused_high || c->out_bytes > c->ep->opts.low_water)
+    if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
-    c->paused_high = false;
+    c->flags &= (uint16_t)~CREST__C_PAUSED_HIGH;
     if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING) {
         c->depth++;
         c->ep->handler.on_drain(c);
@@ -55,9 +55,9 @@ static void check_low_water(struct crest_conn *c) {
 }
 
 static void check_high_water(struct crest_conn *c) {
-    if (c->paused_high || c->out_bytes <= c->ep->opts.high_water)
+    if ((c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes <= c->ep->opts.high_water)
         return;
-    c->paused_high = true;
+    c->flags |= CREST__C_PAUSED_HIGH;
     c->io.loop->conn_stats.paused++;
     if (c->ep->handler.on_high_water) {
         c->depth++;
@@ -71,9 +71,9 @@ static void after_progress(struct crest_conn *c) {
     c->last_active = loop->now_ms;
     if (c->out_bytes == 0) {
         c->write_stalled = 0;
-        if (c->shut_pending && !c->shut_done) {
-            c->shut_done = true;
-            c->shut_pending = false;
+        if ((c->flags & CREST__C_SHUT_PENDING) && !(c->flags & CREST__C_SHUT_DONE)) {
+            c->flags |= CREST__C_SHUT_DONE;
+            c->flags &= (uint16_t)~CREST__C_SHUT_PENDING;
             if (shutdown(c->io.fd, SHUT_WR) < 0 && errno != ENOTCONN)
                 socket_failed(c, errno);
         }
@@ -88,7 +88,7 @@ static void after_progress(struct crest_conn *c) {
  * connection is then closing). */
 int crest__conn_flush(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
-    while (c->out_head && c->writable && !c->dead) {
+    while (c->out_head && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_DEAD)) {
         struct iovec iov[IOV_BATCH];
         int n = 0;
         size_t want = 0;
@@ -105,7 +105,7 @@ int crest__conn_flush(struct crest_conn *c) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN) {
-                c->writable = false;
+                c->flags &= (uint16_t)~CREST__C_WRITABLE;
                 break;
             }
             int err = errno;
@@ -129,9 +129,9 @@ int crest__conn_flush(struct crest_conn *c) {
         if (!c->out_head)
             c->out_tail = NULL;
         if ((size_t)sent < want)
-            c->writable = false; /* the socket buffer is full */
+            c->flags &= (uint16_t)~CREST__C_WRITABLE; /* the socket buffer is full */
     }
-    if (c->out_bytes == 0 || !c->writable) {
+    if (c->out_bytes == 0 || !(c->flags & CREST__C_WRITABLE)) {
         bool stalled_before = c->write_stalled != 0;
         after_progress(c);
         if (c->out_bytes && !stalled_before && c->ep->opts.write_timeout_ms)
@@ -181,13 +181,13 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
             loop->conn_stats.bytes_out += (uint64_t)sent;
             c->last_active = loop->now_ms;
             if ((size_t)sent < total)
-                c->writable = false;
+                c->flags &= (uint16_t)~CREST__C_WRITABLE;
             return (size_t)sent;
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN)
-            c->writable = false;
+            c->flags &= (uint16_t)~CREST__C_WRITABLE;
         else
             socket_failed(c, errno);
         return 0;
@@ -199,12 +199,83 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
 static int write_failed(struct crest_conn *c) {
     if (c->depth == 0)
         crest_io_feed(&c->io, CREST__IO_KICK);
-    return c->dead ? -EPIPE : -ENOMEM;
+    return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOMEM;
+}
+
+/* Queue bytes the socket did not take, behind what is queued already. */
+static int queue_output(struct crest_conn *c, const uint8_t *p, size_t len) {
+    if (enqueue(c, p, len) < 0) {
+        c->flags |= CREST__C_ABORTING;
+        crest__conn_request_close(c, CREST_CLOSE_NO_MEMORY, ENOMEM);
+        return write_failed(c);
+    }
+    return 0;
+}
+
+/* Output was queued because the socket is full: the write timeout counts
+ * from now (not while the handler batches or corks). */
+static void output_waits(struct crest_conn *c, bool was_empty) {
+    if (was_empty && c->out_bytes) {
+        c->write_stalled = c->io.loop->now_ms;
+        if (c->ep->opts.write_timeout_ms)
+            crest__conn_arm_timer(c);
+    }
+}
+
+/* The handler's callback has returned (or c must write something else
+ * first): the replies it gathered in the loop's wbuf go out in one send,
+ * and what the socket leaves is queued. */
+void crest__conn_commit_gathered(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    size_t len = loop->gather_len;
+    loop->gather_len = 0;
+    loop->gather_owner = NULL;
+    if ((c->flags & CREST__C_ABORTING) || (c->flags & CREST__C_DEAD))
+        return; /* nothing more goes out */
+    size_t sent = 0;
+    if ((c->flags & CREST__C_WRITABLE) && !c->out_head && !(c->flags & CREST__C_CORKED)) {
+        struct iovec iov = {.iov_base = loop->wbuf, .iov_len = len};
+        sent = write_direct(c, &iov, 1, len);
+        if ((c->flags & CREST__C_DEAD)) {
+            (void)write_failed(c);
+            return;
+        }
+    }
+    if (sent == len)
+        return;
+    bool was_empty = c->out_bytes == 0;
+    if (queue_output(c, loop->wbuf + sent, len - sent) < 0)
+        return;
+    if (!(c->flags & CREST__C_CORKED))
+        output_waits(c, was_empty);
+    check_high_water(c);
+}
+
+/* Inside on_data/on_message: append to the loop's wbuf if it fits. */
+static bool gather(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total) {
+    crest_loop_t *loop = c->io.loop;
+    if (loop->gather_owner != c && loop->gather_len > 0)
+        return false; /* another connection's (a nested callback): not ours */
+    if (total > CREST__SCRATCH_SIZE - loop->gather_len)
+        return false;
+    uint8_t *p = loop->wbuf + loop->gather_len;
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(p, iov[i].iov_base, iov[i].iov_len);
+        p += iov[i].iov_len;
+    }
+    loop->gather_len += (uint32_t)total;
+    loop->gather_owner = c;
+    /* Past high water: commit now, so that the pause comes with this
+     * message, as for a queued write (the bound is high water plus one
+     * message). */
+    if (c->out_bytes + loop->gather_len > c->ep->opts.high_water)
+        crest__conn_commit_gathered(c);
+    return true;
 }
 
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
-    if (!crest__conn_can_write(c) || c->shut_pending || c->shut_done || c->close_requested)
-        return c->dead ? -EPIPE : -ENOTCONN;
+    if (!crest__conn_can_write(c) || (c->flags & CREST__C_SHUT_PENDING) || (c->flags & CREST__C_SHUT_DONE) || (c->flags & CREST__C_CLOSE_REQUESTED))
+        return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN;
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL;
     size_t total = 0;
@@ -212,14 +283,23 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
         total += iov[i].iov_len;
     if (total == 0)
         return 0;
+    if ((c->flags & CREST__C_GATHER) && !(c->flags & CREST__C_CORKED) && gather(c, iov, iovcnt, total))
+        return 0;
+    if (c->io.loop->gather_owner == c) {
+        /* Too big to gather: what was gathered goes first. */
+        crest__conn_commit_gathered(c);
+        if ((c->flags & CREST__C_CLOSE_REQUESTED))
+            return write_failed(c);
+    }
 
     /* Outside a handler's batch, with nothing queued: straight to the
      * socket, no copy. */
-    bool batching = c->gather || c->corked || c->state == CREST_CONN_CONNECTING;
+    bool batching = (c->flags & (CREST__C_GATHER | CREST__C_CORKED)) ||
+                    c->state == CREST_CONN_CONNECTING;
     size_t skip = 0;
-    if (c->writable && !c->out_head && !batching) {
+    if ((c->flags & CREST__C_WRITABLE) && !c->out_head && !batching) {
         skip = write_direct(c, iov, iovcnt, total);
-        if (c->dead)
+        if ((c->flags & CREST__C_DEAD))
             return write_failed(c);
         if (skip == total)
             return 0;
@@ -233,25 +313,19 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
             skip -= len;
             continue;
         }
-        int rc = enqueue(c, p + skip, len - skip);
+        int rc = queue_output(c, p + skip, len - skip);
         skip = 0;
-        if (rc < 0) {
-            c->aborting = true;
-            crest__conn_request_close(c, CREST_CLOSE_NO_MEMORY, ENOMEM);
-            return write_failed(c);
-        }
+        if (rc < 0)
+            return rc;
     }
-    if (!batching && c->writable) {
+    if (!batching && (c->flags & CREST__C_WRITABLE)) {
         int rc = crest__conn_flush(c);
         if (rc == 0)
             check_high_water(c);
         return rc;
     }
-    if (was_empty && !batching) {
-        c->write_stalled = c->io.loop->now_ms;
-        if (c->ep->opts.write_timeout_ms)
-            crest__conn_arm_timer(c);
-    }
+    if (!batching)
+        output_waits(c, was_empty);
     check_high_water(c);
     return 0;
 }
@@ -288,16 +362,16 @@ int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len) {
 }
 
 void crest_conn_cork(crest_conn_t *c) {
-    c->corked = true;
+    c->flags |= CREST__C_CORKED;
 }
 
 int crest_conn_uncork(crest_conn_t *c) {
-    if (!c->corked)
+    if (!(c->flags & CREST__C_CORKED))
         return 0;
-    c->corked = false;
-    if (c->out_bytes && c->writable && c->depth == 0)
+    c->flags &= (uint16_t)~CREST__C_CORKED;
+    if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && c->depth == 0)
         return crest__conn_flush(c);
-    if (c->out_bytes && c->writable)
+    if (c->out_bytes && (c->flags & CREST__C_WRITABLE))
         crest_io_feed(&c->io, CREST__IO_KICK);
     return 0;
 }
@@ -305,7 +379,7 @@ int crest_conn_uncork(crest_conn_t *c) {
 /* ---- reading ------------------------------------------------------------ */
 
 static bool paused(const struct crest_conn *c) {
-    return c->paused_user || (c->paused_high && !c->ep->opts.keep_reading);
+    return (c->flags & CREST__C_PAUSED_USER) || ((c->flags & CREST__C_PAUSED_HIGH) && !c->ep->opts.keep_reading);
 }
 
 /* Reading was paused: input buffered then, and data that reached the socket
@@ -314,17 +388,17 @@ void crest__conn_resume_input(struct crest_conn *c) {
     if (paused(c))
         return;
     if (c->in && crest__chunk_len(c->in) > 0)
-        c->redeliver = true;
-    if (c->readable || c->redeliver)
+        c->flags |= CREST__C_REDELIVER;
+    if ((c->flags & CREST__C_READABLE) || (c->flags & CREST__C_REDELIVER))
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 static bool may_deliver(const struct crest_conn *c) {
-    return !c->close_requested && !paused(c);
+    return !(c->flags & CREST__C_CLOSE_REQUESTED) && !paused(c);
 }
 
 static bool may_read(const struct crest_conn *c) {
-    return c->readable && !paused(c) && !c->close_requested && c->state == CREST_CONN_OPEN;
+    return (c->flags & CREST__C_READABLE) && !paused(c) && !(c->flags & CREST__C_CLOSE_REQUESTED) && c->state == CREST_CONN_OPEN;
 }
 
 /* The handler returned a negative close reason for len bytes of input. */
@@ -335,37 +409,39 @@ static void reject(struct crest_conn *c, ssize_t r, size_t len) {
     crest_conn_fail(c, why, "the handler rejected %zu bytes of input", len);
 }
 
-/* Hand buffered input to the handler.  Returns false if the connection
- * must stop reading (closing or paused). */
-static void deliver_raw(struct crest_conn *c) {
-    struct crest__chunk *in = c->in;
-    while (crest__chunk_len(in) > 0 && may_deliver(c)) {
-        size_t len = crest__chunk_len(in);
+/* Hand input to the handler: raw, as it came.  Returns the bytes it
+ * consumed; stops early when it wants more, pauses or closes. */
+static size_t deliver_raw(struct crest_conn *c, const uint8_t *p, size_t len) {
+    size_t used = 0;
+    while (used < len && may_deliver(c)) {
+        size_t left = len - used;
         c->depth++;
-        ssize_t r = c->ep->handler.on_data(c, in->data + in->start, len);
+        ssize_t r = c->ep->handler.on_data(c, p + used, left);
         c->depth--;
         if (r < 0) {
-            reject(c, r, len);
-            return;
+            reject(c, r, left);
+            break;
         }
-        if ((size_t)r > len)
-            r = (ssize_t)len;
-        in->start += (uint32_t)r;
+        if ((size_t)r > left)
+            r = (ssize_t)left;
+        used += (size_t)r;
         if (r == 0)
-            return; /* it wants more bytes first */
+            break; /* it wants more bytes first */
         c->read_started = 0;
     }
+    return used;
 }
 
-static void deliver_framed(struct crest_conn *c) {
+/* Framed: one on_message per whole message. */
+static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len) {
     const crest_framing_t *f = &c->ep->opts.framing;
     crest_loop_t *loop = c->io.loop;
-    struct crest__chunk *in = c->in;
-    while (crest__chunk_len(in) > 0 && may_deliver(c)) {
+    size_t used = 0;
+    while (used < len && may_deliver(c)) {
         crest_frame_t fr;
-        int rc = crest_framing_next(f, in->data + in->start, crest__chunk_len(in), &fr);
+        int rc = crest_framing_next(f, p + used, len - used, &fr);
         if (rc == CREST_FRAMING_NEED_MORE)
-            return;
+            break;
         if (rc < 0) {
             if (f->kind == CREST_FRAMING_LINE)
                 crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
@@ -375,19 +451,32 @@ static void deliver_framed(struct crest_conn *c) {
                 crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
                                 "frame too large: %llu bytes announced (limit %zu)",
                                 (unsigned long long)fr.declared, f->max_message);
-            return;
+            break;
         }
         loop->conn_stats.messages_in++;
         c->depth++;
-        int r = c->ep->handler.on_message(c, in->data + in->start + fr.offset, fr.length);
+        int r = c->ep->handler.on_message(c, p + used + fr.offset, fr.length);
         c->depth--;
-        in->start += (uint32_t)fr.consumed;
+        used += fr.consumed;
         c->read_started = 0; /* a message completed: the next one starts now */
         if (r < 0) {
             reject(c, r, fr.length);
-            return;
+            break;
         }
     }
+    return used;
+}
+
+/* Deliver len bytes at p, with the handler's replies gathered; returns the
+ * bytes consumed. */
+static size_t deliver_bytes(struct crest_conn *c, const uint8_t *p, size_t len) {
+    c->flags |= CREST__C_GATHER;
+    size_t used = c->ep->opts.framing.kind == CREST_FRAMING_RAW ? deliver_raw(c, p, len)
+                                                                 : deliver_framed(c, p, len);
+    c->flags &= (uint16_t)~CREST__C_GATHER;
+    if (c->io.loop->gather_owner == c)
+        crest__conn_commit_gathered(c);
+    return used;
 }
 
 /* At EOF, LINE framing hands over a last line that has no "\n" (Go's
@@ -397,7 +486,7 @@ static void deliver_framed(struct crest_conn *c) {
 static void deliver_last_line(struct crest_conn *c) {
     struct crest__chunk *in = c->in;
     if (c->ep->opts.framing.kind != CREST_FRAMING_LINE || !in || crest__chunk_len(in) == 0 ||
-        c->proxy_wait || !may_deliver(c))
+        (c->flags & CREST__C_PROXY_WAIT) || !may_deliver(c))
         return;
     size_t len = crest__chunk_len(in);
     const uint8_t *line = in->data + in->start;
@@ -411,11 +500,13 @@ static void deliver_last_line(struct crest_conn *c) {
         return;
     }
     c->io.loop->conn_stats.messages_in++;
-    c->gather = true;
+    c->flags |= CREST__C_GATHER;
     c->depth++;
     int r = c->ep->handler.on_message(c, line, len);
     c->depth--;
-    c->gather = false;
+    c->flags &= (uint16_t)~CREST__C_GATHER;
+    if (c->io.loop->gather_owner == c)
+        crest__conn_commit_gathered(c);
     in->start = in->end;
     if (r < 0)
         reject(c, r, len);
@@ -437,7 +528,7 @@ static bool take_proxy_header(struct crest_conn *c) {
         return false;
     }
     in->start += (uint32_t)used;
-    c->proxy_wait = false;
+    c->flags &= (uint16_t)~CREST__C_PROXY_WAIT;
     if (info.has_addr) {
         struct crest__conn_extra *x = crest__conn_extra(c);
         if (!x) {
@@ -450,15 +541,12 @@ static bool take_proxy_header(struct crest_conn *c) {
     return may_deliver(c);
 }
 
+/* Deliver the connection's buffered input. */
 static void deliver(struct crest_conn *c) {
-    if (c->proxy_wait && !take_proxy_header(c))
+    if ((c->flags & CREST__C_PROXY_WAIT) && !take_proxy_header(c))
         return;
-    c->gather = true;
-    if (c->ep->opts.framing.kind == CREST_FRAMING_RAW)
-        deliver_raw(c);
-    else
-        deliver_framed(c);
-    c->gather = false;
+    struct crest__chunk *in = c->in;
+    in->start += (uint32_t)deliver_bytes(c, in->data + in->start, crest__chunk_len(in));
 }
 
 /* After delivery: give an empty buffer back, or make room for the rest of
@@ -466,8 +554,8 @@ static void deliver(struct crest_conn *c) {
 static bool settle_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     struct crest__chunk *in = c->in;
-    if (!in || c->close_requested)
-        return !c->close_requested;
+    if (!in || (c->flags & CREST__C_CLOSE_REQUESTED))
+        return !(c->flags & CREST__C_CLOSE_REQUESTED);
     if (crest__chunk_len(in) == 0) {
         crest__chunk_put(&loop->pool, in);
         c->in = NULL;
@@ -487,7 +575,7 @@ static bool settle_input(struct crest_conn *c) {
     /* Full with one partial message: grow, up to what a message (or the
      * PROXY header) may need. */
     size_t limit = c->ep->max_buffered;
-    if (c->proxy_wait && limit < CREST_PROXY_MAX_HEADER)
+    if ((c->flags & CREST__C_PROXY_WAIT) && limit < CREST_PROXY_MAX_HEADER)
         limit = CREST_PROXY_MAX_HEADER;
     if (in->cap >= limit) {
         crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
@@ -517,17 +605,17 @@ static void take_eof(struct crest_conn *c) {
             return; /* the resume (redeliver) brings us back */
         size_t before = crest__chunk_len(c->in);
         deliver(c);
-        if (c->out_bytes && c->writable && !c->corked)
+        if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
             (void)crest__conn_flush(c); /* may resume delivery */
-        if (c->close_requested)
+        if ((c->flags & CREST__C_CLOSE_REQUESTED))
             return;
         if (crest__chunk_len(c->in) == before)
             break; /* only a partial message is left */
     }
     deliver_last_line(c);
-    if (c->out_bytes && c->writable && !c->corked)
+    if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
         (void)crest__conn_flush(c);
-    if (c->close_requested)
+    if ((c->flags & CREST__C_CLOSE_REQUESTED))
         return;
     if (c->in) {
         crest__chunk_put(&loop->pool, c->in); /* a partial message never finished */
@@ -543,32 +631,77 @@ static void take_eof(struct crest_conn *c) {
     }
 }
 
+/* The handler left len bytes of the loop's rbuf unconsumed (a partial
+ * message, or whole ones a pause held back): they move to a buffer of the
+ * connection's own.  Returns false if the connection is closing. */
+static bool keep_rest(struct crest_conn *c, const uint8_t *p, size_t len) {
+    if ((c->flags & CREST__C_CLOSE_REQUESTED))
+        return false;
+    struct crest__chunk *in = crest__chunk_get(&c->io.loop->pool, len);
+    if (!in) {
+        c->flags |= CREST__C_ABORTING;
+        crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "no memory for an input buffer");
+        return false;
+    }
+    memcpy(in->data, p, len);
+    in->end = (uint32_t)len;
+    c->in = in;
+    return settle_input(c);
+}
+
+/* One read: into the connection's buffer when it holds a partial message
+ * (or a PROXY header is due), else into the loop's rbuf, delivered in
+ * place.  Returns the bytes read, 0 at EOF, or -errno; delivers what it
+ * read and returns -ECANCELED if the connection is closing after that. */
+static ssize_t read_once(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    bool scratch = !c->in && !(c->flags & CREST__C_PROXY_WAIT) && !loop->rbuf_busy;
+    uint8_t *dst;
+    size_t space;
+    if (scratch) {
+        dst = loop->rbuf;
+        space = CREST__SCRATCH_SIZE;
+    } else {
+        if (!c->in) {
+            c->in = crest__chunk_get(&loop->pool, CREST__CHUNK_SIZE);
+            if (!c->in) {
+                c->flags |= CREST__C_ABORTING;
+                crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "no memory for an input buffer");
+                return -ECANCELED;
+            }
+        }
+        dst = c->in->data + c->in->end;
+        space = crest__chunk_space(c->in);
+    }
+    ssize_t n = read(c->io.fd, dst, space);
+    loop->conn_stats.reads++;
+    if (n <= 0)
+        return n < 0 ? -errno : 0;
+    loop->conn_stats.bytes_in += (uint64_t)n;
+    c->last_active = loop->now_ms;
+    if ((size_t)n < space && !(c->flags & CREST__C_PEER_DONE))
+        c->flags &= (uint16_t)~CREST__C_READABLE; /* short read: drained */
+    bool alive;
+    if (scratch) {
+        loop->rbuf_busy = true;
+        size_t used = deliver_bytes(c, dst, (size_t)n);
+        loop->rbuf_busy = false;
+        alive = used == (size_t)n ? !(c->flags & CREST__C_CLOSE_REQUESTED) : keep_rest(c, dst + used, (size_t)n - used);
+    } else {
+        c->in->end += (uint32_t)n;
+        deliver(c);
+        alive = settle_input(c);
+    }
+    return alive ? n : -ECANCELED;
+}
+
 static void read_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     size_t budget = c->ep->opts.read_budget;
     while (may_read(c)) {
-        if (!c->in) {
-            c->in = crest__chunk_get(&loop->pool, CREST__CHUNK_SIZE);
-            if (!c->in) {
-                c->aborting = true;
-                crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "no memory for an input buffer");
-                return;
-            }
-        }
-        struct crest__chunk *in = c->in;
-        size_t space = crest__chunk_space(in);
-        ssize_t n = read(c->io.fd, in->data + in->end, space);
-        loop->conn_stats.reads++;
+        ssize_t n = read_once(c);
         if (n > 0) {
-            loop->conn_stats.bytes_in += (uint64_t)n;
-            c->last_active = loop->now_ms;
-            in->end += (uint32_t)n;
-            if ((size_t)n < space && !c->peer_done)
-                c->readable = false; /* short read: drained */
-            deliver(c);
-            if (!settle_input(c))
-                return;
-            if (c->out_bytes && c->writable && !c->corked)
+            if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
                 (void)crest__conn_flush(c);
             if ((size_t)n >= budget) {
                 if (may_read(c))
@@ -579,18 +712,20 @@ static void read_input(struct crest_conn *c) {
             continue;
         }
         if (n == 0) {
-            c->readable = false;
-            c->eof_seen = true;
+            c->flags &= (uint16_t)~CREST__C_READABLE;
+            c->flags |= CREST__C_EOF_SEEN;
             take_eof(c);
             return;
         }
-        if (errno == EINTR)
+        if (n == -ECANCELED)
+            return;
+        if (n == -EINTR)
             continue;
-        if (errno == EAGAIN) {
-            c->readable = false;
+        if (n == -EAGAIN) {
+            c->flags &= (uint16_t)~CREST__C_READABLE;
             break;
         }
-        socket_failed(c, errno);
+        socket_failed(c, (int)-n);
         return;
     }
     /* Nothing more to read: an idle connection holds no input buffer. */
@@ -607,11 +742,11 @@ static void connect_done(struct crest_conn *c) {
     if (err < 0)
         err = -err;
     if (err) {
-        c->dead = true;
+        c->flags |= CREST__C_DEAD;
         crest__conn_request_close(c, CREST_CLOSE_CONNECT_FAILED, err);
         return;
     }
-    c->writable = true;
+    c->flags |= CREST__C_WRITABLE;
     crest__conn_open(c);
 }
 
@@ -627,20 +762,20 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         connect_done(c);
     }
     if (events & (CREST_IO_READABLE | CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
-        c->readable = true;
+        c->flags |= CREST__C_READABLE;
     if (events & (CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
-        c->peer_done = true;
+        c->flags |= CREST__C_PEER_DONE;
     if (events & (CREST_IO_WRITABLE | CREST_IO_HUP | CREST_IO_ERR))
-        c->writable = true;
-    if ((c->out_bytes || c->shut_pending) && c->writable && !c->corked)
+        c->flags |= CREST__C_WRITABLE;
+    if ((c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)) && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
         (void)crest__conn_flush(c);
-    if (c->redeliver && may_deliver(c) && c->in) {
-        c->redeliver = false;
-        if (c->eof_seen && c->state == CREST_CONN_OPEN) {
+    if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) && c->in) {
+        c->flags &= (uint16_t)~CREST__C_REDELIVER;
+        if ((c->flags & CREST__C_EOF_SEEN) && c->state == CREST_CONN_OPEN) {
             take_eof(c);
         } else {
             deliver(c);
-            if (settle_input(c) && c->out_bytes && c->writable && !c->corked)
+            if (settle_input(c) && c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
                 (void)crest__conn_flush(c);
         }
     }

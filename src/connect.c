@@ -82,7 +82,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
     if (err == 0) {
         /* Connected at once (Unix sockets can): open on the first event. */
     } else if (is_connect_failure(err)) {
-        c->dead = true;
+        c->flags |= CREST__C_DEAD;
         crest__conn_request_close(c, CREST_CLOSE_CONNECT_FAILED, err);
         crest_io_feed(&c->io, CREST__IO_KICK);
     } else {

@@ -63,6 +63,10 @@ struct crest_posted {
     void *arg;
 };
 
+/* Bytes in each of a loop's two connection scratch buffers: one read's
+ * worth, as much as one pool chunk holds. */
+#define CREST__SCRATCH_SIZE 16384u
+
 struct crest_loop {
     int epfd;
     int wakefd;
@@ -115,6 +119,18 @@ struct crest_loop {
 
     void *data;
     crest_loop_stats_t stats;
+
+    /* Connection scratch (conn_io.c).  Input is read into `rbuf` and handed
+     * to the handler in place; replies written from on_data/on_message
+     * gather in `wbuf` and leave in one send() when the callback returns.
+     * A connection whose messages arrive whole and whose replies the socket
+     * takes at once so needs no buffer of its own: the chunk pool is only
+     * for what is left over. */
+    struct crest_conn *gather_owner;   /* whose replies wbuf holds */
+    uint32_t gather_len;
+    bool rbuf_busy;                    /* rbuf's bytes are being delivered */
+    uint8_t rbuf[CREST__SCRATCH_SIZE];
+    uint8_t wbuf[CREST__SCRATCH_SIZE];
 };
 
 /* An internal event bit (no epoll flag uses it): fed to a watcher to make
