@@ -16,11 +16,11 @@
  *              with '!')
  *   then ops   WRITE n bytes (taken from the input; what the socket does
  *              not take is dropped), RUN the loop, READ the replies, make
- *              the server's next read() or sendmsg() fail with an errno
+ *              the server's next read(), send() or sendmsg() fail with an errno
  *              (EINTR, ECONNRESET, EIO, ENOMEM, ...), SHUT_WR, pause or
  *              resume the connection, and finally close or RST.
  *
- * read() and sendmsg() are wrapped (-Wl,--wrap) for the connection's fd
+ * read(), send() and sendmsg() are wrapped (-Wl,--wrap) for the connection's fd
  * only.  Only errors are injected: a short read or EAGAIN while data is
  * waiting would break the edge-triggered contract no real socket breaks
  * (conn.h), and the splits come from the writes themselves.
@@ -85,6 +85,14 @@ ssize_t __wrap_sendmsg(int fd, const struct msghdr *msg, int flags) {
         return -1;
     }
     return __real_sendmsg(fd, msg, flags);
+}
+
+/* crest sends one buffer with send(): the same injected errors. */
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags);
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags) {
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    return __wrap_sendmsg(fd, &m, flags);
 }
 
 /* ---- growing byte buffers ---------------------------------------------------- */

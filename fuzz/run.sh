@@ -29,7 +29,8 @@ mkdir -p "$out/obj"
 
 flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer
        -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
-       -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread)
+       -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread
+       -DCREST_LIBC_SYSCALLS) # libc read/send/sendmsg, for -Wl,--wrap
 
 # The library, once for all targets.
 objs=()
@@ -46,7 +47,7 @@ status=0
 for t in "$@"; do
     bin=$out/fuzz-$t
     wrap=()
-    [ "$t" = conn ] && wrap=(-Wl,--wrap=read,--wrap=sendmsg)
+    [ "$t" = conn ] && wrap=(-Wl,--wrap=read,--wrap=sendmsg,--wrap=send)
     "$FUZZ_CC" "${flags[@]}" -fsanitize=fuzzer "$srcdir/fuzz/fuzz_$t.c" "${objs[@]}" \
         "${wrap[@]}" -o "$bin"
     mkdir -p "$out/corpus/$t"

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "conn_int.h"
+#include "sys.h"
 
 #define IOV_BATCH 64
 
@@ -99,18 +100,17 @@ int crest__conn_flush(struct crest_conn *c) {
             n++;
         }
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t sent = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t sent = crest__sys_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         loop->conn_stats.writes++;
         if (sent < 0) {
-            if (errno == EINTR)
+            if (sent == -EINTR)
                 continue;
-            if (errno == EAGAIN) {
+            if (sent == -EAGAIN) {
                 c->flags &= (uint16_t)~CREST__C_WRITABLE;
                 break;
             }
-            int err = errno;
-            socket_failed(c, err);
-            return -err;
+            socket_failed(c, (int)-sent);
+            return (int)sent;
         }
         loop->conn_stats.bytes_out += (uint64_t)sent;
         c->out_bytes -= (uint32_t)sent;
@@ -174,8 +174,14 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
                            size_t total) {
     crest_loop_t *loop = c->io.loop;
     for (;;) {
-        struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
-        ssize_t sent = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t sent;
+        if (iovcnt == 1) {
+            sent = crest__sys_send(c->io.fd, iov->iov_base, iov->iov_len,
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else {
+            struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+            sent = crest__sys_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         loop->conn_stats.writes++;
         if (sent >= 0) {
             loop->conn_stats.bytes_out += (uint64_t)sent;
@@ -184,12 +190,12 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
                 c->flags &= (uint16_t)~CREST__C_WRITABLE;
             return (size_t)sent;
         }
-        if (errno == EINTR)
+        if (sent == -EINTR)
             continue;
-        if (errno == EAGAIN)
+        if (sent == -EAGAIN)
             c->flags &= (uint16_t)~CREST__C_WRITABLE;
         else
-            socket_failed(c, errno);
+            socket_failed(c, (int)-sent);
         return 0;
     }
 }
@@ -251,39 +257,69 @@ void crest__conn_commit_gathered(struct crest_conn *c) {
     check_high_water(c);
 }
 
-/* Inside on_data/on_message: append to the loop's wbuf if it fits. */
-static bool gather(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total) {
+/* Inside on_data/on_message, on an open connection that is neither corked
+ * nor closing, total bytes fit in the loop's wbuf: where they go then
+ * (the caller copies them and calls gathered()); else NULL. */
+static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     crest_loop_t *loop = c->io.loop;
+    if ((c->flags & (CREST__C_GATHER | CREST__C_CORKED | CREST__C_SHUT_PENDING |
+                     CREST__C_SHUT_DONE | CREST__C_CLOSE_REQUESTED)) != CREST__C_GATHER)
+        return NULL;
     if (loop->gather_owner != c && loop->gather_len > 0)
-        return false; /* another connection's (a nested callback): not ours */
+        return NULL; /* another connection's (a nested callback): not ours */
     if (total > CREST__SCRATCH_SIZE - loop->gather_len)
-        return false;
-    uint8_t *p = loop->wbuf + loop->gather_len;
-    for (int i = 0; i < iovcnt; i++) {
-        memcpy(p, iov[i].iov_base, iov[i].iov_len);
-        p += iov[i].iov_len;
-    }
+        return NULL;
+    return loop->wbuf + loop->gather_len;
+}
+
+static inline void gathered(struct crest_conn *c, size_t total) {
+    crest_loop_t *loop = c->io.loop;
     loop->gather_len += (uint32_t)total;
     loop->gather_owner = c;
     /* Past high water: commit now, so that the pause comes with this
      * message, as for a queued write (the bound is high water plus one
      * message). */
-    if (c->out_bytes + loop->gather_len > c->ep->opts.high_water)
+    if (CREST__UNLIKELY(c->out_bytes + loop->gather_len > c->ep->opts.high_water))
         crest__conn_commit_gathered(c);
-    return true;
 }
 
+static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total);
+
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
-    if (!crest__conn_can_write(c) || (c->flags & CREST__C_SHUT_PENDING) || (c->flags & CREST__C_SHUT_DONE) || (c->flags & CREST__C_CLOSE_REQUESTED))
-        return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN;
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL;
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (total == 0)
+    uint8_t *p = gather_slot(c, total);
+    if (CREST__LIKELY(p != NULL)) {
+        for (int i = 0; i < iovcnt; i++) {
+            memcpy(p, iov[i].iov_base, iov[i].iov_len);
+            p += iov[i].iov_len;
+        }
+        gathered(c, total);
         return 0;
-    if ((c->flags & CREST__C_GATHER) && !(c->flags & CREST__C_CORKED) && gather(c, iov, iovcnt, total))
+    }
+    return writev_slow(c, iov, iovcnt, total);
+}
+
+int crest_conn_write(crest_conn_t *c, const void *data, size_t len) {
+    uint8_t *p = gather_slot(c, len);
+    if (CREST__LIKELY(p != NULL)) {
+        memcpy(p, data, len);
+        gathered(c, len);
+        return 0;
+    }
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    return writev_slow(c, &iov, 1, len);
+}
+
+/* Not gathered: direct, queued, or refused. */
+static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total) {
+    if (!crest__conn_can_write(c) ||
+        (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE | CREST__C_CLOSE_REQUESTED)))
+        return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN;
+    if (total == 0)
         return 0;
     if (c->io.loop->gather_owner == c) {
         /* Too big to gather: what was gathered goes first. */
@@ -330,11 +366,6 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
     return 0;
 }
 
-int crest_conn_write(crest_conn_t *c, const void *data, size_t len) {
-    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-    return crest_conn_writev(c, &iov, 1);
-}
-
 int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len) {
     const crest_framing_t *f = &c->ep->opts.framing;
     struct iovec iov[2] = {{.iov_base = (void *)msg, .iov_len = len}};
@@ -378,8 +409,11 @@ int crest_conn_uncork(crest_conn_t *c) {
 
 /* ---- reading ------------------------------------------------------------ */
 
-static bool paused(const struct crest_conn *c) {
-    return (c->flags & CREST__C_PAUSED_USER) || ((c->flags & CREST__C_PAUSED_HIGH) && !c->ep->opts.keep_reading);
+static inline bool paused(const struct crest_conn *c) {
+    unsigned f = c->flags;
+    if (CREST__LIKELY(!(f & (CREST__C_PAUSED_USER | CREST__C_PAUSED_HIGH))))
+        return false;
+    return (f & CREST__C_PAUSED_USER) || !c->ep->opts.keep_reading;
 }
 
 /* Reading was paused: input buffered then, and data that reached the socket
@@ -393,12 +427,15 @@ void crest__conn_resume_input(struct crest_conn *c) {
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
-static bool may_deliver(const struct crest_conn *c) {
+static inline bool may_deliver(const struct crest_conn *c) {
     return !(c->flags & CREST__C_CLOSE_REQUESTED) && !paused(c);
 }
 
-static bool may_read(const struct crest_conn *c) {
-    return (c->flags & CREST__C_READABLE) && !paused(c) && !(c->flags & CREST__C_CLOSE_REQUESTED) && c->state == CREST_CONN_OPEN;
+static inline bool may_read(const struct crest_conn *c) {
+    if ((c->flags & (CREST__C_READABLE | CREST__C_CLOSE_REQUESTED)) != CREST__C_READABLE ||
+        c->state != CREST_CONN_OPEN)
+        return false;
+    return !paused(c);
 }
 
 /* The handler returned a negative close reason for len bytes of input. */
@@ -673,10 +710,10 @@ static ssize_t read_once(struct crest_conn *c) {
         dst = c->in->data + c->in->end;
         space = crest__chunk_space(c->in);
     }
-    ssize_t n = read(c->io.fd, dst, space);
+    ssize_t n = crest__sys_read(c->io.fd, dst, space);
     loop->conn_stats.reads++;
     if (n <= 0)
-        return n < 0 ? -errno : 0;
+        return n;
     loop->conn_stats.bytes_in += (uint64_t)n;
     c->last_active = loop->now_ms;
     if ((size_t)n < space && !(c->flags & CREST__C_PEER_DONE))
@@ -703,6 +740,8 @@ static void read_input(struct crest_conn *c) {
         if (n > 0) {
             if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
                 (void)crest__conn_flush(c);
+            if (!(c->flags & CREST__C_READABLE))
+                break; /* a short read: drained */
             if ((size_t)n >= budget) {
                 if (may_read(c))
                     crest_io_feed(&c->io, CREST_IO_READABLE); /* fair share used */
@@ -729,7 +768,7 @@ static void read_input(struct crest_conn *c) {
         return;
     }
     /* Nothing more to read: an idle connection holds no input buffer. */
-    if (c->in && crest__chunk_len(c->in) == 0) {
+    if (CREST__UNLIKELY(c->in != NULL) && crest__chunk_len(c->in) == 0) {
         crest__chunk_put(&loop->pool, c->in);
         c->in = NULL;
     }
@@ -750,9 +789,31 @@ static void connect_done(struct crest_conn *c) {
     crest__conn_open(c);
 }
 
+/* What sends an event down the general path: anything but readiness
+ * news for an open connection with nothing held back. */
+#define SLOW_FLAGS                                                                      \
+    (CREST__C_PEER_DONE | CREST__C_PAUSED_HIGH | CREST__C_PAUSED_USER | CREST__C_CORKED | \
+     CREST__C_SHUT_PENDING | CREST__C_CLOSE_REQUESTED | CREST__C_DEAD | CREST__C_REDELIVER | \
+     CREST__C_PROXY_WAIT | CREST__C_EOF_SEEN)
+
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     CREST__UNUSED(io);
     struct crest_conn *c = arg;
+    /* The usual event: the socket became readable (and maybe writable),
+     * nothing is queued to flush, nothing waits for a resume. */
+    if (CREST__LIKELY(!(events & ~(unsigned)(CREST_IO_READABLE | CREST_IO_WRITABLE)) &&
+                      (events & CREST_IO_READABLE) && !(c->flags & SLOW_FLAGS) &&
+                      c->state == CREST_CONN_OPEN && !c->out_head)) {
+        c->flags |= CREST__C_READABLE;
+        if (events & CREST_IO_WRITABLE)
+            c->flags |= CREST__C_WRITABLE;
+        c->depth++;
+        read_input(c);
+        c->depth--;
+        if (CREST__UNLIKELY(c->state == CREST_CONN_CLOSING))
+            crest__conn_settle(c);
+        return;
+    }
     /* CREST__IO_KICK alone (a close or flush to complete) carries no
      * readiness news. */
     c->depth++;

@@ -2,10 +2,11 @@
  * byte path fail, fall short or get interrupted, and every test checks that
  * no byte is lost or duplicated, no fd leaks, and the close reason is right.
  *
- * Linked with -Wl,--wrap=read,--wrap=sendmsg,--wrap=accept4,
+ * Linked with -Wl,--wrap=read,--wrap=sendmsg,--wrap=send,--wrap=accept4,
  * --wrap=epoll_wait,--wrap=close against a static copy of the library (the
  * wrap does not reach calls inside a shared library).  crest calls read()
- * for input, sendmsg() for every socket write, accept4() in the listener,
+ * for input, send() or sendmsg() for every socket write (one buffer or
+ * several), accept4() in the listener,
  * epoll_wait() once per iteration and close() for every fd it closes.
  *
  * Each __wrap_X consults the test's fault plan and otherwise calls
@@ -142,6 +143,7 @@ ssize_t __real_read(int fd, void *buf, size_t count);
 ssize_t __wrap_read(int fd, void *buf, size_t count);
 ssize_t __real_sendmsg(int fd, const struct msghdr *msg, int flags);
 ssize_t __wrap_sendmsg(int fd, const struct msghdr *msg, int flags);
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags);
 int __real_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 int __wrap_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 int __real_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout);
@@ -199,6 +201,13 @@ ssize_t __wrap_sendmsg(int fd, const struct msghdr *msg, int flags) {
     if (sent >= 0 && (size_t)sent < total)
         owe_edge(fd, EPOLLOUT);
     return sent;
+}
+
+/* crest sends one buffer with send(): the same plan as sendmsg's. */
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags) {
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    return __wrap_sendmsg(fd, &m, flags);
 }
 
 int __wrap_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
