@@ -169,10 +169,30 @@ static int enqueue(struct crest_conn *c, const uint8_t *p, size_t len) {
     return 0;
 }
 
+/* Account for a write syscall's result (sent: bytes, or -errno) of total
+ * bytes.  Returns the bytes taken, or SIZE_MAX if it was interrupted. */
+static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
+    crest_loop_t *loop = c->io.loop;
+    loop->conn_stats.writes++;
+    if (sent >= 0) {
+        loop->conn_stats.bytes_out += (uint64_t)sent;
+        c->last_active = loop->now_ms;
+        if ((size_t)sent < total)
+            c->flags &= (uint16_t)~CREST__C_WRITABLE;
+        return (size_t)sent;
+    }
+    if (sent == -EINTR)
+        return SIZE_MAX;
+    if (sent == -EAGAIN)
+        c->flags &= (uint16_t)~CREST__C_WRITABLE;
+    else
+        socket_failed(c, (int)-sent);
+    return 0;
+}
+
 /* Try to write straight from the caller's memory; returns bytes taken. */
 static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int iovcnt,
                            size_t total) {
-    crest_loop_t *loop = c->io.loop;
     for (;;) {
         ssize_t sent;
         if (iovcnt == 1) {
@@ -182,21 +202,9 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
             struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
             sent = crest__sys_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
-        loop->conn_stats.writes++;
-        if (sent >= 0) {
-            loop->conn_stats.bytes_out += (uint64_t)sent;
-            c->last_active = loop->now_ms;
-            if ((size_t)sent < total)
-                c->flags &= (uint16_t)~CREST__C_WRITABLE;
-            return (size_t)sent;
-        }
-        if (sent == -EINTR)
-            continue;
-        if (sent == -EAGAIN)
-            c->flags &= (uint16_t)~CREST__C_WRITABLE;
-        else
-            socket_failed(c, (int)-sent);
-        return 0;
+        size_t took = wrote(c, sent, total);
+        if (took != SIZE_MAX)
+            return took;
     }
 }
 
@@ -228,21 +236,24 @@ static void output_waits(struct crest_conn *c, bool was_empty) {
     }
 }
 
-/* The handler's callback has returned (or c must write something else
- * first): the replies it gathered in the loop's wbuf go out in one send,
- * and what the socket leaves is queued. */
-void crest__conn_commit_gathered(struct crest_conn *c) {
+/* The gathered replies after `sent` of them went out (0: no send was
+ * tried yet): send them if that is still to do, queue what the socket
+ * leaves. */
+static void commit_rest(struct crest_conn *c, size_t sent) {
     crest_loop_t *loop = c->io.loop;
     size_t len = loop->gather_len;
     loop->gather_len = 0;
     loop->gather_owner = NULL;
-    if ((c->flags & CREST__C_ABORTING) || (c->flags & CREST__C_DEAD))
+    if (c->flags & (CREST__C_ABORTING | CREST__C_DEAD)) {
+        if (c->flags & CREST__C_DEAD)
+            (void)write_failed(c);
         return; /* nothing more goes out */
-    size_t sent = 0;
-    if ((c->flags & CREST__C_WRITABLE) && !c->out_head && !(c->flags & CREST__C_CORKED)) {
+    }
+    if (sent == 0 && (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE &&
+        !c->out_head) {
         struct iovec iov = {.iov_base = loop->wbuf, .iov_len = len};
         sent = write_direct(c, &iov, 1, len);
-        if ((c->flags & CREST__C_DEAD)) {
+        if (c->flags & CREST__C_DEAD) {
             (void)write_failed(c);
             return;
         }
@@ -255,6 +266,36 @@ void crest__conn_commit_gathered(struct crest_conn *c) {
     if (!(c->flags & CREST__C_CORKED))
         output_waits(c, was_empty);
     check_high_water(c);
+}
+
+/* The handler's callback has returned (or c must write something else
+ * first): the replies it gathered in the loop's wbuf go out in one send,
+ * and what the socket leaves is queued. */
+void crest__conn_commit_gathered(struct crest_conn *c) {
+    commit_rest(c, 0);
+}
+
+/* The same, with the usual case inline: the socket takes it all. */
+static inline void commit_gathered(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    size_t len = loop->gather_len;
+    if (CREST__LIKELY((c->flags & (CREST__C_WRITABLE | CREST__C_CORKED | CREST__C_ABORTING |
+                                   CREST__C_DEAD)) == CREST__C_WRITABLE &&
+                      !c->out_head)) {
+        ssize_t sent = crest__sys_send(c->io.fd, loop->wbuf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (CREST__LIKELY(sent == (ssize_t)len)) {
+            loop->gather_len = 0;
+            loop->gather_owner = NULL;
+            loop->conn_stats.writes++;
+            loop->conn_stats.bytes_out += len;
+            c->last_active = loop->now_ms;
+            return;
+        }
+        size_t took = wrote(c, sent, len);
+        commit_rest(c, took == SIZE_MAX ? 0 : took);
+        return;
+    }
+    commit_rest(c, 0);
 }
 
 /* Inside on_data/on_message, on an open connection that is neither corked
@@ -448,7 +489,7 @@ static void reject(struct crest_conn *c, ssize_t r, size_t len) {
 
 /* Hand input to the handler: raw, as it came.  Returns the bytes it
  * consumed; stops early when it wants more, pauses or closes. */
-static size_t deliver_raw(struct crest_conn *c, const uint8_t *p, size_t len) {
+static CREST__INLINE size_t deliver_raw(struct crest_conn *c, const uint8_t *p, size_t len) {
     size_t used = 0;
     while (used < len && may_deliver(c)) {
         size_t left = len - used;
@@ -506,13 +547,13 @@ static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len)
 
 /* Deliver len bytes at p, with the handler's replies gathered; returns the
  * bytes consumed. */
-static size_t deliver_bytes(struct crest_conn *c, const uint8_t *p, size_t len) {
+static CREST__INLINE size_t deliver_bytes(struct crest_conn *c, const uint8_t *p, size_t len) {
     c->flags |= CREST__C_GATHER;
     size_t used = c->ep->opts.framing.kind == CREST_FRAMING_RAW ? deliver_raw(c, p, len)
                                                                  : deliver_framed(c, p, len);
     c->flags &= (uint16_t)~CREST__C_GATHER;
     if (c->io.loop->gather_owner == c)
-        crest__conn_commit_gathered(c);
+        commit_gathered(c);
     return used;
 }
 
@@ -690,7 +731,7 @@ static bool keep_rest(struct crest_conn *c, const uint8_t *p, size_t len) {
  * (or a PROXY header is due), else into the loop's rbuf, delivered in
  * place.  Returns the bytes read, 0 at EOF, or -errno; delivers what it
  * read and returns -ECANCELED if the connection is closing after that. */
-static ssize_t read_once(struct crest_conn *c) {
+static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     bool scratch = !c->in && !(c->flags & CREST__C_PROXY_WAIT) && !loop->rbuf_busy;
     uint8_t *dst;
@@ -732,7 +773,7 @@ static ssize_t read_once(struct crest_conn *c) {
     return alive ? n : -ECANCELED;
 }
 
-static void read_input(struct crest_conn *c) {
+static CREST__INLINE void read_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     size_t budget = c->ep->opts.read_budget;
     while (may_read(c)) {

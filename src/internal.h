@@ -22,6 +22,9 @@
 #include "timer_int.h"
 
 #define CREST__UNUSED(x) ((void)(x))
+/* For the few functions of the per-message path that are worth one copy
+ * per caller: a call there costs more than the code it runs. */
+#define CREST__INLINE inline __attribute__((always_inline))
 #define CREST__LIKELY(x) __builtin_expect(!!(x), 1)
 #define CREST__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CREST__CONTAINER_OF(ptr, type, member) \
