@@ -23,17 +23,21 @@
  * Writing: crest_conn_write() writes straight to the socket when it is
  * writable and nothing is queued; what the kernel does not take is copied
  * to the output queue and sent on the EPOLLOUT edge.  Writes made inside
- * on_data/on_message are gathered and sent with one writev when the
- * callback returns (one syscall for many pipelined replies).
+ * on_data/on_message are copied into the loop's 16 KiB gather buffer and
+ * sent with one send when the callback returns (one syscall for many
+ * pipelined replies); a write that does not fit is queued behind them.
+ * crest_conn_output_bytes() counts gathered bytes too.
  *
  * Backpressure: when queued output exceeds high_water, the connection stops
  * reading and calls on_high_water; when it falls to low_water, reading
  * resumes and on_drain is called.  Memory per slow reader stays bounded by
  * high_water plus one message.
  *
- * Memory: a connection at rest holds no buffer.  Input and output chunks
- * come from the loop's pool and go back when empty (see
- * crest_loop_buf_stats()).
+ * Memory: a connection at rest holds no buffer.  Input is read into the
+ * loop's buffer and delivered from there; a connection takes a chunk from
+ * the loop's pool only for what is left over (a partial message, input a
+ * pause holds back, output the socket did not take) and gives it back
+ * when empty (see crest_loop_buf_stats()).
  *
  * Threads: a connection belongs to its loop's thread.
  */
