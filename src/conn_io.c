@@ -315,6 +315,8 @@ static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
 
 static inline void gathered(struct crest_conn *c, size_t total) {
     crest_loop_t *loop = c->io.loop;
+    if (CREST__UNLIKELY(total == 0))
+        return; /* nothing to send: no send */
     loop->gather_len += (uint32_t)total;
     loop->gather_owner = c;
     /* Past high water: commit now, so that the pause comes with this
