@@ -30,6 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <cmocka.h>
 
 #include <crest/crest.h>
@@ -411,6 +415,62 @@ static TU_UNUSED bool tu_watchdog_disarm(struct tu_watchdog *w) {
 static TU_UNUSED void tu_spin(crest_loop_t *loop, int n) {
     for (int i = 0; i < n; i++)
         assert_true(crest_loop_run_once(loop, 0) >= 0);
+}
+
+/* ---- raw client sockets (not crest's: the test drives them) -------------- */
+
+/* Idle loop iterations (at most 10 ms each) a raw client waits. */
+#define TU_RAW_MAX_IDLE 3000
+
+/* A client connected to addr, nonblocking, TCP_NODELAY (not for unix:),
+ * with SO_RCVBUF set first if rcvbuf > 0. */
+static TU_UNUSED int tu_raw_connect(const char *addr, int rcvbuf) {
+    crest_addr_t a;
+    assert_int_equal(crest_addr_parse(addr, &a), 0);
+    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    if (rcvbuf > 0)
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    /* The kernel completes the handshake without an accept: a blocking
+     * connect on the loop's own thread is fine. */
+    assert_int_equal(connect(fd, (const struct sockaddr *)&a.ss, a.len), 0);
+    if (a.ss.ss_family != AF_UNIX) {
+        int one = 1;
+        assert_int_equal(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
+    }
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+    return fd;
+}
+
+/* Receive until len bytes, EOF or an error, running the loop meanwhile.
+ * Returns the bytes received; *end is 0 (got len), 1 (EOF) or -errno. */
+static TU_UNUSED size_t tu_raw_recv(crest_loop_t *loop, int fd, void *buf, size_t len, int *end) {
+    uint8_t *p = buf;
+    size_t got = 0;
+    int idle = 0;
+    *end = 0;
+    while (got < len) {
+        ssize_t n = recv(fd, p + got, len - got, 0);
+        if (n > 0) {
+            got += (size_t)n;
+            idle = 0;
+            continue;
+        }
+        if (n == 0) {
+            *end = 1;
+            return got;
+        }
+        if (errno != EAGAIN && errno != EINTR) {
+            *end = -errno;
+            return got;
+        }
+        assert_true(crest_loop_run_once(loop, 10) >= 0);
+        if (++idle >= TU_RAW_MAX_IDLE) {
+            tu_log_dump();
+            fail_msg("tu_raw_recv: %zu of %zu bytes, then nothing", got, len);
+        }
+    }
+    return got;
 }
 
 #endif

@@ -70,24 +70,6 @@ static void finish(crest_loop_t *loop) {
 
 /* ---- raw client sockets (not crest's: the test drives them) --------------- */
 
-static int raw_connect(const char *addr, int rcvbuf) {
-    crest_addr_t a;
-    assert_int_equal(crest_addr_parse(addr, &a), 0);
-    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    if (rcvbuf > 0)
-        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-    /* The kernel completes the handshake without an accept: a blocking
-     * connect on the loop's own thread is fine. */
-    assert_int_equal(connect(fd, (const struct sockaddr *)&a.ss, a.len), 0);
-    if (a.ss.ss_family != AF_UNIX) {
-        int one = 1;
-        assert_int_equal(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
-    }
-    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
-    return fd;
-}
-
 /* Send all of buf, running the loop while the socket is full. */
 static void raw_send_all(crest_loop_t *loop, int fd, const void *buf, size_t len) {
     const uint8_t *p = buf;
@@ -106,43 +88,12 @@ static void raw_send_all(crest_loop_t *loop, int fd, const void *buf, size_t len
     }
 }
 
-/* Receive until len bytes, EOF or an error, running the loop meanwhile.
- * Returns the bytes received; *end is 0 (got len), 1 (EOF) or -errno. */
-static size_t raw_recv(crest_loop_t *loop, int fd, void *buf, size_t len, int *end) {
-    uint8_t *p = buf;
-    size_t got = 0;
-    int idle = 0;
-    *end = 0;
-    while (got < len) {
-        ssize_t n = recv(fd, p + got, len - got, 0);
-        if (n > 0) {
-            got += (size_t)n;
-            idle = 0;
-            continue;
-        }
-        if (n == 0) {
-            *end = 1;
-            return got;
-        }
-        if (errno != EAGAIN && errno != EINTR) {
-            *end = -errno;
-            return got;
-        }
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-        if (++idle >= RUN_MAX_ITER) {
-            tu_log_dump();
-            fail_msg("raw_recv: %zu of %zu bytes, then nothing", got, len);
-        }
-    }
-    return got;
-}
-
 /* Read until EOF or error; returns 1 (EOF) or -errno, discarding data. */
 static int raw_wait_end(crest_loop_t *loop, int fd) {
     uint8_t tmp[4096];
     int end = 0;
     for (;;) {
-        raw_recv(loop, fd, tmp, sizeof tmp, &end);
+        tu_raw_recv(loop, fd, tmp, sizeof tmp, &end);
         if (end != 0)
             return end;
     }
@@ -669,7 +620,7 @@ static void framing_case(const crest_framing_t *f, size_t n_bulk) {
     struct frx r = {.m = &m};
     s.test = &r;
 
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
 
     /* One byte per write, and the server reads each before the next is
@@ -734,14 +685,14 @@ static void test_write_message_limits(void **state) {
     lo.conn.framing.kind = CREST_FRAMING_LENGTH;
     lo.conn.framing.header_bytes = 1;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     uint8_t big[300] = {0};
     assert_int_equal(crest_conn_write_message(s.conns[0], big, 256), -EMSGSIZE);
     assert_int_equal(crest_conn_write_message(s.conns[0], big, 255), 0);
     uint8_t got[256];
     int end;
-    assert_int_equal(raw_recv(loop, fd, got, 256, &end), 256);
+    assert_int_equal(tu_raw_recv(loop, fd, got, 256, &end), 256);
     assert_int_equal(got[0], 255);
     close(fd);
     RUN_UNTIL(loop, s.closed == 1);
@@ -751,11 +702,11 @@ static void test_write_message_limits(void **state) {
     lo.conn.framing.kind = CREST_FRAMING_LINE;
     lo.conn.framing.max_message = 10;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
-    fd = raw_connect(s.addr, 0);
+    fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     assert_int_equal(crest_conn_write_message(s.conns[0], "0123456789a", 11), -EMSGSIZE);
     assert_int_equal(crest_conn_write_message(s.conns[0], "0123456789", 10), 0);
-    assert_int_equal(raw_recv(loop, fd, got, 11, &end), 11);
+    assert_int_equal(tu_raw_recv(loop, fd, got, 11, &end), 11);
     assert_memory_equal(got, "0123456789\n", 11);
     close(fd);
     RUN_UNTIL(loop, s.closed == 1);
@@ -770,7 +721,7 @@ static void expect_echo(crest_loop_t *loop, int fd, const void *frame, size_t le
     assert_non_null(got);
     raw_send_all(loop, fd, frame, len);
     int end;
-    assert_int_equal(raw_recv(loop, fd, got, len, &end), len);
+    assert_int_equal(tu_raw_recv(loop, fd, got, len, &end), len);
     assert_memory_equal(got, frame, len);
     free(got);
 }
@@ -785,7 +736,7 @@ static void test_oversized_frame_and_line(void **state) {
     lo.conn.framing.max_message = 1024;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
 
-    int good = raw_connect(s.addr, 0);
+    int good = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     uint8_t frame[4 + 1024];
     put_be32(frame, 1024);
@@ -793,7 +744,7 @@ static void test_oversized_frame_and_line(void **state) {
     expect_echo(loop, good, frame, sizeof frame); /* exactly the limit: fine */
 
     /* 1025 announced: too large, whatever follows. */
-    int bad = raw_connect(s.addr, 0);
+    int bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     put_be32(frame, 1025);
     raw_send_all(loop, bad, frame, 20);
@@ -804,7 +755,7 @@ static void test_oversized_frame_and_line(void **state) {
     close(bad);
 
     /* A hostile length: the same, with no allocation of that size. */
-    bad = raw_connect(s.addr, 0);
+    bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 3);
     put_be32(frame, 0xFFFFFFFFu);
     raw_send_all(loop, bad, frame, 4);
@@ -828,7 +779,7 @@ static void test_oversized_frame_and_line(void **state) {
     lo.conn.framing.kind = CREST_FRAMING_LINE;
     lo.conn.framing.max_message = 100;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
-    good = raw_connect(s.addr, 0);
+    good = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     char line[300];
     memset(line, 'x', sizeof line);
@@ -836,10 +787,10 @@ static void test_oversized_frame_and_line(void **state) {
     raw_send_all(loop, good, line, 102);
     char got[101];
     int end;
-    assert_int_equal(raw_recv(loop, good, got, 101, &end), 101);
+    assert_int_equal(tu_raw_recv(loop, good, got, 101, &end), 101);
     assert_int_equal(got[100], '\n');
 
-    bad = raw_connect(s.addr, 0);
+    bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     memset(line, 'y', sizeof line); /* no end of line in sight */
     raw_send_all(loop, bad, line, sizeof line);
@@ -981,14 +932,14 @@ static void test_half_close_with_on_eof(void **state) {
 
     /* A raw client whose data and FIN arrive together (one event with
      * EPOLLIN|EPOLLRDHUP): the data is delivered before the EOF. */
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     const char req[] = "one\ntwo\r\nthree\n";
     raw_send_all(loop, fd, req, sizeof req - 1);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
     const char want[] = "echo:one\necho:two\necho:three\nbye:3\n";
     char got[sizeof want];
     int end;
-    assert_int_equal(raw_recv(loop, fd, got, sizeof want - 1, &end), sizeof want - 1);
+    assert_int_equal(tu_raw_recv(loop, fd, got, sizeof want - 1, &end), sizeof want - 1);
     assert_memory_equal(got, want, sizeof want - 1);
     assert_int_equal(raw_wait_end(loop, fd), 1); /* a clean EOF, not a reset */
     RUN_UNTIL(loop, s.closed == 2);
@@ -1019,7 +970,7 @@ static void test_half_close_without_on_eof(void **state) {
         len += hc_line(i, req + len);
         req[len++] = '\n';
     }
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     raw_send_all(loop, fd, req, len);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
     /* The server saw every line and the EOF, and is closing with replies
@@ -1030,7 +981,7 @@ static void test_half_close_without_on_eof(void **state) {
     uint8_t *got = malloc(len + 1);
     assert_non_null(got);
     int end;
-    assert_int_equal(raw_recv(loop, fd, got, len, &end), len);
+    assert_int_equal(tu_raw_recv(loop, fd, got, len, &end), len);
     assert_memory_equal(got, req, len);
     /* Every reply went out before the close: then a clean EOF. */
     assert_int_equal(raw_wait_end(loop, fd), 1);
@@ -1151,7 +1102,7 @@ static void test_slow_reader_backpressure(void **state) {
     srv_start(loop, &s, "127.0.0.1:0", &lo, &h);
     s.test = &r;
 
-    int fd = raw_connect(s.addr, 4096);
+    int fd = tu_raw_connect(s.addr, 4096);
     RUN_UNTIL(loop, s.opened == 1);
     crest_conn_t *sc = s.conns[0];
 
@@ -1188,7 +1139,7 @@ static void test_slow_reader_backpressure(void **state) {
     assert_non_null(want);
     for (uint32_t i = 0; i < N; i++) {
         int end;
-        assert_int_equal(raw_recv(loop, fd, rx, 4 + SR_REPLY, &end), 4 + SR_REPLY);
+        assert_int_equal(tu_raw_recv(loop, fd, rx, 4 + SR_REPLY, &end), 4 + SR_REPLY);
         assert_int_equal(get_be32(rx), SR_REPLY);
         tu_pattern(want, (uint64_t)i * SR_REPLY, SR_REPLY);
         if (memcmp(rx + 4, want, SR_REPLY) != 0)
@@ -1221,7 +1172,7 @@ static void test_write_timeout(void **state) {
     lo.conn.write_timeout_ms = 50;
     lo.conn.sndbuf = 4096;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &raw_echo_handler);
-    int fd = raw_connect(s.addr, 4096);
+    int fd = tu_raw_connect(s.addr, 4096);
     RUN_UNTIL(loop, s.opened == 1);
     uint8_t *big = calloc(1, 4 << 20);
     assert_non_null(big);
@@ -1257,7 +1208,7 @@ static void test_abort_sends_rst(void **state) {
     srv_start(loop, &s, "127.0.0.1:0", NULL, &h);
 
     /* From inside the handler. */
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     raw_send_all(loop, fd, "abort", 5);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[0], CREST_CLOSE_ABORT);
@@ -1265,7 +1216,7 @@ static void test_abort_sends_rst(void **state) {
     close(fd);
 
     /* From outside any callback. */
-    fd = raw_connect(s.addr, 0);
+    fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     crest_conn_abort(s.conns[1]);
     RUN_UNTIL(loop, s.closed == 2);
@@ -1402,7 +1353,7 @@ static void test_read_timeout(void **state) {
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
 
     /* Idle without a partial message: no read timeout. */
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     expect_echo(loop, fd, "whole\n", 6);
     for (int i = 0; i < 10; i++)
         assert_true(crest_loop_run_once(loop, 10) >= 0);
@@ -1430,7 +1381,7 @@ static void test_read_timeout_reset_by_progress(void **state) {
     lo.conn.framing.kind = CREST_FRAMING_LINE;
     lo.conn.read_timeout_ms = 300;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     raw_send_all(loop, fd, "m0\np", 4);
     /* 15 steps about 30 ms apart (450 ms in all): each finishes the
      * pending message and starts the next. */
@@ -1601,7 +1552,7 @@ static void test_ipv6_loopback(void **state) {
     assert_true(strncmp(s.addr, "[::1]:", 6) == 0);
 
     /* The peer address as the server sees it. */
-    int raw = raw_connect(s.addr, 0);
+    int raw = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     char peer[CREST_ADDR_STRLEN];
     assert_true(crest_conn_peer(s.conns[0], peer, sizeof peer) > 0);
@@ -1646,7 +1597,7 @@ static void test_pause_resume_delivers_buffered(void **state) {
                          .on_close = srv_on_close};
     srv_start(loop, &s, "127.0.0.1:0", &lo, &h);
     s.test = &p;
-    int fd = raw_connect(s.addr, 0);
+    int fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     raw_send_all(loop, fd, "a\npause\nb\nc\n", 12);
     RUN_UNTIL(loop, p.delivered == 2);
@@ -1713,10 +1664,10 @@ static void close_in_callback_case(crest_framing_kind_t kind) {
         h.on_message = cq_on_message;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &h);
     s.test = &q;
-    int b = raw_connect(s.addr, 0);
+    int b = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
     q.other = s.conns[0];
-    int a = raw_connect(s.addr, 0);
+    int a = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     raw_send_all(loop, a, "quit\n", 5);
     RUN_UNTIL(loop, s.closed == 1);
@@ -1725,7 +1676,7 @@ static void close_in_callback_case(crest_framing_kind_t kind) {
     assert_int_equal(crest_conn_uncork(q.other), 0);
     char got[64] = "";
     int end;
-    size_t n = raw_recv(loop, b, got, 17, &end);
+    size_t n = tu_raw_recv(loop, b, got, 17, &end);
     close(a);
     close(b);
     RUN_UNTIL(loop, s.closed == 2);
@@ -1837,7 +1788,7 @@ static void test_close_all(void **state) {
     assert_non_null(got);
     tu_pattern(data, 77, BYTES);
     for (int i = 0; i < N; i++)
-        fd[i] = raw_connect(s.addr, 0);
+        fd[i] = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == N);
     for (int i = 0; i < N; i++) {
         assert_int_equal(crest_conn_write(s.conns[i], data, BYTES), 0);
@@ -1846,7 +1797,7 @@ static void test_close_all(void **state) {
     crest_loop_close_all(loop, false);
     for (int i = 0; i < N; i++) {
         int end;
-        assert_int_equal(raw_recv(loop, fd[i], got, BYTES, &end), BYTES);
+        assert_int_equal(tu_raw_recv(loop, fd[i], got, BYTES, &end), BYTES);
         assert_memory_equal(got, data, BYTES);
         assert_int_equal(raw_wait_end(loop, fd[i]), 1);
         close(fd[i]);
@@ -1856,7 +1807,7 @@ static void test_close_all(void **state) {
         assert_int_equal(s.why[i], CREST_CLOSE_SHUTDOWN);
 
     for (int i = 0; i < N; i++)
-        fd[i] = raw_connect(s.addr, 0);
+        fd[i] = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2 * N);
     for (int i = 0; i < N; i++)
         assert_int_equal(crest_conn_write(s.conns[N + i], data, BYTES), 0);

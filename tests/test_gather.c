@@ -6,52 +6,10 @@
  * sockets. */
 #include "crest_test.h"
 
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-
 #define MAX_ITER 3000 /* loop iterations of at most 10 ms */
-
-static int client_connect(const char *addr) {
-    crest_addr_t a;
-    assert_int_equal(crest_addr_parse(addr, &a), 0);
-    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    assert_int_equal(connect(fd, (const struct sockaddr *)&a.ss, a.len), 0);
-    int one = 1;
-    assert_int_equal(setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
-    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
-    return fd;
-}
 
 static void client_send(int fd, const char *s) {
     assert_int_equal(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
-}
-
-/* Receive until want bytes or the end of the stream, running the loop.
- * Returns the bytes received; *end: 0 (got want), 1 (EOF) or -errno. */
-static size_t client_recv(crest_loop_t *loop, int fd, uint8_t *buf, size_t want, int *end) {
-    size_t got = 0;
-    *end = 0;
-    for (int i = 0; got < want && i < MAX_ITER; i++) {
-        ssize_t n = recv(fd, buf + got, want - got, 0);
-        if (n > 0) {
-            got += (size_t)n;
-            i = 0;
-            continue;
-        }
-        if (n == 0) {
-            *end = 1;
-            return got;
-        }
-        if (errno != EAGAIN && errno != EINTR) {
-            *end = -errno;
-            return got;
-        }
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-    }
-    return got;
 }
 
 struct gather_case {
@@ -122,14 +80,14 @@ static void test_writes_in_one_callback_leave_in_one_send(void **state) {
     (void)state;
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, three_writes);
-    int fd = client_connect(g.addr);
+    int fd = tu_raw_connect(g.addr, 0);
     wait_open(loop, &g, 1);
     crest_conn_stats_t before, after;
     crest_loop_conn_stats(loop, &before);
     client_send(fd, "x");
     uint8_t buf[16];
     int end;
-    assert_int_equal(client_recv(loop, fd, buf, 6, &end), 6);
+    assert_int_equal(tu_raw_recv(loop, fd, buf, 6, &end), 6);
     assert_memory_equal(buf, "abbccc", 6);
     crest_loop_conn_stats(loop, &after);
     assert_int_equal(after.writes - before.writes, 1);
@@ -152,11 +110,11 @@ static void test_shutdown_sends_gathered_reply_first(void **state) {
     (void)state;
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, reply_then_shutdown);
-    int fd = client_connect(g.addr);
+    int fd = tu_raw_connect(g.addr, 0);
     client_send(fd, "quit\n");
     uint8_t buf[16];
     int end;
-    assert_int_equal(client_recv(loop, fd, buf, sizeof buf, &end), 4);
+    assert_int_equal(tu_raw_recv(loop, fd, buf, sizeof buf, &end), 4);
     assert_int_equal(end, 1);
     assert_memory_equal(buf, "bye\n", 4);
     stop(loop, &g, fd);
@@ -181,13 +139,13 @@ static void test_large_write_between_small_ones_keeps_order(void **state) {
     assert_non_null(g.big);
     tu_pattern(g.big, 0, g.big_len);
     crest_loop_t *loop = start(&g, small_big_small);
-    int fd = client_connect(g.addr);
+    int fd = tu_raw_connect(g.addr, 0);
     client_send(fd, "go");
     size_t want = g.big_len + 2;
     uint8_t *buf = malloc(want);
     assert_non_null(buf);
     int end;
-    assert_int_equal(client_recv(loop, fd, buf, want, &end), want);
+    assert_int_equal(tu_raw_recv(loop, fd, buf, want, &end), want);
     assert_int_equal(buf[0], '<');
     assert_memory_equal(buf + 1, g.big, g.big_len);
     assert_int_equal(buf[want - 1], '>');
@@ -209,11 +167,11 @@ static void test_abort_drops_gathered_reply(void **state) {
     (void)state;
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, reply_then_abort);
-    int fd = client_connect(g.addr);
+    int fd = tu_raw_connect(g.addr, 0);
     client_send(fd, "x");
     uint8_t buf[16];
     int end;
-    assert_int_equal(client_recv(loop, fd, buf, sizeof buf, &end), 0);
+    assert_int_equal(tu_raw_recv(loop, fd, buf, sizeof buf, &end), 0);
     assert_int_equal(end, -ECONNRESET);
     assert_int_equal(g.reason, CREST_CLOSE_ABORT);
     stop(loop, &g, fd);
@@ -234,16 +192,16 @@ static void test_handler_writes_to_another_connection(void **state) {
     (void)state;
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, relay);
-    int a = client_connect(g.addr);
+    int a = tu_raw_connect(g.addr, 0);
     wait_open(loop, &g, 1);
-    int b = client_connect(g.addr);
+    int b = tu_raw_connect(g.addr, 0);
     wait_open(loop, &g, 2);
     client_send(a, "hello");
     uint8_t buf[16];
     int end;
-    assert_int_equal(client_recv(loop, a, buf, 9, &end), 9);
+    assert_int_equal(tu_raw_recv(loop, a, buf, 9, &end), 9);
     assert_memory_equal(buf, "ack:hello", 9);
-    assert_int_equal(client_recv(loop, b, buf, 5, &end), 5);
+    assert_int_equal(tu_raw_recv(loop, b, buf, 5, &end), 5);
     assert_memory_equal(buf, "hello", 5);
     close(b);
     stop(loop, &g, a);
