@@ -260,7 +260,7 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
-    if ((c->flags & CREST__C_ABORTING))
+    if (c->flags & CREST__C_ABORTING)
         (void)crest_sockopt_set_linger_abort(fd);
     crest_fd_close(fd);
     c->io.fd = -1;
@@ -271,8 +271,8 @@ static void finish_close(struct crest_conn *c) {
 void crest__conn_settle(struct crest_conn *c) {
     if (c->depth > 0 || c->state != CREST_CONN_CLOSING)
         return;
-    if (!(c->flags & CREST__C_ABORTING) && !(c->flags & CREST__C_DEAD) && c->out_bytes > 0) {
-        if ((c->flags & CREST__C_WRITABLE))
+    if (!(c->flags & (CREST__C_ABORTING | CREST__C_DEAD)) && c->out_bytes > 0) {
+        if (c->flags & CREST__C_WRITABLE)
             (void)crest__conn_flush(c);
         if (c->out_bytes > 0 && !(c->flags & CREST__C_DEAD))
             return; /* the EPOLLOUT edge brings us back */
@@ -368,7 +368,7 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
 }
 
 int crest_conn_shutdown(crest_conn_t *c) {
-    if (!crest__conn_can_write(c) || (c->flags & CREST__C_SHUT_PENDING) || (c->flags & CREST__C_SHUT_DONE))
+    if (!crest__conn_can_write(c) || (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)))
         return -ENOTCONN;
     if (c->io.loop->gather_owner == c)
         crest__conn_commit_gathered(c); /* replies gathered so far go first */

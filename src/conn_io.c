@@ -43,6 +43,11 @@ static void socket_failed(struct crest_conn *c, int err) {
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* Output is queued and may go now. */
+static inline bool flush_due(const struct crest_conn *c) {
+    return c->out_bytes && (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE;
+}
+
 static void check_low_water(struct crest_conn *c) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
@@ -72,7 +77,7 @@ static void after_progress(struct crest_conn *c) {
     c->last_active = loop->now_ms;
     if (c->out_bytes == 0) {
         c->write_stalled = 0;
-        if ((c->flags & CREST__C_SHUT_PENDING) && !(c->flags & CREST__C_SHUT_DONE)) {
+        if ((c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)) == CREST__C_SHUT_PENDING) {
             c->flags |= CREST__C_SHUT_DONE;
             c->flags &= (uint16_t)~CREST__C_SHUT_PENDING;
             if (shutdown(c->io.fd, SHUT_WR) < 0 && errno != ENOTCONN)
@@ -89,7 +94,7 @@ static void after_progress(struct crest_conn *c) {
  * connection is then closing). */
 int crest__conn_flush(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
-    while (c->out_head && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_DEAD)) {
+    while (c->out_head && (c->flags & (CREST__C_WRITABLE | CREST__C_DEAD)) == CREST__C_WRITABLE) {
         struct iovec iov[IOV_BATCH];
         int n = 0;
         size_t want = 0;
@@ -367,7 +372,7 @@ static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt
     if (c->io.loop->gather_owner == c) {
         /* Too big to gather: what was gathered goes first. */
         crest__conn_commit_gathered(c);
-        if ((c->flags & CREST__C_CLOSE_REQUESTED))
+        if (c->flags & CREST__C_CLOSE_REQUESTED)
             return write_failed(c);
     }
 
@@ -378,7 +383,7 @@ static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt
     size_t skip = 0;
     if ((c->flags & CREST__C_WRITABLE) && !c->out_head && !batching) {
         skip = write_direct(c, iov, iovcnt, total);
-        if ((c->flags & CREST__C_DEAD))
+        if (c->flags & CREST__C_DEAD)
             return write_failed(c);
         if (skip == total)
             return 0;
@@ -466,7 +471,7 @@ void crest__conn_resume_input(struct crest_conn *c) {
         return;
     if (c->in && crest__chunk_len(c->in) > 0)
         c->flags |= CREST__C_REDELIVER;
-    if ((c->flags & CREST__C_READABLE) || (c->flags & CREST__C_REDELIVER))
+    if (c->flags & (CREST__C_READABLE | CREST__C_REDELIVER))
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
@@ -685,17 +690,17 @@ static void take_eof(struct crest_conn *c) {
             return; /* the resume (redeliver) brings us back */
         size_t before = crest__chunk_len(c->in);
         deliver(c);
-        if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
+        if (flush_due(c))
             (void)crest__conn_flush(c); /* may resume delivery */
-        if ((c->flags & CREST__C_CLOSE_REQUESTED))
+        if (c->flags & CREST__C_CLOSE_REQUESTED)
             return;
         if (crest__chunk_len(c->in) == before)
             break; /* only a partial message is left */
     }
     deliver_last_line(c);
-    if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
+    if (flush_due(c))
         (void)crest__conn_flush(c);
-    if ((c->flags & CREST__C_CLOSE_REQUESTED))
+    if (c->flags & CREST__C_CLOSE_REQUESTED)
         return;
     if (c->in) {
         crest__chunk_put(&loop->pool, c->in); /* a partial message never finished */
@@ -715,7 +720,7 @@ static void take_eof(struct crest_conn *c) {
  * message, or whole ones a pause held back): they move to a buffer of the
  * connection's own.  Returns false if the connection is closing. */
 static bool keep_rest(struct crest_conn *c, const uint8_t *p, size_t len) {
-    if ((c->flags & CREST__C_CLOSE_REQUESTED))
+    if (c->flags & CREST__C_CLOSE_REQUESTED)
         return false;
     struct crest__chunk *in = crest__chunk_get(&c->io.loop->pool, len);
     if (!in) {
@@ -766,7 +771,10 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
         loop->rbuf_busy = true;
         size_t used = deliver_bytes(c, dst, (size_t)n);
         loop->rbuf_busy = false;
-        alive = used == (size_t)n ? !(c->flags & CREST__C_CLOSE_REQUESTED) : keep_rest(c, dst + used, (size_t)n - used);
+        if (used == (size_t)n)
+            alive = !(c->flags & CREST__C_CLOSE_REQUESTED);
+        else
+            alive = keep_rest(c, dst + used, (size_t)n - used);
     } else {
         c->in->end += (uint32_t)n;
         deliver(c);
@@ -781,7 +789,7 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
     while (may_read(c)) {
         ssize_t n = read_once(c);
         if (n > 0) {
-            if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
+            if (flush_due(c))
                 (void)crest__conn_flush(c);
             if (!(c->flags & CREST__C_READABLE))
                 break; /* a short read: drained */
@@ -871,7 +879,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         c->flags |= CREST__C_PEER_DONE;
     if (events & (CREST_IO_WRITABLE | CREST_IO_HUP | CREST_IO_ERR))
         c->flags |= CREST__C_WRITABLE;
-    if ((c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)) && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
+    if ((c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)) &&
+        (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE)
         (void)crest__conn_flush(c);
     if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) && c->in) {
         c->flags &= (uint16_t)~CREST__C_REDELIVER;
@@ -879,7 +888,7 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
             take_eof(c);
         } else {
             deliver(c);
-            if (settle_input(c) && c->out_bytes && (c->flags & CREST__C_WRITABLE) && !(c->flags & CREST__C_CORKED))
+            if (settle_input(c) && flush_due(c))
                 (void)crest__conn_flush(c);
         }
     }
