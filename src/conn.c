@@ -370,8 +370,11 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
 int crest_conn_shutdown(crest_conn_t *c) {
     if (!crest__conn_can_write(c) || (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)))
         return -ENOTCONN;
-    if (c->io.loop->gather_owner == c)
+    if (c->io.loop->gather_owner == c) {
         crest__conn_commit_gathered(c); /* replies gathered so far go first */
+        if (!crest__conn_can_write(c))
+            return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN; /* that failed */
+    }
     c->flags |= CREST__C_SHUT_PENDING;
     if (c->out_bytes == 0 && c->state != CREST_CONN_CONNECTING)
         return crest__conn_flush(c); /* nothing queued: shuts down now */
