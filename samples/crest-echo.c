@@ -66,6 +66,7 @@ static int echo_option(server_proto_t *p, int id, const char *arg) {
     switch (id) {
     case OPT_LINE:
         p->framing.kind = CREST_FRAMING_LINE;
+        p->framing.line_cr_counts = true; /* as Go's bufio.Scanner */
         p->handler.on_data = NULL;
         p->handler.on_message = echo_line;
         return 0;
@@ -78,8 +79,8 @@ static int echo_option(server_proto_t *p, int id, const char *arg) {
 }
 
 /* Go's bufio.Scanner, by default, holds a line and its "\n" in 64 KiB: a
- * line of 65,535 bytes is the longest it answers, so that is --line's
- * default limit too. */
+ * line of 65,535 bytes is the longest it answers (65,534 with a "\r"
+ * before the "\n"), so that is --line's default limit too. */
 #define GO_SCANNER_MAX_LINE 65535u
 
 static int echo_configured(server_proto_t *p) {
@@ -103,7 +104,8 @@ static server_proto_t echo = {
         "                          (lines end in \"\\n\"; a \"\\r\" before it is dropped)\n"
         "      --max-line BYTES    longest line; a longer one closes its connection\n"
         "                          (\"line too long\"; default 65535, as Go's\n"
-        "                          bufio.Scanner: a line and its \"\\n\" in 64 KiB)\n",
+        "                          bufio.Scanner: a line and its \"\\r\\n\" or\n"
+        "                          \"\\n\" in 64 KiB)\n",
     .parse_option = echo_option,
     .configured = echo_configured,
     .framing = {.kind = CREST_FRAMING_RAW, .max_message = CREST_FRAMING_DEFAULT_MAX},

@@ -50,10 +50,13 @@ int crest_framing_validate(const crest_framing_t *f) {
 
 /* Line framing.  A '\n' at index i ends a line of i bytes, or i - 1 when a
  * '\r' precedes it.  So a '\n' at index <= max always ends a valid line, one
- * at max + 1 only when data[max] is '\r', and one further on never: looking
- * at the first max + 2 bytes is enough to decide. */
-static int next_line(size_t max, const uint8_t *data, size_t len, crest_frame_t *out) {
-    size_t window = len < max + 2 ? len : max + 2;
+ * at max + 1 only when data[max] is '\r' (and the '\r' does not count), and
+ * one further on never: looking at the first max + 2 bytes (max + 1 when
+ * the '\r' counts) is enough to decide. */
+static int next_line(size_t max, bool cr_counts, const uint8_t *data, size_t len,
+                     crest_frame_t *out) {
+    size_t reach = cr_counts ? max + 1 : max + 2;
+    size_t window = len < reach ? len : reach;
     const uint8_t *nl = window ? memchr(data, '\n', window) : NULL;
     if (nl) {
         size_t i = (size_t)(nl - data);
@@ -65,7 +68,7 @@ static int next_line(size_t max, const uint8_t *data, size_t len, crest_frame_t 
         out->consumed = i + 1;
         return 1;
     }
-    if (len >= max + 2)
+    if (len >= reach)
         return CREST_FRAMING_TOO_LARGE;
     /* max + 1 bytes without '\n': only "...\r" + "\n" can still be valid. */
     if (len == max + 1 && data[max] != '\r')
@@ -108,7 +111,7 @@ int crest_framing_next(const crest_framing_t *f, const uint8_t *data, size_t len
     memset(out, 0, sizeof *out);
     switch (f->kind) {
     case CREST_FRAMING_LINE:
-        return next_line(max_of(f), data, len, out);
+        return next_line(max_of(f), f->line_cr_counts, data, len, out);
     case CREST_FRAMING_LENGTH:
         return next_length(f, max_of(f), data, len, out);
     default:
@@ -147,7 +150,7 @@ size_t crest_framing_max_buffered(const crest_framing_t *f) {
     size_t max = max_of(f);
     switch (f->kind) {
     case CREST_FRAMING_LINE:
-        return max + 2; /* "\r\n" */
+        return max + (f->line_cr_counts ? 1 : 2); /* the "\n", and the "\r" */
     case CREST_FRAMING_LENGTH: {
         /* A narrow header cannot announce more than it holds, whatever the
          * limit says (1 byte: 255). */

@@ -575,10 +575,11 @@ static void deliver_last_line(struct crest_conn *c) {
         return;
     size_t len = crest__chunk_len(in);
     const uint8_t *line = in->data + in->start;
+    size_t raw = len;
     if (line[len - 1] == '\r')
         len--;
     size_t max = c->ep->opts.framing.max_message;
-    if (len > max) {
+    if ((c->ep->opts.framing.line_cr_counts ? raw : len) > max) {
         crest_conn_fail(c, CREST_CLOSE_TOO_LARGE,
                         "line too long: %zu bytes before EOF without an end of line (limit %zu)",
                         len, max);

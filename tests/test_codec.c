@@ -687,6 +687,29 @@ static void test_line_limit_exact(void **state) {
     free(big);
 }
 
+/* line_cr_counts: everything before the '\n' counts, '\r' included (Go's
+ * bufio.Scanner), and the limit is known one byte sooner. */
+static void test_line_cr_counts(void **state) {
+    (void)state;
+    crest_framing_t f = line_framing(8);
+    f.line_cr_counts = true;
+    assert_line(&f, "12345678\n", 1, "12345678", 9);
+    assert_line(&f, "1234567\r\n", 1, "1234567", 9);
+    assert_line(&f, "12345678\r\n", CREST_FRAMING_TOO_LARGE, NULL, 0);
+    assert_line(&f, "123456789\n", CREST_FRAMING_TOO_LARGE, NULL, 0);
+    assert_line(&f, "\r\n", 1, "", 2);
+    /* Eight bytes and no '\n' yet: a '\n' may still come. */
+    assert_line(&f, "1234567\r", CREST_FRAMING_NEED_MORE, NULL, 0);
+    assert_line(&f, "12345678", CREST_FRAMING_NEED_MORE, NULL, 0);
+    /* Nine: too long whatever comes, a '\r' among them or not. */
+    assert_line(&f, "12345678\r", CREST_FRAMING_TOO_LARGE, NULL, 0);
+    assert_line(&f, "123456789", CREST_FRAMING_TOO_LARGE, NULL, 0);
+    assert_int_equal(crest_framing_max_buffered(&f), 9);
+    f.line_cr_counts = false;
+    assert_int_equal(crest_framing_max_buffered(&f), 10);
+    assert_line(&f, "12345678\r\n", 1, "12345678", 10);
+}
+
 /* Without any terminator: the error comes as soon as the bytes prove it,
  * and not a byte earlier. */
 static void test_line_too_long_without_terminator(void **state) {
@@ -772,6 +795,7 @@ int main(void) {
         tu_test(test_line_every_split),
         tu_test(test_line_many_in_one_buffer),
         tu_test(test_line_limit_exact),
+        tu_test(test_line_cr_counts),
         tu_test(test_line_too_long_without_terminator),
         tu_test(test_line_too_long_with_terminator),
     };

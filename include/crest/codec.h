@@ -8,8 +8,9 @@
  *
  * Line framing: a message ends at "\n"; a "\r" right before it is removed
  * too, so "\n" and "\r\n" lines both work.  The message excludes the line
- * ending.  A line longer than max_message bytes (its ending excluded) is
- * "line too long" and closes the connection.  A connection that reaches
+ * ending.  A line longer than max_message bytes (its ending excluded, or
+ * with line_cr_counts everything before the "\n") is "line too long" and
+ * closes the connection.  A connection that reaches
  * EOF with a last line that has no "\n" delivers it too (like Go's
  * bufio.ScanLines), a trailing "\r" removed.
  *
@@ -39,6 +40,10 @@ typedef struct crest_framing {
     crest_framing_kind_t kind;
     uint8_t header_bytes;     /* LENGTH: 1, 2, 4 or 8 */
     bool little_endian;       /* LENGTH: byte order of the header */
+    bool line_cr_counts;      /* LINE: the '\r' of a "\r\n" ending counts
+                                 against max_message, as in Go's
+                                 bufio.Scanner, whose buffer must hold the
+                                 line and its '\r' */
     size_t max_message;       /* largest payload or line; 0: 64 KiB */
 } crest_framing_t;
 
