@@ -417,10 +417,36 @@ static TU_UNUSED void tu_spin(crest_loop_t *loop, int n) {
         assert_true(crest_loop_run_once(loop, 0) >= 0);
 }
 
-/* ---- raw client sockets (not crest's: the test drives them) -------------- */
+/* ---- running a loop until something happens ------------------------------ */
 
-/* Idle loop iterations (at most 10 ms each) a raw client waits. */
-#define TU_RAW_MAX_IDLE 3000
+/* Iterations of at most 10 ms each: about 30 s of nothing happening. */
+#define RUN_MAX_ITER 3000
+
+#define RUN_UNTIL(loop, cond)                                                  \
+    do {                                                                       \
+        int ru_i_ = 0;                                                         \
+        while (!(cond) && ru_i_++ < RUN_MAX_ITER)                              \
+            assert_true(crest_loop_run_once((loop), 10) >= 0);                 \
+        if (!(cond)) {                                                         \
+            tu_log_dump();                                                     \
+            fail_msg("%s:%d: still false: %s", __FILE__, __LINE__, #cond);     \
+        }                                                                      \
+    } while (0)
+
+/* A connection test ends here: no connection open, no buffer byte in use,
+ * then the loop destroyed with nothing left open. */
+static TU_UNUSED void tu_finish_conns(crest_loop_t *loop) {
+    crest_conn_stats_t st;
+    crest_loop_conn_stats(loop, &st);
+    assert_int_equal(st.active, 0);
+    assert_int_equal(st.opened, st.closed);
+    crest_buf_stats_t bs;
+    crest_loop_buf_stats(loop, &bs);
+    assert_int_equal(bs.in_use, 0);
+    tu_destroy_loop(loop);
+}
+
+/* ---- raw client sockets (not crest's: the test drives them) -------------- */
 
 /* A client connected to addr, nonblocking, TCP_NODELAY (not for unix:),
  * with SO_RCVBUF set first if rcvbuf > 0. */
@@ -465,7 +491,7 @@ static TU_UNUSED size_t tu_raw_recv(crest_loop_t *loop, int fd, void *buf, size_
             return got;
         }
         assert_true(crest_loop_run_once(loop, 10) >= 0);
-        if (++idle >= TU_RAW_MAX_IDLE) {
+        if (++idle >= RUN_MAX_ITER) {
             tu_log_dump();
             fail_msg("tu_raw_recv: %zu of %zu bytes, then nothing", got, len);
         }

@@ -40,34 +40,6 @@ static uint32_t get_be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* ---- running the loop --------------------------------------------------- */
-
-/* Iterations of at most 10 ms each: about 30 s of nothing happening. */
-#define RUN_MAX_ITER 3000
-
-#define RUN_UNTIL(loop, cond)                                                  \
-    do {                                                                       \
-        int ru_i_ = 0;                                                         \
-        while (!(cond) && ru_i_++ < RUN_MAX_ITER)                              \
-            assert_true(crest_loop_run_once((loop), 10) >= 0);                 \
-        if (!(cond)) {                                                         \
-            tu_log_dump();                                                     \
-            fail_msg("%s:%d: still false: %s", __FILE__, __LINE__, #cond);     \
-        }                                                                      \
-    } while (0)
-
-/* Every test ends here: nothing open, nothing buffered, clean teardown. */
-static void finish(crest_loop_t *loop) {
-    crest_conn_stats_t st;
-    crest_loop_conn_stats(loop, &st);
-    assert_int_equal(st.active, 0);
-    assert_int_equal(st.opened, st.closed);
-    crest_buf_stats_t bs;
-    crest_loop_buf_stats(loop, &bs);
-    assert_int_equal(bs.in_use, 0);
-    tu_destroy_loop(loop);
-}
-
 /* ---- raw client sockets (not crest's: the test drives them) --------------- */
 
 /* Send all of buf, running the loop while the socket is full. */
@@ -310,7 +282,7 @@ static void test_many_connections_ping_pong(void **state) {
 
     srv_stop(&s);
     free(p);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 2. 64 MiB through an echo handler ------------------------------------ */
@@ -464,7 +436,7 @@ static bool bulk_echo(struct bulk *b, int stall_iter) {
     free(b->piece);
     free(b->expect);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     return !stalled;
 }
 
@@ -649,7 +621,7 @@ static void framing_case(const crest_framing_t *f, size_t n_bulk) {
     assert_int_equal(st.messages_in, m.n);
     msgset_free(&m);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 static void test_framing_length_split_and_batched(void **state) {
@@ -711,7 +683,7 @@ static void test_write_message_limits(void **state) {
     close(fd);
     RUN_UNTIL(loop, s.closed == 1);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 4. oversized input --------------------------------------------------- */
@@ -808,7 +780,7 @@ static void test_oversized_frame_and_line(void **state) {
     crest_loop_conn_stats(loop, &st);
     assert_int_equal(st.close_reasons[CREST_CLOSE_TOO_LARGE], 3);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 5. half-close ------------------------------------------------------- */
@@ -947,7 +919,7 @@ static void test_half_close_with_on_eof(void **state) {
     assert_int_equal(s.eofs, 2);
     close(fd);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 static void test_half_close_without_on_eof(void **state) {
@@ -991,7 +963,7 @@ static void test_half_close_without_on_eof(void **state) {
     free(req);
     free(got);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* A shutdown asked for while the connect is still in progress, with
@@ -1039,7 +1011,7 @@ static void test_shutdown_while_connecting(void **state) {
         crest_conn_abort(c);
     RUN_UNTIL(loop, k.closed && s.closed == 1);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     assert_int_equal(eofs, 1);
 }
 
@@ -1153,7 +1125,7 @@ static void test_slow_reader_backpressure(void **state) {
     free(rx);
     free(want);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 
     /* conn.h: "Memory per slow reader stays bounded by high_water plus one
      * message". */
@@ -1184,7 +1156,7 @@ static void test_write_timeout(void **state) {
     close(fd);
     free(big);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 7. abort ----------------------------------------------------------- */
@@ -1228,7 +1200,7 @@ static void test_abort_sends_rst(void **state) {
     crest_loop_conn_stats(loop, &st);
     assert_int_equal(st.close_reasons[CREST_CLOSE_ABORT], 2);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 8. connect failures ------------------------------------------------- */
@@ -1277,7 +1249,7 @@ static void test_connect_refused(void **state) {
     assert_false(o.opened);
     assert_int_equal(o.reason, CREST_CLOSE_CONNECT_FAILED);
     assert_int_equal(o.err, ECONNREFUSED);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 static void test_connect_timeout(void **state) {
@@ -1317,7 +1289,7 @@ static void test_connect_timeout(void **state) {
     for (int i = 0; i < FILL; i++)
         close(fill[i]);
     close(lfd);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 9. idle and read timeouts ------------------------------------------- */
@@ -1339,7 +1311,7 @@ static void test_idle_timeout(void **state) {
     assert_int_equal(s.errs[0], ETIMEDOUT);
     assert_int_equal(o.reason, CREST_CLOSE_PEER_EOF);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 static void test_read_timeout(void **state) {
@@ -1366,7 +1338,7 @@ static void test_read_timeout(void **state) {
     assert_int_equal(s.messages, 1);
     close(fd);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* The read timeout is for "a message started but not finished": a peer
@@ -1402,7 +1374,7 @@ static void test_read_timeout_reset_by_progress(void **state) {
     close(fd);
     RUN_UNTIL(loop, s.closed == 1);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     if (closed)
         fail_msg("closed (%s) after %llu messages although one completed every ~30 ms "
                  "(read_timeout_ms 300)",
@@ -1457,7 +1429,7 @@ static void test_max_conns(void **state) {
     crest_listener_get_stats(s.l, &ls);
     assert_int_equal(ls.active, 0);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 11. Unix-domain and IPv6 ------------------------------------------ */
@@ -1526,7 +1498,7 @@ static void test_unix_domain(void **state) {
     assert_false(o.opened);
     assert_int_equal(o.reason, CREST_CLOSE_CONNECT_FAILED);
     assert_int_equal(o.err, ENOENT);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 static void test_ipv6_loopback(void **state) {
@@ -1562,7 +1534,7 @@ static void test_ipv6_loopback(void **state) {
 
     ping_pong(loop, &s, 4, PP_ROUNDS);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* ---- 12. handler-driven flow control and closing from callbacks --------- */
@@ -1615,7 +1587,7 @@ static void test_pause_resume_delivers_buffered(void **state) {
     close(fd);
     RUN_UNTIL(loop, s.closed == 1);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     if (after_resume != 4)
         fail_msg("after crest_conn_resume(): %d of 4 messages delivered; the 2 already "
                  "buffered waited for new input",
@@ -1681,7 +1653,7 @@ static void close_in_callback_case(crest_framing_kind_t kind) {
     close(b);
     RUN_UNTIL(loop, s.closed == 2);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     assert_int_equal(n, 17);
     assert_memory_equal(got, "bye-from-quitter\n", 17);
 }
@@ -1753,7 +1725,7 @@ static void hw1_case(struct hw1 *h, bool write_while_connecting) {
     RUN_UNTIL(loop, h->closed && s.closed == 1);
     free(h->big);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     assert_true(h->opened);
     assert_true(h->out_after_write > 64 * 1024);
 }
@@ -1821,7 +1793,7 @@ static void test_close_all(void **state) {
     free(data);
     free(got);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
 }
 
 /* connect.c: "Failures of the connect itself ... are always reported
@@ -1863,7 +1835,7 @@ static void test_unix_connect_backlog_full(void **state) {
         close(fill[i]);
     close(lfd);
     unlink(path);
-    finish(loop);
+    tu_finish_conns(loop);
     assert_int_equal(rc, 0);
     assert_false(o.opened);
     assert_int_equal(o.reason, CREST_CLOSE_CONNECT_FAILED);
@@ -1906,7 +1878,7 @@ static void test_accept_real_emfile(void **state) {
         for (int i = 0; i < 3; i++)
             close(cl[i]);
         srv_stop(&s);
-        finish(loop);
+        tu_finish_conns(loop);
         skip();
     }
     int fill[4096], n_fill = 0;
@@ -1961,7 +1933,7 @@ static void test_accept_real_emfile(void **state) {
         close(cl[i]);
     RUN_UNTIL(loop, s.closed == 2);
     srv_stop(&s);
-    finish(loop);
+    tu_finish_conns(loop);
     /* listener.h: emfile counts connections "dropped while out of fds":
      * one was. */
     if (ls.emfile != 1)

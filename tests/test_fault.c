@@ -282,28 +282,8 @@ int __wrap_close(int fd) {
 
 /* ---- running the loop --------------------------------------------------- */
 
-#define RUN_MAX_ITER 3000
-
-#define RUN_UNTIL(loop, cond)                                                  \
-    do {                                                                       \
-        int ru_i_ = 0;                                                         \
-        while (!(cond) && ru_i_++ < RUN_MAX_ITER)                              \
-            assert_true(crest_loop_run_once((loop), 10) >= 0);                 \
-        if (!(cond)) {                                                         \
-            tu_log_dump();                                                     \
-            fail_msg("%s:%d: still false: %s", __FILE__, __LINE__, #cond);     \
-        }                                                                      \
-    } while (0)
-
 static void finish(crest_loop_t *loop) {
-    crest_conn_stats_t st;
-    crest_loop_conn_stats(loop, &st);
-    assert_int_equal(st.active, 0);
-    assert_int_equal(st.opened, st.closed);
-    crest_buf_stats_t bs;
-    crest_loop_buf_stats(loop, &bs);
-    assert_int_equal(bs.in_use, 0);
-    tu_destroy_loop(loop);
+    tu_finish_conns(loop);
     crest_fd_counts_t all;
     assert_int_equal(crest_fd_counts(CREST_FD_ALL, &all), 0);
     assert_int_equal(all.bad_closes, base_bad_closes); /* no double close */

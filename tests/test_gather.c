@@ -6,8 +6,6 @@
  * sockets. */
 #include "crest_test.h"
 
-#define MAX_ITER 3000 /* loop iterations of at most 10 ms */
-
 static void client_send(int fd, const char *s) {
     assert_int_equal(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
 }
@@ -48,20 +46,9 @@ static crest_loop_t *start(struct gather_case *g, ssize_t (*on_data)(crest_conn_
 
 static void stop(crest_loop_t *loop, struct gather_case *g, int fd) {
     close(fd);
-    for (int i = 0; g->closed < g->opened && i < MAX_ITER; i++)
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-    assert_int_equal(g->closed, g->opened);
+    RUN_UNTIL(loop, g->closed == g->opened);
     crest_listener_close(g->l);
-    crest_buf_stats_t bs;
-    crest_loop_buf_stats(loop, &bs);
-    assert_int_equal(bs.in_use, 0);
-    tu_destroy_loop(loop);
-}
-
-static void wait_open(crest_loop_t *loop, struct gather_case *g, int n) {
-    for (int i = 0; g->opened < n && i < MAX_ITER; i++)
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-    assert_int_equal(g->opened, n);
+    tu_finish_conns(loop);
 }
 
 /* ---- three writes, one send ---------------------------------------------- */
@@ -81,7 +68,7 @@ static void test_writes_in_one_callback_leave_in_one_send(void **state) {
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, three_writes);
     int fd = tu_raw_connect(g.addr, 0);
-    wait_open(loop, &g, 1);
+    RUN_UNTIL(loop, g.opened == 1);
     crest_conn_stats_t before, after;
     crest_loop_conn_stats(loop, &before);
     client_send(fd, "x");
@@ -193,9 +180,9 @@ static void test_handler_writes_to_another_connection(void **state) {
     struct gather_case g = {0};
     crest_loop_t *loop = start(&g, relay);
     int a = tu_raw_connect(g.addr, 0);
-    wait_open(loop, &g, 1);
+    RUN_UNTIL(loop, g.opened == 1);
     int b = tu_raw_connect(g.addr, 0);
-    wait_open(loop, &g, 2);
+    RUN_UNTIL(loop, g.opened == 2);
     client_send(a, "hello");
     uint8_t buf[16];
     int end;
