@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <crest/codec.h>
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_CHECK(cond)                                                                      \
@@ -50,6 +52,29 @@ static inline const uint8_t *fuzz_bytes(struct fuzz_in *in, size_t want, size_t 
     in->p += *got;
     in->n -= *got;
     return p;
+}
+
+/* A codec target's walk over its stream: at each message boundary, compare
+ * crest_framing_next() with the target's model on the rest of the input
+ * and on a prefix of it (a message split across reads must get the answers
+ * a whole one gets), then step over the message.  The cut comes from the
+ * last byte, so that the stream itself stays what the fuzzer made. */
+typedef void (*fuzz_compare_fn)(const crest_framing_t *f, size_t max, const uint8_t *d,
+                                size_t len);
+
+static inline void fuzz_walk_frames(const crest_framing_t *f, size_t max, const uint8_t *p,
+                                    size_t len, fuzz_compare_fn compare) {
+    size_t cut = len ? p[len - 1] : 0;
+    for (size_t guard = 0, n = len; guard <= n; guard++) {
+        compare(f, max, p, len);
+        compare(f, max, p, len ? cut % (len + 1) : 0);
+        crest_frame_t fr;
+        if (crest_framing_next(f, p, len, &fr) != 1)
+            break;
+        FUZZ_CHECK(fr.consumed > 0);
+        p += fr.consumed;
+        len -= fr.consumed;
+    }
 }
 
 #endif

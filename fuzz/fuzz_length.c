@@ -114,18 +114,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (biggest < SIZE_MAX)
         FUZZ_CHECK(crest_framing_header(&f, biggest + 1, hdr) == -EMSGSIZE);
 
-    const uint8_t *p = in.p;
-    size_t len = in.n;
-    size_t cut = len ? p[len - 1] : 0;
-    for (unsigned guard = 0; guard <= size; guard++) {
-        compare(&f, max, p, len);
-        compare(&f, max, p, len ? cut % (len + 1) : 0);
-        crest_frame_t fr;
-        if (crest_framing_next(&f, p, len, &fr) != 1)
-            break;
-        FUZZ_CHECK(fr.consumed > 0);
-        p += fr.consumed;
-        len -= fr.consumed;
-    }
+    fuzz_walk_frames(&f, max, in.p, in.n, compare);
     return 0;
 }

@@ -87,21 +87,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(crest_framing_max_buffered(&f) == max + (f.line_cr_counts ? 1 : 2));
     FUZZ_CHECK(crest_framing_header(&f, max + 1, NULL) == -EMSGSIZE);
 
-    const uint8_t *p = in.p;
-    size_t len = in.n;
-    /* the cut for the prefix check: from the last byte, so that the
-     * stream itself stays what the fuzzer made */
-    size_t cut = len ? p[len - 1] : 0;
-    for (unsigned guard = 0; guard <= size; guard++) {
-        compare(&f, max, p, len);
-        size_t pre = len ? cut % (len + 1) : 0;
-        compare(&f, max, p, pre);
-        crest_frame_t fr;
-        if (crest_framing_next(&f, p, len, &fr) != 1)
-            break;
-        FUZZ_CHECK(fr.consumed > 0);
-        p += fr.consumed;
-        len -= fr.consumed;
-    }
+    fuzz_walk_frames(&f, max, in.p, in.n, compare);
     return 0;
 }
