@@ -227,6 +227,13 @@ class Server:
                 (base_fds, s[3] - extra_conns, self.base_proc_fds, pf - extra_conns,
                  self.base[4], s[4]))
 
+    def wind_down(self, prober):
+        """The end of a scenario: the prober's summary, the settled fds and
+        buffers (settle()), and the final report (stop())."""
+        probe = prober.finish()
+        fds = self.settle()
+        return probe, fds, self.stop()
+
     def stop(self):
         """SIGTERM; check the exit status and the final report; return it."""
         if self.proc.poll() is None:
@@ -501,9 +508,7 @@ def slowloris(ctx, out):
             expect_reasons(srv, ports, "read timeout")
             for s in socks:
                 s.close()
-            probe = prober.finish()
-            fds = srv.settle()
-            rep = srv.stop()
+            probe, fds, rep = srv.wind_down(prober)
             check(rep["reasons"].get("read timeout") == n and "idle timeout" not in rep["reasons"],
                   "%s: report close reasons %s" % (name, rep["reasons"]))
             out("%s %s: %d connections trickling 1 byte/200 ms (%d-%d bytes each) all closed "
@@ -540,9 +545,7 @@ def oversized(ctx, out):
             check(frame(b"before").startswith(got), "length 0x%x: wrong reply %r" % (L, got[:20]))
             s.close()
         expect_reasons(srv, bad_ports, "frame too large")
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         check(rep["reasons"].get("frame too large") == len(lengths),
               "framed report close reasons %s" % rep["reasons"])
         out("crest-framed --max-frame 1000: lengths %s each closed 'frame too large' (report: "
@@ -575,9 +578,7 @@ def oversized(ctx, out):
             check(b"echo: first\n".startswith(got), "wrong reply before the long line: %r" % got)
             s.close()
         expect_reasons(srv, bad_ports, "line too long")
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         check(rep["reasons"].get("line too long") == len(cases),
               "echo --line report close reasons %s" % rep["reasons"])
         out("crest-echo --line --max-line 100: lines of 101, 100+CR, 102 (no newline) and "
@@ -674,9 +675,7 @@ def garbage(ctx, out):
         check(how is not None, "truncated frame: the server did not close it")
         expect_reasons(srv, [tport], "read timeout")
         s.close()
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         check(rep["reasons"].get("frame too large") == len(too_large_ports) and
               rep["reasons"].get("read timeout") == 1,
               "framed report close reasons %s" % rep["reasons"])
@@ -747,9 +746,7 @@ def slow_reader(ctx, out):
                 got = recv_exact(c, len(want), timeout=30)
                 check(got == want, "%s: the echo of a stalled connection differs" % name)
                 c.close()
-            probe = prober.finish()
-            fds = srv.settle()
-            rep = srv.stop()
+            probe, fds, rep = srv.wind_down(prober)
             check(rep["paused"] >= n, "%s: reading paused %d times, expected >= %d" %
                   (name, rep["paused"], n))
             out("%s: %d clients pipelined without reading until blocked (%d-%d bytes each, "
@@ -795,9 +792,7 @@ def resets(ctx, out):
         check(srv.anonymous_closes == 0, "%d close lines without the peer's address" %
               srv.anonymous_closes)
         check(srv.alive(), "the server died")
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         check(rep["reasons"].get("peer reset") == rounds * n,
               "report close reasons %s" % rep["reasons"])
         out("crest-echo: %d rounds of %d connections each queueing 128 KiB-2 MiB (%d bytes in all) "
@@ -834,9 +829,7 @@ def churn(ctx, out):
             s.close()
         elapsed = now() - t0
         s = srv.wait_stats(lambda s: s[0] == 3, "every churned connection closed", timeout=30)
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         served = rep.get("served", 0)
         closes = sum(rep["reasons"].values())
         check(served == cycles + 3 and closes == served,
@@ -975,9 +968,7 @@ def half_close(ctx, out):
                 nbytes += len(req)
                 s.close()
             expect_reasons(srv, ports, "peer EOF")
-            probe = prober.finish()
-            fds = srv.settle()
-            srv.stop()
+            probe, fds, _ = srv.wind_down(prober)
             results.append("%s %s: 5 clients, %d bytes sent then SHUT_WR, every reply "
                            "received, then EOF ('peer EOF'); %s; %s" %
                            (name, kind, nbytes, probe, fds))
@@ -1016,9 +1007,7 @@ def conn_limit(ctx, out):
         for s in held:
             s.close()
         held = []
-        probe = prober.finish()
-        fds = srv.settle()
-        rep = srv.stop()
+        probe, fds, rep = srv.wind_down(prober)
         check(rep["refused"] == extra and rep["reasons"].get("connection limit") == extra,
               "report: refused %d, close reasons %s" % (rep["refused"], rep["reasons"]))
         out("crest-echo --max-conns %d: %d connections past the limit closed at once (report: "
