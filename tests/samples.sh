@@ -48,6 +48,16 @@ stop() {
     fi
 }
 
+# log_has SERVER ERE WHAT: a check that SERVER's log ($work/SERVER.log)
+# matches ERE; on failure the log is shown.
+log_has() {
+    if grep -Eq "$2" "$work/$1.log"; then
+        pass "$3"
+    else
+        fail "$3: no /$2/ in the $1 log"; cat "$work/$1.log"
+    fi
+}
+
 # bench EXPECT LABEL ARGS...: run crest-bench; EXPECT ok (exit 0, no
 # errors, messages > 0) or fail (exit non-zero).
 bench() {
@@ -91,16 +101,9 @@ if start crest-echo --quiet --line --max-line 100; then
     bench fail "echo --line: a 200-byte line is refused" --mode line -c 1 -n 1 -s 200 "$addr"
     bench ok "echo --line keeps serving after it" --mode line -c 5 -n 100 -s 100 "$addr"
     stop crest-echo
-    if grep -q 'line too long' "$work/crest-echo.log"; then
-        pass "echo --line: the server logged 'line too long'"
-    else
-        fail "echo --line: no 'line too long' in the server log"; cat "$work/crest-echo.log"
-    fi
-    if grep -Eq 'close reasons:.*line too long 1' "$work/crest-echo.log"; then
-        pass "echo --line: one connection closed for 'line too long'"
-    else
-        fail "echo --line: close reasons"; cat "$work/crest-echo.log"
-    fi
+    log_has crest-echo 'line too long' "echo --line: the server logged 'line too long'"
+    log_has crest-echo 'close reasons:.*line too long 1' \
+        "echo --line: one connection closed for 'line too long'"
 fi
 
 # --- crest-echo, two worker threads ------------------------------------------
@@ -124,11 +127,7 @@ if start crest-framed --quiet --max-frame 1000; then
     bench fail "framed: a 2000-byte frame is refused" --mode frame -c 1 -n 1 -s 2000 "$addr"
     bench ok "framed keeps serving after it" --mode frame -c 5 -n 100 -s 10 "$addr"
     stop crest-framed
-    if grep -q 'frame too large' "$work/crest-framed.log"; then
-        pass "framed: the server logged 'frame too large'"
-    else
-        fail "framed: no 'frame too large' in the server log"; cat "$work/crest-framed.log"
-    fi
+    log_has crest-framed 'frame too large' "framed: the server logged 'frame too large'"
 fi
 
 echo "$((checks - failures)) of $checks checks passed"
