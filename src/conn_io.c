@@ -90,6 +90,27 @@ static void after_progress(struct crest_conn *c) {
     check_low_water(c);
 }
 
+/* Account for a write syscall's result (sent: bytes, or -errno) of total
+ * bytes.  Returns the bytes taken, or SIZE_MAX if it was interrupted. */
+static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
+    crest_loop_t *loop = c->io.loop;
+    loop->conn_stats.writes++;
+    if (sent >= 0) {
+        loop->conn_stats.bytes_out += (uint64_t)sent;
+        c->last_active = loop->now_ms;
+        if ((size_t)sent < total)
+            c->flags &= (uint16_t)~CREST__C_WRITABLE;
+        return (size_t)sent;
+    }
+    if (sent == -EINTR)
+        return SIZE_MAX;
+    if (sent == -EAGAIN)
+        c->flags &= (uint16_t)~CREST__C_WRITABLE;
+    else
+        socket_failed(c, (int)-sent);
+    return 0;
+}
+
 /* Send as much of the queue as the socket takes.  0 or -errno (the
  * connection is then closing). */
 int crest__conn_flush(struct crest_conn *c) {
@@ -106,20 +127,12 @@ int crest__conn_flush(struct crest_conn *c) {
         }
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
         ssize_t sent = crest__sys_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        loop->conn_stats.writes++;
-        if (sent < 0) {
-            if (sent == -EINTR)
-                continue;
-            if (sent == -EAGAIN) {
-                c->flags &= (uint16_t)~CREST__C_WRITABLE;
-                break;
-            }
-            socket_failed(c, (int)-sent);
+        size_t left = wrote(c, sent, want); /* a short send clears WRITABLE */
+        if (left == SIZE_MAX)
+            continue; /* interrupted */
+        if (c->flags & CREST__C_DEAD)
             return (int)sent;
-        }
-        loop->conn_stats.bytes_out += (uint64_t)sent;
-        c->out_bytes -= (uint32_t)sent;
-        size_t left = (size_t)sent;
+        c->out_bytes -= (uint32_t)left;
         while (left > 0) {
             struct crest__chunk *k = c->out_head;
             size_t len = crest__chunk_len(k);
@@ -133,8 +146,6 @@ int crest__conn_flush(struct crest_conn *c) {
         }
         if (!c->out_head)
             c->out_tail = NULL;
-        if ((size_t)sent < want)
-            c->flags &= (uint16_t)~CREST__C_WRITABLE; /* the socket buffer is full */
     }
     if (c->out_bytes == 0 || !(c->flags & CREST__C_WRITABLE)) {
         bool stalled_before = c->write_stalled != 0;
@@ -171,27 +182,6 @@ static int enqueue(struct crest_conn *c, const uint8_t *p, size_t len) {
         p += n;
         len -= n;
     }
-    return 0;
-}
-
-/* Account for a write syscall's result (sent: bytes, or -errno) of total
- * bytes.  Returns the bytes taken, or SIZE_MAX if it was interrupted. */
-static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
-    crest_loop_t *loop = c->io.loop;
-    loop->conn_stats.writes++;
-    if (sent >= 0) {
-        loop->conn_stats.bytes_out += (uint64_t)sent;
-        c->last_active = loop->now_ms;
-        if ((size_t)sent < total)
-            c->flags &= (uint16_t)~CREST__C_WRITABLE;
-        return (size_t)sent;
-    }
-    if (sent == -EINTR)
-        return SIZE_MAX;
-    if (sent == -EAGAIN)
-        c->flags &= (uint16_t)~CREST__C_WRITABLE;
-    else
-        socket_failed(c, (int)-sent);
     return 0;
 }
 
