@@ -484,15 +484,17 @@ static void reject(struct crest_conn *c, ssize_t r, size_t len) {
     crest_conn_fail(c, why, "the handler rejected %zu bytes of input", len);
 }
 
+/* Delivery (deliver_raw, deliver_framed, deliver_last_line) runs only
+ * inside crest__conn_on_io, whose depth count already keeps the connection
+ * alive across the handler's callbacks. */
+
 /* Hand input to the handler: raw, as it came.  Returns the bytes it
  * consumed; stops early when it wants more, pauses or closes. */
 static CREST__INLINE size_t deliver_raw(struct crest_conn *c, const uint8_t *p, size_t len) {
     size_t used = 0;
     while (used < len && may_deliver(c)) {
         size_t left = len - used;
-        c->depth++;
         ssize_t r = c->ep->handler.on_data(c, p + used, left);
-        c->depth--;
         if (r < 0) {
             reject(c, r, left);
             break;
@@ -529,9 +531,7 @@ static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len)
             break;
         }
         loop->conn_stats.messages_in++;
-        c->depth++;
         int r = c->ep->handler.on_message(c, p + used + fr.offset, fr.length);
-        c->depth--;
         used += fr.consumed;
         c->read_started = 0; /* a message completed: the next one starts now */
         if (r < 0) {
@@ -577,9 +577,7 @@ static void deliver_last_line(struct crest_conn *c) {
     }
     c->io.loop->conn_stats.messages_in++;
     c->flags |= CREST__C_GATHER;
-    c->depth++;
     int r = c->ep->handler.on_message(c, line, len);
-    c->depth--;
     c->flags &= (uint16_t)~CREST__C_GATHER;
     if (c->io.loop->gather_owner == c)
         crest__conn_commit_gathered(c);
