@@ -438,9 +438,12 @@ int crest_conn_uncork(crest_conn_t *c) {
     if (!(c->flags & CREST__C_CORKED))
         return 0;
     c->flags &= (uint16_t)~CREST__C_CORKED;
-    if (c->out_bytes && (c->flags & CREST__C_WRITABLE) && c->depth == 0)
+    /* A shutdown asked for while connecting waits for a flush even with
+     * nothing queued: the cork may have held that flush back. */
+    bool due = c->out_bytes || (c->flags & CREST__C_SHUT_PENDING);
+    if (due && (c->flags & CREST__C_WRITABLE) && c->depth == 0)
         return crest__conn_flush(c);
-    if (c->out_bytes && (c->flags & CREST__C_WRITABLE))
+    if (due && (c->flags & CREST__C_WRITABLE))
         crest_io_feed(&c->io, CREST__IO_KICK);
     return 0;
 }
