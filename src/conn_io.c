@@ -34,11 +34,15 @@ static crest_close_reason_t reason_for_errno(int err) {
     }
 }
 
-/* The socket failed: nothing more can be sent or received. */
+/* The socket failed: nothing more can be sent or received.  Outside the
+ * loop's callbacks (a flush inside crest_conn_uncork(), _shutdown() or
+ * _write()) nothing would settle the close: the next iteration does. */
 static void socket_failed(struct crest_conn *c, int err) {
     c->flags |= CREST__C_DEAD;
     c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
     crest__conn_request_close(c, reason_for_errno(err), err);
+    if (c->depth == 0)
+        crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 /* ---- writing ------------------------------------------------------------ */

@@ -86,9 +86,94 @@ static void test_uncork_sends_a_pending_shutdown(void **state) {
     pair_finish(loop, &p);
 }
 
+/* ---- one crest end, one raw client --------------------------------------- */
+
+struct one {
+    crest_listener_t *l;
+    char addr[CREST_ADDR_STRLEN];
+    crest_conn_t *c;
+    int opened, eofs, closed;
+    crest_close_reason_t reason;
+};
+
+static void one_open(crest_conn_t *c) {
+    struct one *o = crest_conn_handler_ctx(c);
+    o->c = c;
+    o->opened++;
+}
+
+static void one_eof(crest_conn_t *c) {
+    struct one *o = crest_conn_handler_ctx(c);
+    o->eofs++; /* stays open: the handler decides */
+}
+
+static void one_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)err;
+    struct one *o = crest_conn_handler_ctx(c);
+    o->reason = reason;
+    o->closed++;
+}
+
+static const crest_handler_t one_handler = {
+    .on_open = one_open, .on_data = consume_all, .on_eof = one_eof, .on_close = one_close};
+
+static crest_loop_t *one_start(struct one *o, int *fd) {
+    crest_loop_t *loop = tu_loop();
+    assert_int_equal(crest_listen(loop, "127.0.0.1:0", NULL, &one_handler, o, &o->l), 0);
+    assert_true(crest_listener_address(o->l, o->addr, sizeof o->addr) > 0);
+    *fd = tu_raw_connect(o->addr, 0);
+    RUN_UNTIL(loop, o->opened == 1);
+    return loop;
+}
+
+static void client_reset(int fd) {
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(fd);
+}
+
+static uint64_t io_events(crest_loop_t *loop) {
+    crest_loop_stats_t st;
+    crest_loop_get_stats(loop, &st);
+    return st.io_events;
+}
+
+/* ---- a send that fails inside an API call -------------------------------- */
+
+/* The peer half-closed (the connection is HALF_CLOSED, so nothing reads
+ * it any more), the handler corked and wrote, then the peer reset: the
+ * reset's event found the connection corked and not reading, so nobody
+ * looked.  crest_conn_uncork() then flushed, the send failed and marked
+ * the connection dead, but a failure inside an API call scheduled no
+ * settle: on_close came only when the 10 s close linger ran out, as a
+ * WRITE_TIMEOUT. */
+static void test_a_send_failing_in_uncork_closes_at_once(void **state) {
+    (void)state;
+    struct one o = {0};
+    int fd;
+    crest_loop_t *loop = one_start(&o, &fd);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    RUN_UNTIL(loop, o.eofs == 1);
+    crest_conn_cork(o.c);
+    assert_int_equal(crest_conn_write(o.c, "hello", 5), 0);
+    uint64_t before = io_events(loop);
+    client_reset(fd);
+    RUN_UNTIL(loop, io_events(loop) > before); /* the reset was seen */
+    int rc = crest_conn_uncork(o.c);
+    assert_true(rc == -EPIPE || rc == -ECONNRESET);
+    /* The close completes on the next iteration, not at a timeout: two
+     * non-blocking iterations are plenty. */
+    tu_spin(loop, 2);
+    assert_int_equal(o.closed, 1);
+    assert_int_equal(o.reason, CREST_CLOSE_PEER_RESET);
+    crest_listener_close(o.l);
+    tu_finish_conns(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_uncork_sends_a_pending_shutdown),
+        tu_test(test_a_send_failing_in_uncork_closes_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
