@@ -41,7 +41,7 @@ static void socket_failed(struct crest_conn *c, int err) {
     c->flags |= CREST__C_DEAD;
     c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
     crest__conn_request_close(c, reason_for_errno(err), err);
-    if (c->depth == 0)
+    if (c->depth == 0 && c->state != CREST_CONN_CLOSED)
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
@@ -443,8 +443,10 @@ int crest_conn_uncork(crest_conn_t *c) {
         return 0;
     c->flags &= (uint16_t)~CREST__C_CORKED;
     /* A shutdown asked for while connecting waits for a flush even with
-     * nothing queued: the cork may have held that flush back. */
-    bool due = c->out_bytes || (c->flags & CREST__C_SHUT_PENDING);
+     * nothing queued: the cork may have held that flush back.  A closed
+     * connection (valid until the iteration ends) has nothing to flush. */
+    bool due = c->state != CREST_CONN_CLOSED &&
+               (c->out_bytes || (c->flags & CREST__C_SHUT_PENDING));
     if (due && (c->flags & CREST__C_WRITABLE) && c->depth == 0)
         return crest__conn_flush(c);
     if (due && (c->flags & CREST__C_WRITABLE))

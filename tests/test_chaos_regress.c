@@ -170,10 +170,101 @@ static void test_a_send_failing_in_uncork_closes_at_once(void **state) {
     tu_finish_conns(loop);
 }
 
+/* ---- uncork on a connection closed earlier in the iteration --------------- */
+
+struct slow {
+    crest_listener_t *l;
+    char addr[CREST_ADDR_STRLEN];
+    crest_conn_t *c;
+    crest_timer_t *t;
+    int opened, high, drains, closed, after_close, uncorked;
+    int uncork_rc;
+};
+
+static void slow_open(crest_conn_t *c) {
+    struct slow *s = crest_conn_handler_ctx(c);
+    s->c = c;
+    s->opened++;
+}
+
+static void slow_high(crest_conn_t *c) {
+    struct slow *s = crest_conn_handler_ctx(c);
+    s->high++;
+}
+
+static void slow_drain(crest_conn_t *c) {
+    struct slow *s = crest_conn_handler_ctx(c);
+    s->drains++;
+    s->after_close += s->closed;
+}
+
+static void slow_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    struct slow *s = crest_conn_handler_ctx(c);
+    s->closed++;
+    /* Due now: fires in this iteration's timer pass after the poll. */
+    assert_int_equal(crest_timer_start(s->t, 0, 0), 0);
+}
+
+/* Later in the same iteration: the connection is closed, its memory still
+ * valid (conn.h), and no callback of it is running. */
+static void slow_timer(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct slow *s = arg;
+    assert_int_equal(s->closed, 1);
+    crest_conn_cork(s->c);
+    s->uncork_rc = crest_conn_uncork(s->c);
+    s->uncorked++;
+}
+
+static const crest_handler_t slow_handler = {.on_open = slow_open,
+                                             .on_data = consume_all,
+                                             .on_high_water = slow_high,
+                                             .on_drain = slow_drain,
+                                             .on_close = slow_close};
+
+/* A corked connection (so still writable) above high water, with a
+ * shutdown pending behind its queued output, is aborted; later in the same
+ * iteration (a timer) the application corks and uncorks it.  Uncork must do nothing on a closed
+ * connection: with the pending shutdown counted as work to flush, it
+ * flushed the closed connection, called shutdown(-1), and ran on_drain
+ * after on_close (found by the api fuzz target). */
+static void test_uncork_after_close_does_nothing(void **state) {
+    (void)state;
+    struct slow s = {0};
+    crest_loop_t *loop = tu_loop();
+    crest_listen_opts_t o;
+    crest_listen_opts_init(&o);
+    o.conn.high_water = 1000;
+    o.conn.low_water = 0;
+    assert_int_equal(crest_timer_create(loop, slow_timer, &s, &s.t), 0);
+    assert_int_equal(crest_listen(loop, "127.0.0.1:0", &o, &slow_handler, &s, &s.l), 0);
+    assert_true(crest_listener_address(s.l, s.addr, sizeof s.addr) > 0);
+    int fd = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.opened == 1);
+    crest_conn_cork(s.c);
+    uint8_t big[4000] = {0};
+    assert_int_equal(crest_conn_write(s.c, big, sizeof big), 0); /* queued: corked */
+    assert_int_equal(s.high, 1);
+    assert_int_equal(crest_conn_shutdown(s.c), 0); /* pending: output queued */
+    crest_conn_abort(s.c);
+    RUN_UNTIL(loop, s.uncorked == 1);
+    assert_int_equal(s.uncork_rc, 0);
+    assert_int_equal(s.after_close, 0);
+    assert_int_equal(s.drains, 0);
+    tu_spin(loop, 2);
+    close(fd);
+    crest_timer_destroy(s.t);
+    crest_listener_close(s.l);
+    tu_finish_conns(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_uncork_sends_a_pending_shutdown),
         tu_test(test_a_send_failing_in_uncork_closes_at_once),
+        tu_test(test_uncork_after_close_does_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
