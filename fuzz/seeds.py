@@ -101,3 +101,20 @@ conn("high-water-pause", [0, 0, 63, 0, 2, 0, 255],
 conn("user-pause", [1, 30, 8, 8, 2, 0, 0],
      bytes([PAUSE]) + w(b"one\ntwo\n") + run + bytes([PAUSE]) + run + bytes([READ]))
 conn("rst-with-unread", [0, 0, 8, 8, 2, 0, 16], w(b"r" * 5000) + run + bytes([END, 1]))
+
+# ---- api: the chaos engine's choices (tests/chaos.h), any bytes at all ----
+# Each seed is pseudo-random bytes of a fixed generator: the engine reads
+# one or two bytes per choice, so length is how long a run goes on.
+def api(name, seed, n):
+    x = seed
+    out = bytearray()
+    for _ in range(n):
+        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+        out.append(x >> 56)
+    save("api", name, bytes(out))
+
+
+api("short", 1, 200)
+api("medium", 2, 1500)
+api("long", 3, 4000)
+api("longer", 4, 8000)

@@ -214,6 +214,8 @@ struct ch_timer {
     bool armed, in_cb;
     uint64_t repeat;
     unsigned fired;
+    unsigned zero_left;      /* restart itself with timeout 0 this many more times */
+    unsigned fired_iter, fired_in_iter;
 };
 
 enum ch_ctx {
@@ -1195,7 +1197,7 @@ static void ch_timer_op(enum ch_ctx ctx) {
     int n = (int)(T - G.tm), rc = 0;
     static const uint64_t timeouts[] = {0, 1, 2, 5};
     static const uint64_t repeats[] = {0, 0, 1, 3};
-    switch (ch_pick(6)) {
+    switch (ch_pick(7)) {
     case 0: {
         uint64_t to = timeouts[ch_pick(4)], rep = repeats[ch_pick(4)];
         if (to == 0 && ctx == CTX_TIMER && ch_excluded(CH_BUG_TIMER_ZERO_RESTART))
@@ -1217,6 +1219,7 @@ static void ch_timer_op(enum ch_ctx ctx) {
     case 2:
         CH_API("crest_timer_stop", crest_timer_stop(T->t));
         T->armed = false;
+        T->zero_left = 0;
         ch_trace("%s timer %d stop", ch_ctx_names[ctx], n);
         break;
     case 3:
@@ -1224,10 +1227,25 @@ static void ch_timer_op(enum ch_ctx ctx) {
         CH_API("crest_timer_set_repeat", crest_timer_set_repeat(T->t, T->repeat));
         ch_trace("%s timer %d repeat %llu", ch_ctx_names[ctx], n, (unsigned long long)T->repeat);
         break;
+    case 5:
+        /* Timeout 0, and the callback restarts it with 0 a few times: a
+         * timer pass that fires what its callbacks start would fire the
+         * whole streak at once (and loop forever on an endless one). */
+        if (ctx == CTX_TIMER && ch_excluded(CH_BUG_TIMER_ZERO_RESTART))
+            break;
+        CH_API("crest_timer_start", rc = crest_timer_start(T->t, 0, 0));
+        CH_CHECK(rc == 0, "crest_timer_start: %d", rc);
+        T->armed = true;
+        T->repeat = 0;
+        T->zero_left = 1 + ch_pick(4);
+        ch_trace("%s timer %d start 0, restarts with 0 %u times", ch_ctx_names[ctx], n,
+                 T->zero_left);
+        break;
     case 4:
         ch_trace("%s timer %d destroy and create", ch_ctx_names[ctx], n);
         CH_API("crest_timer_destroy", crest_timer_destroy(T->t));
         ch_timer_new(T);
+        T->zero_left = 0;
         break;
     default:
         break;
@@ -1245,9 +1263,26 @@ static void ch_timer_cb(crest_timer_t *t, void *arg) {
     if (T->repeat == 0)
         T->armed = false;
     T->fired++;
+    if (T->fired_iter != G.iter) {
+        T->fired_iter = G.iter;
+        T->fired_in_iter = 0;
+    }
+    /* Each iteration has two timer passes (before and after the poll). */
+    CH_CHECK(++T->fired_in_iter <= 2, "timer %d fired %u times in one iteration", n,
+             T->fired_in_iter);
     ch_trace("timer %d fires (%u)", n, T->fired);
     ch_timer_check(T);
     T->in_cb = true;
+    if (T->zero_left > 0 && !G.winding) {
+        T->zero_left--;
+        int rc;
+        uint64_t to = ch_excluded(CH_BUG_TIMER_ZERO_RESTART) ? 1 : 0;
+        CH_API("crest_timer_start", rc = crest_timer_start(t, to, 0));
+        CH_CHECK(rc == 0, "crest_timer_start: %d", rc);
+        T->armed = true;
+        T->repeat = 0;
+        ch_trace("timer %d restarts itself with %llu", n, (unsigned long long)to);
+    }
     if (G.winding) {
         CH_API("crest_timer_stop", crest_timer_stop(t));
         T->armed = false;
@@ -1721,7 +1756,7 @@ static unsigned ch_exclusions(void) {
     return ex;
 }
 
-static void ch_print_reentry(FILE *f) {
+static __attribute__((unused)) void ch_print_reentry(FILE *f) {
     for (int i = 0; i < ch_nreentry; i++)
         fprintf(f, "chaos: %s ran inside %s (%lu times)\n", ch_reentry[i].cb, ch_reentry[i].api,
                 ch_reentry[i].n);
