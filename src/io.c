@@ -87,7 +87,10 @@ int crest_io_modify(crest_io_t *io, unsigned events) {
 
 void crest_io_feed(crest_io_t *io, unsigned events) {
     crest_loop_t *loop = io->loop;
-    if (!events)
+    /* A stopped watcher (a connection closed earlier in this iteration
+     * still has its memory) has nothing to be fed: its fd may be -1, or
+     * already another watcher's. */
+    if (!events || io->fd < 0 || io->fd >= loop->ios_cap || loop->ios[io->fd] != io)
         return;
     if (io->fed) {
         io->fed |= events; /* already listed: merge */

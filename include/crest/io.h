@@ -53,7 +53,9 @@ int crest_io_modify(crest_io_t *io, unsigned events);
 /* Deliver events to this watcher on the next iteration without waiting for
  * the kernel: the ready list a callback uses when it stopped early with work
  * left (fairness under edge-triggering).  The loop does not block while fed
- * events are pending.  Feeding twice before delivery merges the bits. */
+ * events are pending.  Feeding twice before delivery merges the bits.
+ * Feeding a watcher stopped earlier in this iteration (from a callback
+ * still holding it) does nothing. */
 void crest_io_feed(crest_io_t *io, unsigned events);
 
 /* Stop watching and release the watcher (after the current dispatch, so it
