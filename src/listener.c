@@ -232,6 +232,10 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
     int rc = crest_addr_parse(addr, &l->addr);
     if (rc < 0)
         goto fail;
+    if (o.proxy_protocol & ~(unsigned)CREST_PROXY_ANY) {
+        rc = -EINVAL; /* a version crest does not know */
+        goto fail;
+    }
     l->tcp = l->addr.ss.ss_family != AF_UNIX;
     if ((rc = crest__endpoint_new(handler, ctx, &o.conn, &l->ep)) < 0)
         goto fail;

@@ -415,6 +415,123 @@ static void test_writev_length_overflow_is_refused(void **state) {
     seq_finish(loop, &s);
 }
 
+/* ---- extreme option values --------------------------------------------------- */
+
+/* Push len pattern bytes through an echo connection, sending and receiving
+ * in turns with the loop running; returns the bytes echoed back intact. */
+static size_t echo_through(crest_loop_t *loop, int fd, size_t len) {
+    static uint8_t out[4096], in[4096];
+    size_t sent = 0, got = 0;
+    int idle = 0;
+    while (got < len && idle < RUN_MAX_ITER) {
+        bool progress = false;
+        if (sent < len) {
+            size_t n = len - sent < sizeof out ? len - sent : sizeof out;
+            tu_pattern(out, sent, n);
+            ssize_t w = send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) {
+                sent += (size_t)w;
+                progress = true;
+            }
+        }
+        ssize_t r = recv(fd, in, sizeof in, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN))
+            break;
+        if (r > 0) {
+            uint8_t want[4096];
+            tu_pattern(want, got, (size_t)r);
+            if (memcmp(in, want, (size_t)r) != 0)
+                break;
+            got += (size_t)r;
+            progress = true;
+        }
+        assert_true(crest_loop_run_once(loop, progress ? 0 : 10) >= 0);
+        idle = progress ? 0 : idle + 1;
+    }
+    return got;
+}
+
+struct opt_case {
+    const char *what;
+    void (*set)(crest_listen_opts_t *o);
+    int rc; /* what crest_listen returns */
+};
+
+static void o_max_input_1(crest_listen_opts_t *o) { o->conn.max_input = 1; }
+static void o_max_input_huge(crest_listen_opts_t *o) { o->conn.max_input = SIZE_MAX; }
+static void o_budget_1(crest_listen_opts_t *o) { o->conn.read_budget = 1; }
+static void o_budget_huge(crest_listen_opts_t *o) { o->conn.read_budget = SIZE_MAX; }
+static void o_high_1(crest_listen_opts_t *o) { o->conn.high_water = 1; o->conn.low_water = 0; }
+static void o_high_huge(crest_listen_opts_t *o) { o->conn.high_water = SIZE_MAX; o->conn.low_water = SIZE_MAX; }
+static void o_low_over_high(crest_listen_opts_t *o) { o->conn.high_water = 4096; o->conn.low_water = SIZE_MAX; }
+static void o_timeouts_1(crest_listen_opts_t *o) { o->conn.write_timeout_ms = 1u << 31; o->conn.idle_timeout_ms = UINT32_MAX; }
+static void o_sndbuf_min(crest_listen_opts_t *o) { o->conn.sndbuf = 1; o->conn.rcvbuf = 1; }
+static void o_sndbuf_max(crest_listen_opts_t *o) { o->conn.sndbuf = INT32_MAX; o->conn.rcvbuf = INT32_MAX; }
+static void o_sndbuf_neg(crest_listen_opts_t *o) { o->conn.sndbuf = -1; o->conn.rcvbuf = INT32_MIN; }
+static void o_keepalive_bad(crest_listen_opts_t *o) { o->conn.keepalive = true; o->conn.keepalive_idle_s = -1; }
+static void o_keepalive_max(crest_listen_opts_t *o) { o->conn.keepalive = true; o->conn.keepalive_idle_s = 32767; o->conn.keepalive_interval_s = 32767; o->conn.keepalive_count = 127; }
+static void o_user_timeout_max(crest_listen_opts_t *o) { o->conn.user_timeout_ms = UINT32_MAX; }
+static void o_backlog(crest_listen_opts_t *o) { o->backlog = INT32_MAX; o->accept_batch = UINT32_MAX; o->max_conns = UINT32_MAX; }
+static void o_backlog_neg(crest_listen_opts_t *o) { o->backlog = -1; o->accept_batch = 1; }
+static void o_framing_bad_kind(crest_listen_opts_t *o) { o->conn.framing.kind = (crest_framing_kind_t)99; }
+static void o_length_header_3(crest_listen_opts_t *o) { o->conn.framing.kind = CREST_FRAMING_LENGTH; o->conn.framing.header_bytes = 3; }
+static void o_length_max(crest_listen_opts_t *o) { o->conn.framing.kind = CREST_FRAMING_LENGTH; o->conn.framing.header_bytes = 8; o->conn.framing.max_message = SIZE_MAX; }
+static void o_proxy_bad(crest_listen_opts_t *o) { o->proxy_protocol = UINT32_MAX; }
+
+static const struct opt_case opt_cases[] = {
+    {"max_input 1", o_max_input_1, 0},
+    {"max_input SIZE_MAX", o_max_input_huge, -EINVAL},
+    {"read_budget 1", o_budget_1, 0},
+    {"read_budget SIZE_MAX", o_budget_huge, 0},
+    {"high_water 1", o_high_1, 0},
+    {"high_water SIZE_MAX", o_high_huge, 0},
+    {"low_water over high_water", o_low_over_high, 0},
+    {"timeouts 2^31 and UINT32_MAX", o_timeouts_1, 0},
+    {"sndbuf/rcvbuf 1", o_sndbuf_min, 0},
+    {"sndbuf/rcvbuf INT32_MAX", o_sndbuf_max, 0},
+    {"sndbuf/rcvbuf negative", o_sndbuf_neg, 0},
+    {"keepalive idle -1", o_keepalive_bad, -EINVAL},
+    {"keepalive at the kernel's maxima", o_keepalive_max, 0},
+    {"user_timeout UINT32_MAX", o_user_timeout_max, -EINVAL},
+    {"backlog, accept_batch, max_conns at their maxima", o_backlog, 0},
+    {"backlog -1, accept_batch 1", o_backlog_neg, 0},
+    {"framing kind 99", o_framing_bad_kind, -EINVAL},
+    {"LENGTH header of 3 bytes", o_length_header_3, -EINVAL},
+    {"LENGTH max_message SIZE_MAX", o_length_max, -EINVAL},
+    {"proxy_protocol UINT32_MAX", o_proxy_bad, -EINVAL},
+};
+
+/* Every option at its extremes: crest_listen() refuses what cannot work,
+ * and what it accepts serves a 256 KiB echo intact. */
+static void test_extreme_option_values(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof opt_cases / sizeof opt_cases[0]; i++) {
+        const struct opt_case *oc = &opt_cases[i];
+        static struct seq s;
+        memset(&s, 0, sizeof s);
+        crest_listen_opts_t o;
+        crest_listen_opts_init(&o);
+        oc->set(&o);
+        crest_handler_t h = {.on_open = seq_on_open, .on_data = echo, .on_eof = seq_on_eof,
+                             .on_close = seq_on_close};
+        crest_loop_t *loop = tu_loop();
+        int rc = crest_listen(loop, "127.0.0.1:0", &o, &h, &s, &s.l);
+        if (rc != oc->rc)
+            fail_msg("%s: crest_listen returned %d, expected %d", oc->what, rc, oc->rc);
+        if (rc < 0) {
+            tu_finish_conns(loop);
+            continue;
+        }
+        assert_true(crest_listener_address(s.l, s.addr, sizeof s.addr) > 0);
+        int fd = tu_raw_connect(s.addr, 0);
+        size_t got = echo_through(loop, fd, 256 * 1024);
+        if (got != 256 * 1024)
+            fail_msg("%s: %zu of %u bytes echoed", oc->what, got, 256 * 1024);
+        close(fd);
+        seq_finish(loop, &s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_resume_of_connection_closed_in_same_iteration),
@@ -425,6 +542,7 @@ int main(void) {
         tu_test(test_read_timeout_ignores_paused_whole_messages),
         tu_test(test_peer_not_reading_gets_write_timeout),
         tu_test(test_writev_length_overflow_is_refused),
+        tu_test(test_extreme_option_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,7 +38,8 @@ typedef struct crest_listen_opts {
     unsigned accept_batch;  /* accepts per event; default 64 */
     unsigned unix_mode;     /* chmod of a Unix socket path; 0: leave */
     unsigned proxy_protocol; /* CREST_PROXY_V1|V2|ANY: expect a PROXY
-                                header first (proxy.h); 0: off */
+                                header first (proxy.h); 0: off; other
+                                bits: -EINVAL */
     crest_conn_opts_t conn; /* applied to every accepted connection;
                                sndbuf/rcvbuf are set on the listener before
                                listen() and inherited */
