@@ -5,7 +5,12 @@
  * every message) only writes due_ns: O(1), no heap work.  When the heap
  * surfaces a timer whose due_ns is still in the future, it is re-keyed and
  * sifted down then, once per timeout period rather than once per message.
- * Moving a deadline earlier updates the heap at once (O(log n)). */
+ * Moving a deadline earlier updates the heap at once (O(log n)).
+ *
+ * Every arming (start, again, a repeat) takes the next start number, kept
+ * with the real deadline and copied into the key with it: ties fire in the
+ * order of the armings that set the deadlines, however lazily they were
+ * keyed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -16,7 +21,7 @@
 #define NOT_IN_HEAP SIZE_MAX
 
 static bool before(const struct crest_timer *a, const struct crest_timer *b) {
-    return a->key_ns != b->key_ns ? a->key_ns < b->key_ns : a->seq < b->seq;
+    return a->key_ns != b->key_ns ? a->key_ns < b->key_ns : a->key_seq < b->key_seq;
 }
 
 static void place(struct crest__timer_heap *h, size_t i, struct crest_timer *t) {
@@ -90,16 +95,19 @@ int crest__timer_start_at(struct crest_timer *t, uint64_t due_ns, uint64_t repea
     struct crest__timer_heap *h = &t->loop->timers;
     t->repeat_ns = repeat_ns;
     t->due_ns = due_ns;
+    t->seq = h->seq++;
     if (t->heap_index != NOT_IN_HEAP) {
+        /* Not earlier (and, with the newer start number, after the key in
+         * a tie): lazy, fixed up when it surfaces. */
         if (due_ns >= t->key_ns)
-            return 0; /* later: lazy, fixed up when it surfaces */
+            return 0;
         t->key_ns = due_ns;
-        t->seq = h->seq++;
+        t->key_seq = t->seq;
         sift_up(h, t->heap_index);
         return 0;
     }
     t->key_ns = due_ns;
-    t->seq = h->seq++;
+    t->key_seq = t->seq;
     int rc = heap_push(h, t);
     if (rc == 0 && t->counted)
         crest__loop_ref(t->loop);
@@ -179,11 +187,12 @@ unsigned crest__timers_run(struct crest_loop *loop) {
     unsigned fired = 0;
     while (h->len > 0 && h->v[0]->key_ns <= now) {
         struct crest_timer *t = h->v[0];
-        if (t->due_ns != t->key_ns) {
-            /* Pushed later since it was keyed: re-key and look again, so
-             * timers due in this pass still fire in deadline order. */
+        if (t->due_ns != t->key_ns || t->seq != t->key_seq) {
+            /* Re-armed since it was keyed: re-key and look again, so
+             * timers due in this pass still fire in deadline order, ties
+             * in start order. */
             t->key_ns = t->due_ns;
-            t->seq = h->seq++;
+            t->key_seq = t->seq;
             sift_down(h, 0);
             continue;
         }
@@ -194,7 +203,7 @@ unsigned crest__timers_run(struct crest_loop *loop) {
             if (next <= now)
                 next = now + t->repeat_ns;
             t->key_ns = t->due_ns = next;
-            t->seq = h->seq++;
+            t->key_seq = t->seq = h->seq++;
             sift_down(h, 0);
         } else {
             heap_remove(h, t);

@@ -503,6 +503,41 @@ static void test_bad_arguments(void **state) {
     tu_destroy_loop(loop);
 }
 
+/* ---- ties after crest_timer_again --------------------------------------- */
+
+/* a is moved (lazily, by again) to the same deadline b gets afterwards: a's
+ * again came first, so a fires first. */
+static void test_again_ties_in_start_order(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct tt a, b, c;
+    order_n = 0;
+    tt_init(loop, &a, 1);
+    tt_init(loop, &b, 2);
+    tt_init(loop, &c, 3);
+    tt_start(&a, 1, 10);                         /* key now+1 */
+    assert_int_equal(crest_timer_again(a.t), 0); /* due now+10, key stays */
+    a.timeout_ms = 10;
+    a.stop_after = 1;
+    tt_start(&b, 10, 0); /* now+10, started after a's again */
+    /* c: started, then b restarted, then c again at the same now: c's
+     * deadline does not move, only its start order (now after b's). */
+    tt_start(&c, 10, 10);
+    c.stop_after = 1;
+    tt_start(&b, 10, 0);
+    assert_int_equal(crest_timer_again(c.t), 0);
+    tu_sleep_ms(15);
+    crest_loop_run_once(loop, 0);
+    tt_destroy(&a);
+    tt_destroy(&b);
+    tt_destroy(&c);
+    tu_destroy_loop(loop);
+    assert_int_equal(order_n, 3);
+    assert_int_equal(order[0], 1); /* was 2 first: a re-keyed late lost its place */
+    assert_int_equal(order[1], 2);
+    assert_int_equal(order[2], 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_one_shot_fires_once),
@@ -522,6 +557,7 @@ int main(void) {
         tu_test(test_remaining),
         tu_test(test_run_returns_with_only_stopped_timer),
         tu_test(test_bad_arguments),
+        tu_test(test_again_ties_in_start_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * Timers are measured against the loop's cached monotonic clock, in
  * milliseconds.  A timer fires in the first iteration at or after its
  * deadline; timers due in the same iteration fire in deadline order (ties in
- * start order).
+ * start order: the order of the crest_timer_start(), crest_timer_again() or
+ * repeat that set each deadline).
  *
  * crest_timer_again() restarts a timer with its repeat interval from "now"
  * and costs O(1) when the new deadline is not earlier than the one the timer
