@@ -8,7 +8,7 @@
  *   4. epoll_wait: zero timeout if there was or is work pending, else until
  *      the next timer
  *   5. read the clock; dispatch the batch (stale events dropped); fire the
- *      timers that came due while waiting
+ *      timers that came due while waiting (except those step 1 armed)
  *   6. free watchers and connections closed during the iteration */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -215,7 +215,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
 
     uint64_t t0 = crest__clock_ns();
     crest__loop_set_now(loop, t0);
-    loop->stats.timers_fired += crest__timers_run(loop);
+    loop->stats.timers_fired += crest__timers_run(loop, true);
     /* Work queued before this iteration runs now, and the poll below does
      * not block for it (what it queues in turn waits for the next one). */
     bool had_work = has_pending(loop);
@@ -232,8 +232,9 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
 
     if (n > 0)
         crest__io_dispatch(loop, events, n);
-    /* Timers that came due while we waited fire in this iteration. */
-    loop->stats.timers_fired += crest__timers_run(loop);
+    /* Timers that came due while we waited fire in this iteration (not
+     * those the first pass armed: they wait for the next one). */
+    loop->stats.timers_fired += crest__timers_run(loop, false);
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);

@@ -181,9 +181,25 @@ void crest_timer_destroy(crest_timer_t *t) {
         free(t);
 }
 
-unsigned crest__timers_run(struct crest_loop *loop) {
+/* A pass fires the timers due at its start that were armed before it
+ * began, except those armed by the first pass of this iteration (a timer
+ * callback, or a repeat): those wait for the next iteration.  Like the
+ * deferred queue and the ready list, a pass serves only work queued before
+ * it, so a timer that re-arms itself with timeout 0 fires once per
+ * iteration and I/O, posts and stop are served in between; the next poll
+ * does not block, as that timer is due.
+ *
+ * The pass stops at the first due timer it must not fire.  Timers armed
+ * after the pass began have deadlines at or after its "now" and the
+ * newest start numbers, so they sort after every older due timer; a held
+ * one may be ahead of a few that could fire, and those fire on the next
+ * iteration, which does not wait. */
+unsigned crest__timers_run(struct crest_loop *loop, bool first) {
     struct crest__timer_heap *h = &loop->timers;
     uint64_t now = loop->now_ns;
+    uint64_t begin = h->seq;
+    if (first)
+        h->held_lo = h->held_hi = begin;
     unsigned fired = 0;
     while (h->len > 0 && h->v[0]->key_ns <= now) {
         struct crest_timer *t = h->v[0];
@@ -196,6 +212,8 @@ unsigned crest__timers_run(struct crest_loop *loop) {
             sift_down(h, 0);
             continue;
         }
+        if (t->seq >= begin || (t->seq >= h->held_lo && t->seq < h->held_hi))
+            break;
         if (t->repeat_ns) {
             /* Keep the cadence, but never schedule into the past: a timer
              * that fell behind fires once, not in a burst. */
@@ -218,6 +236,8 @@ unsigned crest__timers_run(struct crest_loop *loop) {
         if (t->destroy_pending && t->heap_owned)
             free(t);
     }
+    if (first)
+        h->held_hi = h->seq;
     return fired;
 }
 

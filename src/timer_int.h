@@ -30,6 +30,9 @@ struct crest__timer_heap {
     struct crest_timer **v;
     size_t len, cap;
     uint64_t seq;                /* the next start number */
+    uint64_t held_lo, held_hi;   /* start numbers given out by the first
+                                    timer pass of this iteration: they wait
+                                    for the next iteration */
 };
 
 void crest__timer_init(struct crest_loop *loop, struct crest_timer *t,
@@ -37,8 +40,9 @@ void crest__timer_init(struct crest_loop *loop, struct crest_timer *t,
 /* Arm t to fire at deadline due_ns (absolute, loop clock). */
 int crest__timer_start_at(struct crest_timer *t, uint64_t due_ns, uint64_t repeat_ns);
 void crest__timers_destroy(struct crest_loop *loop);
-/* Fire due timers; returns how many fired. */
-unsigned crest__timers_run(struct crest_loop *loop);
+/* Fire due timers (first: the iteration's first pass; see timer.c for
+ * which timers a pass fires); returns how many fired. */
+unsigned crest__timers_run(struct crest_loop *loop, bool first);
 /* ms until the next timer, -1 if none (for epoll_wait). */
 int crest__timers_next_timeout(struct crest_loop *loop);
 

@@ -6,6 +6,12 @@
  * start order: the order of the crest_timer_start(), crest_timer_again() or
  * repeat that set each deadline).
  *
+ * A timer armed from a timer callback (its own or another's, including a
+ * repeat) fires on the next iteration at the earliest, even with timeout 0:
+ * a timer that restarts itself with timeout 0 fires once per iteration, and
+ * I/O, posts, deferred callbacks and crest_loop_stop() are served between
+ * firings (the loop does not block while it is due).
+ *
  * crest_timer_again() restarts a timer with its repeat interval from "now"
  * and costs O(1) when the new deadline is not earlier than the one the timer
  * holds in the heap: it only moves the deadline, and the heap entry is fixed
