@@ -10,7 +10,10 @@
  * Every arming (start, again, a repeat) takes the next start number, kept
  * with the real deadline and copied into the key with it: ties fire in the
  * order of the armings that set the deadlines, however lazily they were
- * keyed. */
+ * keyed.
+ *
+ * Deadlines saturate at UINT64_MAX ("never"): a timeout near UINT64_MAX
+ * must not wrap into the past and fire at once. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -19,6 +22,19 @@
 
 #define NS_PER_MS 1000000ull
 #define NOT_IN_HEAP SIZE_MAX
+
+static uint64_t add_sat(uint64_t a, uint64_t b) {
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static uint64_t ms_to_ns(uint64_t ms) {
+    return ms > UINT64_MAX / NS_PER_MS ? UINT64_MAX : ms * NS_PER_MS;
+}
+
+/* ns rounded up to whole milliseconds, without overflow near UINT64_MAX. */
+static uint64_t ns_to_ms_ceil(uint64_t ns) {
+    return ns / NS_PER_MS + (ns % NS_PER_MS != 0);
+}
 
 static bool before(const struct crest_timer *a, const struct crest_timer *b) {
     return a->key_ns != b->key_ns ? a->key_ns < b->key_ns : a->key_seq < b->key_seq;
@@ -132,8 +148,8 @@ int crest_timer_start(crest_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms)
     /* A restart may move the deadline earlier: take it out first so the
      * lazy path never sees a stale, later key. */
     crest_timer_stop(t);
-    return crest__timer_start_at(t, t->loop->now_ns + timeout_ms * NS_PER_MS,
-                                 repeat_ms * NS_PER_MS);
+    return crest__timer_start_at(t, add_sat(t->loop->now_ns, ms_to_ns(timeout_ms)),
+                                 ms_to_ns(repeat_ms));
 }
 
 int crest_timer_again(crest_timer_t *t) {
@@ -143,11 +159,12 @@ int crest_timer_again(crest_timer_t *t) {
         crest_timer_stop(t);
         return 0;
     }
-    return crest__timer_start_at(t, t->loop->now_ns + t->repeat_ns, t->repeat_ns);
+    return crest__timer_start_at(t, add_sat(t->loop->now_ns, t->repeat_ns), t->repeat_ns);
 }
 
 void crest_timer_set_repeat(crest_timer_t *t, uint64_t repeat_ms) {
-    t->repeat_ns = repeat_ms * NS_PER_MS;
+    if (t)
+        t->repeat_ns = ms_to_ns(repeat_ms);
 }
 
 void crest_timer_stop(crest_timer_t *t) {
@@ -166,7 +183,7 @@ uint64_t crest_timer_remaining(const crest_timer_t *t) {
     if (!crest_timer_active(t))
         return UINT64_MAX;
     uint64_t now = t->loop->now_ns;
-    return t->due_ns <= now ? 0 : (t->due_ns - now + NS_PER_MS - 1) / NS_PER_MS;
+    return t->due_ns <= now ? 0 : ns_to_ms_ceil(t->due_ns - now);
 }
 
 void crest_timer_destroy(crest_timer_t *t) {
@@ -217,9 +234,9 @@ unsigned crest__timers_run(struct crest_loop *loop, bool first) {
         if (t->repeat_ns) {
             /* Keep the cadence, but never schedule into the past: a timer
              * that fell behind fires once, not in a burst. */
-            uint64_t next = t->due_ns + t->repeat_ns;
+            uint64_t next = add_sat(t->due_ns, t->repeat_ns);
             if (next <= now)
-                next = now + t->repeat_ns;
+                next = add_sat(now, t->repeat_ns);
             t->key_ns = t->due_ns = next;
             t->key_seq = t->seq = h->seq++;
             sift_down(h, 0);
@@ -248,7 +265,7 @@ int crest__timers_next_timeout(struct crest_loop *loop) {
     uint64_t key = h->v[0]->key_ns, now = loop->now_ns;
     if (key <= now)
         return 0;
-    uint64_t ms = (key - now + NS_PER_MS - 1) / NS_PER_MS;
+    uint64_t ms = ns_to_ms_ceil(key - now);
     return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 

@@ -37,7 +37,8 @@ struct crest__timer_heap {
 
 void crest__timer_init(struct crest_loop *loop, struct crest_timer *t,
                        crest_timer_cb cb, void *arg, bool counted);
-/* Arm t to fire at deadline due_ns (absolute, loop clock). */
+/* Arm t to fire at deadline due_ns (absolute, loop clock; UINT64_MAX is
+ * never). */
 int crest__timer_start_at(struct crest_timer *t, uint64_t due_ns, uint64_t repeat_ns);
 void crest__timers_destroy(struct crest_loop *loop);
 /* Fire due timers (first: the iteration's first pass; see timer.c for

@@ -696,6 +696,99 @@ static void test_again_ties_in_start_order(void **state) {
     assert_int_equal(order[2], 3);
 }
 
+/* ---- extreme values ----------------------------------------------------- */
+
+#define FAR_MS (1ull << 40) /* about 35 years: "never" for these tests */
+
+static void test_extreme_timeouts(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    /* Deadlines that overflow now_ns + timeout when not saturated. */
+    static const uint64_t huge[] = {
+        UINT64_MAX, UINT64_MAX - 1, UINT64_MAX / 1000000 + 1, UINT64_MAX / 2,
+    };
+    enum { NH = sizeof huge / sizeof huge[0] };
+    struct tt h[NH];
+    for (int i = 0; i < NH; i++) {
+        tt_init(loop, &h[i], 10 + i);
+        tt_start(&h[i], huge[i], i % 2 ? UINT64_MAX : 0);
+        assert_true(crest_timer_remaining(h[i].t) > FAR_MS);
+    }
+    /* UINT32_MAX ms: 49 days, no overflow, but not soon either. */
+    struct tt u;
+    tt_init(loop, &u, 20);
+    tt_start(&u, UINT32_MAX, UINT32_MAX);
+    uint64_t r = crest_timer_remaining(u.t);
+    assert_true(r <= UINT32_MAX && r >= UINT32_MAX - 60000ull);
+    /* Fires after 1 ms, then never again (repeat UINT64_MAX saturates). */
+    struct tt one;
+    tt_init(loop, &one, 30);
+    tt_start(&one, 1, UINT64_MAX);
+    /* Timeout 0, repeat 1: fires at once, then each millisecond. */
+    struct tt zero;
+    tt_init(loop, &zero, 40);
+    tt_start(&zero, 0, 1);
+
+    tu_sleep_ms(3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(crest_loop_run_once(loop, 2), 1);
+        tu_sleep_ms(2);
+    }
+    int zero_calls = zero.calls;
+    crest_timer_stop(zero.t);
+    for (int i = 0; i < NH; i++) {
+        assert_int_equal(h[i].calls, 0); /* was 1: the deadline wrapped */
+        assert_true(crest_timer_active(h[i].t));
+        assert_true(crest_timer_remaining(h[i].t) > FAR_MS);
+    }
+    assert_int_equal(u.calls, 0);
+    assert_int_equal(one.calls, 1);
+    assert_true(crest_timer_active(one.t));
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    assert_true(zero_calls >= 2);
+
+    /* again and set_repeat with huge intervals saturate too. */
+    crest_timer_set_repeat(one.t, UINT64_MAX);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    crest_timer_set_repeat(one.t, UINT64_MAX / 1000000 + 1);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    tu_sleep_ms(2);
+    assert_int_equal(crest_loop_run_once(loop, 0), 1);
+    assert_int_equal(one.calls, 1);
+    /* ... and repeat 0 stops it. */
+    crest_timer_set_repeat(one.t, 0);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_false(crest_timer_active(one.t));
+
+    /* A bounded wait with only "never" timers alive returns, fires nothing. */
+    crest_timer_stop(u.t);
+    assert_int_equal(crest_loop_run_once(loop, 1), 1);
+    for (int i = 0; i < NH; i++) {
+        assert_int_equal(h[i].calls, 0);
+        tt_destroy(&h[i]);
+    }
+    tt_destroy(&u);
+    tt_destroy(&one);
+    tt_destroy(&zero);
+    tu_destroy_loop(loop);
+}
+
+static void test_null_arguments(void **state) {
+    (void)state;
+    assert_int_equal(crest_timer_start(NULL, 0, 0), -EINVAL);
+    assert_int_equal(crest_timer_start(NULL, UINT64_MAX, UINT64_MAX), -EINVAL);
+    assert_int_equal(crest_timer_again(NULL), -EINVAL);
+    crest_timer_set_repeat(NULL, 5);
+    assert_int_equal(crest_timer_remaining(NULL), UINT64_MAX);
+    crest_loop_t *loop = tu_loop();
+    crest_timer_t *t = NULL;
+    assert_int_equal(crest_timer_create(NULL, tt_cb, NULL, &t), -EINVAL);
+    assert_int_equal(crest_timer_create(loop, tt_cb, NULL, NULL), -EINVAL);
+    tu_destroy_loop(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_one_shot_fires_once),
@@ -718,6 +811,8 @@ int main(void) {
         tu_test(test_zero_restart_once_per_iteration),
         tu_test(test_started_by_timer_fires_next_iteration),
         tu_test(test_again_ties_in_start_order),
+        tu_test(test_extreme_timeouts),
+        tu_test(test_null_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
