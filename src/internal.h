@@ -75,7 +75,7 @@ struct crest_loop {
     int wakefd;
     pthread_t thread;           /* the thread that created or runs the loop */
     _Atomic int stop_flag;
-    bool running;
+    bool running;               /* inside run_once (or destroy): no nesting */
     bool dispatching;
 
     uint64_t now_ns;

@@ -1,7 +1,7 @@
 /* The reactor: create/destroy, one iteration, run/stop, deferred callbacks,
  * loop statistics.
  *
- * One iteration:
+ * One iteration (never nested: run_once from a callback is -EBUSY):
  *   1. read the clock; fire due timers
  *   2. serve the ready list (events fed back by callbacks that stopped early)
  *   3. run deferred callbacks queued before this iteration
@@ -109,6 +109,9 @@ fail:
 int crest_loop_destroy(crest_loop_t *loop) {
     if (!loop)
         return 0;
+    /* Callbacks run from here (on_close of the connections it aborts) must
+     * not run the loop it is taking apart: run and run_once say -EBUSY. */
+    loop->running = true;
     crest__listeners_destroy(loop);
     crest__conns_destroy(loop);
     crest__signals_destroy(loop);
@@ -208,8 +211,15 @@ static int poll_timeout(crest_loop_t *loop, int timeout_ms, bool had_work) {
 }
 
 int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
+    if (!loop)
+        return -EINVAL;
+    /* From a callback: the batches being served (deferred, ready list,
+     * timers, the epoll events) would be swapped or freed under the outer
+     * iteration.  Every callback the loop runs, of any kind, runs inside
+     * this flag. */
+    if (loop->running)
+        return -EBUSY;
     crest__event_t events[MAX_EVENTS];
-    bool was_running = loop->running;
     loop->running = true;
     loop->thread = pthread_self();
 
@@ -238,7 +248,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);
-    loop->running = was_running;
+    loop->running = false;
     if (n < 0)
         return n;
     return is_alive(loop) ? 1 : 0;
