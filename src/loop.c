@@ -68,7 +68,6 @@ int crest_loop_create(crest_loop_t **loopp) {
     if (!loop)
         return -ENOMEM;
     loop->epfd = loop->wakefd = -1;
-    loop->thread = pthread_self();
     pthread_mutex_init(&loop->post_lock, NULL);
     loop->base_ns = crest__clock_ns();
     crest__loop_set_now(loop, loop->base_ns);
@@ -136,10 +135,6 @@ void crest__loop_ref(crest_loop_t *loop) {
 
 void crest__loop_unref(crest_loop_t *loop) {
     loop->alive--;
-}
-
-bool crest__on_loop_thread(const crest_loop_t *loop) {
-    return pthread_equal(loop->thread, pthread_self());
 }
 
 static bool has_pending(const crest_loop_t *loop) {
@@ -221,7 +216,6 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
         return -EBUSY;
     crest__event_t events[MAX_EVENTS];
     loop->running = true;
-    loop->thread = pthread_self();
 
     uint64_t t0 = crest__clock_ns();
     crest__loop_set_now(loop, t0);
@@ -273,10 +267,14 @@ int crest_loop_run(crest_loop_t *loop) {
     return rc < 0 ? rc : 0;
 }
 
+/* Always wakes: telling the loop's thread from another would need the
+ * thread id, which the loop's thread writes while others read it.  From a
+ * callback the wake-up costs one write, and the next iteration one read. */
 void crest_loop_stop(crest_loop_t *loop) {
+    if (!loop)
+        return;
     atomic_store(&loop->stop_flag, 1);
-    if (!crest__on_loop_thread(loop))
-        (void)crest__wake_write(loop);
+    (void)crest__wake_write(loop);
 }
 
 void crest_loop_set_data(crest_loop_t *loop, void *data) {

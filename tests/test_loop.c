@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
@@ -701,6 +702,60 @@ static void test_nested_run_once_keeps_deferred_queue(void **state) {
     }
 }
 
+/* ---- stop from another thread -------------------------------------------- */
+
+struct stopper {
+    crest_loop_t *loop;
+    _Atomic int ticks; /* the loop's repeating timer counts here */
+    _Atomic int go;    /* this round's stop may be made */
+};
+
+static void *stopper_main(void *arg) {
+    struct stopper *s = arg;
+    for (int round = 1; round <= 3; round++) {
+        while (atomic_load(&s->go) < round)
+            tu_sleep_ms(1);
+        /* Stop while the loop iterates (its timer ticks each ms). */
+        int t0 = atomic_load(&s->ticks);
+        while (atomic_load(&s->ticks) < t0 + 2)
+            tu_sleep_ms(1);
+        crest_loop_stop(s->loop);
+    }
+    return NULL;
+}
+
+static void tick_cb(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct stopper *s = arg;
+    atomic_fetch_add(&s->ticks, 1);
+}
+
+/* crest_loop_stop() from another thread while the loop runs ends the run
+ * (the ThreadSanitizer build checks that it races with nothing). */
+static void test_stop_from_another_thread(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct stopper s = {.loop = loop};
+    crest_timer_t *tick = NULL;
+    assert_int_equal(crest_timer_create(loop, tick_cb, &s, &tick), 0);
+    assert_int_equal(crest_timer_start(tick, 1, 1), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, stopper_main, &s), 0);
+    bool woken = false;
+    for (int round = 1; round <= 3; round++) {
+        struct tu_watchdog wd;
+        tu_watchdog_arm(&wd, loop, 10000);
+        atomic_store(&s.go, round);
+        assert_int_equal(crest_loop_run(loop), 0);
+        woken |= tu_watchdog_disarm(&wd);
+    }
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_true(crest_timer_active(tick)); /* run returned because of stop */
+    crest_timer_destroy(tick);
+    tu_destroy_loop(loop);
+    assert_false(woken);
+}
+
 /* ---- extreme arguments --------------------------------------------------- */
 
 static void *post_later_main(void *arg) {
@@ -775,6 +830,7 @@ static void test_null_loop(void **state) {
     assert_int_equal(crest_loop_run(NULL), -EINVAL);
     assert_int_equal(crest_loop_run_once(NULL, 0), -EINVAL);
     assert_int_equal(crest_loop_run_once(NULL, -1), -EINVAL);
+    crest_loop_stop(NULL);
     assert_int_equal(crest_loop_create(NULL), -EINVAL);
     assert_int_equal(crest_loop_destroy(NULL), 0);
 }
@@ -799,6 +855,7 @@ int main(void) {
         tu_test(test_sigpipe_ignored),
         tu_test(test_nested_run_refused_in_every_callback),
         tu_test(test_nested_run_once_keeps_deferred_queue),
+        tu_test(test_stop_from_another_thread),
         tu_test(test_run_once_timeout_extremes),
         tu_test(test_null_loop),
     };

@@ -62,7 +62,10 @@ int crest_loop_run(crest_loop_t *loop);
 int crest_loop_run_once(crest_loop_t *loop, int timeout_ms);
 
 /* Make crest_loop_run() return after the current iteration.  Safe from any
- * thread and from a callback. */
+ * thread and from a callback; it always wakes the loop through its eventfd
+ * (so, from the loop's own thread, the next iteration reads one wake-up).
+ * A stop made while the loop is not running ends the next crest_loop_run()
+ * before its first iteration.  NULL is ignored. */
 void crest_loop_stop(crest_loop_t *loop);
 
 /* The cached monotonic time of the current iteration, in milliseconds and in
