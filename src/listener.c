@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +24,23 @@
 #include "conn_int.h"
 
 struct crest_listener {
-    struct crest_io io;
+    struct crest_io io;         /* first: the io layer frees the listener
+                                   through it (see crest_listener_close) */
     crest_loop_t *loop;
     struct crest__endpoint *ep;
     crest_addr_t addr;          /* bound address (with the real port) */
     unsigned accept_batch;
     int reserve_fd;             /* spare fd for EMFILE recovery, or -1 */
     bool tcp;
+    bool closed;                /* crest_listener_close() ran; the memory
+                                   stays until this iteration ends */
     uint64_t emfile_logged_ns;
     struct crest_timer retry;   /* after a transient accept4 error */
     struct crest_listener *prev, *next;
 };
+
+_Static_assert(offsetof(struct crest_listener, io) == 0,
+               "freeing the listener's io frees the listener");
 
 #define ACCEPT_RETRY_MS 10u
 
@@ -148,6 +155,11 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
         ep->lstats.active++;
         crest__conn_open(c);
         crest__conn_settle(c);
+        /* on_open, or the on_close of a connection it closed, may have
+         * closed the listener: its memory is still valid, but not its fd or
+         * endpoint, and nothing more is to be accepted. */
+        if (l->closed)
+            return;
     }
     /* Batch used up: more may be waiting, and no new edge will say so. */
     crest_io_feed(&l->io, CREST_IO_READABLE);
@@ -251,6 +263,9 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
         crest_fd_close(fd);
         goto fail;
     }
+    /* crest_io_stop() then frees the listener (l->io is its first member):
+     * at once, or after the iteration when closed from a callback. */
+    l->io.heap_owned = true;
     l->next = loop->listeners;
     if (loop->listeners)
         loop->listeners->prev = l;
@@ -265,16 +280,24 @@ fail:
     return rc;
 }
 
+/* The accept loop may be this call's caller (on_open, or the on_close of a
+ * connection closed there): as for connections, nothing is freed during
+ * dispatch.  The socket, the spare fd and the endpoint go now; the memory
+ * goes with the io watchers stopped in this iteration. */
 void crest_listener_close(crest_listener_t *l) {
-    if (!l)
+    if (!l || l->closed)
         return;
     crest_loop_t *loop = l->loop;
     int fd = l->io.fd;
+    l->closed = true;
     crest_timer_stop(&l->retry);
     crest__io_close(&l->io);
+    l->io.fd = -1;
     crest_fd_close(fd);
-    if (l->reserve_fd >= 0)
+    if (l->reserve_fd >= 0) {
         crest_fd_close(l->reserve_fd);
+        l->reserve_fd = -1;
+    }
     if (!l->tcp) {
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
         if (un->sun_path[0])
@@ -287,7 +310,8 @@ void crest_listener_close(crest_listener_t *l) {
     if (l->next)
         l->next->prev = l->prev;
     crest__endpoint_release(l->ep);
-    free(l);
+    l->ep = NULL;
+    crest_io_stop(&l->io);
 }
 
 void crest__listeners_destroy(crest_loop_t *loop) {

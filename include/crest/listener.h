@@ -54,7 +54,12 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
 
 /* Stop accepting and close the listening socket (and unlink a Unix path).
- * Connections already accepted are not affected. */
+ * Connections already accepted are not affected.  May be called from any
+ * callback of this loop, on_open and on_close of this listener's own
+ * connections included: no further connection is accepted (those still in
+ * the backlog are reset by the kernel) and no callback runs inside this
+ * call.  l must not be used after it (its memory goes once the current
+ * iteration's callbacks have returned). */
 void crest_listener_close(crest_listener_t *l);
 
 /* The bound address, e.g. with the port the kernel picked for port 0. */

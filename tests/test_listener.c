@@ -1,0 +1,189 @@
+/* Listeners under every legal call sequence (include/crest/listener.h):
+ * closed from their own connections' callbacks, listening on a Unix path
+ * another server holds, and calls that start something new while the loop
+ * is being destroyed.  Real loopback sockets; every test ends with nothing
+ * left open. */
+#include "crest_test.h"
+
+#include <sys/stat.h>
+#include <sys/un.h>
+
+struct lsrv {
+    crest_listener_t *l;
+    char addr[CREST_ADDR_STRLEN];
+    int opened, closed;
+    int close_after;        /* on_open closes the listener after this many */
+    bool abort_in_open;     /* on_open aborts its connection ... */
+    bool close_in_close;    /* ... and on_close closes the listener */
+    bool listener_closed;
+    crest_conn_t *conns[8];
+};
+
+static void lsrv_close_listener(struct lsrv *s) {
+    if (!s->listener_closed) {
+        s->listener_closed = true;
+        crest_listener_close(s->l);
+    }
+}
+
+static void lsrv_on_open(crest_conn_t *c) {
+    struct lsrv *s = crest_conn_handler_ctx(c);
+    assert_true(s->opened < 8);
+    assert_false(s->listener_closed); /* nothing accepted after the close */
+    crest_conn_set_data(c, (void *)(intptr_t)s->opened);
+    s->conns[s->opened++] = c;
+    if (s->abort_in_open)
+        crest_conn_abort(c);
+    else if (s->close_after && s->opened == s->close_after)
+        lsrv_close_listener(s);
+}
+
+static ssize_t lsrv_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    assert_int_equal(crest_conn_write(c, data, len), 0);
+    return (ssize_t)len;
+}
+
+static void lsrv_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    struct lsrv *s = crest_conn_handler_ctx(c);
+    s->conns[(intptr_t)crest_conn_get_data(c)] = NULL;
+    s->closed++;
+    if (s->close_in_close)
+        lsrv_close_listener(s);
+}
+
+static const crest_handler_t lsrv_handler = {
+    .on_open = lsrv_on_open, .on_data = lsrv_on_data, .on_close = lsrv_on_close,
+};
+
+static void lsrv_start(crest_loop_t *loop, struct lsrv *s, const char *addr) {
+    memset(s, 0, sizeof *s);
+    assert_int_equal(crest_listen(loop, addr, NULL, &lsrv_handler, s, &s->l), 0);
+    assert_true(crest_listener_address(s->l, s->addr, sizeof s->addr) > 0);
+}
+
+/* A raw client's connection ends (EOF or reset) without a byte. */
+static void expect_refused(crest_loop_t *loop, int fd) {
+    uint8_t b;
+    int end = 0;
+    assert_int_equal(tu_raw_recv(loop, fd, &b, 1, &end), 0);
+    assert_true(end == 1 || end == -ECONNRESET);
+}
+
+static void expect_echo(crest_loop_t *loop, int fd, const char *msg) {
+    char buf[64];
+    size_t len = strlen(msg);
+    int end = 0;
+    assert_int_equal(send(fd, msg, len, MSG_NOSIGNAL), (ssize_t)len);
+    assert_int_equal(tu_raw_recv(loop, fd, buf, len, &end), len);
+    assert_int_equal(end, 0);
+    assert_memory_equal(buf, msg, len);
+}
+
+/* ---- crest_listener_close() during the accept loop ------------------------- */
+
+/* "Accept two, then stop listening": four clients wait in the backlog, so
+ * one accept loop meets all four; on_open closes the listener after the
+ * second.  The accept loop must stop there: the listener's memory, fd and
+ * endpoint must not be touched again. */
+static void test_close_from_on_open(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    s.close_after = 2;
+    int fds[4];
+    for (int i = 0; i < 4; i++)
+        fds[i] = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.listener_closed);
+    tu_spin(loop, 5);
+    assert_int_equal(s.opened, 2);
+    /* The two accepted ones are served; the two left in the backlog were
+     * reset when the listening socket closed. */
+    expect_echo(loop, fds[0], "zero");
+    expect_echo(loop, fds[1], "one");
+    expect_refused(loop, fds[2]);
+    expect_refused(loop, fds[3]);
+    assert_false(tu_log_contains("accept4 failed"));
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    RUN_UNTIL(loop, s.closed == 2);
+    tu_finish_conns(loop);
+}
+
+/* The same through on_close: on_open aborts its connection, whose on_close
+ * (run by the accept loop as it settles the connection) closes the
+ * listener. */
+static void test_close_from_on_close_of_conn_closed_in_on_open(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    s.abort_in_open = true;
+    s.close_in_close = true;
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.listener_closed);
+    tu_spin(loop, 5);
+    assert_int_equal(s.opened, 1);
+    assert_int_equal(s.closed, 1);
+    for (int i = 0; i < 3; i++)
+        expect_refused(loop, fds[i]);
+    assert_false(tu_log_contains("accept4 failed"));
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    tu_finish_conns(loop);
+}
+
+/* Closed in on_open, then the loop destroyed at once (with the accepted
+ * connection still open): everything is freed, nothing is left open. */
+static void test_close_from_on_open_then_destroy(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    s.close_after = 1;
+    int a = tu_raw_connect(s.addr, 0);
+    int b = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.listener_closed);
+    assert_int_equal(s.opened, 1);
+    assert_int_equal(crest_loop_destroy(loop), 0);
+    assert_int_equal(s.closed, 1); /* aborted by the destroy */
+    close(a);
+    close(b);
+    tu_assert_nothing_open();
+}
+
+/* Closed outside the loop, from the application, before any iteration and
+ * after one: the listener goes at once. */
+static void test_close_outside_loop(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    crest_listener_close(s.l);
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    int a = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.opened == 1);
+    expect_echo(loop, a, "hi");
+    crest_listener_close(s.l);
+    expect_echo(loop, a, "still served");
+    close(a);
+    RUN_UNTIL(loop, s.closed == 1);
+    tu_finish_conns(loop);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        tu_test(test_close_from_on_open),
+        tu_test(test_close_from_on_close_of_conn_closed_in_on_open),
+        tu_test(test_close_from_on_open_then_destroy),
+        tu_test(test_close_outside_loop),
+    };
+    const char *filter = getenv("CREST_TEST_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
