@@ -35,6 +35,8 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
                        crest_conn_t **connp) {
     if (!loop || !addr || !handler || !connp)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN; /* a reconnect from on_close during crest_loop_destroy */
     struct crest__endpoint *ep;
     int rc = crest__endpoint_new(handler, ctx, opts, &ep);
     if (rc < 0)

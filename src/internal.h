@@ -76,6 +76,8 @@ struct crest_loop {
     _Atomic int stop_flag;
     bool running;               /* inside run_once (or destroy): no nesting */
     bool dispatching;
+    bool destroying;            /* crest_loop_destroy() under way: nothing
+                                   new may start (-ESHUTDOWN) */
 
     uint64_t now_ns;
     uint64_t base_ns;           /* the loop's creation: now_ms counts from it */

@@ -229,6 +229,8 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
     if (!loop || !addr || !handler || !lp)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN;
     crest_listen_opts_t o;
     if (opts)
         o = *opts;

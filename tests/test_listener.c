@@ -175,12 +175,103 @@ static void test_close_outside_loop(void **state) {
     tu_finish_conns(loop);
 }
 
+
+/* ---- nothing new starts while the loop is destroyed ------------------------ */
+
+struct recon {
+    char addr[CREST_ADDR_STRLEN];
+    int opened, closed, attempts;
+    int connect_rc[8], listen_rc, io_rc;
+    int pipe_fd;
+};
+
+static void recon_on_open(crest_conn_t *c) {
+    struct recon *r = crest_conn_handler_ctx(c);
+    r->opened++;
+}
+
+static ssize_t recon_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    (void)c;
+    (void)data;
+    return (ssize_t)len;
+}
+
+static void recon_io_cb(crest_io_t *io, unsigned events, void *arg) {
+    (void)io;
+    (void)events;
+    (void)arg;
+}
+
+static const crest_handler_t recon_handler;
+
+/* A client that reconnects when it loses its connection, as clients do;
+ * bounded, so a broken teardown cannot loop forever. */
+static void recon_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    struct recon *r = crest_conn_handler_ctx(c);
+    crest_loop_t *loop = crest_conn_loop(c);
+    r->closed++;
+    if (r->attempts < 8) {
+        crest_conn_t *n = NULL;
+        r->connect_rc[r->attempts++] = crest_connect(loop, r->addr, NULL, &recon_handler, r, &n);
+    }
+    crest_listener_t *l = NULL;
+    r->listen_rc = crest_listen(loop, "127.0.0.1:0", NULL, &recon_handler, r, &l);
+    if (r->listen_rc == 0)
+        crest_listener_close(l);
+    crest_io_t *io = NULL;
+    r->io_rc = crest_io_start(loop, r->pipe_fd, CREST_IO_READABLE, recon_io_cb, NULL, &io);
+    if (r->io_rc == 0)
+        crest_io_stop(io);
+}
+
+static const crest_handler_t recon_handler = {
+    .on_open = recon_on_open, .on_data = recon_on_data, .on_close = recon_on_close,
+};
+
+/* Two clients whose on_close reconnects, still connected when the loop is
+ * destroyed.  The second client's reconnect would get the fd number the
+ * first one's close just freed, below where the teardown has got to: it
+ * must be refused (-ESHUTDOWN), as must a listen and an io watcher, and
+ * the destroy must leave nothing open. */
+static void test_reconnect_from_on_close_during_destroy(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    static struct recon r;
+    lsrv_start(loop, &s, "127.0.0.1:0");
+    memset(&r, 0, sizeof r);
+    strcpy(r.addr, s.addr);
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    r.pipe_fd = p[0];
+    crest_conn_t *a, *b;
+    assert_int_equal(crest_connect(loop, r.addr, NULL, &recon_handler, &r, &a), 0);
+    assert_int_equal(crest_connect(loop, r.addr, NULL, &recon_handler, &r, &b), 0);
+    RUN_UNTIL(loop, r.opened == 2 && s.opened == 2);
+    int rc = crest_loop_destroy(loop);
+    if (rc != 0)
+        tu_log_dump();
+    assert_int_equal(r.closed, 2);
+    assert_int_equal(r.attempts, 2);
+    assert_int_equal(r.connect_rc[0], -ESHUTDOWN);
+    assert_int_equal(r.connect_rc[1], -ESHUTDOWN);
+    assert_int_equal(r.listen_rc, -ESHUTDOWN);
+    assert_int_equal(r.io_rc, -ESHUTDOWN);
+    assert_int_equal(rc, 0);
+    close(p[0]);
+    close(p[1]);
+    tu_assert_nothing_open();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_close_from_on_open),
         tu_test(test_close_from_on_close_of_conn_closed_in_on_open),
         tu_test(test_close_from_on_open_then_destroy),
         tu_test(test_close_outside_loop),
+        tu_test(test_reconnect_from_on_close_during_destroy),
     };
     const char *filter = getenv("CREST_TEST_FILTER");
     if (filter && *filter)
