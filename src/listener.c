@@ -56,7 +56,11 @@ static int open_reserve(struct crest_listener *l) {
     int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    crest__fd_register(fd, CREST_FD_RESERVE, l->loop, CREST_HERE);
+    int rc = crest__fd_register(fd, CREST_FD_RESERVE, l->loop, CREST_HERE);
+    if (rc < 0) {
+        close(fd); /* not registered: crest_fd_close() would refuse it */
+        return rc;
+    }
     l->reserve_fd = fd;
     return 0;
 }
@@ -79,7 +83,7 @@ static void shed_pending(struct crest_listener *l, int err) {
             close(fd); /* never registered: it lived for two syscalls */
             dropped++;
         }
-        (void)open_reserve(l);
+        (void)open_reserve(l); /* if this fails, the next accept event retries */
     }
     if (dropped == 0 && end_err == EAGAIN)
         return; /* accept4 says EMFILE before it looks: nothing was pending */
@@ -105,12 +109,28 @@ static void refuse(struct crest_listener *l, int fd) {
     loop->conn_stats.close_reasons[CREST_CLOSE_CONN_LIMIT]++;
 }
 
+/* The registry could not record an accepted fd (-ENOMEM): crest_fd_close()
+ * would refuse it later and leak it, so drop the connection now, with a
+ * plain close. */
+static void unrecorded(struct crest_listener *l, int fd, int err) {
+    (void)crest_sockopt_set_linger_abort(fd);
+    close(fd);
+    l->ep->lstats.accept_errors++;
+    l->loop->conn_stats.close_reasons[CREST_CLOSE_NO_MEMORY]++;
+    char where[CREST_ADDR_STRLEN];
+    crest_addr_format(&l->addr, where, sizeof where);
+    crest_log(CREST_LOG_WARN, "listener %s: accepted fd %d not recorded in the fd registry (%s): "
+              "connection dropped", where, fd, crest_strerror(err));
+}
+
 static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
     CREST__UNUSED(io);
     CREST__UNUSED(events);
     struct crest_listener *l = arg;
     crest_loop_t *loop = l->loop;
     struct crest__endpoint *ep = l->ep;
+    if (CREST__UNLIKELY(l->reserve_fd < 0))
+        (void)open_reserve(l); /* lost at an EMFILE: fds may be back */
     for (unsigned n = 0; n < l->accept_batch; n++) {
         struct sockaddr_storage peer;
         socklen_t peer_len = sizeof peer;
@@ -138,7 +158,11 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
                 return;
             }
         }
-        crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        int rc = crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        if (CREST__UNLIKELY(rc < 0)) {
+            unrecorded(l, fd, rc);
+            continue;
+        }
         if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
             refuse(l, fd);
             continue;

@@ -78,7 +78,9 @@ typedef struct crest_listener_stats {
     uint64_t active;          /* accepted connections open now */
     uint64_t refused_limit;   /* closed at once: max_conns reached */
     uint64_t emfile;          /* dropped while out of fds */
-    uint64_t accept_errors;   /* other accept4 failures */
+    uint64_t accept_errors;   /* other accept4 failures, and accepted fds
+                                 the fd registry could not record (out of
+                                 memory: closed at once, logged) */
 } crest_listener_stats_t;
 
 void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out);
