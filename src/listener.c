@@ -195,6 +195,27 @@ static void on_retry(crest_timer_t *t, void *arg) {
     crest_io_feed(&l->io, CREST_IO_READABLE);
 }
 
+/* Does anyone listen on this Unix socket path?  A connect tells: refused
+ * means the file is stale.  0 if stale (or gone), -EADDRINUSE if a server
+ * listens there (it sees one connection that closes at once), or the
+ * connect's -errno when it cannot tell (EACCES, EPROTOTYPE, ...). */
+static int unix_path_stale(const crest_addr_t *a) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0 ? -EADDRINUSE : -errno;
+    close(fd); /* never registered: it lived for two syscalls */
+    switch (rc) {
+    case -ECONNREFUSED: /* a socket file no one listens on */
+    case -ENOENT:       /* gone since the stat */
+        return 0;
+    case -EAGAIN:       /* a live server with a full backlog */
+        return -EADDRINUSE;
+    default:
+        return rc;
+    }
+}
+
 static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
     int family = l->addr.ss.ss_family;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -217,11 +238,15 @@ static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
             goto fail;
         }
     } else {
-        /* A socket file left by a dead server would make bind fail. */
+        /* A socket file left by a dead server would make bind fail: replace
+         * it, but never one a live server listens on. */
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
         struct stat st;
-        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            if ((rc = unix_path_stale(&l->addr)) < 0)
+                goto fail;
             unlink(un->sun_path);
+        }
     }
     /* Accepted sockets inherit buffer sizes, TCP_NODELAY and keepalive from
      * the listener: set once here, not once per connection. */

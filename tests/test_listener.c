@@ -265,6 +265,99 @@ static void test_reconnect_from_on_close_during_destroy(void **state) {
     tu_assert_nothing_open();
 }
 
+/* ---- Unix socket paths ----------------------------------------------------- */
+
+static void unix_path(char *path, size_t size, char *addr, size_t asize, const char *tag) {
+    snprintf(path, size, "/tmp/crest-test-listener-%d-%s.sock", (int)getpid(), tag);
+    snprintf(addr, asize, "unix:%s", path);
+    unlink(path);
+}
+
+/* A second listener on the path a live one holds fails with -EADDRINUSE
+ * and leaves the path alone: the first still accepts through it. */
+static void test_unix_path_of_live_listener(void **state) {
+    (void)state;
+    char path[108], addr[128];
+    unix_path(path, sizeof path, addr, sizeof addr, "live");
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s, s2;
+    lsrv_start(loop, &s, addr);
+    memset(&s2, 0, sizeof s2);
+    assert_int_equal(crest_listen(loop, addr, NULL, &lsrv_handler, &s2, &s2.l), -EADDRINUSE);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    int a = tu_raw_connect(addr, 0);
+    expect_echo(loop, a, "first still serves");
+    close(a);
+    /* (The first also saw crest's probe: a connection closed at once.) */
+    RUN_UNTIL(loop, s.closed == s.opened && s.opened >= 1);
+    assert_int_equal(s2.opened, 0);
+    crest_listener_close(s.l);
+    assert_int_equal(stat(path, &st), -1);
+    tu_finish_conns(loop);
+}
+
+/* The same when the live server is not crest's, and with its backlog
+ * full; a socket file no one listens on (a dead server's, or bound but not
+ * listening) is replaced. */
+static void test_unix_path_stale_or_foreign(void **state) {
+    (void)state;
+    char path[108], addr[128];
+    unix_path(path, sizeof path, addr, sizeof addr, "foreign");
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, path);
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+
+    int srv = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(srv >= 0);
+    assert_int_equal(bind(srv, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(listen(srv, 0), 0);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(crest_listen(loop, addr, NULL, &lsrv_handler, &s, &s.l), -EADDRINUSE);
+    /* Fill its backlog (the probe's connection went into it) and ask again. */
+    int fill[4], n_fill = 0;
+    bool full = false;
+    while (!full && n_fill < 4) {
+        int f = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(f >= 0);
+        fill[n_fill++] = f;
+        if (connect(f, (struct sockaddr *)&sun, sizeof sun) < 0) {
+            assert_int_equal(errno, EAGAIN);
+            full = true;
+        }
+    }
+    assert_true(full);
+    assert_int_equal(crest_listen(loop, addr, NULL, &lsrv_handler, &s, &s.l), -EADDRINUSE);
+    /* The foreign server still has its path. */
+    int c = accept4(srv, NULL, NULL, SOCK_CLOEXEC);
+    assert_true(c >= 0);
+    close(c);
+    for (int i = 0; i < n_fill; i++)
+        close(fill[i]);
+    /* It dies, leaving its socket file: stale, replaced. */
+    close(srv);
+    lsrv_start(loop, &s, addr);
+    int a = tu_raw_connect(addr, 0);
+    expect_echo(loop, a, "took over");
+    close(a);
+    RUN_UNTIL(loop, s.closed == 1);
+    crest_listener_close(s.l);
+
+    /* Bound but not listening: stale too. */
+    int bound = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(bound >= 0);
+    assert_int_equal(bind(bound, (struct sockaddr *)&sun, sizeof sun), 0);
+    lsrv_start(loop, &s, addr);
+    a = tu_raw_connect(addr, 0);
+    expect_echo(loop, a, "again");
+    close(a);
+    close(bound);
+    RUN_UNTIL(loop, s.closed == 1);
+    crest_listener_close(s.l);
+    tu_finish_conns(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_close_from_on_open),
@@ -272,6 +365,8 @@ int main(void) {
         tu_test(test_close_from_on_open_then_destroy),
         tu_test(test_close_outside_loop),
         tu_test(test_reconnect_from_on_close_during_destroy),
+        tu_test(test_unix_path_of_live_listener),
+        tu_test(test_unix_path_stale_or_foreign),
     };
     const char *filter = getenv("CREST_TEST_FILTER");
     if (filter && *filter)

@@ -49,7 +49,10 @@ void crest_listen_opts_init(crest_listen_opts_t *opts);
 
 /* Bind and listen on addr (see addr.h), with handler and its ctx for every
  * accepted connection.  opts may be NULL; it is copied.  A Unix socket path
- * left by a dead process is replaced.  0 and *lp, or -errno; -ESHUTDOWN
+ * left by a dead process is replaced; one a live server listens on is not:
+ * -EADDRINUSE (crest connects to find out, so that server sees one
+ * connection that closes at once; a socket file no one listens on counts
+ * as stale).  0 and *lp, or -errno; -ESHUTDOWN
  * while crest_loop_destroy() runs (from an on_close it causes). */
 int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
