@@ -634,6 +634,13 @@ static void announce(const struct server *srv, const char *address, int sndbuf, 
         printf("socket buffers: sndbuf %d bytes (%s), rcvbuf %d bytes (%s)\n", sndbuf, snd,
                rcvbuf, rcv);
     }
+    char idle[32] = "off", rd[32] = "off";
+    if (cfg->idle_timeout_ms)
+        snprintf(idle, sizeof idle, "%.3g s", (double)cfg->idle_timeout_ms / 1000.0);
+    if (cfg->read_timeout_ms)
+        snprintf(rd, sizeof rd, "%.3g s", (double)cfg->read_timeout_ms / 1000.0);
+    printf("timeouts: idle %s, read %s (an unfinished message); 0 turns either off\n", idle,
+           rd);
     /* Tests wait for this line: print it last. */
     printf("listening on %s\n", address);
     fflush(stdout);
@@ -771,6 +778,12 @@ static const struct option common_options[] = {
 #define N_COMMON (sizeof common_options / sizeof common_options[0])
 #define MAX_PROTO_OPTIONS 32
 
+/* A server on the internet must not hold a slowloris connection forever:
+ * on by default, like nginx's client_header_timeout and keepalive_timeout
+ * (60 s and 75 s there). */
+#define DEFAULT_IDLE_TIMEOUT_MS 300000u
+#define DEFAULT_READ_TIMEOUT_MS 10000u
+
 static void usage(const server_proto_t *proto, FILE *out) {
     fprintf(out,
             "Usage: %s [OPTION]...\n"
@@ -799,17 +812,18 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "      --sndbuf BYTES      SO_SNDBUF; the size the kernel applied is printed\n"
             "      --rcvbuf BYTES      SO_RCVBUF; likewise (default for both: autotuned)\n"
             "      --idle-timeout SECONDS  close a connection idle this long (0.5 works;\n"
-            "                          default: never)\n"
+            "                          default %u; 0: never)\n"
             "      --read-timeout SECONDS  close a connection whose message (a line or a\n"
             "                          frame) is still unfinished this long after its\n"
-            "                          first byte came (default: never)\n"
+            "                          first byte came (default %u; 0: never)\n"
             "Output:\n"
             "      --stats SECONDS     print live figures every SECONDS\n"
             "  -q, --quiet             no per-connection or stats lines (the final report\n"
             "                          still prints)\n"
             "  -h, --help              this help\n"
             "  -V, --version           the server's and crest's version\n",
-            proto->name, proto->summary, proto->default_port);
+            proto->name, proto->summary, proto->default_port, DEFAULT_IDLE_TIMEOUT_MS / 1000,
+            DEFAULT_READ_TIMEOUT_MS / 1000);
     if (proto->options_help)
         fprintf(out, "%s:\n%s", proto->name, proto->options_help);
     fprintf(out,
@@ -893,7 +907,8 @@ static int parse_options(struct server *srv, int argc, char **argv) {
     prog = proto->name;
     *cfg = (struct config){
         .host = "127.0.0.1", .port = proto->default_port, .threads = 1, .workers = 1,
-        .nodelay = true};
+        .nodelay = true, .idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS,
+        .read_timeout_ms = DEFAULT_READ_TIMEOUT_MS};
 
     /* getopt_long wants one table: the common options, then the protocol's. */
     struct option all[N_COMMON + MAX_PROTO_OPTIONS + 1];

@@ -149,6 +149,10 @@ void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why
     if (c->state == CREST_CONN_CLOSING) {
         /* The peer would not take our last bytes: give up on them. */
         c->flags |= CREST__C_ABORTING;
+    } else if (c->state == CREST_CONN_CONNECTING) {
+        crest__conn_connect_failed(c, why, ETIMEDOUT);
+        crest__conn_settle(c);
+        return;
     }
     crest__conn_request_close(c, why, ETIMEDOUT);
     crest__conn_settle(c);
@@ -210,8 +214,15 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
         c->close_reason = (uint8_t)reason;
         c->close_err = (uint16_t)err;
     }
-    if (c->state == CREST_CONN_CONNECTING)
-        c->flags |= CREST__C_ABORTING; /* nothing was sent yet: nothing to flush */
+    if (c->state == CREST_CONN_CONNECTING) {
+        /* Output the handler wrote (and was told was accepted) goes out
+         * once the connect completes: the close then proceeds from
+         * connect_done().  With nothing to send, nothing waits. */
+        if (!(c->flags & (CREST__C_ABORTING | CREST__C_DEAD)) &&
+            (c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)))
+            return;
+        c->flags |= CREST__C_ABORTING;
+    }
     if (c->state != CREST_CONN_CLOSING) {
         c->state = CREST_CONN_CLOSING;
         c->write_stalled = c->io.loop->now_ms;
@@ -219,6 +230,15 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
     }
     /* Buffered input is never delivered now; it goes back to the pool when
      * the close completes (a callback up the stack may still point into it). */
+}
+
+/* The connect failed or timed out: whatever close was requested before,
+ * this is what happened to the connection (and to the output it held). */
+void crest__conn_connect_failed(struct crest_conn *c, crest_close_reason_t why, int err) {
+    c->flags |= CREST__C_DEAD | CREST__C_CLOSE_REQUESTED;
+    c->close_reason = (uint8_t)why;
+    c->close_err = (uint16_t)err;
+    crest__conn_request_close(c, why, err);
 }
 
 void crest__conn_drop_buffers(struct crest_conn *c) {
@@ -382,11 +402,14 @@ int crest_conn_shutdown(crest_conn_t *c) {
 }
 
 void crest_conn_pause(crest_conn_t *c) {
+    if (c->state == CREST_CONN_CLOSED)
+        return;
     c->flags |= CREST__C_PAUSED_USER;
+    c->read_started = 0; /* the read timeout waits for the resume */
 }
 
 void crest_conn_resume(crest_conn_t *c) {
-    if (!(c->flags & CREST__C_PAUSED_USER))
+    if (!(c->flags & CREST__C_PAUSED_USER) || c->state == CREST_CONN_CLOSED)
         return;
     c->flags &= (uint16_t)~CREST__C_PAUSED_USER;
     crest__conn_resume_input(c);

@@ -105,6 +105,7 @@ void crest__conn_notify_open(struct crest_conn *c);
 void crest__conn_set_peer(struct crest_conn *c, const struct sockaddr *sa, socklen_t len);
 struct crest__conn_extra *crest__conn_extra(struct crest_conn *c);
 void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason, int err);
+void crest__conn_connect_failed(struct crest_conn *c, crest_close_reason_t why, int err);
 void crest__conn_settle(struct crest_conn *c);
 void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why);
 

@@ -69,6 +69,8 @@ static void check_high_water(struct crest_conn *c) {
         return;
     c->flags |= CREST__C_PAUSED_HIGH;
     c->io.loop->conn_stats.paused++;
+    if (!c->ep->opts.keep_reading)
+        c->read_started = 0; /* not waiting for the peer now: see settle_input */
     if (c->ep->handler.on_high_water) {
         c->depth++;
         c->ep->handler.on_high_water(c);
@@ -331,8 +333,11 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL;
     size_t total = 0;
-    for (int i = 0; i < iovcnt; i++)
+    for (int i = 0; i < iovcnt; i++) {
+        if (CREST__UNLIKELY(iov[i].iov_len > SIZE_MAX - total))
+            return -EINVAL;
         total += iov[i].iov_len;
+    }
     uint8_t *p = gather_slot(c, total);
     if (CREST__LIKELY(p != NULL)) {
         for (int i = 0; i < iovcnt; i++) {
@@ -645,7 +650,9 @@ static bool settle_input(struct crest_conn *c) {
         c->read_started = 0;
         return true;
     }
-    if (!c->read_started) {
+    /* The read timeout is for a message the peer started and has not
+     * finished: not for whole messages a pause holds back. */
+    if (!c->read_started && !paused(c)) {
         c->read_started = loop->now_ms;
         if (c->ep->opts.read_timeout_ms)
             crest__conn_arm_timer(c);
@@ -683,6 +690,22 @@ static bool settle_input(struct crest_conn *c) {
  * again. */
 static void take_eof(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
+    if (c->flags & CREST__C_PROXY_WAIT) {
+        /* The handler never heard of this connection: no on_eof.  A
+         * connect-only health check (HAProxy's) sends nothing at all; that
+         * is not worth a warning. */
+        size_t got = c->in ? crest__chunk_len(c->in) : 0;
+        if (got)
+            crest_conn_fail(c, CREST_CLOSE_PROTOCOL_ERROR,
+                            "PROXY header: the peer closed after %zu bytes of it", got);
+        else {
+            crest_log(CREST_LOG_DEBUG,
+                      "connection fd %d closed before its PROXY header (a health check?)",
+                      c->io.fd);
+            crest__conn_request_close(c, CREST_CLOSE_PROTOCOL_ERROR, 0);
+        }
+        return;
+    }
     while (c->in && crest__chunk_len(c->in) > 0) {
         if (!may_deliver(c))
             return; /* the resume (redeliver) brings us back */
@@ -830,11 +853,19 @@ static void connect_done(struct crest_conn *c) {
     if (err < 0)
         err = -err;
     if (err) {
-        c->flags |= CREST__C_DEAD;
-        crest__conn_request_close(c, CREST_CLOSE_CONNECT_FAILED, err);
+        crest__conn_connect_failed(c, CREST_CLOSE_CONNECT_FAILED, err);
         return;
     }
     c->flags |= CREST__C_WRITABLE;
+    if (c->flags & CREST__C_CLOSE_REQUESTED) {
+        /* Closed while connecting, with output to deliver: it goes now,
+         * then the close completes.  The handler, done with the
+         * connection, hears no on_open. */
+        c->state = CREST_CONN_OPEN;
+        c->flags &= (uint16_t)~CREST__C_CLOSE_REQUESTED;
+        crest__conn_request_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
+        return;
+    }
     crest__conn_open(c);
 }
 

@@ -11,8 +11,9 @@
  * stall starting) is pushed up at once.  One generic loop timer fires at
  * the heap's top.  Per connection: 8 bytes of key and index, 8 of heap.
  *
- * Times are the loop's millisecond clock, compared modulo 2^32 (deadlines
- * within 24 days of now). */
+ * Times are the loop's millisecond clock, compared modulo 2^32: heap keys
+ * are kept within KEY_HORIZON_MS of now, and a timeout may be any
+ * uint32_t (up to 49.7 days). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -27,20 +28,32 @@ static bool before(uint32_t a, uint32_t b) {
     return (int32_t)(a - b) < 0;
 }
 
-/* The earliest deadline that applies now and its reason; false if none. */
+/* Heap keys stay within this of now, so that they compare correctly
+ * modulo 2^32 (before()); a later deadline is re-keyed when its key
+ * surfaces.  This is what lets a timeout be any uint32_t. */
+#define KEY_HORIZON_MS (1u << 30)
+
+/* The earliest deadline that applies now and its reason; false if none.
+ * *when is a heap key: the deadline, or now + KEY_HORIZON_MS if it is
+ * further away. */
 static bool next_deadline(const struct crest_conn *c, uint32_t *when, crest_close_reason_t *why) {
     const crest_conn_opts_t *o = &c->ep->opts;
+    uint32_t now = c->io.loop->now_ms;
+    uint32_t best = 0; /* milliseconds left, of the earliest deadline */
     bool any = false;
-#define CONSIDER(since, ms, reason)                               \
-    do {                                                          \
-        if ((since) && (ms)) {                                    \
-            uint32_t w_ = (since) + (ms);                         \
-            if (!any || before(w_, *when)) {                      \
-                *when = w_;                                       \
-                *why = (reason);                                  \
-                any = true;                                       \
-            }                                                     \
-        }                                                         \
+    /* Elapsed time is taken modulo 2^32: exact while under 49.7 days,
+     * which is as long as any timeout can be. */
+#define CONSIDER(since, ms, reason)                                         \
+    do {                                                                    \
+        if ((since) && (ms)) {                                              \
+            uint32_t elapsed_ = now - (since);                              \
+            uint32_t left_ = elapsed_ >= (ms) ? 0 : (ms)-elapsed_;           \
+            if (!any || left_ < best) {                                     \
+                best = left_;                                               \
+                *why = (reason);                                            \
+                any = true;                                                 \
+            }                                                               \
+        }                                                                   \
     } while (0)
     if (c->state == CREST_CONN_CONNECTING) {
         CONSIDER(c->last_active, o->connect_timeout_ms, CREST_CLOSE_CONNECT_TIMEOUT);
@@ -53,6 +66,8 @@ static bool next_deadline(const struct crest_conn *c, uint32_t *when, crest_clos
         CONSIDER(c->write_stalled, o->write_timeout_ms, CREST_CLOSE_WRITE_TIMEOUT);
     }
 #undef CONSIDER
+    if (any)
+        *when = now + (best < KEY_HORIZON_MS ? best : KEY_HORIZON_MS);
     return any;
 }
 

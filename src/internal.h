@@ -73,10 +73,11 @@ struct crest_posted {
 struct crest_loop {
     int epfd;
     int wakefd;
-    pthread_t thread;           /* the thread that created or runs the loop */
     _Atomic int stop_flag;
-    bool running;
+    bool running;               /* inside run_once (or destroy): no nesting */
     bool dispatching;
+    bool destroying;            /* crest_loop_destroy() under way: nothing
+                                   new may start (-ESHUTDOWN) */
 
     uint64_t now_ns;
     uint64_t base_ns;           /* the loop's creation: now_ms counts from it */
@@ -146,7 +147,6 @@ uint64_t crest__clock_ns(void);
 void crest__loop_set_now(crest_loop_t *loop, uint64_t ns);
 
 /* Loop internals used by other modules */
-bool crest__on_loop_thread(const crest_loop_t *loop);
 int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
                    crest_io_cb cb, void *arg, bool counted);
 void crest__io_close(struct crest_io *io);  /* stop, for embedded watchers */
@@ -168,7 +168,10 @@ void crest__wake_read(crest_loop_t *loop);
 /* Signals (signal.c) */
 void crest__signals_destroy(crest_loop_t *loop);
 
-/* fd registry with an owner (the loop or layer that opened it) */
+/* fd registry with an owner (the loop that opened it).  Register: 0,
+ * -EEXIST, or -ENOMEM (the fd is then not recorded: close it with close(),
+ * crest_fd_close() would refuse it).  Report: log the owner's fds still
+ * open and forget the owner (at its loop's destroy). */
 int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
 int crest__fd_report_owner(const void *owner, const char *what);
 

@@ -36,6 +36,10 @@ int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned eve
                    crest_io_cb cb, void *arg, bool counted) {
     if (fd < 0 || (events & ~INTEREST_MASK) || !cb)
         return -EINVAL;
+    /* Teardown walks the fd table once: a watcher added behind it (from an
+     * on_close it runs) would outlive the loop. */
+    if (CREST__UNLIKELY(loop->destroying))
+        return -ESHUTDOWN;
     int rc = table_reserve(loop, fd);
     if (rc < 0)
         return rc;
@@ -87,7 +91,10 @@ int crest_io_modify(crest_io_t *io, unsigned events) {
 
 void crest_io_feed(crest_io_t *io, unsigned events) {
     crest_loop_t *loop = io->loop;
-    if (!events)
+    /* A stopped watcher (a connection closed earlier in this iteration
+     * still has its memory) has nothing to be fed: its fd may be -1, or
+     * already another watcher's. */
+    if (!events || io->fd < 0 || io->fd >= loop->ios_cap || loop->ios[io->fd] != io)
         return;
     if (io->fed) {
         io->fed |= events; /* already listed: merge */

@@ -5,7 +5,8 @@
 # each with crest-bench in every mode (every reply checked byte for byte by
 # crest-bench), checks the oversized-frame and too-long-line cases (the bad
 # connection is closed with the right reason while others keep being
-# served), then stops each server with SIGTERM and checks its final report:
+# served), the default timeouts (a half line is closed after 10 s), then
+# stops each server with SIGTERM and checks its final report:
 # exit status 0, "0 fds leaked", no buffer bytes outstanding.
 # No timing thresholds: every check is on counts and text.
 #
@@ -128,6 +129,26 @@ if start crest-framed --quiet --max-frame 1000; then
     bench ok "framed keeps serving after it" --mode frame -c 5 -n 100 -s 10 "$addr"
     stop crest-framed
     log_has crest-framed 'frame too large' "framed: the server logged 'frame too large'"
+fi
+
+# --- safe defaults: a slowloris line is closed by the default read timeout --
+if start crest-echo --line; then
+    log_has crest-echo '^timeouts: idle 300 s, read 10 s' "echo --line: default timeouts printed"
+    # Half a line, then nothing: the default read timeout (10 s) closes it.
+    # The wait is a bound, not a threshold.
+    exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"
+    printf 'half a line' >&3
+    for _ in $(seq 1 600); do
+        grep -q 'closed: read timeout' "$work/crest-echo.log" && break
+        sleep 0.1
+    done
+    exec 3<&-
+    log_has crest-echo 'closed: read timeout' "echo --line: a half line closed by the default read timeout"
+    stop crest-echo
+fi
+if start crest-framed --quiet --read-timeout 0 --idle-timeout 0; then
+    log_has crest-framed '^timeouts: idle off, read off' "framed: both timeouts off with 0"
+    stop crest-framed
 fi
 
 echo "$((checks - failures)) of $checks checks passed"

@@ -139,10 +139,15 @@ typedef struct crest_conn_opts {
                                      drains its peer (on_high_water still
                                      fires); two ends that both pause can
                                      deadlock */
-    uint32_t idle_timeout_ms;     /* no bytes in or out for this long (0: off) */
-    uint32_t read_timeout_ms;     /* a message started but not finished (0: off) */
-    uint32_t write_timeout_ms;    /* output queued with no progress (0: off) */
-    uint32_t connect_timeout_ms;  /* outbound connect (0: off) */
+    /* Timeouts, in ms; 0: off.  Any value up to UINT32_MAX (49.7 days) is
+     * honoured as given. */
+    uint32_t idle_timeout_ms;     /* no bytes in or out for this long */
+    uint32_t read_timeout_ms;     /* a message started but not finished
+                                     (not counting while reading is paused:
+                                     whole messages a pause holds back are
+                                     not late) */
+    uint32_t write_timeout_ms;    /* output queued with no progress */
+    uint32_t connect_timeout_ms;  /* outbound connect */
     bool nodelay;                 /* TCP_NODELAY (default true) */
     bool keepalive;               /* SO_KEEPALIVE (default false) */
     int keepalive_idle_s, keepalive_interval_s, keepalive_count;
@@ -156,7 +161,8 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * starts CONNECTING; on_open runs when it completes, or on_close with
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
- * (the callbacks never run then). */
+ * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
+ * runs (from an on_close it causes). */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
@@ -165,7 +171,9 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
  * after close or shutdown, -EPIPE if the socket failed (the connection is
- * then closing, with the reason the error maps to), -ENOMEM. */
+ * then closing, with the reason the error maps to), -ENOMEM; writev:
+ * -EINVAL if iovcnt is outside 0..IOV_MAX or the lengths' sum overflows.
+ * While CONNECTING, bytes are queued and go out once connected. */
 int crest_conn_write(crest_conn_t *c, const void *data, size_t len);
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 /* Write msg framed as the connection's framing says: header + payload for
@@ -180,7 +188,11 @@ int crest_conn_uncork(crest_conn_t *c);
 /* Half-close our side (shutdown(SHUT_WR)) once queued output is flushed.
  * Reading goes on. */
 int crest_conn_shutdown(crest_conn_t *c);
-/* Graceful close: stop reading, flush output, close (reason LOCAL). */
+/* Graceful close: stop reading, flush output, close (reason LOCAL).  On a
+ * CONNECTING connection with output queued, the close waits for the
+ * connect, sends the output, then closes, without on_open; if the connect
+ * fails instead, on_close says CONNECT_FAILED or CONNECT_TIMEOUT.  A no-op
+ * on a connection already closing or closed. */
 void crest_conn_close(crest_conn_t *c);
 /* Close with a reason and a logged explanation ("frame too large: 70000
  * bytes, limit 65536"): the way to reject bad peer input.  Graceful like
@@ -190,7 +202,9 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
 /* Abortive close: drop queued output and send RST (SO_LINGER 0). */
 void crest_conn_abort(crest_conn_t *c);
 
-/* Pause / resume reading (the handler's own flow control). */
+/* Pause / resume reading (the handler's own flow control).  Both are
+ * no-ops on a closed connection (one closed earlier in this iteration may
+ * still be named by the caller). */
 void crest_conn_pause(crest_conn_t *c);
 void crest_conn_resume(crest_conn_t *c);
 

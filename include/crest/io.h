@@ -42,7 +42,8 @@ typedef void (*crest_io_cb)(crest_io_t *io, unsigned events, void *arg);
 
 /* Start watching fd for events (CREST_IO_READABLE and/or CREST_IO_WRITABLE).
  * Returns 0 and the watcher in *iop, or -EINVAL (bad fd or events), -EEXIST
- * (fd already watched on this loop), -ENOMEM, or epoll_ctl's -errno. */
+ * (fd already watched on this loop), -ENOMEM, -ESHUTDOWN (crest_loop_destroy()
+ * is under way: called from an on_close it runs), or epoll_ctl's -errno. */
 int crest_io_start(crest_loop_t *loop, int fd, unsigned events, crest_io_cb cb,
                    void *arg, crest_io_t **iop);
 
@@ -53,7 +54,9 @@ int crest_io_modify(crest_io_t *io, unsigned events);
 /* Deliver events to this watcher on the next iteration without waiting for
  * the kernel: the ready list a callback uses when it stopped early with work
  * left (fairness under edge-triggering).  The loop does not block while fed
- * events are pending.  Feeding twice before delivery merges the bits. */
+ * events are pending.  Feeding twice before delivery merges the bits.
+ * Feeding a watcher stopped earlier in this iteration (from a callback
+ * still holding it) does nothing. */
 void crest_io_feed(crest_io_t *io, unsigned events);
 
 /* Stop watching and release the watcher (after the current dispatch, so it

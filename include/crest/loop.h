@@ -38,7 +38,12 @@ int crest_loop_create(crest_loop_t **loopp);
  * and freed (do not use them afterwards; their file descriptors, which
  * belong to the caller, are not closed), and each is logged as a warning.
  * Stopped timers are not known to the loop: crest_timer_destroy() them.
- * Open connections are aborted and listeners closed, also with a warning.  Posted callbacks not yet run are dropped.  Ends with
+ * Open connections are aborted and listeners closed, also with a warning;
+ * their on_close callbacks run inside this call.  From those callbacks
+ * nothing new can start: crest_connect(), crest_listen(), crest_io_start()
+ * and crest_signal_start() return -ESHUTDOWN (a reconnect from
+ * on_close is refused, not left open behind the teardown).  Posted
+ * callbacks not yet run are dropped.  Ends with
  * the fd leak report for the fds this loop opened (see fdreg.h): it says
  * "0 fds leaked" when clean.  Returns the number of fds this loop opened that
  * are still open after its own are closed (0 when clean). */
@@ -46,17 +51,26 @@ int crest_loop_destroy(crest_loop_t *loop);
 
 /* Run until crest_loop_stop() is called or nothing is left to wait for (no
  * active io watcher, timer, signal watcher or deferred callback).  Returns 0,
- * or -errno if epoll_wait fails with something other than EINTR. */
+ * -EINVAL (no loop), -EBUSY when called from one of the loop's callbacks
+ * (the loop is already running; see crest_loop_run_once), or -errno if
+ * epoll_wait fails with something other than EINTR. */
 int crest_loop_run(crest_loop_t *loop);
 
-/* Run one iteration: wait at most timeout_ms for events (-1: until the next
- * timer or an event; 0: do not block), then dispatch them, due timers and
- * deferred callbacks.  Returns 1 if something is still alive, 0 if not, or
- * -errno. */
+/* Run one iteration: wait at most timeout_ms for events (any negative value:
+ * until the next timer or an event; 0: do not block; INT_MAX is a valid
+ * bound), then dispatch them, due timers and deferred callbacks.  Returns 1
+ * if something is still alive, 0 if not, or -errno: -EINVAL (no loop),
+ * -EBUSY when called from a callback of this loop (of any kind: io, timer,
+ * deferred, posted, signal, connection and listener callbacks, and those
+ * crest_loop_destroy() runs), as the iteration in progress owns the loop's
+ * queues; nothing runs then. */
 int crest_loop_run_once(crest_loop_t *loop, int timeout_ms);
 
 /* Make crest_loop_run() return after the current iteration.  Safe from any
- * thread and from a callback. */
+ * thread and from a callback; it always wakes the loop through its eventfd
+ * (so, from the loop's own thread, the next iteration reads one wake-up).
+ * A stop made while the loop is not running ends the next crest_loop_run()
+ * before its first iteration.  NULL is ignored. */
 void crest_loop_stop(crest_loop_t *loop);
 
 /* The cached monotonic time of the current iteration, in milliseconds and in

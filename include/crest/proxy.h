@@ -6,7 +6,10 @@
  * reads that header before anything else, and crest_conn_peer() then gives
  * the client's address.  on_open runs only once the header is in.  A
  * missing or malformed header closes the connection (reason
- * PROTOCOL_ERROR, with the cause logged).  Off by default: accept it only
+ * PROTOCOL_ERROR, with the cause logged), with on_close only: the handler
+ * never sees on_open, on_data or on_eof for it.  A peer that closes
+ * without sending a byte (a connect-only health check) is logged at DEBUG
+ * level only.  Off by default: accept it only
  * from balancers you trust, since anyone who can connect could claim any
  * address.
  */
