@@ -388,7 +388,9 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
 }
 
 int crest_conn_shutdown(crest_conn_t *c) {
-    if (!crest__conn_can_write(c) || (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)))
+    /* A close requested while CONNECTING leaves the state as it is. */
+    if (!crest__conn_can_write(c) ||
+        (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE | CREST__C_CLOSE_REQUESTED)))
         return -ENOTCONN;
     if (c->io.loop->gather_owner == c) {
         crest__conn_commit_gathered(c); /* replies gathered so far go first */

@@ -86,6 +86,28 @@ static void test_uncork_sends_a_pending_shutdown(void **state) {
     pair_finish(loop, &p);
 }
 
+/* ---- shutdown after a close requested while connecting ------------------- */
+
+/* A close while CONNECTING with output queued leaves the connection
+ * CONNECTING until the connect completes (conn.h).  crest_conn_shutdown()
+ * checked only the state, not the close request, and returned 0 there;
+ * writes already said -ENOTCONN, as the header promises after a close. */
+static void test_shutdown_after_a_close_while_connecting(void **state) {
+    (void)state;
+    struct pair p = {0};
+    crest_loop_t *loop = pair_start(&p);
+    assert_int_equal(crest_conn_write(p.out, "x", 1), 0); /* queued: connecting */
+    crest_conn_close(p.out);
+    assert_int_equal(crest_conn_state(p.out), CREST_CONN_CONNECTING);
+    assert_int_equal(crest_conn_write(p.out, "y", 1), -ENOTCONN);
+    assert_int_equal(crest_conn_shutdown(p.out), -ENOTCONN);
+    /* The close goes on as before: "x" is delivered, then EOF. */
+    RUN_UNTIL(loop, p.srv_closed == 1);
+    assert_int_equal(p.srv_reason, CREST_CLOSE_PEER_EOF);
+    assert_int_equal(p.out_open, 0);
+    pair_finish(loop, &p);
+}
+
 /* ---- one crest end, one raw client --------------------------------------- */
 
 struct one {
@@ -263,6 +285,7 @@ static void test_uncork_after_close_does_nothing(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_uncork_sends_a_pending_shutdown),
+        tu_test(test_shutdown_after_a_close_while_connecting),
         tu_test(test_a_send_failing_in_uncork_closes_at_once),
         tu_test(test_uncork_after_close_does_nothing),
     };

@@ -186,7 +186,9 @@ void crest_conn_cork(crest_conn_t *c);
 int crest_conn_uncork(crest_conn_t *c);
 
 /* Half-close our side (shutdown(SHUT_WR)) once queued output is flushed.
- * Reading goes on. */
+ * Reading goes on.  0, -ENOTCONN after a close was requested (even one
+ * still waiting for its connect) or a shutdown, -EPIPE if the socket
+ * failed. */
 int crest_conn_shutdown(crest_conn_t *c);
 /* Graceful close: stop reading, flush output, close (reason LOCAL).  On a
  * CONNECTING connection with output queued, the close waits for the
