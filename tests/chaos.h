@@ -164,6 +164,16 @@ static const char *const ch_bug_names[CH_BUG_COUNT] = {
 
 enum { CH_SERVER = 1, CH_OUT = 2 };
 
+/* A stream's framing: RAW bytes, LINE ("\n"-terminated lines of letters)
+ * or LENGTH (a 2-byte big-endian length, then the payload). */
+enum { CH_RAW = 0, CH_LINE = 1, CH_LEN = 2 };
+
+/* Where a framed stream's message k starts: a reader or writer of the
+ * stream walks it forward only. */
+struct ch_cursor {
+    uint64_t k, start;
+};
+
 struct ch_client;
 
 struct ch_listener {
@@ -171,6 +181,7 @@ struct ch_listener {
     int id, port;
     bool open;
     bool has_eof, has_hw, keep_reading;
+    int kind;          /* CH_RAW, CH_LINE, CH_LEN */
     unsigned accepted; /* on_open calls of its connections */
 };
 
@@ -183,10 +194,14 @@ struct ch_conn {
     struct ch_client *peer_cli;   /* server: its raw client */
     struct ch_conn *peer;         /* the crest connection at the other end */
     bool has_eof, has_hw, keep_reading;
+    int kind;                     /* CH_RAW, CH_LINE, CH_LEN */
     uint64_t salt;                /* the stream: the client's, echoed back */
     uint64_t rx_off;              /* bytes consumed (checked) */
-    uint64_t offered_hi;          /* end of the furthest on_data offer */
+    uint64_t offered_hi;          /* end of the furthest on_data offer
+                                     (framed: of the last message) */
     uint64_t tx_off;              /* bytes crest accepted for sending */
+    uint64_t rx_msg, tx_msg;      /* framed: messages received, sent */
+    bool partial_last;            /* LINE: a last line without "\n" came */
     uint64_t tx_cap;              /* outbound: most bytes it sends */
     size_t high_water;
     int port;                     /* outbound: its local port */
@@ -206,7 +221,9 @@ struct ch_client {
     int fd, id, port, dial_port;
     struct ch_listener *l;        /* NULL: the refusing port */
     struct ch_conn *srv;
+    int kind;
     uint64_t salt, tx_off, rx_off, tx_cap;
+    struct ch_cursor tx_cur, rx_cur;
     bool shut_wr, eof, failed, done, small_rcvbuf;
 };
 
@@ -427,6 +444,99 @@ static size_t ch_mismatch(uint64_t salt, uint64_t off, const uint8_t *p, size_t 
     return len;
 }
 
+/* Framed streams.  Message k's payload length and bytes depend on the
+ * stream and k only; echoed with write_message() (same framing), the
+ * bytes that come back are the bytes that went, so a client checks its
+ * echo as a byte stream whatever the framing. */
+static size_t ch_plen(uint64_t salt, int kind, uint64_t k) {
+    uint64_t x = ch_mix(salt ^ (k * 0x2545f4914f6cdd1dull));
+    return kind == CH_LINE ? (size_t)(x % 200) : (size_t)(x % 300);
+}
+
+static size_t ch_flen(int kind, size_t plen) {
+    return kind == CH_LINE ? plen + 1 : plen + 2;
+}
+
+static uint8_t ch_pbyte(uint64_t salt, int kind, uint64_t k, size_t i) {
+    uint8_t b = ch_byte(salt ^ 0xa5a5a5a5a5a5a5a5ull, (k << 20) + i);
+    return kind == CH_LINE ? (uint8_t)('a' + b % 26) : b;
+}
+
+/* Byte j of message k (header or line ending included). */
+static uint8_t ch_fbyte(uint64_t salt, int kind, uint64_t k, size_t plen, size_t j) {
+    if (kind == CH_LINE)
+        return j < plen ? ch_pbyte(salt, kind, k, j) : (uint8_t)'\n';
+    if (j < 2)
+        return (uint8_t)(j == 0 ? plen >> 8 : plen & 0xff);
+    return ch_pbyte(salt, kind, k, j - 2);
+}
+
+/* Move cur to the message that holds offset off (off >= cur->start). */
+static void ch_seek(uint64_t salt, int kind, struct ch_cursor *cur, uint64_t off) {
+    for (;;) {
+        size_t fl = ch_flen(kind, ch_plen(salt, kind, cur->k));
+        if (off < cur->start + fl)
+            return;
+        cur->start += fl;
+        cur->k++;
+    }
+}
+
+static uint8_t ch_sbyte(uint64_t salt, int kind, struct ch_cursor *cur, uint64_t off) {
+    if (kind == CH_RAW)
+        return ch_byte(salt, off);
+    ch_seek(salt, kind, cur, off);
+    return ch_fbyte(salt, kind, cur->k, ch_plen(salt, kind, cur->k), (size_t)(off - cur->start));
+}
+
+static void ch_sfill(uint64_t salt, int kind, struct ch_cursor *cur, uint64_t off, uint8_t *p,
+                     size_t len) {
+    if (kind == CH_RAW) {
+        ch_fill(p, salt, off, len);
+        return;
+    }
+    for (size_t i = 0; i < len; i++)
+        p[i] = ch_sbyte(salt, kind, cur, off + i);
+}
+
+static size_t ch_smismatch(uint64_t salt, int kind, struct ch_cursor *cur, uint64_t off,
+                           const uint8_t *p, size_t len) {
+    if (kind == CH_RAW)
+        return ch_mismatch(salt, off, p, len);
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != ch_sbyte(salt, kind, cur, off + i))
+            return i;
+    return len;
+}
+
+/* Frames of messages k, k+1, ... into a new buffer until n messages or
+ * max bytes (at least one message); *got is how many, *len the bytes. */
+static uint8_t *ch_frames(uint64_t salt, int kind, uint64_t k, uint64_t n, size_t max,
+                          uint64_t *got, size_t *len) {
+    size_t total = 0;
+    uint64_t m = 0;
+    while (m < n) {
+        size_t fl = ch_flen(kind, ch_plen(salt, kind, k + m));
+        if (m > 0 && total + fl > max)
+            break;
+        total += fl;
+        m++;
+    }
+    uint8_t *p = malloc(total ? total : 1);
+    if (!p)
+        return NULL;
+    size_t at = 0;
+    for (uint64_t i = 0; i < m; i++) {
+        size_t pl = ch_plen(salt, kind, k + i), fl = ch_flen(kind, pl);
+        for (size_t j = 0; j < fl; j++)
+            p[at + j] = ch_fbyte(salt, kind, k + i, pl, j);
+        at += fl;
+    }
+    *got = m;
+    *len = total;
+    return p;
+}
+
 /* ---- fds ----------------------------------------------------------------- */
 
 static int ch_proc_fds(void) {
@@ -512,7 +622,8 @@ static struct ch_conn *ch_conn_of(crest_conn_t *c) {
 /* A close request the engine makes: the first one, on a connection not
  * closing yet, names the reason on_close will see. */
 static void ch_expect(struct ch_conn *r, int st, int reason) {
-    if (r->expect_reason < 0 && !r->closed && ch_open_state(st))
+    if (r->expect_reason < 0 && !r->closed && !r->close_called && !r->abort_called &&
+        ch_open_state(st))
         r->expect_reason = reason;
 }
 
@@ -526,15 +637,26 @@ static void ch_shutdown(struct ch_conn *r, enum ch_ctx ctx);
 
 /* ---- checks at an EOF ----------------------------------------------------------- */
 
+/* What a client sent that a handler gets: every byte (RAW), every line
+ * (LINE: a last one without "\n" too), every whole frame (LENGTH). */
+static uint64_t ch_sent_whole(const struct ch_client *cl) {
+    if (cl->kind != CH_LEN)
+        return cl->tx_off;
+    struct ch_cursor cur = cl->tx_cur;
+    ch_seek(cl->salt, cl->kind, &cur, cl->tx_off);
+    return cur.start;
+}
+
 /* r's peer shut down: every byte it sent has been offered to r's handler. */
 static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
     if (r->peer_cli) {
         struct ch_client *cl = r->peer_cli;
         CH_CHECK(cl->shut_wr || cl->done, "%s r%d: EOF, but client c%d never shut down", where,
                  r->id, cl->id);
-        CH_CHECK(r->offered_hi == cl->tx_off,
+        uint64_t sent = ch_sent_whole(cl);
+        CH_CHECK(r->offered_hi == sent,
                  "%s r%d: EOF after %llu bytes offered, client c%d sent %llu", where, r->id,
-                 (unsigned long long)r->offered_hi, cl->id, (unsigned long long)cl->tx_off);
+                 (unsigned long long)r->offered_hi, cl->id, (unsigned long long)sent);
         ch_totals.eof_complete++;
     } else if (r->peer) {
         struct ch_conn *p = r->peer;
@@ -562,6 +684,7 @@ static void ch_pair(struct ch_conn *r) {
     for (int i = G.ncl - 1; i >= 0; i--) {
         struct ch_client *cl = &G.cl[i];
         if (cl->port == pp && !cl->srv && cl->l == r->l) {
+            CH_CHECK(cl->kind == r->kind, "r%d: client c%d framing differs", r->id, cl->id);
             cl->srv = r;
             r->peer_cli = cl;
             r->salt = cl->salt;
@@ -571,6 +694,7 @@ static void ch_pair(struct ch_conn *r) {
     for (int i = G.ncs - 1; i >= 0; i--) {
         struct ch_conn *o = &G.cs[i];
         if (o->role == CH_OUT && o->port == pp && !o->peer && o->l == r->l) {
+            CH_CHECK(o->kind == r->kind, "r%d: outbound r%d framing differs", r->id, o->id);
             o->peer = r;
             r->peer = o;
             r->salt = o->salt;
@@ -594,6 +718,7 @@ static void s_on_open(crest_conn_t *c) {
     r->has_eof = L->has_eof;
     r->has_hw = L->has_hw;
     r->keep_reading = L->keep_reading;
+    r->kind = L->kind;
     r->expect_reason = -1;
     r->opened = true;
     r->opened_iter = G.iter;
@@ -636,6 +761,57 @@ static struct ch_conn *ch_data_cb(crest_conn_t *c, const char *name, const uint8
     return r;
 }
 
+/* A handler's rejection of its input: a negative close reason (out of
+ * range means PROTOCOL_ERROR). */
+static int ch_reject(struct ch_conn *r, size_t len) {
+    int why = 1 + (int)ch_pick(CREST_CLOSE_REASON_COUNT + 1);
+    int st = crest_conn_state(r->c);
+    ch_expect(r, st, why >= CREST_CLOSE_REASON_COUNT ? CREST_CLOSE_PROTOCOL_ERROR : why);
+    r->close_called = true;
+    ch_trace("r%d rejects %zu bytes (-%d)", r->id, len, why);
+    return -why;
+}
+
+/* A framed message: the next one of the stream, whole; or, for LINE at
+ * EOF, a last line without "\n" from a client that closed mid-line. */
+static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct ch_conn *r = ch_conn_of(c);
+    const char *name = "on_message";
+    CH_CHECK(r != NULL, "%s before on_open", name);
+    CH_CHECK(r->c == c, "%s: wrong connection", name);
+    CH_CHECK(r->opened, "r%d: %s before on_open", r->id, name);
+    CH_CHECK(!r->closed, "r%d: %s after on_close", r->id, name);
+    CH_CHECK(!r->eof, "r%d: %s after on_eof", r->id, name);
+    CH_CHECK(!r->close_called && !r->abort_called, "r%d: %s after a close was requested", r->id,
+             name);
+    CH_CHECK(!r->paused, "r%d: %s while paused", r->id, name);
+    CH_CHECK(!(r->hw && !r->keep_reading), "r%d: %s above high water", r->id, name);
+    CH_CHECK(r->kind != CH_RAW, "r%d: on_message on a RAW connection", r->id);
+    CH_CHECK(!r->partial_last, "r%d: a message after the last partial line", r->id);
+    size_t plen = ch_plen(r->salt, r->kind, r->rx_msg);
+    bool partial = false;
+    if (len != plen) {
+        const struct ch_client *cl = r->peer_cli;
+        CH_CHECK(r->kind == CH_LINE && len < plen && cl && cl->done,
+                 "r%d: message %llu has %zu bytes, it was sent with %zu", r->id,
+                 (unsigned long long)r->rx_msg, len, plen);
+        partial = true;
+    }
+    for (size_t i = 0; i < len; i++)
+        CH_CHECK(msg[i] == ch_pbyte(r->salt, r->kind, r->rx_msg, i),
+                 "r%d: message %llu: byte %zu of %zu is wrong", r->id,
+                 (unsigned long long)r->rx_msg, i, len);
+    if (partial) {
+        r->rx_off += len;
+        r->partial_last = true;
+    } else {
+        r->rx_off += ch_flen(r->kind, plen);
+        r->rx_msg++;
+    }
+    r->offered_hi = r->rx_off;
+    return r;
+}
+
 /* How much of an offer the handler takes: all, part, none (wait for more),
  * or a rejection (a negative close reason). */
 static ssize_t ch_consume(struct ch_conn *r, size_t len) {
@@ -647,15 +823,8 @@ static ssize_t ch_consume(struct ch_conn *r, size_t len) {
     case 30:
         return 0;
     case 31:
-        if (ch_chance(4)) {
-            /* Any negative value closes: out of range means PROTOCOL_ERROR. */
-            int why = 1 + (int)ch_pick(CREST_CLOSE_REASON_COUNT + 1);
-            int st = crest_conn_state(r->c);
-            ch_expect(r, st, why >= CREST_CLOSE_REASON_COUNT ? CREST_CLOSE_PROTOCOL_ERROR : why);
-            r->close_called = true;
-            ch_trace("r%d rejects %zu bytes (-%d)", r->id, len, why);
-            return -why;
-        }
+        if (ch_chance(4))
+            return ch_reject(r, len);
         return (ssize_t)len;
     default:
         return (ssize_t)len;
@@ -681,6 +850,25 @@ static ssize_t s_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     }
     ch_cb_leave();
     return took;
+}
+
+static int s_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct ch_conn *r = ch_msg_cb(c, msg, len);
+    ch_cb_enter("on_message", r);
+    int ret = !G.winding && ch_chance(64) ? ch_reject(r, len) : 0;
+    ch_trace("r%d on_message %llu (%zu bytes): %d", r->id, (unsigned long long)r->rx_msg, len,
+             ret);
+    if (ret == 0) {
+        unsigned e = G.winding ? 0 : ch_pick(8);
+        if (e < 5)
+            ch_write(r, SIZE_MAX, G.winding ? 0 : ch_pick(3), CTX_DATA); /* echo all owed */
+        else if (e == 5)
+            ch_write(r, ch_size(), ch_pick(3), CTX_DATA);
+        if (!G.winding)
+            ch_ops(CTX_DATA, r, 3);
+    }
+    ch_cb_leave();
+    return ret;
 }
 
 static struct ch_conn *ch_event_cb(crest_conn_t *c, const char *name) {
@@ -808,13 +996,26 @@ static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     ch_cb_leave();
 }
 
-static const crest_handler_t ch_server_handlers[4] = {
-    {.on_open = s_on_open, .on_data = s_on_data, .on_close = ch_on_close},
-    {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof, .on_close = ch_on_close},
-    {.on_open = s_on_open, .on_data = s_on_data, .on_high_water = ch_on_high_water,
-     .on_drain = ch_on_drain, .on_close = ch_on_close},
-    {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
-     .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+/* [framed][variant]: variant bit 0 on_eof, bit 1 on_high_water/on_drain. */
+static const crest_handler_t ch_server_handlers[2][4] = {
+    {
+        {.on_open = s_on_open, .on_data = s_on_data, .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
+         .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_data = s_on_data, .on_high_water = ch_on_high_water,
+         .on_drain = ch_on_drain, .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+    },
+    {
+        {.on_open = s_on_open, .on_message = s_on_message, .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
+         .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_message = s_on_message, .on_high_water = ch_on_high_water,
+         .on_drain = ch_on_drain, .on_close = ch_on_close},
+        {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+    },
 };
 
 /* ---- the outbound connections' handler ------------------------------------------ */
@@ -862,19 +1063,137 @@ static ssize_t o_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     return took;
 }
 
-static const crest_handler_t ch_out_handlers[2] = {
-    {.on_open = o_on_open, .on_data = o_on_data, .on_high_water = ch_on_high_water,
-     .on_drain = ch_on_drain, .on_close = ch_on_close},
-    {.on_open = o_on_open, .on_data = o_on_data, .on_eof = ch_on_eof, .on_close = ch_on_close},
+static int o_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct ch_conn *r = ch_msg_cb(c, msg, len);
+    ch_cb_enter("on_message", r);
+    CH_CHECK(r->peer != NULL, "r%d: a message from a peer never paired", r->id);
+    CH_CHECK(r->rx_off <= r->peer->tx_off, "r%d: %llu bytes of messages, its peer r%d wrote %llu",
+             r->id, (unsigned long long)r->rx_off, r->peer->id,
+             (unsigned long long)r->peer->tx_off);
+    int ret = !G.winding && ch_chance(64) ? ch_reject(r, len) : 0;
+    ch_trace("r%d on_message %llu (%zu bytes): %d", r->id, (unsigned long long)r->rx_msg, len,
+             ret);
+    if (ret == 0 && !G.winding) {
+        if (ch_pick(3) == 0)
+            ch_write(r, ch_size(), ch_pick(3), CTX_DATA);
+        ch_ops(CTX_DATA, r, 3);
+    }
+    ch_cb_leave();
+    return ret;
+}
+
+/* [framed][variant]: variant 0 with on_high_water/on_drain, 1 with on_eof. */
+static const crest_handler_t ch_out_handlers[2][2] = {
+    {
+        {.on_open = o_on_open, .on_data = o_on_data, .on_high_water = ch_on_high_water,
+         .on_drain = ch_on_drain, .on_close = ch_on_close},
+        {.on_open = o_on_open, .on_data = o_on_data, .on_eof = ch_on_eof,
+         .on_close = ch_on_close},
+    },
+    {
+        {.on_open = o_on_open, .on_message = o_on_message, .on_high_water = ch_on_high_water,
+         .on_drain = ch_on_drain, .on_close = ch_on_close},
+        {.on_open = o_on_open, .on_message = o_on_message, .on_eof = ch_on_eof,
+         .on_close = ch_on_close},
+    },
 };
 
 /* ---- operations on a connection ----------------------------------------------- */
+
+/* A write's result against what the model knows from before the call. */
+static void ch_write_rc(struct ch_conn *r, int rc, size_t k, bool refused, int st) {
+    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM,
+             "r%d: write returned %d", r->id, rc);
+    if (k > 0) {
+        if (refused)
+            CH_CHECK(rc < 0, "r%d: a write was accepted after close or shutdown", r->id);
+        else if (ch_open_state(st))
+            CH_CHECK(rc == 0 || rc == -EPIPE, "r%d: write refused (%d) in state %d", r->id, rc,
+                     st);
+    }
+}
+
+/* Framed: whole messages of r's stream (the echo of what it received, or
+ * its own), up to want bytes (SIZE_MAX: every message it owes), as one
+ * write of the frames, a writev cut anywhere, or write_message each. */
+static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx ctx) {
+    uint64_t n = UINT64_MAX;
+    if (r->role == CH_SERVER) {
+        n = r->rx_msg - r->tx_msg;
+        if (n == 0)
+            return;
+    } else if (r->tx_off >= r->tx_cap) {
+        return;
+    }
+    uint64_t m;
+    size_t len;
+    uint8_t *p = ch_frames(r->salt, r->kind, r->tx_msg, n, want, &m, &len);
+    CH_CHECK(p != NULL, "out of memory");
+    bool refused = r->closed || r->close_called || r->abort_called || r->shutdown_called;
+    int st = crest_conn_state(r->c);
+    if (ch_excluded(CH_BUG_HW_BEFORE_OPEN) && !r->closed && st == CREST_CONN_CONNECTING &&
+        crest_conn_output_bytes(r->c) + len > r->high_water) {
+        free(p);
+        return;
+    }
+    int rc = 0;
+    r->in_write = true;
+    if (how == 2) {
+        /* One write_message per message; each counts on its own. */
+        size_t at = 0;
+        for (uint64_t i = 0; i < m; i++) {
+            size_t pl = ch_plen(r->salt, r->kind, r->tx_msg), fl = ch_flen(r->kind, pl);
+            const uint8_t *payload = p + at + (r->kind == CH_LEN ? 2 : 0);
+            /* A callback inside the last call may have closed it. */
+            refused = r->closed || r->close_called || r->abort_called || r->shutdown_called;
+            st = crest_conn_state(r->c);
+            CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, payload, pl));
+            ch_write_rc(r, rc, fl, refused, st);
+            if (rc < 0)
+                break;
+            r->tx_msg++;
+            r->tx_off += fl;
+            at += fl;
+        }
+    } else {
+        if (how == 0) {
+            CH_API("crest_conn_write", rc = crest_conn_write(r->c, p, len));
+        } else {
+            struct iovec iov[4];
+            int cnt = 1 + (int)ch_pick(4);
+            size_t at = 0;
+            for (int i = 0; i < cnt; i++) {
+                size_t piece = i == cnt - 1 ? len - at : ch_pick((uint32_t)(len - at + 1));
+                iov[i].iov_base = p + at;
+                iov[i].iov_len = piece;
+                at += piece;
+            }
+            CH_API("crest_conn_writev", rc = crest_conn_writev(r->c, iov, cnt));
+        }
+        ch_write_rc(r, rc, len, refused, st);
+        if (rc == 0) {
+            r->tx_msg += m;
+            r->tx_off += len;
+        }
+    }
+    r->in_write = false;
+    free(p);
+    ch_trace("r%d %s %s %llu messages (%zu bytes) from %llu: %d", r->id, ch_ctx_names[ctx],
+             how == 0 ? "write" : how == 1 ? "writev" : "write_message", (unsigned long long)m,
+             len, (unsigned long long)r->tx_msg, rc);
+    if (rc == 0 && r->role == CH_SERVER)
+        G.bytes_echoed += len;
+}
 
 /* Write up to want bytes of r's stream (SIZE_MAX: all it owes): write,
  * writev in pieces, or write_message. */
 static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx ctx) {
     if (r->in_write)
         return; /* a callback inside r's own write: the stream offset is not settled */
+    if (r->kind != CH_RAW) {
+        ch_write_frames(r, want, how, ctx);
+        return;
+    }
     uint64_t avail = r->role == CH_SERVER ? r->rx_off - r->tx_off : r->tx_cap - r->tx_off;
     size_t k = want == SIZE_MAX || want > avail ? (size_t)avail : want;
     if (k == 0 && want == SIZE_MAX)
@@ -922,15 +1241,7 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
     free(p);
     ch_trace("r%d %s write%s %zu at %llu: %d", r->id, ch_ctx_names[ctx],
              how == 0 ? "" : how == 1 ? "v" : "_message", k, (unsigned long long)r->tx_off, rc);
-    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM,
-             "r%d: write returned %d", r->id, rc);
-    if (k > 0) {
-        if (refused)
-            CH_CHECK(rc < 0, "r%d: a write was accepted after close or shutdown", r->id);
-        else if (ch_open_state(st))
-            CH_CHECK(rc == 0 || rc == -EPIPE, "r%d: write refused (%d) in state %d", r->id, rc,
-                     st);
-    }
+    ch_write_rc(r, rc, k, refused, st);
     if (rc == 0) {
         r->tx_off += k;
         if (r->role == CH_SERVER)
@@ -1051,6 +1362,17 @@ static void ch_sockopt(struct ch_conn *r, enum ch_ctx ctx) {
 
 /* ---- listeners and connects ------------------------------------------------------ */
 
+static void ch_set_framing(crest_conn_opts_t *co, int kind) {
+    if (kind == CH_LINE) {
+        co->framing.kind = CREST_FRAMING_LINE;
+        co->framing.max_message = ch_pick(2) ? 0 : 300;
+    } else if (kind == CH_LEN) {
+        co->framing.kind = CREST_FRAMING_LENGTH;
+        co->framing.header_bytes = 2;
+        co->framing.max_message = 1000;
+    }
+}
+
 static void ch_listen(enum ch_ctx ctx) {
     int open = 0;
     for (int i = 0; i < G.nls; i++)
@@ -1065,9 +1387,12 @@ static void ch_listen(enum ch_ctx ctx) {
     unsigned v = ch_pick(4);
     L->has_eof = v & 1;
     L->has_hw = v & 2;
+    static const int kinds[] = {CH_RAW, CH_RAW, CH_LINE, CH_LEN};
+    L->kind = kinds[ch_pick(4)];
     crest_listen_opts_t o;
     crest_listen_opts_init(&o);
     crest_conn_opts_t *co = &o.conn;
+    ch_set_framing(co, L->kind);
     static const size_t budgets[] = {64 * 1024, 1, 100, 4096};
     static const size_t highs[] = {1024 * 1024, 4096, 1, 100000};
     co->read_budget = budgets[ch_pick(4)];
@@ -1089,7 +1414,8 @@ static void ch_listen(enum ch_ctx ctx) {
         o.max_conns = 2;
     int rc;
     CH_API("crest_listen", rc = crest_listen(G.loop, "127.0.0.1:0", &o,
-                                             &ch_server_handlers[v], L, &L->l));
+                                             &ch_server_handlers[L->kind != CH_RAW][v], L,
+                                             &L->l));
     if (G.destroying) {
         CH_CHECK(rc == -ESHUTDOWN, "crest_listen during crest_loop_destroy: %d", rc);
         ch_trace("%s listen during destroy: %d", ch_ctx_names[ctx], rc);
@@ -1100,8 +1426,9 @@ static void ch_listen(enum ch_ctx ctx) {
     CH_CHECK(L->port > 0, "listener port %d", L->port);
     L->open = true;
     G.nls++;
-    ch_trace("%s listen l%d port %d (handler %u, budget %zu, high %zu, max_conns %u)",
-             ch_ctx_names[ctx], L->id, L->port, v, co->read_budget, co->high_water, o.max_conns);
+    ch_trace("%s listen l%d port %d (handler %u, framing %d, budget %zu, high %zu, "
+             "max_conns %u)", ch_ctx_names[ctx], L->id, L->port, v, L->kind, co->read_budget,
+             co->high_water, o.max_conns);
 }
 
 static struct ch_listener *ch_open_listener(void) {
@@ -1155,10 +1482,13 @@ static void ch_connect(enum ch_ctx ctx) {
     if (ch_chance(16))
         o.connect_timeout_ms = 1;
     unsigned v = ch_pick(2);
+    int kind = L ? L->kind : CH_RAW;
+    ch_set_framing(&o, kind);
     struct ch_conn *r = &G.cs[G.ncs];
     memset(r, 0, sizeof *r);
     r->id = G.ncs;
     r->role = CH_OUT;
+    r->kind = kind;
     r->l = L;
     r->dial_port = port;
     r->has_eof = v == 1;
@@ -1172,7 +1502,8 @@ static void ch_connect(enum ch_ctx ctx) {
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     crest_conn_t *c = NULL;
     int rc;
-    CH_API("crest_connect", rc = crest_connect(G.loop, addr, &o, &ch_out_handlers[v], NULL, &c));
+    CH_API("crest_connect",
+           rc = crest_connect(G.loop, addr, &o, &ch_out_handlers[kind != CH_RAW][v], NULL, &c));
     if (G.destroying) {
         /* loop.h: nothing new starts while crest_loop_destroy() runs. */
         CH_CHECK(rc == -ESHUTDOWN, "crest_connect during crest_loop_destroy: %d", rc);
@@ -1469,6 +1800,7 @@ static void ch_client_new(void) {
     cl->id = G.ncl;
     cl->l = L;
     cl->dial_port = L ? L->port : G.dead_port;
+    cl->kind = L ? L->kind : CH_RAW;
     cl->salt = ch_mix(G.o.seed * 7919 + (uint64_t)cl->id);
     cl->tx_cap = (uint64_t)(300 * 1024) / G.o.scale;
     cl->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1502,21 +1834,25 @@ static void ch_client_close(struct ch_client *cl, bool rst) {
     ch_trace("client c%d %s", cl->id, rst ? "reset" : "closed");
 }
 
-static void ch_client_send(struct ch_client *cl, size_t want) {
+static void ch_client_send(struct ch_client *cl, size_t want, bool past_cap) {
     if (cl->shut_wr || cl->failed)
         return;
-    uint64_t avail = cl->tx_cap - cl->tx_off;
-    size_t k = want > avail ? (size_t)avail : want;
+    uint64_t avail = cl->tx_off < cl->tx_cap ? cl->tx_cap - cl->tx_off : 0;
+    size_t k = want > avail && !past_cap ? (size_t)avail : want;
     if (k == 0)
         return;
     uint8_t *p = malloc(k);
     CH_CHECK(p != NULL, "out of memory");
-    ch_fill(p, cl->salt, cl->tx_off, k);
+    struct ch_cursor cur = cl->tx_cur; /* the send may take less */
+    ch_sfill(cl->salt, cl->kind, &cur, cl->tx_off, p, k);
     ssize_t n = send(cl->fd, p, k, MSG_NOSIGNAL | MSG_DONTWAIT);
     int e = errno;
     free(p);
-    if (n > 0)
+    if (n > 0) {
         cl->tx_off += (uint64_t)n;
+        if (cl->kind != CH_RAW)
+            ch_seek(cl->salt, cl->kind, &cl->tx_cur, cl->tx_off);
+    }
     else if (n < 0 && e != EAGAIN && e != EINTR)
         cl->failed = true;
     ch_trace("client c%d send %zu: %zd", cl->id, k, n);
@@ -1533,7 +1869,8 @@ static void ch_client_recv(struct ch_client *cl, size_t max) {
         if (n > 0) {
             struct ch_conn *s = cl->srv;
             CH_CHECK(s != NULL, "client c%d: %zd bytes from a server never opened", cl->id, n);
-            size_t bad = ch_mismatch(cl->salt, cl->rx_off, G.rbuf, (size_t)n);
+            size_t bad = ch_smismatch(cl->salt, cl->kind, &cl->rx_cur, cl->rx_off, G.rbuf,
+                                      (size_t)n);
             CH_CHECK(bad == (size_t)n, "client c%d: byte %llu of the echo is wrong", cl->id,
                      (unsigned long long)(cl->rx_off + bad));
             cl->rx_off += (uint64_t)n;
@@ -1569,6 +1906,29 @@ static void ch_client_recv(struct ch_client *cl, size_t max) {
     }
 }
 
+/* Half-close, at a message boundary: a framed client finishes the message
+ * it is in first (false while the socket will not take the rest). */
+static bool ch_client_shut(struct ch_client *cl) {
+    if (cl->shut_wr)
+        return true;
+    if (cl->failed)
+        return false;
+    if (cl->kind != CH_RAW) {
+        struct ch_cursor cur = cl->tx_cur;
+        ch_seek(cl->salt, cl->kind, &cur, cl->tx_off);
+        if (cur.start != cl->tx_off) {
+            uint64_t end = cur.start + ch_flen(cl->kind, ch_plen(cl->salt, cl->kind, cur.k));
+            ch_client_send(cl, (size_t)(end - cl->tx_off), true);
+            if (cl->tx_off != end)
+                return false;
+        }
+    }
+    (void)shutdown(cl->fd, SHUT_WR);
+    cl->shut_wr = true;
+    ch_trace("client c%d shut_wr after %llu bytes", cl->id, (unsigned long long)cl->tx_off);
+    return true;
+}
+
 static struct ch_client *ch_some_client(void) {
     int idx[CH_MAX_CLIENTS], n = 0;
     for (int i = 0; i < G.ncl; i++)
@@ -1589,18 +1949,13 @@ static void ch_client_op(void) {
     if (!cl)
         return;
     if (k <= 8) {
-        ch_client_send(cl, ch_size());
+        ch_client_send(cl, ch_size(), false);
     } else if (k <= 12) {
         ch_client_recv(cl, cl->small_rcvbuf ? 1 + ch_pick(512) : 1 + ch_pick(8192));
     } else if (k <= 18) {
         ch_client_recv(cl, 0);
     } else if (k == 19) {
-        if (!cl->shut_wr) {
-            (void)shutdown(cl->fd, SHUT_WR);
-            cl->shut_wr = true;
-            ch_trace("client c%d shut_wr after %llu bytes", cl->id,
-                     (unsigned long long)cl->tx_off);
-        }
+        (void)ch_client_shut(cl);
     } else if (k == 20) {
         if (ch_chance(3))
             ch_client_close(cl, true);
@@ -1741,10 +2096,7 @@ static void ch_wind_down(void) {
             struct ch_client *cl = &G.cl[i];
             if (cl->done)
                 continue;
-            if (!cl->shut_wr && !cl->failed) {
-                (void)shutdown(cl->fd, SHUT_WR);
-                cl->shut_wr = true;
-            }
+            (void)ch_client_shut(cl);
             ch_client_recv(cl, 0);
             if (cl->eof || cl->failed)
                 ch_client_close(cl, false);
