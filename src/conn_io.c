@@ -117,8 +117,9 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
     return 0;
 }
 
-/* Send as much of the queue as the socket takes.  0 or -errno (the
- * connection is then closing). */
+/* Send as much of the queue as the socket takes.  0, or -EPIPE if the
+ * socket failed (the connection is then closing, with the reason the
+ * send's errno maps to): what crest_conn_write() and _uncork() return. */
 int crest__conn_flush(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     while (c->out_head && (c->flags & (CREST__C_WRITABLE | CREST__C_DEAD)) == CREST__C_WRITABLE) {
@@ -137,7 +138,7 @@ int crest__conn_flush(struct crest_conn *c) {
         if (left == SIZE_MAX)
             continue; /* interrupted */
         if (c->flags & CREST__C_DEAD)
-            return (int)sent;
+            return -EPIPE;
         c->out_bytes -= (uint32_t)left;
         while (left > 0) {
             struct crest__chunk *k = c->out_head;

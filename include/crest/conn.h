@@ -181,7 +181,9 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
 
 /* Batch: while corked, writes are queued without syscalls; uncork sends
- * everything with one writev (one segment for a burst of small writes). */
+ * everything with one writev (one segment for a burst of small writes).
+ * Uncork: 0, or -EPIPE if that send failed (the connection is then
+ * closing). */
 void crest_conn_cork(crest_conn_t *c);
 int crest_conn_uncork(crest_conn_t *c);
 
