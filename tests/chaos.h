@@ -1823,6 +1823,19 @@ static void ch_client_new(void) {
              cl->port, cl->small_rcvbuf ? ", small rcvbuf" : "");
 }
 
+static void ch_client_close(struct ch_client *cl, bool rst);
+static void ch_client_send(struct ch_client *cl, size_t want, bool past_cap);
+
+/* A client that resets before the listener has accepted it (maybe after
+ * sending): the accepted socket is dead from the start. */
+static void ch_client_hit_and_run(void) {
+    ch_client_new();
+    struct ch_client *cl = &G.cl[G.ncl - 1];
+    if (ch_pick(2))
+        ch_client_send(cl, ch_size(), false);
+    ch_client_close(cl, true);
+}
+
 static void ch_client_close(struct ch_client *cl, bool rst) {
     if (rst) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -1943,6 +1956,10 @@ static void ch_client_op(void) {
         return;
     if (k == 1) {
         ch_client_new();
+        return;
+    }
+    if (k == 2 && ch_chance(3) && G.ncl < CH_MAX_CLIENTS) {
+        ch_client_hit_and_run();
         return;
     }
     struct ch_client *cl = ch_some_client();
