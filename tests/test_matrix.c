@@ -174,11 +174,13 @@ static const struct bug *bug_of(int col, int st, int call) {
         return &bug_nested_run_once;
     if (call == K_TIMER_SELF)
         return &bug_timer_restart_0;
-    if (col == COL_HIGH_IN_WRITE && (call == K_ABORT))
-        return &bug_nested_close_not_settled;
+    /* The target is A itself in OPEN and CLOSING (closed first). */
+    bool a_closes = call == K_CLOSE || call == K_FAIL || call == K_ABORT;
+    if (col == COL_HIGH_IN_WRITE && call == K_ABORT && (st == ST_OPEN || st == ST_CLOSING))
+        return &bug_nested_close_not_settled; /* a graceful close waits for the client anyway */
     if (col == COL_DRAIN_IN_UNCORK &&
-        ((st == ST_CLOSING && call < K_FIRST_LOOP) || call == K_CLOSE || call == K_FAIL ||
-         call == K_ABORT || call == K_CLOSE_ALL || call == K_CLOSE_ALL_ABORT))
+        ((st == ST_CLOSING && call < K_FIRST_LOOP) || (st == ST_OPEN && a_closes) ||
+         call == K_CLOSE_ALL || call == K_CLOSE_ALL_ABORT))
         return &bug_nested_close_not_settled;
     if (call == K_SHUTDOWN && st == ST_CLOSED_RST)
         return &bug_shutdown_after_reset;
