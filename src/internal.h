@@ -73,9 +73,8 @@ struct crest_posted {
 struct crest_loop {
     int epfd;
     int wakefd;
-    pthread_t thread;           /* the thread that created or runs the loop */
     _Atomic int stop_flag;
-    bool running;
+    bool running;               /* inside run_once (or destroy): no nesting */
     bool dispatching;
 
     uint64_t now_ns;
@@ -146,7 +145,6 @@ uint64_t crest__clock_ns(void);
 void crest__loop_set_now(crest_loop_t *loop, uint64_t ns);
 
 /* Loop internals used by other modules */
-bool crest__on_loop_thread(const crest_loop_t *loop);
 int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
                    crest_io_cb cb, void *arg, bool counted);
 void crest__io_close(struct crest_io *io);  /* stop, for embedded watchers */

@@ -1,14 +1,14 @@
 /* The reactor: create/destroy, one iteration, run/stop, deferred callbacks,
  * loop statistics.
  *
- * One iteration:
+ * One iteration (never nested: run_once from a callback is -EBUSY):
  *   1. read the clock; fire due timers
  *   2. serve the ready list (events fed back by callbacks that stopped early)
  *   3. run deferred callbacks queued before this iteration
  *   4. epoll_wait: zero timeout if there was or is work pending, else until
  *      the next timer
  *   5. read the clock; dispatch the batch (stale events dropped); fire the
- *      timers that came due while waiting
+ *      timers that came due while waiting (except those step 1 armed)
  *   6. free watchers and connections closed during the iteration */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -68,7 +68,6 @@ int crest_loop_create(crest_loop_t **loopp) {
     if (!loop)
         return -ENOMEM;
     loop->epfd = loop->wakefd = -1;
-    loop->thread = pthread_self();
     pthread_mutex_init(&loop->post_lock, NULL);
     loop->base_ns = crest__clock_ns();
     crest__loop_set_now(loop, loop->base_ns);
@@ -109,6 +108,9 @@ fail:
 int crest_loop_destroy(crest_loop_t *loop) {
     if (!loop)
         return 0;
+    /* Callbacks run from here (on_close of the connections it aborts) must
+     * not run the loop it is taking apart: run and run_once say -EBUSY. */
+    loop->running = true;
     crest__listeners_destroy(loop);
     crest__conns_destroy(loop);
     crest__signals_destroy(loop);
@@ -133,10 +135,6 @@ void crest__loop_ref(crest_loop_t *loop) {
 
 void crest__loop_unref(crest_loop_t *loop) {
     loop->alive--;
-}
-
-bool crest__on_loop_thread(const crest_loop_t *loop) {
-    return pthread_equal(loop->thread, pthread_self());
 }
 
 static bool has_pending(const crest_loop_t *loop) {
@@ -208,14 +206,20 @@ static int poll_timeout(crest_loop_t *loop, int timeout_ms, bool had_work) {
 }
 
 int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
+    if (!loop)
+        return -EINVAL;
+    /* From a callback: the batches being served (deferred, ready list,
+     * timers, the epoll events) would be swapped or freed under the outer
+     * iteration.  Every callback the loop runs, of any kind, runs inside
+     * this flag. */
+    if (loop->running)
+        return -EBUSY;
     crest__event_t events[MAX_EVENTS];
-    bool was_running = loop->running;
     loop->running = true;
-    loop->thread = pthread_self();
 
     uint64_t t0 = crest__clock_ns();
     crest__loop_set_now(loop, t0);
-    loop->stats.timers_fired += crest__timers_run(loop);
+    loop->stats.timers_fired += crest__timers_run(loop, true);
     /* Work queued before this iteration runs now, and the poll below does
      * not block for it (what it queues in turn waits for the next one). */
     bool had_work = has_pending(loop);
@@ -232,12 +236,13 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
 
     if (n > 0)
         crest__io_dispatch(loop, events, n);
-    /* Timers that came due while we waited fire in this iteration. */
-    loop->stats.timers_fired += crest__timers_run(loop);
+    /* Timers that came due while we waited fire in this iteration (not
+     * those the first pass armed: they wait for the next one). */
+    loop->stats.timers_fired += crest__timers_run(loop, false);
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);
-    loop->running = was_running;
+    loop->running = false;
     if (n < 0)
         return n;
     return is_alive(loop) ? 1 : 0;
@@ -262,10 +267,14 @@ int crest_loop_run(crest_loop_t *loop) {
     return rc < 0 ? rc : 0;
 }
 
+/* Always wakes: telling the loop's thread from another would need the
+ * thread id, which the loop's thread writes while others read it.  From a
+ * callback the wake-up costs one write, and the next iteration one read. */
 void crest_loop_stop(crest_loop_t *loop) {
+    if (!loop)
+        return;
     atomic_store(&loop->stop_flag, 1);
-    if (!crest__on_loop_thread(loop))
-        (void)crest__wake_write(loop);
+    (void)crest__wake_write(loop);
 }
 
 void crest_loop_set_data(crest_loop_t *loop, void *data) {

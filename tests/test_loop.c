@@ -1,7 +1,10 @@
 /* Tests for the event loop core (include/crest/loop.h). */
 #include "crest_test.h"
 
+#include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #define MAX_FD 4096
@@ -506,6 +509,332 @@ static void test_sigpipe_handler_kept(void **state) {
     assert_int_equal(sigaction(SIGPIPE, &dfl, NULL), 0);
 }
 
+/* ---- nesting: run_once and run from a callback --------------------------- */
+
+/* Every kind of callback the loop runs; each calls run_once and run on its
+ * own loop, which must refuse with -EBUSY and run nothing. */
+enum nest_kind {
+    NEST_DEFER, NEST_TIMER, NEST_IO, NEST_READY, NEST_POST, NEST_SIGNAL,
+    NEST_CONN_OPEN, NEST_CONN_DATA, NEST_CONN_CLOSE, NEST_DESTROY_CLOSE,
+    NEST_KINDS
+};
+static const char *const nest_names[NEST_KINDS] = {
+    "deferred", "timer", "io", "ready list", "posted", "signal",
+    "on_open", "on_data", "on_close", "on_close during destroy",
+};
+
+static struct nest {
+    crest_loop_t *loop;
+    int calls[NEST_KINDS];
+    int rc_once[NEST_KINDS], rc_run[NEST_KINDS]; /* the first ones seen */
+    bool destroying;
+    int io_calls;
+} nest;
+
+static void nest_probe(crest_loop_t *loop, enum nest_kind k) {
+    int once = crest_loop_run_once(loop, 0);
+    int run = crest_loop_run(loop);
+    if (nest.calls[k]++ == 0) {
+        nest.rc_once[k] = once;
+        nest.rc_run[k] = run;
+    }
+}
+
+static void nest_defer_cb(crest_loop_t *loop, void *arg) {
+    (void)arg;
+    nest_probe(loop, NEST_DEFER);
+}
+
+static void nest_post_cb(crest_loop_t *loop, void *arg) {
+    (void)arg;
+    nest_probe(loop, NEST_POST);
+}
+
+static void nest_timer_cb(crest_timer_t *t, void *arg) {
+    (void)t;
+    nest_probe(arg, NEST_TIMER);
+}
+
+static void nest_io_cb(crest_io_t *io, unsigned events, void *arg) {
+    (void)events;
+    (void)arg;
+    uint64_t v;
+    while (read(crest_io_fd(io), &v, sizeof v) > 0)
+        ;
+    /* The first call comes from epoll; it feeds itself, so the second
+     * comes from the ready list. */
+    if (nest.io_calls++ == 0) {
+        nest_probe(crest_io_loop(io), NEST_IO);
+        crest_io_feed(io, CREST_IO_READABLE);
+    } else {
+        nest_probe(crest_io_loop(io), NEST_READY);
+    }
+}
+
+static void nest_signal_cb(crest_signal_t *sig, int signo, void *arg) {
+    (void)sig;
+    (void)signo;
+    nest_probe(arg, NEST_SIGNAL);
+}
+
+static void nest_on_open(crest_conn_t *c) {
+    nest_probe(crest_conn_loop(c), NEST_CONN_OPEN);
+}
+
+static ssize_t nest_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    (void)data;
+    nest_probe(crest_conn_loop(c), NEST_CONN_DATA);
+    return (ssize_t)len;
+}
+
+static void nest_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    nest_probe(crest_conn_loop(c), nest.destroying ? NEST_DESTROY_CLOSE : NEST_CONN_CLOSE);
+}
+
+static const crest_handler_t nest_handler = {
+    .on_open = nest_on_open, .on_data = nest_on_data, .on_close = nest_on_close,
+};
+
+static bool nest_seen(enum nest_kind from, enum nest_kind to) {
+    for (int k = (int)from; k <= (int)to; k++)
+        if (nest.calls[k] == 0)
+            return false;
+    return true;
+}
+
+static void test_nested_run_refused_in_every_callback(void **state) {
+    (void)state;
+    memset(&nest, 0, sizeof nest);
+    crest_loop_t *loop = tu_loop();
+    nest.loop = loop;
+    sigset_t old;
+    pthread_sigmask(SIG_SETMASK, NULL, &old);
+
+    /* Loop-level callbacks. */
+    assert_int_equal(crest_loop_defer(loop, nest_defer_cb, NULL), 0);
+    assert_int_equal(crest_loop_post(loop, nest_post_cb, NULL), 0);
+    crest_timer_t *t = NULL;
+    assert_int_equal(crest_timer_create(loop, nest_timer_cb, loop, &t), 0);
+    assert_int_equal(crest_timer_start(t, 0, 0), 0);
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert_true(efd >= 0);
+    crest_io_t *io = NULL;
+    assert_int_equal(crest_io_start(loop, efd, CREST_IO_READABLE, nest_io_cb, NULL, &io), 0);
+    uint64_t one = 1;
+    assert_int_equal(write(efd, &one, sizeof one), (ssize_t)sizeof one);
+    crest_signal_t *sig = NULL;
+    assert_int_equal(crest_signal_start(loop, SIGUSR2, nest_signal_cb, loop, &sig), 0);
+    assert_int_equal(raise(SIGUSR2), 0);
+    RUN_UNTIL(loop, nest_seen(NEST_DEFER, NEST_SIGNAL));
+
+    /* Connection callbacks: accepted, data, closed by the peer. */
+    crest_listener_t *l = NULL;
+    assert_int_equal(crest_listen(loop, "127.0.0.1:0", NULL, &nest_handler, NULL, &l), 0);
+    char addr[64];
+    assert_true(crest_listener_address(l, addr, sizeof addr) > 0);
+    int fd = tu_raw_connect(addr, 0);
+    RUN_UNTIL(loop, nest.calls[NEST_CONN_OPEN] > 0);
+    assert_int_equal(send(fd, "x", 1, 0), 1);
+    RUN_UNTIL(loop, nest.calls[NEST_CONN_DATA] > 0);
+    close(fd);
+    RUN_UNTIL(loop, nest.calls[NEST_CONN_CLOSE] > 0);
+
+    /* on_close of a connection aborted by crest_loop_destroy. */
+    fd = tu_raw_connect(addr, 0);
+    RUN_UNTIL(loop, nest.calls[NEST_CONN_OPEN] > 1);
+    crest_listener_close(l);
+    crest_signal_stop(sig);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    crest_io_stop(io);
+    close(efd);
+    crest_timer_destroy(t);
+    nest.destroying = true;
+    tu_log_clear();
+    int leaked = crest_loop_destroy(loop);
+    close(fd);
+    assert_int_equal(leaked, 0);
+    tu_assert_nothing_open();
+
+    for (int k = 0; k < NEST_KINDS; k++) {
+        if (nest.calls[k] == 0)
+            fail_msg("no %s callback ran", nest_names[k]);
+        if (nest.rc_once[k] != -EBUSY || nest.rc_run[k] != -EBUSY)
+            fail_msg("from a %s callback: run_once returned %d, run %d (want -EBUSY)",
+                     nest_names[k], nest.rc_once[k], nest.rc_run[k]);
+    }
+}
+
+/* A refused nested run_once leaves the deferred queue whole: every callback
+ * runs once, in order, and what the batch defers runs next iteration. */
+static void nest_defer_more_cb(crest_loop_t *loop, void *arg) {
+    record_cb(loop, arg);
+    if ((intptr_t)arg == 1) {
+        assert_int_equal(crest_loop_defer(loop, record_cb, (void *)10), 0);
+        nest.rc_once[0] = crest_loop_run_once(loop, 0);
+        assert_int_equal(crest_loop_defer(loop, record_cb, (void *)11), 0);
+    }
+}
+
+static void test_nested_run_once_keeps_deferred_queue(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    rec_reset(loop);
+    memset(&nest, 0, sizeof nest);
+    assert_int_equal(crest_loop_defer(loop, nest_defer_more_cb, (void *)1), 0);
+    assert_int_equal(crest_loop_defer(loop, record_cb, (void *)2), 0);
+    assert_int_equal(crest_loop_defer(loop, record_cb, (void *)3), 0);
+    rec.iter = 1;
+    assert_int_equal(crest_loop_run_once(loop, 0), 1);
+    rec.iter = 2;
+    assert_int_equal(crest_loop_run_once(loop, 0), 0);
+    rec.iter = 3;
+    assert_int_equal(crest_loop_run_once(loop, 0), 0);
+    tu_destroy_loop(loop);
+    assert_int_equal(nest.rc_once[0], -EBUSY);
+    static const int want[] = {1, 2, 3, 10, 11};
+    static const uint64_t want_iter[] = {1, 1, 1, 2, 2};
+    assert_int_equal(rec.n, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(rec.order[i], want[i]);
+        assert_int_equal(rec.iter_seen[i], want_iter[i]);
+    }
+}
+
+/* ---- stop from another thread -------------------------------------------- */
+
+struct stopper {
+    crest_loop_t *loop;
+    _Atomic int ticks; /* the loop's repeating timer counts here */
+    _Atomic int go;    /* this round's stop may be made */
+};
+
+static void *stopper_main(void *arg) {
+    struct stopper *s = arg;
+    for (int round = 1; round <= 3; round++) {
+        while (atomic_load(&s->go) < round)
+            tu_sleep_ms(1);
+        /* Stop while the loop iterates (its timer ticks each ms). */
+        int t0 = atomic_load(&s->ticks);
+        while (atomic_load(&s->ticks) < t0 + 2)
+            tu_sleep_ms(1);
+        crest_loop_stop(s->loop);
+    }
+    return NULL;
+}
+
+static void tick_cb(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct stopper *s = arg;
+    atomic_fetch_add(&s->ticks, 1);
+}
+
+/* crest_loop_stop() from another thread while the loop runs ends the run
+ * (the ThreadSanitizer build checks that it races with nothing). */
+static void test_stop_from_another_thread(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct stopper s = {.loop = loop};
+    crest_timer_t *tick = NULL;
+    assert_int_equal(crest_timer_create(loop, tick_cb, &s, &tick), 0);
+    assert_int_equal(crest_timer_start(tick, 1, 1), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, stopper_main, &s), 0);
+    bool woken = false;
+    for (int round = 1; round <= 3; round++) {
+        struct tu_watchdog wd;
+        tu_watchdog_arm(&wd, loop, 10000);
+        atomic_store(&s.go, round);
+        assert_int_equal(crest_loop_run(loop), 0);
+        woken |= tu_watchdog_disarm(&wd);
+    }
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_true(crest_timer_active(tick)); /* run returned because of stop */
+    crest_timer_destroy(tick);
+    tu_destroy_loop(loop);
+    assert_false(woken);
+}
+
+/* ---- extreme arguments --------------------------------------------------- */
+
+static void *post_later_main(void *arg) {
+    tu_sleep_ms(20);
+    assert_int_equal(crest_loop_post(arg, record_cb, (void *)5), 0);
+    return NULL;
+}
+
+/* Restarts itself with timeout 0 (so it is always due) a few times. */
+static void restart_zero_cb(crest_timer_t *t, void *arg) {
+    int *left = arg;
+    if (--*left > 0)
+        assert_int_equal(crest_timer_start(t, 0, 0), 0);
+}
+
+/* timeout_ms: every negative value waits like -1 (and, like -1, not at all
+ * with nothing alive), INT_MAX is a bound like any other, and no timeout
+ * blocks while a timer is due. */
+static void test_run_once_timeout_extremes(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct tu_watchdog wd;
+    tu_watchdog_arm(&wd, loop, 10000);
+    static const int negatives[] = {-1, -2, -1000, INT_MIN};
+    for (size_t i = 0; i < sizeof negatives / sizeof negatives[0]; i++)
+        assert_int_equal(crest_loop_run_once(loop, negatives[i]), 0); /* nothing alive */
+    assert_int_equal(crest_loop_run_once(loop, 0), 0);
+
+    /* A 2 ms repeating timer ends the wait of INT_MIN and INT_MAX alike
+     * (repeating, so that a timer is still there to end the wait if it
+     * fires before the poll). */
+    int fired = 0;
+    crest_timer_t *t = NULL;
+    assert_int_equal(crest_timer_create(loop, count_timer_cb, &fired, &t), 0);
+    assert_int_equal(crest_timer_start(t, 2, 2), 0);
+    static const int waits[] = {INT_MIN, -7, INT_MAX, INT_MAX - 1};
+    for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+        int want = fired + 1;
+        for (int n = 0; n < 100 && fired < want; n++)
+            assert_int_equal(crest_loop_run_once(loop, waits[i]), 1);
+        assert_true(fired >= want);
+    }
+    crest_timer_destroy(t);
+
+    /* A timer that stays due: INT_MAX does not block. */
+    int left = 3;
+    assert_int_equal(crest_timer_create(loop, restart_zero_cb, &left, &t), 0);
+    assert_int_equal(crest_timer_start(t, 0, 0), 0);
+    assert_int_equal(crest_loop_run_once(loop, INT_MAX), 1);
+    assert_int_equal(crest_loop_run_once(loop, INT_MAX), 1);
+    assert_int_equal(left, 1);
+    bool blocked = tu_watchdog_disarm(&wd);
+    crest_timer_destroy(t);
+    assert_false(blocked);
+
+    /* Nothing alive and INT_MAX: a post from another thread ends the wait. */
+    rec_reset(loop);
+    pthread_t th;
+    tu_watchdog_arm(&wd, loop, 10000);
+    assert_int_equal(pthread_create(&th, NULL, post_later_main, loop), 0);
+    for (int n = 0; n < 100 && rec.n == 0; n++)
+        assert_true(crest_loop_run_once(loop, INT_MAX) >= 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    blocked = tu_watchdog_disarm(&wd);
+    assert_int_equal(rec.n, 1);
+    assert_false(blocked);
+    tu_destroy_loop(loop);
+}
+
+static void test_null_loop(void **state) {
+    (void)state;
+    assert_int_equal(crest_loop_run(NULL), -EINVAL);
+    assert_int_equal(crest_loop_run_once(NULL, 0), -EINVAL);
+    assert_int_equal(crest_loop_run_once(NULL, -1), -EINVAL);
+    crest_loop_stop(NULL);
+    assert_int_equal(crest_loop_create(NULL), -EINVAL);
+    assert_int_equal(crest_loop_destroy(NULL), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_create_destroy),
@@ -524,6 +853,11 @@ int main(void) {
         tu_test(test_destroy_releases_attached),
         tu_test(test_sigpipe_handler_kept),
         tu_test(test_sigpipe_ignored),
+        tu_test(test_nested_run_refused_in_every_callback),
+        tu_test(test_nested_run_once_keeps_deferred_queue),
+        tu_test(test_stop_from_another_thread),
+        tu_test(test_run_once_timeout_extremes),
+        tu_test(test_null_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

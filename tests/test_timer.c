@@ -4,6 +4,8 @@
  * against the loop's own clock (crest_loop_now_ns). */
 #include "crest_test.h"
 
+#include <sys/eventfd.h>
+
 #define MS 1000000ull
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -503,6 +505,290 @@ static void test_bad_arguments(void **state) {
     tu_destroy_loop(loop);
 }
 
+/* ---- a timer armed from a timer callback waits for the next iteration ---- */
+
+/* Restarts itself with timeout 0 from its callback, at most max times (a
+ * bound, so that a loop which never leaves its timer pass still ends). */
+struct spinner {
+    crest_loop_t *loop;
+    crest_timer_t *t;
+    int calls, max;
+};
+
+static void spinner_cb(crest_timer_t *t, void *arg) {
+    struct spinner *s = arg;
+    if (++s->calls < s->max)
+        assert_int_equal(crest_timer_start(t, 0, 0), 0);
+}
+
+static bool deferred_ran;
+static bool posted_ran;
+
+static void mark_cb(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+static int io_calls;
+
+static void efd_cb(crest_io_t *io, unsigned events, void *arg) {
+    (void)events;
+    (void)arg;
+    uint64_t v;
+    while (read(crest_io_fd(io), &v, sizeof v) > 0)
+        ;
+    io_calls++;
+}
+
+static void stop_on_io_cb(crest_io_t *io, unsigned events, void *arg) {
+    efd_cb(io, events, arg);
+    crest_loop_stop(crest_io_loop(io));
+}
+
+/* A timer that restarts itself with timeout 0 fires once per iteration: the
+ * other work of the iteration (I/O, deferred and posted callbacks) runs,
+ * run_once(-1) does not block, and crest_loop_stop() ends crest_loop_run. */
+static void test_zero_restart_once_per_iteration(void **state) {
+    (void)state;
+    enum { MAX = 1000 };
+    crest_loop_t *loop = tu_loop();
+    struct spinner s = {.loop = loop, .max = MAX};
+    assert_int_equal(crest_timer_create(loop, spinner_cb, &s, &s.t), 0);
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert_true(efd >= 0);
+    crest_io_t *io = NULL;
+    assert_int_equal(crest_io_start(loop, efd, CREST_IO_READABLE, efd_cb, NULL, &io), 0);
+    deferred_ran = posted_ran = false;
+    io_calls = 0;
+
+    assert_int_equal(crest_timer_start(s.t, 0, 0), 0);
+    assert_int_equal(crest_loop_defer(loop, mark_cb, &deferred_ran), 0);
+    assert_int_equal(crest_loop_post(loop, mark_cb, &posted_ran), 0);
+    uint64_t one = 1;
+    assert_int_equal(write(efd, &one, sizeof one), (ssize_t)sizeof one);
+    assert_int_equal(crest_loop_run_once(loop, 0), 1);
+    int first = s.calls;
+    bool deferred = deferred_ran, posted = posted_ran;
+    int io_first = io_calls;
+
+    /* Each further iteration: one firing more. */
+    assert_int_equal(crest_loop_run_once(loop, 0), 1);
+    int second = s.calls;
+    /* Due, so a blocking run_once does not block. */
+    struct tu_watchdog wd;
+    tu_watchdog_arm(&wd, loop, 10000);
+    assert_int_equal(crest_loop_run_once(loop, -1), 1);
+    bool blocked = tu_watchdog_disarm(&wd);
+    int third = s.calls;
+
+    /* crest_loop_run ends at a stop made by an io callback. */
+    crest_io_stop(io);
+    assert_int_equal(crest_io_start(loop, efd, CREST_IO_READABLE, stop_on_io_cb, NULL, &io), 0);
+    assert_int_equal(write(efd, &one, sizeof one), (ssize_t)sizeof one);
+    int before_run = s.calls;
+    tu_watchdog_arm(&wd, loop, 10000);
+    assert_int_equal(crest_loop_run(loop), 0);
+    bool run_blocked = tu_watchdog_disarm(&wd);
+    int in_run = s.calls - before_run;
+
+    crest_io_stop(io);
+    close(efd);
+    crest_timer_destroy(s.t);
+    tu_destroy_loop(loop);
+    assert_int_equal(first, 1); /* was MAX: the pass never ended by itself */
+    assert_true(deferred);
+    assert_true(posted);
+    assert_int_equal(io_first, 1);
+    assert_int_equal(second, 2);
+    assert_false(blocked);
+    assert_int_equal(third, 3);
+    assert_false(run_blocked);
+    assert_true(in_run >= 1 && in_run <= 2); /* the stopping iteration, maybe one before */
+}
+
+struct chain {
+    crest_timer_t *other;
+    int calls;
+};
+
+static void chain_cb(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct chain *c = arg;
+    c->calls++;
+    if (c->other)
+        assert_int_equal(crest_timer_start(c->other, 0, 0), 0);
+}
+
+/* A timer started with timeout 0 from another timer's callback fires on the
+ * next iteration, not in the same pass; a repeat armed by a pass does not
+ * fire again in the same iteration either. */
+static void test_started_by_timer_fires_next_iteration(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct chain a = {0}, b = {0};
+    crest_timer_t *ta = NULL, *tb = NULL;
+    assert_int_equal(crest_timer_create(loop, chain_cb, &a, &ta), 0);
+    assert_int_equal(crest_timer_create(loop, chain_cb, &b, &tb), 0);
+    a.other = tb;
+    assert_int_equal(crest_timer_start(ta, 0, 0), 0);
+    int rc1 = crest_loop_run_once(loop, 0);
+    int a1 = a.calls, b1 = b.calls;
+    int rc2 = crest_loop_run_once(loop, 0);
+    int a2 = a.calls, b2 = b.calls;
+
+    /* A 1 ms repeat fired by the first pass, with a wait longer than that
+     * before the second pass: still once per iteration. */
+    assert_int_equal(crest_timer_start(ta, 1, 1), 0);
+    a.other = NULL;
+    a.calls = 0;
+    tu_sleep_ms(3);
+    int per_iter_max = 0;
+    for (int i = 0; i < 5; i++) {
+        int before = a.calls;
+        assert_int_equal(crest_loop_run_once(loop, 3), 1);
+        if (a.calls - before > per_iter_max)
+            per_iter_max = a.calls - before;
+    }
+    crest_timer_destroy(ta);
+    crest_timer_destroy(tb);
+    tu_destroy_loop(loop);
+    assert_int_equal(a1, 1);
+    assert_int_equal(b1, 0); /* was 1: fired in the pass that started it */
+    assert_int_equal(rc1, 1); /* b still armed */
+    assert_int_equal(a2, 1);
+    assert_int_equal(b2, 1);
+    assert_int_equal(rc2, 0);
+    assert_int_equal(per_iter_max, 1);
+}
+
+/* ---- ties after crest_timer_again --------------------------------------- */
+
+/* a is moved (lazily, by again) to the same deadline b gets afterwards: a's
+ * again came first, so a fires first. */
+static void test_again_ties_in_start_order(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    struct tt a, b, c;
+    order_n = 0;
+    tt_init(loop, &a, 1);
+    tt_init(loop, &b, 2);
+    tt_init(loop, &c, 3);
+    tt_start(&a, 1, 10);                         /* key now+1 */
+    assert_int_equal(crest_timer_again(a.t), 0); /* due now+10, key stays */
+    a.timeout_ms = 10;
+    a.stop_after = 1;
+    tt_start(&b, 10, 0); /* now+10, started after a's again */
+    /* c: started, then b restarted, then c again at the same now: c's
+     * deadline does not move, only its start order (now after b's). */
+    tt_start(&c, 10, 10);
+    c.stop_after = 1;
+    tt_start(&b, 10, 0);
+    assert_int_equal(crest_timer_again(c.t), 0);
+    tu_sleep_ms(15);
+    crest_loop_run_once(loop, 0);
+    tt_destroy(&a);
+    tt_destroy(&b);
+    tt_destroy(&c);
+    tu_destroy_loop(loop);
+    assert_int_equal(order_n, 3);
+    assert_int_equal(order[0], 1); /* was 2 first: a re-keyed late lost its place */
+    assert_int_equal(order[1], 2);
+    assert_int_equal(order[2], 3);
+}
+
+/* ---- extreme values ----------------------------------------------------- */
+
+#define FAR_MS (1ull << 40) /* about 35 years: "never" for these tests */
+
+static void test_extreme_timeouts(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    /* Deadlines that overflow now_ns + timeout when not saturated. */
+    static const uint64_t huge[] = {
+        UINT64_MAX, UINT64_MAX - 1, UINT64_MAX / 1000000 + 1, UINT64_MAX / 2,
+    };
+    enum { NH = sizeof huge / sizeof huge[0] };
+    struct tt h[NH];
+    for (int i = 0; i < NH; i++) {
+        tt_init(loop, &h[i], 10 + i);
+        tt_start(&h[i], huge[i], i % 2 ? UINT64_MAX : 0);
+        assert_true(crest_timer_remaining(h[i].t) > FAR_MS);
+    }
+    /* UINT32_MAX ms: 49 days, no overflow, but not soon either. */
+    struct tt u;
+    tt_init(loop, &u, 20);
+    tt_start(&u, UINT32_MAX, UINT32_MAX);
+    uint64_t r = crest_timer_remaining(u.t);
+    assert_true(r <= UINT32_MAX && r >= UINT32_MAX - 60000ull);
+    /* Fires after 1 ms, then never again (repeat UINT64_MAX saturates). */
+    struct tt one;
+    tt_init(loop, &one, 30);
+    tt_start(&one, 1, UINT64_MAX);
+    /* Timeout 0, repeat 1: fires at once, then each millisecond. */
+    struct tt zero;
+    tt_init(loop, &zero, 40);
+    tt_start(&zero, 0, 1);
+
+    tu_sleep_ms(3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(crest_loop_run_once(loop, 2), 1);
+        tu_sleep_ms(2);
+    }
+    int zero_calls = zero.calls;
+    crest_timer_stop(zero.t);
+    for (int i = 0; i < NH; i++) {
+        assert_int_equal(h[i].calls, 0); /* was 1: the deadline wrapped */
+        assert_true(crest_timer_active(h[i].t));
+        assert_true(crest_timer_remaining(h[i].t) > FAR_MS);
+    }
+    assert_int_equal(u.calls, 0);
+    assert_int_equal(one.calls, 1);
+    assert_true(crest_timer_active(one.t));
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    assert_true(zero_calls >= 2);
+
+    /* again and set_repeat with huge intervals saturate too. */
+    crest_timer_set_repeat(one.t, UINT64_MAX);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    crest_timer_set_repeat(one.t, UINT64_MAX / 1000000 + 1);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_true(crest_timer_remaining(one.t) > FAR_MS);
+    tu_sleep_ms(2);
+    assert_int_equal(crest_loop_run_once(loop, 0), 1);
+    assert_int_equal(one.calls, 1);
+    /* ... and repeat 0 stops it. */
+    crest_timer_set_repeat(one.t, 0);
+    assert_int_equal(crest_timer_again(one.t), 0);
+    assert_false(crest_timer_active(one.t));
+
+    /* A bounded wait with only "never" timers alive returns, fires nothing. */
+    crest_timer_stop(u.t);
+    assert_int_equal(crest_loop_run_once(loop, 1), 1);
+    for (int i = 0; i < NH; i++) {
+        assert_int_equal(h[i].calls, 0);
+        tt_destroy(&h[i]);
+    }
+    tt_destroy(&u);
+    tt_destroy(&one);
+    tt_destroy(&zero);
+    tu_destroy_loop(loop);
+}
+
+static void test_null_arguments(void **state) {
+    (void)state;
+    assert_int_equal(crest_timer_start(NULL, 0, 0), -EINVAL);
+    assert_int_equal(crest_timer_start(NULL, UINT64_MAX, UINT64_MAX), -EINVAL);
+    assert_int_equal(crest_timer_again(NULL), -EINVAL);
+    crest_timer_set_repeat(NULL, 5);
+    assert_int_equal(crest_timer_remaining(NULL), UINT64_MAX);
+    crest_loop_t *loop = tu_loop();
+    crest_timer_t *t = NULL;
+    assert_int_equal(crest_timer_create(NULL, tt_cb, NULL, &t), -EINVAL);
+    assert_int_equal(crest_timer_create(loop, tt_cb, NULL, NULL), -EINVAL);
+    tu_destroy_loop(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_one_shot_fires_once),
@@ -522,6 +808,11 @@ int main(void) {
         tu_test(test_remaining),
         tu_test(test_run_returns_with_only_stopped_timer),
         tu_test(test_bad_arguments),
+        tu_test(test_zero_restart_once_per_iteration),
+        tu_test(test_started_by_timer_fires_next_iteration),
+        tu_test(test_again_ties_in_start_order),
+        tu_test(test_extreme_timeouts),
+        tu_test(test_null_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

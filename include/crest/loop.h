@@ -46,17 +46,26 @@ int crest_loop_destroy(crest_loop_t *loop);
 
 /* Run until crest_loop_stop() is called or nothing is left to wait for (no
  * active io watcher, timer, signal watcher or deferred callback).  Returns 0,
- * or -errno if epoll_wait fails with something other than EINTR. */
+ * -EINVAL (no loop), -EBUSY when called from one of the loop's callbacks
+ * (the loop is already running; see crest_loop_run_once), or -errno if
+ * epoll_wait fails with something other than EINTR. */
 int crest_loop_run(crest_loop_t *loop);
 
-/* Run one iteration: wait at most timeout_ms for events (-1: until the next
- * timer or an event; 0: do not block), then dispatch them, due timers and
- * deferred callbacks.  Returns 1 if something is still alive, 0 if not, or
- * -errno. */
+/* Run one iteration: wait at most timeout_ms for events (any negative value:
+ * until the next timer or an event; 0: do not block; INT_MAX is a valid
+ * bound), then dispatch them, due timers and deferred callbacks.  Returns 1
+ * if something is still alive, 0 if not, or -errno: -EINVAL (no loop),
+ * -EBUSY when called from a callback of this loop (of any kind: io, timer,
+ * deferred, posted, signal, connection and listener callbacks, and those
+ * crest_loop_destroy() runs), as the iteration in progress owns the loop's
+ * queues; nothing runs then. */
 int crest_loop_run_once(crest_loop_t *loop, int timeout_ms);
 
 /* Make crest_loop_run() return after the current iteration.  Safe from any
- * thread and from a callback. */
+ * thread and from a callback; it always wakes the loop through its eventfd
+ * (so, from the loop's own thread, the next iteration reads one wake-up).
+ * A stop made while the loop is not running ends the next crest_loop_run()
+ * before its first iteration.  NULL is ignored. */
 void crest_loop_stop(crest_loop_t *loop);
 
 /* The cached monotonic time of the current iteration, in milliseconds and in

@@ -3,7 +3,18 @@
  * Timers are measured against the loop's cached monotonic clock, in
  * milliseconds.  A timer fires in the first iteration at or after its
  * deadline; timers due in the same iteration fire in deadline order (ties in
- * start order).
+ * start order: the order of the crest_timer_start(), crest_timer_again() or
+ * repeat that set each deadline).
+ *
+ * A timer armed from a timer callback (its own or another's, including a
+ * repeat) fires on the next iteration at the earliest, even with timeout 0:
+ * a timer that restarts itself with timeout 0 fires once per iteration, and
+ * I/O, posts, deferred callbacks and crest_loop_stop() are served between
+ * firings (the loop does not block while it is due).
+ *
+ * Timeouts and repeats saturate: one so large that the deadline would pass
+ * UINT64_MAX ns (about 584 years of uptime) never fires; it does not wrap
+ * around and fire at once.
  *
  * crest_timer_again() restarts a timer with its repeat interval from "now"
  * and costs O(1) when the new deadline is not earlier than the one the timer
@@ -30,9 +41,11 @@ typedef void (*crest_timer_cb)(crest_timer_t *timer, void *arg);
 int crest_timer_create(crest_loop_t *loop, crest_timer_cb cb, void *arg,
                        crest_timer_t **timerp);
 
-/* Arm: fire after timeout_ms, then every repeat_ms if repeat_ms > 0.  A
- * running timer is re-armed.  A repeating timer that fell behind does not
- * fire in a burst to catch up.  0 or -EINVAL (no callback). */
+/* Arm: fire after timeout_ms (0: on the next iteration), then every
+ * repeat_ms if repeat_ms > 0.  Any uint64_t is accepted (see saturation
+ * above).  A running timer is re-armed.  A repeating timer that fell behind
+ * does not fire in a burst to catch up.  0 or -EINVAL (no timer, no
+ * callback). */
 int crest_timer_start(crest_timer_t *timer, uint64_t timeout_ms, uint64_t repeat_ms);
 
 /* Restart with the repeat interval from now (O(1), see above).  If the
@@ -40,7 +53,8 @@ int crest_timer_start(crest_timer_t *timer, uint64_t timeout_ms, uint64_t repeat
 int crest_timer_again(crest_timer_t *timer);
 
 /* Change the repeat interval used by later repeats and by the next
- * crest_timer_again(); the current deadline is not moved. */
+ * crest_timer_again(); the current deadline is not moved.  NULL is
+ * ignored. */
 void crest_timer_set_repeat(crest_timer_t *timer, uint64_t repeat_ms);
 
 /* Cancel.  Safe to call on a stopped timer and from the timer's callback. */
