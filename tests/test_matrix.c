@@ -152,10 +152,6 @@ struct bug {
 /* Being fixed by others (issue 11). */
 static const struct bug bug_listener_close_in_on_open = {
     "listener_close from on_open: use after free in the accept loop", false};
-static const struct bug bug_nested_run_once = {
-    "nested crest_loop_run_once corrupts the loop's queues (must be -EBUSY)", false};
-static const struct bug bug_timer_restart_0 = {
-    "a timer restarted with 0 from its own callback fires again in the same pass", true};
 /* Found by this matrix (reported with repros). */
 static const struct bug bug_nested_close_not_settled = {
     "a close requested from on_high_water/on_drain running inside a write/uncork made outside "
@@ -170,10 +166,6 @@ static const struct bug bug_sockopt_in_on_close = {
 static const struct bug *bug_of(int col, int st, int call) {
     if (call == K_LISTENER_CLOSE && col == COL_OPEN)
         return &bug_listener_close_in_on_open;
-    if (call == K_RUN_ONCE)
-        return &bug_nested_run_once;
-    if (call == K_TIMER_SELF)
-        return &bug_timer_restart_0;
     /* The target is A itself in OPEN and CLOSING (closed first). */
     bool a_closes = call == K_CLOSE || call == K_FAIL || call == K_ABORT;
     if (col == COL_HIGH_IN_WRITE && call == K_ABORT && (st == ST_OPEN || st == ST_CLOSING))

@@ -31,7 +31,10 @@
  * Backpressure: when queued output exceeds high_water, the connection stops
  * reading and calls on_high_water; when it falls to low_water, reading
  * resumes and on_drain is called.  Memory per slow reader stays bounded by
- * high_water plus one message.
+ * high_water plus one message.  These two are the callbacks that can run
+ * inside a call: on_high_water inside the crest_conn_write(), writev(),
+ * write_message() or shutdown() whose bytes crossed high_water, on_drain
+ * inside the write, uncork() or shutdown() whose flush reached low_water.
  *
  * Memory: a connection at rest holds no buffer.  Input is read into the
  * loop's buffer and delivered from there; a connection takes a chunk from
@@ -40,6 +43,10 @@
  * when empty (see crest_loop_buf_stats()).
  *
  * Threads: a connection belongs to its loop's thread.
+ *
+ * Which call is legal from which callback, in which state, and what each
+ * does on a closing or closed connection: docs/api-contract.md (one table;
+ * tests/test_matrix.c checks every cell).
  */
 #ifndef CREST_CONN_H
 #define CREST_CONN_H
