@@ -776,10 +776,9 @@ static void do_loop_call(struct rec *own) {
         break;
     case K_CLOSE_ALL:
     case K_CLOSE_ALL_ABORT:
-        for (int i = 0; i < M.nrecs; i++) {
-            crest_conn_state_t s = crest_conn_state(M.recs[i].c);
-            M.expect_shutdown[i] = s != CREST_CONN_CLOSED && s != CREST_CONN_CLOSING;
-        }
+        for (int i = 0; i < M.nrecs; i++)
+            M.expect_shutdown[i] = M.recs[i].closes == 0 && /* else maybe freed */
+                                   crest_conn_state(M.recs[i].c) != CREST_CONN_CLOSING;
         crest_loop_close_all(M.loop, M.call == K_CLOSE_ALL_ABORT);
         for (int i = 0; i < M.nrecs; i++)
             if (M.expect_shutdown[i])
@@ -1069,11 +1068,9 @@ static void follow_up(void) {
 static void finish_cell(void) {
     /* Close what is left (from outside any callback), read every client to
      * its end, wait for every on_close. */
-    for (int i = 0; i < M.nrecs; i++) {
-        crest_conn_state_t s = crest_conn_state(M.recs[i].c);
-        if (M.recs[i].closes == 0 && s != CREST_CONN_CLOSED)
+    for (int i = 0; i < M.nrecs; i++)
+        if (M.recs[i].closes == 0) /* else freed, or about to be */
             crest_conn_close(M.recs[i].c);
-    }
     for (int i = 0; i < M.nrecs; i++) {
         struct rec *r = &M.recs[i];
         if (r->client < 0)
