@@ -35,6 +35,8 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
                        crest_conn_t **connp) {
     if (!loop || !addr || !handler || !connp)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN; /* a reconnect from on_close during crest_loop_destroy */
     struct crest__endpoint *ep;
     int rc = crest__endpoint_new(handler, ctx, opts, &ep);
     if (rc < 0)
@@ -47,7 +49,11 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
         crest__endpoint_release(ep);
         return rc;
     }
-    crest__fd_register(fd, CREST_FD_CONNECT, loop, CREST_HERE);
+    if ((rc = crest__fd_register(fd, CREST_FD_CONNECT, loop, CREST_HERE)) < 0) {
+        close(fd); /* not registered: crest_fd_close() would refuse it */
+        crest__endpoint_release(ep);
+        return rc;
+    }
     /* Buffer sizes before connect, so the window scale is negotiated for
      * them. */
     if ((rc = crest__conn_apply_opts(fd, &ep->opts, tcp)) < 0)

@@ -15,13 +15,14 @@
 #include "internal.h"
 
 /* 16 bytes an fd: origins and owners are pointers to strings or loops that
- * live as long as the process (or the loop), so an entry keeps 16-bit
- * indexes into one table of them (interned once each), and times in
- * milliseconds since the registry's first use. */
+ * live as long as the process (or the loop), so an entry keeps 16-bit ids
+ * of them (see the id tables below), and times in milliseconds since the
+ * registry's first use. */
 struct fd_entry {
     uint16_t origin;           /* where it was opened (while open) */
     uint16_t closed_at;        /* where it was last closed */
-    uint16_t owner;            /* the loop or layer that opened it */
+    uint16_t owner;            /* the loop that opened it; 0: none (the
+                                  application's) */
     uint8_t kind;
     bool open;
     uint32_t generation;
@@ -37,68 +38,132 @@ static uint32_t next_generation = 1;
 static uint64_t base_ns;
 static crest_fd_counts_t counts[CREST_FD_KIND_COUNT + 1];
 
-/* The intern table: index 0 is NULL ("unknown"); slots is an open-addressed
- * hash of indexes, at most half full. */
-#define INTERN_MAX 65535u
-static const void **interned;
-static uint32_t interned_len = 1, interned_cap;
-static uint16_t *slots;
-static uint32_t slots_cap;
+/* Id tables: pointer <-> 16-bit id, id 0 meaning "none".  Origins and
+ * owners have a table each, so that running out of one never touches the
+ * other:
+ * - origins (strings, for the reports) stay for the process's life; once
+ *   65,534 are known a new one is recorded as ORIGIN_UNKNOWN ("?");
+ * - owners (loops) leave when their loop is destroyed, so the table holds
+ *   live loops only, and a registration whose owner cannot be recorded
+ *   fails (-ENOMEM): an fd is never filed under no owner or another's. */
+#define ID_LIMIT 65535u              /* ids 1 .. ID_LIMIT - 1 */
+#define ORIGIN_UNKNOWN UINT16_MAX    /* an origin there was no id for */
+
+struct idtab {
+    const void **v;                  /* v[id]; NULL for 0 and removed ids */
+    uint32_t len, cap;               /* ids below len were handed out */
+    uint32_t holes;                  /* removed ids below len, reused first */
+    uint16_t *slots;                 /* open-addressed (linear probing) hash
+                                        of ids, at most half full */
+    uint32_t slots_cap;
+};
+
+static struct idtab origins = {.len = 1}, owners = {.len = 1};
 
 static uint32_t slot_of(const void *p, uint32_t cap) {
     return (uint32_t)(((uintptr_t)p * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
 }
 
-static bool rehash(uint32_t cap) {
+static bool rehash(struct idtab *t, uint32_t cap) {
     uint16_t *n = calloc(cap, sizeof *n);
     if (!n)
         return false;
-    for (uint32_t id = 1; id < interned_len; id++) {
-        uint32_t i = slot_of(interned[id], cap);
+    for (uint32_t id = 1; id < t->len; id++) {
+        if (!t->v[id])
+            continue;
+        uint32_t i = slot_of(t->v[id], cap);
         while (n[i])
             i = (i + 1) & (cap - 1);
         n[i] = (uint16_t)id;
     }
-    free(slots);
-    slots = n;
-    slots_cap = cap;
+    free(t->slots);
+    t->slots = n;
+    t->slots_cap = cap;
     return true;
 }
 
-/* The index of p, added if new; 0 for NULL or when the table is full or
- * out of memory (the report then says "?").  Lock held. */
-static uint16_t intern(const void *p) {
+/* p's id, or 0 if it has none.  Lock held. */
+static uint16_t id_find(const struct idtab *t, const void *p) {
+    if (!p || !t->slots_cap)
+        return 0;
+    for (uint32_t i = slot_of(p, t->slots_cap); t->slots[i]; i = (i + 1) & (t->slots_cap - 1))
+        if (t->v[t->slots[i]] == p)
+            return t->slots[i];
+    return 0;
+}
+
+/* p's id, added if new; 0 for NULL, and when the table is full or out of
+ * memory.  Lock held. */
+static uint16_t id_get(struct idtab *t, const void *p) {
     if (!p)
         return 0;
-    if (slots_cap) {
-        for (uint32_t i = slot_of(p, slots_cap); slots[i]; i = (i + 1) & (slots_cap - 1))
-            if (interned[slots[i]] == p)
-                return slots[i];
-    }
-    if (interned_len >= INTERN_MAX)
+    uint16_t found = id_find(t, p);
+    if (found)
+        return found;
+    if (!t->holes && t->len >= ID_LIMIT)
         return 0;
-    if (interned_len + 1 > interned_cap) {
-        uint32_t cap = interned_cap ? interned_cap * 2 : 64;
-        const void **n = realloc(interned, cap * sizeof *n);
+    if (!t->holes && t->len + 1 > t->cap) {
+        uint32_t cap = t->cap ? t->cap * 2 : 64;
+        const void **n = realloc(t->v, cap * sizeof *n);
         if (!n)
             return 0;
         n[0] = NULL;
-        interned = n;
-        interned_cap = cap;
+        t->v = n;
+        t->cap = cap;
     }
-    if (2 * (interned_len + 1) > slots_cap && !rehash(slots_cap ? slots_cap * 2 : 128))
+    uint32_t live = t->len - 1 - t->holes;
+    if (2 * (live + 1) > t->slots_cap && !rehash(t, t->slots_cap ? t->slots_cap * 2 : 128))
         return 0;
-    uint16_t id = (uint16_t)interned_len++;
-    interned[id] = p;
-    uint32_t i = slot_of(p, slots_cap);
-    while (slots[i])
-        i = (i + 1) & (slots_cap - 1);
-    slots[i] = id;
-    return id;
+    uint32_t id = t->len;
+    if (t->holes) {
+        for (id = 1; t->v[id]; id++)
+            ;
+        t->holes--;
+    } else {
+        t->len++;
+    }
+    t->v[id] = p;
+    uint32_t i = slot_of(p, t->slots_cap);
+    while (t->slots[i])
+        i = (i + 1) & (t->slots_cap - 1);
+    t->slots[i] = (uint16_t)id;
+    return (uint16_t)id;
+}
+
+/* Forget id (its pointer is going away); the id is handed out again.
+ * Deletion by backward shift: no tombstones, so lookups stay short.  Lock
+ * held. */
+static void id_remove(struct idtab *t, uint16_t id) {
+    uint32_t mask = t->slots_cap - 1;
+    uint32_t i = slot_of(t->v[id], t->slots_cap);
+    while (t->slots[i] != id)
+        i = (i + 1) & mask;
+    for (uint32_t j = (i + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
+        uint32_t home = slot_of(t->v[t->slots[j]], t->slots_cap);
+        /* An entry whose home lies cyclically in (i, j] stays; any other
+         * would be cut off from its home by the hole at i: move it up. */
+        bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (!stays) {
+            t->slots[i] = t->slots[j];
+            i = j;
+        }
+    }
+    t->slots[i] = 0;
+    t->v[id] = NULL;
+    t->holes++;
 }
 
 static const char *origin_text(uint16_t id) {
-    return id && id < interned_len ? (const char *)interned[id] : "?";
+    return id && id < origins.len && origins.v[id] ? (const char *)origins.v[id] : "?";
+}
+
+/* An origin's id; ORIGIN_UNKNOWN when it cannot have one (0 stays "none",
+ * for a NULL origin).  Lock held. */
+static uint16_t origin_id(const char *origin) {
+    if (!origin)
+        return 0;
+    uint16_t id = id_get(&origins, origin);
+    return id ? id : ORIGIN_UNKNOWN;
 }
 
 static const char *const kind_names[CREST_FD_KIND_COUNT] = {
@@ -168,10 +233,13 @@ int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const ch
                   crest_fd_kind_name(kind), origin);
         rc = -EEXIST;
     }
+    uint16_t owner_id = 0;
+    if (rc == 0 && owner && !(owner_id = id_get(&owners, owner)))
+        rc = -ENOMEM; /* out of memory, or 65,534 loops alive */
     if (rc == 0) {
         struct fd_entry *e = &entries[fd];
-        e->origin = intern(origin);
-        e->owner = intern(owner);
+        e->origin = origin_id(origin);
+        e->owner = owner_id;
         e->opened_ms = (uint32_t)((now - base_ns) / 1000000u);
         e->generation = next_generation++;
         if (next_generation == 0)
@@ -210,10 +278,8 @@ static int unregister(int fd, const char *origin, const char *verb) {
     } else {
         struct fd_entry *e = &entries[fd];
         e->open = false;
-        e->closed_at = intern(origin);
         /* Never 0 once closed: a later bad close can name this one. */
-        if (!e->closed_at)
-            e->closed_at = UINT16_MAX;
+        e->closed_at = origin ? origin_id(origin) : ORIGIN_UNKNOWN;
         e->owner = 0;
         count_close(e->kind);
     }
@@ -291,7 +357,9 @@ static void emit(struct sink *s, const char *fmt, ...) {
 /* List open fds (all, or those of one owner).  Lock held. */
 static int list_open(struct sink *s, bool all, const void *owner, uint64_t now) {
     int n = 0;
-    uint16_t owner_id = intern(owner);
+    uint16_t owner_id = all ? 0 : id_find(&owners, owner);
+    if (!all && !owner_id)
+        return 0; /* an owner with no id never had an fd registered */
     uint32_t now_ms = (uint32_t)((now - base_ns) / 1000000u);
     for (size_t fd = 0; fd < entries_cap; fd++) {
         const struct fd_entry *e = &entries[fd];
@@ -363,11 +431,21 @@ int crest_fd_report(FILE *out) {
     return n;
 }
 
+/* The owner is going away: report what it left open, then forget it.  Its
+ * fds still open stay in crest_fd_report(), owned by no one, so that the
+ * id, once handed to a new loop, names that loop's fds only. */
 int crest__fd_report_owner(const void *owner, const char *what) {
     struct sink s = {NULL};
     uint64_t now = crest__clock_ns();
     pthread_mutex_lock(&reg_lock);
     int n = list_open(&s, false, owner, now);
+    uint16_t id = id_find(&owners, owner);
+    if (id) {
+        for (size_t fd = 0; fd < entries_cap; fd++)
+            if (entries[fd].owner == id)
+                entries[fd].owner = 0;
+        id_remove(&owners, id);
+    }
     pthread_mutex_unlock(&reg_lock);
     if (n)
         crest_log(CREST_LOG_WARN, "%s: %d fd%s leaked (listed above)", what, n, n == 1 ? "" : "s");

@@ -76,6 +76,8 @@ struct crest_loop {
     _Atomic int stop_flag;
     bool running;               /* inside run_once (or destroy): no nesting */
     bool dispatching;
+    bool destroying;            /* crest_loop_destroy() under way: nothing
+                                   new may start (-ESHUTDOWN) */
 
     uint64_t now_ns;
     uint64_t base_ns;           /* the loop's creation: now_ms counts from it */
@@ -166,7 +168,10 @@ void crest__wake_read(crest_loop_t *loop);
 /* Signals (signal.c) */
 void crest__signals_destroy(crest_loop_t *loop);
 
-/* fd registry with an owner (the loop or layer that opened it) */
+/* fd registry with an owner (the loop that opened it).  Register: 0,
+ * -EEXIST, or -ENOMEM (the fd is then not recorded: close it with close(),
+ * crest_fd_close() would refuse it).  Report: log the owner's fds still
+ * open and forget the owner (at its loop's destroy). */
 int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
 int crest__fd_report_owner(const void *owner, const char *what);
 

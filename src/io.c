@@ -36,6 +36,10 @@ int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned eve
                    crest_io_cb cb, void *arg, bool counted) {
     if (fd < 0 || (events & ~INTEREST_MASK) || !cb)
         return -EINVAL;
+    /* Teardown walks the fd table once: a watcher added behind it (from an
+     * on_close it runs) would outlive the loop. */
+    if (CREST__UNLIKELY(loop->destroying))
+        return -ESHUTDOWN;
     int rc = table_reserve(loop, fd);
     if (rc < 0)
         return rc;

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +24,23 @@
 #include "conn_int.h"
 
 struct crest_listener {
-    struct crest_io io;
+    struct crest_io io;         /* first: the io layer frees the listener
+                                   through it (see crest_listener_close) */
     crest_loop_t *loop;
     struct crest__endpoint *ep;
     crest_addr_t addr;          /* bound address (with the real port) */
     unsigned accept_batch;
     int reserve_fd;             /* spare fd for EMFILE recovery, or -1 */
     bool tcp;
+    bool closed;                /* crest_listener_close() ran; the memory
+                                   stays until this iteration ends */
     uint64_t emfile_logged_ns;
     struct crest_timer retry;   /* after a transient accept4 error */
     struct crest_listener *prev, *next;
 };
+
+_Static_assert(offsetof(struct crest_listener, io) == 0,
+               "freeing the listener's io frees the listener");
 
 #define ACCEPT_RETRY_MS 10u
 
@@ -49,7 +56,11 @@ static int open_reserve(struct crest_listener *l) {
     int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    crest__fd_register(fd, CREST_FD_RESERVE, l->loop, CREST_HERE);
+    int rc = crest__fd_register(fd, CREST_FD_RESERVE, l->loop, CREST_HERE);
+    if (rc < 0) {
+        close(fd); /* not registered: crest_fd_close() would refuse it */
+        return rc;
+    }
     l->reserve_fd = fd;
     return 0;
 }
@@ -72,7 +83,7 @@ static void shed_pending(struct crest_listener *l, int err) {
             close(fd); /* never registered: it lived for two syscalls */
             dropped++;
         }
-        (void)open_reserve(l);
+        (void)open_reserve(l); /* if this fails, the next accept event retries */
     }
     if (dropped == 0 && end_err == EAGAIN)
         return; /* accept4 says EMFILE before it looks: nothing was pending */
@@ -98,12 +109,28 @@ static void refuse(struct crest_listener *l, int fd) {
     loop->conn_stats.close_reasons[CREST_CLOSE_CONN_LIMIT]++;
 }
 
+/* The registry could not record an accepted fd (-ENOMEM): crest_fd_close()
+ * would refuse it later and leak it, so drop the connection now, with a
+ * plain close. */
+static void unrecorded(struct crest_listener *l, int fd, int err) {
+    (void)crest_sockopt_set_linger_abort(fd);
+    close(fd);
+    l->ep->lstats.accept_errors++;
+    l->loop->conn_stats.close_reasons[CREST_CLOSE_NO_MEMORY]++;
+    char where[CREST_ADDR_STRLEN];
+    crest_addr_format(&l->addr, where, sizeof where);
+    crest_log(CREST_LOG_WARN, "listener %s: accepted fd %d not recorded in the fd registry (%s): "
+              "connection dropped", where, fd, crest_strerror(err));
+}
+
 static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
     CREST__UNUSED(io);
     CREST__UNUSED(events);
     struct crest_listener *l = arg;
     crest_loop_t *loop = l->loop;
     struct crest__endpoint *ep = l->ep;
+    if (CREST__UNLIKELY(l->reserve_fd < 0))
+        (void)open_reserve(l); /* lost at an EMFILE: fds may be back */
     for (unsigned n = 0; n < l->accept_batch; n++) {
         struct sockaddr_storage peer;
         socklen_t peer_len = sizeof peer;
@@ -131,7 +158,11 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
                 return;
             }
         }
-        crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        int rc = crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        if (CREST__UNLIKELY(rc < 0)) {
+            unrecorded(l, fd, rc);
+            continue;
+        }
         if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
             refuse(l, fd);
             continue;
@@ -148,6 +179,11 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
         ep->lstats.active++;
         crest__conn_open(c);
         crest__conn_settle(c);
+        /* on_open, or the on_close of a connection it closed, may have
+         * closed the listener: its memory is still valid, but not its fd or
+         * endpoint, and nothing more is to be accepted. */
+        if (l->closed)
+            return;
     }
     /* Batch used up: more may be waiting, and no new edge will say so. */
     crest_io_feed(&l->io, CREST_IO_READABLE);
@@ -157,6 +193,27 @@ static void on_retry(crest_timer_t *t, void *arg) {
     CREST__UNUSED(t);
     struct crest_listener *l = arg;
     crest_io_feed(&l->io, CREST_IO_READABLE);
+}
+
+/* Does anyone listen on this Unix socket path?  A connect tells: refused
+ * means the file is stale.  0 if stale (or gone), -EADDRINUSE if a server
+ * listens there (it sees one connection that closes at once), or the
+ * connect's -errno when it cannot tell (EACCES, EPROTOTYPE, ...). */
+static int unix_path_stale(const crest_addr_t *a) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0 ? -EADDRINUSE : -errno;
+    close(fd); /* never registered: it lived for two syscalls */
+    switch (rc) {
+    case -ECONNREFUSED: /* a socket file no one listens on */
+    case -ENOENT:       /* gone since the stat */
+        return 0;
+    case -EAGAIN:       /* a live server with a full backlog */
+        return -EADDRINUSE;
+    default:
+        return rc;
+    }
 }
 
 static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
@@ -181,11 +238,15 @@ static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
             goto fail;
         }
     } else {
-        /* A socket file left by a dead server would make bind fail. */
+        /* A socket file left by a dead server would make bind fail: replace
+         * it, but never one a live server listens on. */
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
         struct stat st;
-        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            if ((rc = unix_path_stale(&l->addr)) < 0)
+                goto fail;
             unlink(un->sun_path);
+        }
     }
     /* Accepted sockets inherit buffer sizes, TCP_NODELAY and keepalive from
      * the listener: set once here, not once per connection. */
@@ -217,6 +278,8 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
     if (!loop || !addr || !handler || !lp)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN;
     crest_listen_opts_t o;
     if (opts)
         o = *opts;
@@ -251,6 +314,9 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
         crest_fd_close(fd);
         goto fail;
     }
+    /* crest_io_stop() then frees the listener (l->io is its first member):
+     * at once, or after the iteration when closed from a callback. */
+    l->io.heap_owned = true;
     l->next = loop->listeners;
     if (loop->listeners)
         loop->listeners->prev = l;
@@ -265,16 +331,24 @@ fail:
     return rc;
 }
 
+/* The accept loop may be this call's caller (on_open, or the on_close of a
+ * connection closed there): as for connections, nothing is freed during
+ * dispatch.  The socket, the spare fd and the endpoint go now; the memory
+ * goes with the io watchers stopped in this iteration. */
 void crest_listener_close(crest_listener_t *l) {
-    if (!l)
+    if (!l || l->closed)
         return;
     crest_loop_t *loop = l->loop;
     int fd = l->io.fd;
+    l->closed = true;
     crest_timer_stop(&l->retry);
     crest__io_close(&l->io);
+    l->io.fd = -1;
     crest_fd_close(fd);
-    if (l->reserve_fd >= 0)
+    if (l->reserve_fd >= 0) {
         crest_fd_close(l->reserve_fd);
+        l->reserve_fd = -1;
+    }
     if (!l->tcp) {
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
         if (un->sun_path[0])
@@ -287,7 +361,8 @@ void crest_listener_close(crest_listener_t *l) {
     if (l->next)
         l->next->prev = l->prev;
     crest__endpoint_release(l->ep);
-    free(l);
+    l->ep = NULL;
+    crest_io_stop(&l->io);
 }
 
 void crest__listeners_destroy(crest_loop_t *loop) {

@@ -111,6 +111,7 @@ int crest_loop_destroy(crest_loop_t *loop) {
     /* Callbacks run from here (on_close of the connections it aborts) must
      * not run the loop it is taking apart: run and run_once say -EBUSY. */
     loop->running = true;
+    loop->destroying = true; /* nor start anything new: -ESHUTDOWN */
     crest__listeners_destroy(loop);
     crest__conns_destroy(loop);
     crest__signals_destroy(loop);

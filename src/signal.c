@@ -123,6 +123,8 @@ int crest_signal_start(crest_loop_t *loop, int signo, crest_signal_cb cb, void *
     if (!loop || !cb || !sigp || signo <= 0 || signo >= NSIG || signo == SIGKILL ||
         signo == SIGSTOP)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN; /* from an on_close that crest_loop_destroy runs */
     if (!loop->signals) {
         int rc = signals_init(loop);
         if (rc < 0)

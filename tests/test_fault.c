@@ -8,6 +8,9 @@
  * for input, send() or sendmsg() for every socket write (one buffer or
  * several), accept4() in the listener,
  * epoll_wait() once per iteration and close() for every fd it closes.
+ * crest__fd_register() (the registry, called by the listener and connect
+ * code from other objects of the archive) is wrapped too, to make it fail
+ * as it does when out of memory.
  *
  * Each __wrap_X consults the test's fault plan and otherwise calls
  * __real_X.  A plan entry applies to one fd, or to every fd the test marked
@@ -61,6 +64,12 @@ struct plan {
     unsigned long synthesized;
     unsigned long closes[MAX_FD];
     unsigned long accept_calls;
+    /* crest__fd_register: fail the next reg_count registrations of
+     * reg_kind with reg_err; the fds it refused */
+    int reg_kind, reg_err;
+    long reg_count;
+    int reg_refused[8];
+    int n_reg_refused;
 };
 
 static struct plan plan;
@@ -150,6 +159,25 @@ int __real_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout
 int __wrap_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout);
 int __real_close(int fd);
 int __wrap_close(int fd);
+int __real_crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
+int __wrap_crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
+
+int __wrap_crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin) {
+    if (plan.reg_count > 0 && kind == (crest_fd_kind_t)plan.reg_kind) {
+        plan.reg_count--;
+        if (plan.n_reg_refused < 8)
+            plan.reg_refused[plan.n_reg_refused++] = fd;
+        return -plan.reg_err;
+    }
+    return __real_crest__fd_register(fd, kind, owner, origin);
+}
+
+static void fail_registrations(crest_fd_kind_t kind, int err, long count) {
+    plan.reg_kind = (int)kind;
+    plan.reg_err = err;
+    plan.reg_count = count;
+    plan.n_reg_refused = 0;
+}
 
 ssize_t __wrap_read(int fd, void *buf, size_t count) {
     struct fault *f = fault_for(plan.read, fd, false, true);
@@ -872,6 +900,110 @@ static void test_harness_passthrough(void **state) {
     tu_assert_nothing_open();
 }
 
+/* ---- the fd registry failing (out of memory) -------------------------------- */
+
+/* An accepted fd the registry cannot record: the connection is dropped at
+ * once (the fd closed with a plain close, exactly once), counted and
+ * logged; the listener goes on.  Were it kept, crest_fd_close() would
+ * refuse the unregistered fd at its close, and the fd would leak. */
+static void test_register_fails_on_accept(void **state) {
+    (void)state;
+    fault_begin();
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    static struct cli a, b;
+    srv_start(loop, &s);
+    fail_registrations(CREST_FD_ACCEPTED, ENOMEM, 1);
+    cli_connect(loop, &s, &a);
+    RUN_UNTIL(loop, a.closed);
+    assert_int_equal(s.opened, 0);
+    assert_int_equal(plan.n_reg_refused, 1);
+    int fd = plan.reg_refused[0];
+    assert_int_equal(plan.closes[fd], 1);
+    assert_int_equal(crest_fd_lookup(fd, NULL, NULL, NULL), -EBADF);
+    crest_listener_stats_t ls;
+    crest_listener_get_stats(s.l, &ls);
+    assert_int_equal(ls.accept_errors, 1);
+    assert_int_equal(ls.accepted, 0);
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(loop, &cs);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_NO_MEMORY], 1);
+    assert_true(tu_log_line_has("warning", "not recorded in the fd registry", "not enough memory"));
+    /* The next one is served. */
+    cli_connect(loop, &s, &b);
+    RUN_UNTIL(loop, b.opened && s.opened == 1);
+    echo_once(loop, &b, "after");
+    crest_conn_close(b.c);
+    RUN_UNTIL(loop, b.closed && s.closed == 1);
+    crest_listener_close(s.l);
+    finish(loop);
+}
+
+/* An outbound socket the registry cannot record: crest_connect() fails
+ * with the registry's error, no callback runs, nothing is left open. */
+static void test_register_fails_on_connect(void **state) {
+    (void)state;
+    fault_begin();
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    static struct cli k;
+    srv_start(loop, &s);
+    fail_registrations(CREST_FD_CONNECT, ENOMEM, 1);
+    memset(&k, 0, sizeof k);
+    crest_conn_t *c = NULL;
+    assert_int_equal(crest_connect(loop, s.addr, NULL, &cli_handler, &k, &c), -ENOMEM);
+    assert_int_equal(plan.n_reg_refused, 1);
+    assert_int_equal(plan.closes[plan.reg_refused[0]], 1);
+    tu_spin(loop, 5);
+    assert_false(k.opened || k.closed);
+    assert_int_equal(s.opened, 0);
+    crest_listener_close(s.l);
+    finish(loop);
+}
+
+/* The listener's spare fd: at crest_listen() the failure is returned; after
+ * an EMFILE (the spare used up and not recorded again) the listener goes
+ * on without it and takes it back at the next accept event. */
+static void test_register_fails_on_reserve(void **state) {
+    (void)state;
+    fault_begin();
+    crest_loop_t *loop = tu_loop();
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    crest_fd_counts_t rsv;
+    assert_int_equal(crest_fd_counts(CREST_FD_RESERVE, &rsv), 0);
+    uint64_t reserve_open = rsv.open;
+    uint64_t reg_open = crest_fd_open_count();
+    int proc_open = tu_proc_fd_count();
+    fail_registrations(CREST_FD_RESERVE, ENOMEM, 1);
+    assert_int_equal(crest_listen(loop, "127.0.0.1:0", NULL, &srv_handler, &s, &s.l), -ENOMEM);
+    assert_int_equal(plan.n_reg_refused, 1);
+    assert_int_equal(plan.closes[plan.reg_refused[0]], 1);
+    assert_int_equal(crest_fd_open_count(), reg_open); /* listening socket closed too */
+    assert_int_equal(tu_proc_fd_count(), proc_open);
+
+    srv_start(loop, &s);
+    int lfd = crest_listener_fd(s.l);
+    static struct cli a, b;
+    add_fault(plan.accept4, lfd, EMFILE, 0, 1, 1);
+    fail_registrations(CREST_FD_RESERVE, ENOMEM, 1);
+    cli_connect(loop, &s, &a);
+    crest_listener_stats_t ls;
+    RUN_UNTIL(loop, (crest_listener_get_stats(s.l, &ls), ls.emfile == 1) && a.closed);
+    assert_int_equal(plan.n_reg_refused, 1); /* and closed: finish() counts the fds */
+    assert_int_equal(crest_fd_counts(CREST_FD_RESERVE, &rsv), 0);
+    assert_int_equal(rsv.open, reserve_open); /* the spare is gone */
+    cli_connect(loop, &s, &b);
+    RUN_UNTIL(loop, b.opened && s.opened == 1);
+    assert_int_equal(crest_fd_counts(CREST_FD_RESERVE, &rsv), 0);
+    assert_int_equal(rsv.open, reserve_open + 1); /* and back */
+    echo_once(loop, &b, "b");
+    crest_conn_close(b.c);
+    RUN_UNTIL(loop, b.closed && s.closed == 1);
+    crest_listener_close(s.l);
+    finish(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_harness_passthrough),
@@ -885,6 +1017,9 @@ int main(void) {
         tu_test(test_accept_transient_error),
         tu_test(test_epoll_wait_eintr),
         tu_test(test_close_reports_error),
+        tu_test(test_register_fails_on_accept),
+        tu_test(test_register_fails_on_connect),
+        tu_test(test_register_fails_on_reserve),
     };
     const char *filter = getenv("CREST_TEST_FILTER");
     if (filter && *filter)

@@ -168,7 +168,8 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * starts CONNECTING; on_open runs when it completes, or on_close with
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
- * (the callbacks never run then). */
+ * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
+ * runs (from an on_close it causes). */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,

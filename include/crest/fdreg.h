@@ -17,6 +17,10 @@
  * nothing on the read/write path.  All functions are thread-safe.
  *
  * Origins are stored as pointers: pass string literals (the macros do).
+ * The registry keeps 65,534 distinct origins; any beyond are reported as
+ * "?".  Ownership (which loop opened an fd, for the leak report at
+ * crest_loop_destroy()) is kept apart and never confused by that: an
+ * application's fds are never counted as a loop's.
  */
 #ifndef CREST_FDREG_H
 #define CREST_FDREG_H

@@ -42,7 +42,8 @@ typedef void (*crest_io_cb)(crest_io_t *io, unsigned events, void *arg);
 
 /* Start watching fd for events (CREST_IO_READABLE and/or CREST_IO_WRITABLE).
  * Returns 0 and the watcher in *iop, or -EINVAL (bad fd or events), -EEXIST
- * (fd already watched on this loop), -ENOMEM, or epoll_ctl's -errno. */
+ * (fd already watched on this loop), -ENOMEM, -ESHUTDOWN (crest_loop_destroy()
+ * is under way: called from an on_close it runs), or epoll_ctl's -errno. */
 int crest_io_start(crest_loop_t *loop, int fd, unsigned events, crest_io_cb cb,
                    void *arg, crest_io_t **iop);
 

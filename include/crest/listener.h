@@ -49,12 +49,21 @@ void crest_listen_opts_init(crest_listen_opts_t *opts);
 
 /* Bind and listen on addr (see addr.h), with handler and its ctx for every
  * accepted connection.  opts may be NULL; it is copied.  A Unix socket path
- * left by a dead process is replaced.  0 and *lp, or -errno. */
+ * left by a dead process is replaced; one a live server listens on is not:
+ * -EADDRINUSE (crest connects to find out, so that server sees one
+ * connection that closes at once; a socket file no one listens on counts
+ * as stale).  0 and *lp, or -errno; -ESHUTDOWN
+ * while crest_loop_destroy() runs (from an on_close it causes). */
 int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
 
 /* Stop accepting and close the listening socket (and unlink a Unix path).
- * Connections already accepted are not affected. */
+ * Connections already accepted are not affected.  May be called from any
+ * callback of this loop, on_open and on_close of this listener's own
+ * connections included: no further connection is accepted (those still in
+ * the backlog are reset by the kernel) and no callback runs inside this
+ * call.  l must not be used after it (its memory goes once the current
+ * iteration's callbacks have returned). */
 void crest_listener_close(crest_listener_t *l);
 
 /* The bound address, e.g. with the port the kernel picked for port 0. */
@@ -72,7 +81,9 @@ typedef struct crest_listener_stats {
     uint64_t active;          /* accepted connections open now */
     uint64_t refused_limit;   /* closed at once: max_conns reached */
     uint64_t emfile;          /* dropped while out of fds */
-    uint64_t accept_errors;   /* other accept4 failures */
+    uint64_t accept_errors;   /* other accept4 failures, and accepted fds
+                                 the fd registry could not record (out of
+                                 memory: closed at once, logged) */
 } crest_listener_stats_t;
 
 void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out);

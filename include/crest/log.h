@@ -23,7 +23,12 @@ typedef enum crest_log_level {
 
 typedef void (*crest_log_fn)(crest_log_level_t level, const char *msg, void *arg);
 
-/* Replace the log hook; NULL restores the default (stderr). */
+/* Replace the log hook; NULL restores the default (stderr).  Thread-safe:
+ * a log call in another thread gets the old fn with the old arg or the new
+ * fn with the new arg, never a mix.  A call already under way may still
+ * run the old hook after this returns: free the old arg only once no
+ * other thread can be logging.  Sets are serialized by a mutex; log calls
+ * take none. */
 void crest_log_set_handler(crest_log_fn fn, void *arg);
 
 /* Messages below this level are dropped before formatting.  Default INFO. */

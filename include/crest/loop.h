@@ -38,7 +38,12 @@ int crest_loop_create(crest_loop_t **loopp);
  * and freed (do not use them afterwards; their file descriptors, which
  * belong to the caller, are not closed), and each is logged as a warning.
  * Stopped timers are not known to the loop: crest_timer_destroy() them.
- * Open connections are aborted and listeners closed, also with a warning.  Posted callbacks not yet run are dropped.  Ends with
+ * Open connections are aborted and listeners closed, also with a warning;
+ * their on_close callbacks run inside this call.  From those callbacks
+ * nothing new can start: crest_connect(), crest_listen(), crest_io_start()
+ * and crest_signal_start() return -ESHUTDOWN (a reconnect from
+ * on_close is refused, not left open behind the teardown).  Posted
+ * callbacks not yet run are dropped.  Ends with
  * the fd leak report for the fds this loop opened (see fdreg.h): it says
  * "0 fds leaked" when clean.  Returns the number of fds this loop opened that
  * are still open after its own are closed (0 when clean). */

@@ -22,7 +22,8 @@ typedef void (*crest_signal_cb)(crest_signal_t *sig, int signo, void *arg);
 
 /* Watch signo (SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...).  Several watchers may
  * watch the same signal; each is called.  0, or -EINVAL (SIGKILL, SIGSTOP or
- * out of range), -ENOMEM, or signalfd's -errno. */
+ * out of range), -ENOMEM, -ESHUTDOWN (crest_loop_destroy() is under way), or
+ * signalfd's -errno. */
 int crest_signal_start(crest_loop_t *loop, int signo, crest_signal_cb cb, void *arg,
                        crest_signal_t **sigp);
 
