@@ -149,9 +149,6 @@ struct bug {
     bool safe; /* runs without crashing or hanging: mismatches are printed */
 };
 
-/* Being fixed by others (issue 11). */
-static const struct bug bug_listener_close_in_on_open = {
-    "listener_close from on_open: use after free in the accept loop", false};
 /* Found by this matrix (reported with repros). */
 static const struct bug bug_nested_close_not_settled = {
     "a close requested from on_high_water/on_drain running inside a write/uncork made outside "
@@ -164,8 +161,6 @@ static const struct bug bug_sockopt_in_on_close = {
     "set_nodelay/sndbuf/rcvbuf on a CLOSED connection inside its on_close succeed", true};
 
 static const struct bug *bug_of(int col, int st, int call) {
-    if (call == K_LISTENER_CLOSE && col == COL_OPEN)
-        return &bug_listener_close_in_on_open;
     /* The target is A itself in OPEN and CLOSING (closed first). */
     bool a_closes = call == K_CLOSE || call == K_FAIL || call == K_ABORT;
     if (col == COL_HIGH_IN_WRITE && call == K_ABORT && (st == ST_OPEN || st == ST_CLOSING))
