@@ -55,12 +55,14 @@ enum col {
     COL_DRAIN_IN_UNCORK, /* raised inside an uncork made from a deferred callback */
     COL_OPEN_OUT,        /* on_open of an outbound connection */
     COL_OPEN_PROXY,      /* on_open after a PROXY header */
+    COL_CLOSE_TIMEOUT,   /* on_close run by an idle timeout (the loop's timer pass) */
     COL_N
 };
 static const char *const col_name[COL_N] = {
     "on_open", "on_data", "on_message", "on_eof", "on_high_water",
     "on_drain", "on_close", "timer", "deferred", "on_high_water_in_write",
     "on_drain_in_uncork", "on_open_outbound", "on_open_after_proxy",
+    "on_close_by_timeout",
 };
 
 enum st { ST_CONNECTING, ST_OPEN, ST_HALF, ST_CLOSING, ST_CLOSED, ST_CLOSED_RST, ST_N };
@@ -123,7 +125,12 @@ static const enum st natural[COL_N] = {
     [COL_CLOSE] = ST_CLOSED, [COL_TIMER] = ST_OPEN, [COL_DEFER] = ST_OPEN,
     [COL_HIGH_IN_WRITE] = ST_OPEN, [COL_DRAIN_IN_UNCORK] = ST_OPEN,
     [COL_OPEN_OUT] = ST_OPEN, [COL_OPEN_PROXY] = ST_OPEN,
+    [COL_CLOSE_TIMEOUT] = ST_CLOSED,
 };
+
+static bool col_close(int col) {
+    return col == COL_CLOSE || col == COL_CLOSE_TIMEOUT;
+}
 
 static bool col_open(int col) {
     return col == COL_OPEN || col == COL_OPEN_OUT || col == COL_OPEN_PROXY;
@@ -171,7 +178,7 @@ static const struct bug *bug_of(int col, int st, int call) {
         return &bug_nested_close_not_settled;
     if (call == K_SHUTDOWN && st == ST_CLOSED_RST)
         return &bug_shutdown_after_reset;
-    if ((call == K_NODELAY || call == K_SNDBUF || call == K_RCVBUF) && col == COL_CLOSE &&
+    if ((call == K_NODELAY || call == K_SNDBUF || call == K_RCVBUF) && col_close(col) &&
         (st == ST_CLOSED || st == ST_CLOSED_RST))
         return &bug_sockopt_in_on_close;
     return NULL;
@@ -474,7 +481,7 @@ static void s_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         M.timer_on_close_of = NULL;
         assert_int_equal(crest_timer_start(M.trigger_timer, 0, 0), 0);
     }
-    if (M.armed && M.col == COL_CLOSE && r->role == R_A)
+    if (M.armed && col_close(M.col) && r->role == R_A)
         fire(r);
 }
 
@@ -639,7 +646,7 @@ static bool is_socket(int fd) {
 
 static void do_conn_call(crest_conn_t *t, struct rec *tr) {
     crest_conn_state_t want_state = st_state[M.st];
-    bool in_own_on_close = M.col == COL_CLOSE && tr == M.own;
+    bool in_own_on_close = col_close(M.col) && tr == M.own;
     struct iovec iov[2] = {{.iov_base = (void *)MARK, .iov_len = 5},
                            {.iov_base = (void *)(MARK + 5), .iov_len = MARK_LEN - 5}};
     char buf[CREST_ADDR_STRLEN];
@@ -1173,6 +1180,8 @@ static void check_cell(void) {
     crest_close_reason_t want = expected_reason();
     if (M.col == COL_CLOSE && t == M.own)
         want = M.st == ST_CLOSED_RST ? CREST_CLOSE_PEER_RESET : CREST_CLOSE_LOCAL;
+    if (M.col == COL_CLOSE_TIMEOUT && t == M.own)
+        want = CREST_CLOSE_IDLE_TIMEOUT;
     if (t->role == R_T && M.call != K_CLOSE && M.call != K_FAIL && M.call != K_ABORT)
         want = t->reason; /* closed by whichever side ended first */
     EXPECT(t->reason == want, "target closed with %s, wanted %s",
@@ -1210,6 +1219,8 @@ static bool only_call(int call) {
 }
 
 static bool applicable(int col, int st, int call) {
+    if (col == COL_CLOSE_TIMEOUT && st == ST_CLOSED_RST)
+        return false; /* its own connection closes by the timeout, not a reset */
     if (call >= K_FIRST_LOOP) {
         if (st != (int)natural[col])
             return false;
@@ -1257,7 +1268,7 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
     bool small = col_high(col) || col_drain(col);
     if (!col_open(col))
         accept_one(R_A, small ? 4096 : 0);
-    if (col == COL_OPEN_OUT) {
+    if (col == COL_OPEN_OUT || col == COL_CLOSE_TIMEOUT) {
         M.raw_l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         assert_int_equal(bind(M.raw_l, (struct sockaddr *)&sin, sizeof sin), 0);
@@ -1270,7 +1281,7 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
         shutdown(h->client, SHUT_WR);
         RUN_UNTIL(M.loop, h->eofs == 1);
     }
-    bool victim = (st == ST_CLOSED || st == ST_CLOSED_RST) && col != COL_CLOSE &&
+    bool victim = (st == ST_CLOSED || st == ST_CLOSED_RST) && !col_close(col) &&
                   call < K_FIRST_LOOP;
     if (victim)
         accept_one(R_V, 0);
@@ -1329,10 +1340,14 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
         M.next_role = R_A;
         send_proxy_header(M.a_client, M.a_proxy_addr, sizeof M.a_proxy_addr);
         break;
-    case COL_OPEN_OUT: {
+    case COL_OPEN_OUT:
+    case COL_CLOSE_TIMEOUT: {
         crest_conn_t *c;
+        crest_conn_opts_t o;
+        crest_conn_opts_init(&o);
+        o.idle_timeout_ms = col == COL_CLOSE_TIMEOUT ? 1 : 0;
         M.next_role = R_A;
-        assert_int_equal(crest_connect(M.loop, M.raw_addr, NULL, &server_raw, &ctx_server, &c), 0);
+        assert_int_equal(crest_connect(M.loop, M.raw_addr, &o, &server_raw, &ctx_server, &c), 0);
         /* The kernel completed the handshake: the peer is in the backlog. */
         M.a_client = accept4(M.raw_l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         assert_true(M.a_client >= 0);
@@ -1375,7 +1390,7 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
         break;
     }
     RUN_UNTIL(M.loop, M.fired);
-    if (victim || (col == COL_CLOSE && (st == ST_CLOSED || st == ST_CLOSED_RST)))
+    if (victim || (col_close(col) && (st == ST_CLOSED || st == ST_CLOSED_RST)))
         EXPECT(M.target && M.target->closes == 1,
                "the victim was not closed earlier in the trigger's iteration");
     tu_spin(M.loop, 3);
