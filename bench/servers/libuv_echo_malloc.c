@@ -8,8 +8,10 @@
  * buffer and uv_try_write) because this is how much libuv code is written;
  * bench/run names it "libuv, malloc per read" and compares crest with the
  * fast one.  What it costs over the fast way, per message: a 64 KiB malloc
- * and free, a write request, and libuv's write completion path, which
- * queues the handle's poll state again (one epoll_ctl per message). */
+ * and free (glibc trims the heap now and then: brk), a write request, and
+ * libuv's write completion path: the callback runs on the next loop pass,
+ * and uv__drain stops POLLOUT even though it was never started, which
+ * queues the handle for an epoll_ctl (one per message). */
 #include <stdlib.h>
 #include <uv.h>
 
