@@ -75,7 +75,6 @@ struct crest_loop {
     int wakefd;
     _Atomic int stop_flag;
     bool running;               /* inside run_once (or destroy): no nesting */
-    bool dispatching;
     bool destroying;            /* crest_loop_destroy() under way: nothing
                                    new may start (-ESHUTDOWN) */
 
