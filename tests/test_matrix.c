@@ -105,6 +105,7 @@ enum call {
     K_CLOSE_ALL_ABORT,
     K_IO_FEED,
     K_IO_STOP,
+    K_DESTROY,
     K_N
 };
 #define K_FIRST_LOOP K_RUN_ONCE
@@ -114,7 +115,7 @@ static const char *const call_name[K_N] = {
     "set_data", "getters", "peer",
     "loop_run_once", "loop_run", "loop_stop", "loop_defer", "timer",
     "timer_self_restart", "listener_close", "connect", "close_all",
-    "close_all_abort", "io_feed", "io_stop",
+    "close_all_abort", "io_feed", "io_stop", "loop_destroy",
 };
 
 /* The state a callback's own connection is in: where the loop-level calls
@@ -762,6 +763,10 @@ static void do_loop_call(struct rec *own) {
         break;
     case K_STOP:
         crest_loop_stop(M.loop);
+        break;
+    case K_DESTROY:
+        M.rc = crest_loop_destroy(M.loop);
+        expect_rc(-EBUSY);
         break;
     case K_DEFER:
         M.rc = crest_loop_defer(M.loop, row_deferred, NULL);
