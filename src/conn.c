@@ -124,8 +124,19 @@ void crest__endpoint_release(struct crest__endpoint *ep) {
 
 /* ---- options ------------------------------------------------------------ */
 
+/* Urgent data (MSG_OOB, TCP and, since Linux 5.15, AF_UNIX) stays in the
+ * stream, in order: crest is a byte-stream library, and a byte left out of
+ * band would be lost to the handler (and to a proxy's other side).  Reads
+ * still stop at the urgent mark (conn_io.c deals with that).  Accepted TCP
+ * sockets inherit it from the listener; accepted Unix ones do not. */
+void crest__conn_set_oobinline(int fd) {
+    int on = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof on);
+}
+
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
     int rc;
+    crest__conn_set_oobinline(fd);
     if (o->sndbuf > 0 && (rc = crest_sockopt_set_sndbuf(fd, o->sndbuf)) < 0)
         return rc;
     if (o->rcvbuf > 0 && (rc = crest_sockopt_set_rcvbuf(fd, o->rcvbuf)) < 0)
@@ -174,8 +185,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
     /* A fresh accepted socket has an empty send buffer: writable at once,
      * without waiting for the first EPOLLOUT. */
     c->flags = state == CREST_CONN_OPEN ? CREST__C_WRITABLE : 0;
-    if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE, crest__conn_on_io,
-                       c, true) < 0) {
+    if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE | CREST__IO_PRI,
+                       crest__conn_on_io, c, true) < 0) {
         free(c);
         return NULL;
     }

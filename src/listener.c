@@ -132,6 +132,8 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
             }
         }
         crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
+        if (!l->tcp)
+            crest__conn_set_oobinline(fd); /* not inherited by Unix sockets */
         if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
             refuse(l, fd);
             continue;

@@ -2,9 +2,13 @@
  *
  * A connection is a nonblocking stream socket (TCP or Unix-domain) that the
  * loop reads and writes for a protocol handler.  It is registered with epoll
- * once, for readable|writable|rdhup, edge-triggered, and caches readiness:
- * no epoll_ctl per message, and a short read means "drained" (no extra read
- * that would return EAGAIN).
+ * once, for readable|writable|rdhup|pri, edge-triggered, and caches
+ * readiness: no epoll_ctl per message, and a short read means "drained" (no
+ * extra read that would return EAGAIN), except at a hang-up or with urgent
+ * data pending.
+ *
+ * Urgent data (MSG_OOB): crest sets SO_OOBINLINE, so the urgent byte is
+ * delivered as an ordinary byte of the stream, in order.
  *
  * State machine:
  *   CONNECTING -> OPEN            outbound connect completed
