@@ -123,6 +123,7 @@ void crest__conn_set_oobinline(int fd);
 
 /* conn_io.c */
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);
+void crest__conn_linger_io(struct crest_conn *c, unsigned events); /* conn.c */
 int crest__conn_flush(struct crest_conn *c);
 void crest__conn_drop_buffers(struct crest_conn *c);
 void crest__conn_resume_input(struct crest_conn *c);

@@ -896,6 +896,10 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
             crest__conn_settle(c);
         return;
     }
+    if (CREST__UNLIKELY(c->state == CREST_CONN_CLOSED)) {
+        crest__conn_linger_io(c, events); /* closed for the handler: lingering */
+        return;
+    }
     /* CREST__IO_KICK alone (a close or flush to complete) carries no
      * readiness news. */
     c->depth++;

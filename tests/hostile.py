@@ -979,6 +979,40 @@ def half_close(ctx, out):
 
 
 @scenario
+def lingering_close(ctx, out):
+    """A pipelined request with a big reply, then a frame over the limit
+    and more bytes the server never reads.  Closing with unread input sent
+    RST, which destroyed the reply still in the server's send queue; the
+    lingering close delivers all of it, then EOF."""
+    srv = Server(ctx, "crest-framed", ["--max-frame", str(4 * MiB)])
+    try:
+        prober = Prober(srv.port, "frame").start()
+        rng = random.Random(ctx.seed + 8)
+        ports, n, total = [], 4, 0
+        for k in range(n):
+            body = rng.randbytes(3 * MiB + rng.randint(0, MiB))
+            s = connect(srv.port, rcvbuf=65536)
+            ports.append(local_port(s))
+            s.sendall(frame(body) + struct.pack(">I", 0xFFFFFFF0) + b"z" * 65536)
+            time.sleep(0.3)  # read nothing for a while
+            got, how = recv_to_eof(s, timeout=20)
+            check(how == "eof" and got == frame(body),
+                  "connection %d of %d: %d of %d reply bytes, then %s" %
+                  (k + 1, n, len(got), len(body) + 4, how))
+            total += len(got)
+            s.close()
+        expect_reasons(srv, ports, "frame too large")
+        probe, fds, rep = srv.wind_down(prober)
+        check(rep["reasons"].get("frame too large") == n,
+              "report close reasons %s" % rep["reasons"])
+        out("crest-framed --max-frame 4M: %d clients each pipelined a 3-4 MiB frame, a frame "
+            "announcing 0xFFFFFFF0 bytes and 64 KiB more, reading nothing for 0.3 s: all %d "
+            "reply bytes received, then EOF (no RST); %s; %s" % (n, total, probe, fds))
+    finally:
+        srv.kill()
+
+
+@scenario
 def conn_limit(ctx, out):
     """--max-conns is enforced (connections past it are closed at once) and
     counted; a freed slot is used again."""
