@@ -871,6 +871,17 @@ static void connect_done(struct crest_conn *c) {
     crest__conn_open(c);
 }
 
+/* EPOLLERR (an RST, say) on a connection that neither reads nor writes
+ * now (paused, half-closed, or with nothing to send): no syscall would
+ * report the error until the application writes, and the connection would
+ * sit there, with no timeout to end it.  Take the error now.  (A
+ * connection that reads on meets the error in read().) */
+static void take_socket_error(struct crest_conn *c) {
+    int err = crest_sockopt_get_error(c->io.fd);
+    if (err > 0)
+        socket_failed(c, err);
+}
+
 /* What sends an event down the general path: anything but readiness
  * news for an open connection with nothing held back. */
 #define SLOW_FLAGS                                                                      \
@@ -931,6 +942,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     }
     if (may_read(c))
         read_input(c);
+    if (CREST__UNLIKELY(events & CREST_IO_ERR) && !(c->flags & CREST__C_DEAD) && !may_read(c))
+        take_socket_error(c);
 out:
     c->depth--;
     crest__conn_settle(c);

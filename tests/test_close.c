@@ -1,4 +1,5 @@
-/* Closing a connection whose peer has not finished.
+/* Closing a connection whose peer has not finished, and a peer that resets
+ * a connection crest is not reading.
  *
  * Lingering close: close() on a socket with unread input (or input that
  * arrives after it) sends RST, and the RST throws away the reply still in
@@ -6,6 +7,10 @@
  * written before crest_conn_fail() never arrived.  A graceful close now
  * half-closes once the output is flushed, reads and discards until the
  * peer's EOF (at most linger_ms), then closes.
+ *
+ * Reset while paused or half-closed: EPOLLERR only set flags, nothing was
+ * read or written, and the connection stayed open until the application
+ * wrote.  It now closes with PEER_RESET.
  *
  * Waits are bounded by iteration counts; the one clock-driven bound is the
  * linger's (100 ms in the tests that wait for it). */
@@ -27,6 +32,8 @@ struct srv {
     size_t delivered;             /* bytes handed to on_data / on_message */
     unsigned requests;
     size_t reply;                 /* bytes of reply per request */
+    bool pause_on_open;
+    unsigned eofs;
     uint8_t *buf;
 };
 
@@ -34,6 +41,8 @@ static void on_open_rec(crest_conn_t *c) {
     struct srv *s = crest_conn_handler_ctx(c);
     s->c = c;
     s->fd = crest_conn_fd(c);
+    if (s->pause_on_open)
+        crest_conn_pause(c);
 }
 
 static void on_close_rec(crest_conn_t *c, crest_close_reason_t reason, int err) {
@@ -42,6 +51,11 @@ static void on_close_rec(crest_conn_t *c, crest_close_reason_t reason, int err) 
     s->closes++;
     s->reason = reason;
     s->err = err;
+}
+
+static void on_eof_keep(crest_conn_t *c) {
+    struct srv *s = crest_conn_handler_ctx(c);
+    s->eofs++; /* and keep the connection open */
 }
 
 /* RAW: the first bytes are a request: reply with s->reply bytes of the
@@ -338,6 +352,80 @@ static void test_no_linger_after_peer_eof(void **state) {
     tu_finish_conns(loop);
 }
 
+/* ---- a reset the connection is not reading for ----------------------------- */
+
+static void reset_client(int fd) {
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(fd);
+}
+
+static ssize_t on_data_keep(crest_conn_t *c, const uint8_t *data, size_t len) {
+    (void)data;
+    struct srv *s = crest_conn_handler_ctx(c);
+    s->delivered += len;
+    return (ssize_t)len;
+}
+
+/* Paused by the handler, with input waiting: an RST closes it
+ * (PEER_RESET), the application need not write to find out. */
+static void test_reset_while_paused_closes(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    uint64_t base = crest_fd_open_count(); /* the loop's own */
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    s.pause_on_open = true;
+    crest_handler_t h = {.on_open = on_open_rec, .on_data = on_data_keep,
+                         .on_close = on_close_rec};
+    srv_start(loop, &s, NULL, &h);
+    int fd = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.c != NULL);
+    assert_int_equal(send(fd, "held back", 9, 0), 9);
+    tu_spin(loop, 5);
+    assert_int_equal(s.delivered, 0);
+    reset_client(fd);
+    for (int i = 0; i < 50 && s.closes == 0; i++)
+        assert_true(crest_loop_run_once(loop, 10) >= 0);
+    print_message("paused: %s after the RST\n",
+                  s.closes ? crest_close_reason_name(s.reason) : "still open");
+    assert_int_equal(s.closes, 1);
+    assert_int_equal(s.reason, CREST_CLOSE_PEER_RESET);
+    assert_int_equal(s.err, ECONNRESET);
+    assert_int_equal(s.delivered, 0);
+    assert_int_equal(lingered(loop), 0);
+    assert_int_equal(crest_fd_open_count(), base + 2); /* the listener and its spare */
+    crest_listener_close(s.l);
+    tu_finish_conns(loop);
+}
+
+/* Half-closed (on_eof keeps it open): an RST closes it. */
+static void test_reset_while_half_closed_closes(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    uint64_t base = crest_fd_open_count(); /* the loop's own */
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    crest_handler_t h = {.on_open = on_open_rec, .on_data = on_data_keep, .on_eof = on_eof_keep,
+                         .on_close = on_close_rec};
+    srv_start(loop, &s, NULL, &h);
+    int fd = tu_raw_connect(s.addr, 0);
+    assert_int_equal(send(fd, "x", 1, 0), 1);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    RUN_UNTIL(loop, s.eofs == 1);
+    assert_int_equal(crest_conn_state(s.c), CREST_CONN_HALF_CLOSED);
+    reset_client(fd);
+    for (int i = 0; i < 50 && s.closes == 0; i++)
+        assert_true(crest_loop_run_once(loop, 10) >= 0);
+    print_message("half-closed: %s after the RST\n",
+                  s.closes ? crest_close_reason_name(s.reason) : "still open");
+    assert_int_equal(s.closes, 1);
+    assert_int_equal(s.reason, CREST_CLOSE_PEER_RESET);
+    assert_int_equal(crest_fd_open_count(), base + 2);
+    crest_listener_close(s.l);
+    tu_finish_conns(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_close_with_unread_input_delivers_reply),
@@ -345,6 +433,8 @@ int main(void) {
         tu_test(test_linger_bounded_when_peer_never_closes),
         tu_test(test_loop_destroy_during_linger),
         tu_test(test_no_linger_after_peer_eof),
+        tu_test(test_reset_while_paused_closes),
+        tu_test(test_reset_while_half_closed_closes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
