@@ -979,6 +979,50 @@ def half_close(ctx, out):
 
 
 @scenario
+def urgent(ctx, out):
+    """Urgent data (MSG_OOB) in the middle of a message.  A read stops at
+    the urgent mark with the rest still queued; taken as "drained", that
+    parked the connection until the peer sent more.  Every byte, the
+    urgent one included (SO_OOBINLINE), comes back in order, with nothing
+    sent after it."""
+    rng = random.Random(ctx.seed + 7)
+    results = []
+    for name, args, kind in (("crest-echo", [], "raw"), ("crest-framed", [], "frame")):
+        srv = Server(ctx, name, args)
+        try:
+            prober = Prober(srv.port, kind).start()
+            ports, n = [], 10
+            for k in range(n):
+                head = rng.randbytes(rng.randint(1, 3000))
+                tail = rng.randbytes(rng.randint(1, 3000))
+                mark = bytes([rng.randrange(256)])
+                body = head + mark + tail
+                pre = frame(body)[:4] if kind == "frame" else b""
+                s = connect(srv.port)
+                ports.append(local_port(s))
+                s.sendall(pre + head)
+                s.send(mark, socket.MSG_OOB)
+                s.sendall(tail)
+                want = pre + body
+                try:
+                    got = recv_exact(s, len(want), timeout=5)
+                except Fail as e:
+                    raise Fail("%s: connection %d of %d: %s" % (name, k + 1, n, e))
+                check(got == want, "%s: wrong reply (%d bytes) around the urgent byte" %
+                      (name, len(got)))
+                s.close()
+            expect_reasons(srv, ports, "peer EOF")
+            probe, fds, _ = srv.wind_down(prober)
+            results.append("%s %s: %d connections each sent a message with one urgent byte "
+                           "(MSG_OOB) in its middle and nothing after: every byte echoed in "
+                           "order; %s; %s" % (name, kind, n, probe, fds))
+        finally:
+            srv.kill()
+    for r in results:
+        out(r)
+
+
+@scenario
 def lingering_close(ctx, out):
     """A pipelined request with a big reply, then a frame over the limit
     and more bytes the server never reads.  Closing with unread input sent
