@@ -5,7 +5,18 @@
  * a short read or EAGAIN; `writable` is set by an EPOLLOUT edge and cleared
  * by a short write or EAGAIN.  A short read means the socket is drained,
  * unless the peer has hung up (RDHUP/HUP), in which case we read on until
- * read() returns 0 so the EOF is not missed. */
+ * read() returns 0 so the EOF is not missed, or urgent data is pending.
+ *
+ * Urgent data: a read stops short at the urgent mark (MSG_OOB) with the
+ * rest of the stream still queued, SO_OOBINLINE or not (man 7 tcp; checked
+ * on Linux 6.x, TCP and AF_UNIX), and no new edge comes for what is
+ * queued: taking that short read as "drained" parked the connection until
+ * the peer sent more.  Connections are registered with EPOLLPRI too, so
+ * the event that brings urgent data says so (another edge comes if the
+ * mark arrives after a read); such an event sets CREST__C_URGENT and reads
+ * go on to EAGAIN.  The usual event carries no EPOLLPRI and pays nothing:
+ * no SIOCATMARK per short read.  With SO_OOBINLINE (conn.c) the urgent
+ * byte is delivered in the stream, in order. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
@@ -776,7 +787,7 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
         return n;
     loop->conn_stats.bytes_in += (uint64_t)n;
     c->last_active = loop->now_ms;
-    if ((size_t)n < space && !(c->flags & CREST__C_PEER_DONE))
+    if ((size_t)n < space && !(c->flags & (CREST__C_PEER_DONE | CREST__C_URGENT)))
         c->flags &= (uint16_t)~CREST__C_READABLE; /* short read: drained */
     bool alive;
     if (scratch) {
@@ -824,7 +835,7 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN) {
-            c->flags &= (uint16_t)~CREST__C_READABLE;
+            c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_URGENT);
             break;
         }
         socket_failed(c, (int)-n);
@@ -860,6 +871,17 @@ static void connect_done(struct crest_conn *c) {
     crest__conn_open(c);
 }
 
+/* EPOLLERR (an RST, say) on a connection that neither reads nor writes
+ * now (paused, half-closed, or with nothing to send): no syscall would
+ * report the error until the application writes, and the connection would
+ * sit there, with no timeout to end it.  Take the error now.  (A
+ * connection that reads on meets the error in read().) */
+static void take_socket_error(struct crest_conn *c) {
+    int err = crest_sockopt_get_error(c->io.fd);
+    if (err > 0)
+        socket_failed(c, err);
+}
+
 /* What sends an event down the general path: anything but readiness
  * news for an open connection with nothing held back. */
 #define SLOW_FLAGS                                                                      \
@@ -885,6 +907,10 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
             crest__conn_settle(c);
         return;
     }
+    if (CREST__UNLIKELY(c->state == CREST_CONN_CLOSED)) {
+        crest__conn_linger_io(c, events); /* closed for the handler: lingering */
+        return;
+    }
     /* CREST__IO_KICK alone (a close or flush to complete) carries no
      * readiness news. */
     c->depth++;
@@ -895,6 +921,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     }
     if (events & (CREST_IO_READABLE | CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
         c->flags |= CREST__C_READABLE;
+    if (events & CREST__IO_PRI)
+        c->flags |= CREST__C_READABLE | CREST__C_URGENT; /* past the mark: more */
     if (events & (CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
         c->flags |= CREST__C_PEER_DONE;
     if (events & (CREST_IO_WRITABLE | CREST_IO_HUP | CREST_IO_ERR))
@@ -914,6 +942,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     }
     if (may_read(c))
         read_input(c);
+    if (CREST__UNLIKELY(events & CREST_IO_ERR) && !(c->flags & CREST__C_DEAD) && !may_read(c))
+        take_socket_error(c);
 out:
     c->depth--;
     crest__conn_settle(c);

@@ -1,5 +1,5 @@
-/* Connection deadlines: idle, read, write, connect, and the bound on a
- * graceful close.
+/* Connection deadlines: idle, read, write, connect, and the bounds on a
+ * graceful close (its flush, then its linger).
  *
  * Each connection keeps the times its deadlines count from (last_active,
  * read_started, write_stalled: one store each, on the hot path) and one
@@ -60,6 +60,9 @@ static bool next_deadline(const struct crest_conn *c, uint32_t *when, crest_clos
     } else if (c->state == CREST_CONN_CLOSING) {
         uint32_t linger = o->write_timeout_ms ? o->write_timeout_ms : CLOSE_LINGER_MS;
         CONSIDER(c->write_stalled, linger, CREST_CLOSE_WRITE_TIMEOUT);
+    } else if (c->state == CREST_CONN_CLOSED) {
+        /* Lingering since write_stalled; the reason is not used. */
+        CONSIDER(c->write_stalled, o->linger_ms, CREST_CLOSE_LOCAL);
     } else {
         CONSIDER(c->last_active, o->idle_timeout_ms, CREST_CLOSE_IDLE_TIMEOUT);
         CONSIDER(c->read_started, o->read_timeout_ms, CREST_CLOSE_READ_TIMEOUT);

@@ -140,6 +140,11 @@ struct crest_loop {
  * it finish pending work on the next iteration, with no readiness news. */
 #define CREST__IO_KICK (1u << 27)
 
+/* EPOLLPRI: urgent (out-of-band) data is pending.  Connections ask for it
+ * (see conn_io.c: a read stops short at the urgent mark); applications'
+ * watchers cannot. */
+#define CREST__IO_PRI 0x002u
+
 /* Time */
 uint64_t crest__clock_ns(void);
 /* Set the loop's cached time (now_ns and the millisecond clock). */

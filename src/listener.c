@@ -165,6 +165,8 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
             unrecorded(l, fd, rc);
             continue;
         }
+        if (!l->tcp)
+            crest__conn_set_oobinline(fd); /* not inherited by Unix sockets */
         if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
             refuse(l, fd);
             continue;

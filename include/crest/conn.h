@@ -2,9 +2,13 @@
  *
  * A connection is a nonblocking stream socket (TCP or Unix-domain) that the
  * loop reads and writes for a protocol handler.  It is registered with epoll
- * once, for readable|writable|rdhup, edge-triggered, and caches readiness:
- * no epoll_ctl per message, and a short read means "drained" (no extra read
- * that would return EAGAIN).
+ * once, for readable|writable|rdhup|pri, edge-triggered, and caches
+ * readiness: no epoll_ctl per message, and a short read means "drained" (no
+ * extra read that would return EAGAIN), except at a hang-up or with urgent
+ * data pending.
+ *
+ * Urgent data (MSG_OOB): crest sets SO_OOBINLINE, so the urgent byte is
+ * delivered as an ordinary byte of the stream, in order.
  *
  * State machine:
  *   CONNECTING -> OPEN            outbound connect completed
@@ -14,7 +18,20 @@
  *                                 output is flushed, then the socket closes
  *   any -> CLOSED                 on_close(reason) runs exactly once; the
  *                                 connection is freed after the callbacks of
- *                                 this iteration return
+ *                                 this iteration return (after its linger)
+ *
+ * Lingering close: close() on a socket with unread input, or input that
+ * arrives after it, sends RST, and an RST destroys the reply still in the
+ * kernel's send queue (the peer gets part of it, then ECONNRESET).  So a
+ * graceful close whose peer has not ended its side (no EOF read yet), once
+ * the output is flushed, shuts down writing (the peer sees EOF after the
+ * last byte), then reads and discards the peer's input until its EOF, an
+ * error, or linger_ms, and only then closes the socket (nginx's
+ * lingering_close).  on_close runs when the linger starts: the handler is
+ * done with the connection; the discarded bytes are never delivered.  A
+ * linger keeps crest_loop_run() going for at most linger_ms, and
+ * crest_loop_destroy() ends it.  Abortive closes and socket errors do not
+ * linger.
  *
  * Reading: one event reads at most read_budget bytes; a connection still
  * readable after that goes on the loop's ready list and is served next
@@ -130,7 +147,8 @@ typedef struct crest_handler {
     void (*on_drain)(crest_conn_t *c);
     /* Closed, exactly once.  err is the errno behind the reason, or 0.  The
      * socket is still open during the call (crest_conn_peer() works), but
-     * nothing more can be written. */
+     * nothing more can be written.  After a graceful close it runs once the
+     * output is flushed, as the linger starts (see "Lingering close"). */
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
 } crest_handler_t;
 
@@ -155,6 +173,10 @@ typedef struct crest_conn_opts {
                                      not late) */
     uint32_t write_timeout_ms;    /* output queued with no progress */
     uint32_t connect_timeout_ms;  /* outbound connect */
+    uint32_t linger_ms;           /* lingering close (above): most time spent
+                                     reading out the peer after a graceful
+                                     close (5000; 0: close at once, which
+                                     may send RST) */
     bool nodelay;                 /* TCP_NODELAY (default true) */
     bool keepalive;               /* SO_KEEPALIVE (default false) */
     int keepalive_idle_s, keepalive_interval_s, keepalive_count;
@@ -247,6 +269,10 @@ typedef struct crest_conn_stats {
     uint64_t reads, writes;    /* syscalls */
     uint64_t paused;           /* high-water pauses */
     uint64_t close_reasons[CREST_CLOSE_REASON_COUNT];
+    uint64_t lingered;         /* graceful closes that lingered (read out the
+                                  peer before closing the socket) */
+    uint64_t lingering;        /* of those, still lingering now (not counted
+                                  in active: on_close has run) */
 } crest_conn_stats_t;
 
 void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);
