@@ -255,7 +255,13 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
         crest__conn_arm_timer(c);
     }
     /* Buffered input is never delivered now; it goes back to the pool when
-     * the close completes (a callback up the stack may still point into it). */
+     * the close completes (a callback up the stack may still point into it).
+     * With none of the handler's callbacks on the stack to settle it when
+     * they return (a call from a timer, a deferred callback or another
+     * connection's), the close completes on the next iteration, through the
+     * ready list. */
+    if (c->depth == 0)
+        crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 /* The connect failed or timed out: whatever close was requested before,
@@ -400,13 +406,6 @@ void crest__conn_settle(struct crest_conn *c) {
     finish_close(c);
 }
 
-/* A close requested outside the loop's callbacks completes on the next
- * iteration, through the ready list. */
-static void settle_later(struct crest_conn *c) {
-    if (c->depth == 0)
-        crest_io_feed(&c->io, CREST__IO_KICK);
-}
-
 void crest__conns_reap(crest_loop_t *loop) {
     while (loop->zombies) {
         struct crest_conn *c = CREST__CONN_OF_IO(loop->zombies);
@@ -438,7 +437,6 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
         if (abort)
             c->flags |= CREST__C_ABORTING;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
-        settle_later(c);
     }
 }
 
@@ -467,7 +465,6 @@ void crest_conn_close(crest_conn_t *c) {
     if (c->state == CREST_CONN_CLOSED || c->state == CREST_CONN_CLOSING)
         return;
     crest__conn_request_close(c, CREST_CLOSE_LOCAL, 0);
-    settle_later(c);
 }
 
 void crest_conn_abort(crest_conn_t *c) {
@@ -475,7 +472,6 @@ void crest_conn_abort(crest_conn_t *c) {
         return;
     c->flags |= CREST__C_ABORTING;
     crest__conn_request_close(c, CREST_CLOSE_ABORT, 0);
-    settle_later(c);
 }
 
 void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *fmt, ...) {
@@ -493,10 +489,11 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
                   crest_close_reason_name(reason), why);
     }
     crest__conn_request_close(c, reason, 0);
-    settle_later(c);
 }
 
 int crest_conn_shutdown(crest_conn_t *c) {
+    if (c->flags & CREST__C_DEAD)
+        return -EPIPE; /* as a write says */
     if (!crest__conn_can_write(c) || (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)))
         return -ENOTCONN;
     if (c->io.loop->gather_owner == c) {
@@ -525,15 +522,15 @@ void crest_conn_resume(crest_conn_t *c) {
 }
 
 int crest_conn_set_nodelay(crest_conn_t *c, bool on) {
-    return crest_sockopt_set_nodelay(c->io.fd, on);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_nodelay(c->io.fd, on);
 }
 
 int crest_conn_set_sndbuf(crest_conn_t *c, int bytes) {
-    return crest_sockopt_set_sndbuf(c->io.fd, bytes);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_sndbuf(c->io.fd, bytes);
 }
 
 int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes) {
-    return crest_sockopt_set_rcvbuf(c->io.fd, bytes);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_rcvbuf(c->io.fd, bytes);
 }
 
 void crest_conn_set_data(crest_conn_t *c, void *data) {
@@ -557,6 +554,11 @@ crest_conn_state_t crest_conn_state(const crest_conn_t *c) {
 }
 
 int crest_conn_fd(const crest_conn_t *c) {
+    /* Inside on_close (the only callback a closed connection gets, with
+     * depth 1) the socket is still there; after it, even while the close
+     * lingers, it is no longer the application's. */
+    if (c->state == CREST_CONN_CLOSED && c->depth == 0)
+        return -1;
     return c->io.fd;
 }
 

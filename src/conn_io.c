@@ -59,15 +59,22 @@ static inline bool flush_due(const struct crest_conn *c) {
     return c->out_bytes && (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE;
 }
 
+/* on_high_water and on_drain run inside the write, uncork or flush whose
+ * bytes crossed the mark: maybe a call from outside the connection's own
+ * callbacks, where nothing up the stack settles a close they ask for. */
+static void call_nested(struct crest_conn *c, void (*cb)(crest_conn_t *)) {
+    c->depth++;
+    cb(c);
+    if (--c->depth == 0 && (c->flags & CREST__C_CLOSE_REQUESTED))
+        crest_io_feed(&c->io, CREST__IO_KICK);
+}
+
 static void check_low_water(struct crest_conn *c) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
     c->flags &= (uint16_t)~CREST__C_PAUSED_HIGH;
-    if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING) {
-        c->depth++;
-        c->ep->handler.on_drain(c);
-        c->depth--;
-    }
+    if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING)
+        call_nested(c, c->ep->handler.on_drain);
     crest__conn_resume_input(c);
 }
 
@@ -78,11 +85,8 @@ static void check_high_water(struct crest_conn *c) {
     c->io.loop->conn_stats.paused++;
     if (!c->ep->opts.keep_reading)
         c->read_started = 0; /* not waiting for the peer now: see settle_input */
-    if (c->ep->handler.on_high_water) {
-        c->depth++;
-        c->ep->handler.on_high_water(c);
-        c->depth--;
-    }
+    if (c->ep->handler.on_high_water)
+        call_nested(c, c->ep->handler.on_high_water);
 }
 
 static void after_progress(struct crest_conn *c) {
@@ -144,7 +148,7 @@ int crest__conn_flush(struct crest_conn *c) {
         if (left == SIZE_MAX)
             continue; /* interrupted */
         if (c->flags & CREST__C_DEAD)
-            return (int)sent;
+            return -EPIPE; /* the errno is the close's (on_close says it) */
         c->out_bytes -= (uint32_t)left;
         while (left > 0) {
             struct crest__chunk *k = c->out_head;
@@ -219,8 +223,6 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
 /* A write found the connection broken: its close completes from the loop
  * (right after the handler's callback, or on the next iteration). */
 static int write_failed(struct crest_conn *c) {
-    if (c->depth == 0)
-        crest_io_feed(&c->io, CREST__IO_KICK);
     return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOMEM;
 }
 

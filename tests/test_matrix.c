@@ -157,31 +157,16 @@ struct bug {
     bool safe; /* runs without crashing or hanging: mismatches are printed */
 };
 
-/* Found by this matrix (reported with repros). */
-static const struct bug bug_nested_close_not_settled = {
-    "a close requested from on_high_water/on_drain running inside a write/uncork made outside "
-    "the connection's callbacks is not settled: it waits for the 10 s close linger, then "
-    "resets (tests/test_known_nested_close.c)",
-    false /* 10 s each */};
-static const struct bug bug_shutdown_after_reset = {
-    "shutdown on a connection whose socket failed returns -ENOTCONN, not -EPIPE", true};
-static const struct bug bug_sockopt_in_on_close = {
-    "set_nodelay/sndbuf/rcvbuf on a CLOSED connection inside its on_close succeed", true};
-
+/* Cells that hit a known library bug, flagged here until it is fixed.
+ * None now: the five this matrix found (a close asked for from a nested
+ * on_high_water/on_drain left unsettled, uncork finding a dead socket,
+ * shutdown after a reset saying -ENOTCONN, socket options on a closed
+ * connection succeeding, crest_conn_fd() after on_close) are fixed, and
+ * their cells run like the others. */
 static const struct bug *bug_of(int col, int st, int call) {
-    /* The target is A itself in OPEN and CLOSING (closed first). */
-    bool a_closes = call == K_CLOSE || call == K_FAIL || call == K_ABORT;
-    if (col == COL_HIGH_IN_WRITE && call == K_ABORT && (st == ST_OPEN || st == ST_CLOSING))
-        return &bug_nested_close_not_settled; /* a graceful close waits for the client anyway */
-    if (col == COL_DRAIN_IN_UNCORK &&
-        ((st == ST_CLOSING && call < K_FIRST_LOOP) || (st == ST_OPEN && a_closes) ||
-         call == K_CLOSE_ALL || call == K_CLOSE_ALL_ABORT))
-        return &bug_nested_close_not_settled;
-    if (call == K_SHUTDOWN && st == ST_CLOSED_RST)
-        return &bug_shutdown_after_reset;
-    if ((call == K_NODELAY || call == K_SNDBUF || call == K_RCVBUF) && col_close(col) &&
-        (st == ST_CLOSED || st == ST_CLOSED_RST))
-        return &bug_sockopt_in_on_close;
+    (void)col;
+    (void)st;
+    (void)call;
     return NULL;
 }
 

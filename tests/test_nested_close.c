@@ -1,18 +1,12 @@
-/* Known bug (XFAIL until fixed; found by tests/test_matrix.c): a close
+/* Found by tests/test_matrix.c (a regression test of issue 11): a close
  * requested from on_high_water or on_drain, when that callback runs inside
  * a crest_conn_write() or crest_conn_uncork() made outside the
  * connection's own callbacks (from a timer, a deferred callback, another
- * connection's callback, or the loop's thread between iterations), is
- * never settled: settle_later() and write_failed() feed the connection to
- * the ready list only at depth 0, and check_high_water()/check_low_water()
- * hold depth 1 around the callback, with nothing to settle when they
- * return.  The connection then sits in CLOSING until an event happens to
- * arrive on its socket, or until the 10 s close linger resets it (a
- * graceful close turns into an RST).
- *
- * When this passes, move the tests to tests/test_callseq.c, drop this
- * program from crest_known_bugs in Makefile.am and the flag
- * bug_nested_close_not_settled from tests/test_matrix.c. */
+ * connection's callback, or the loop's thread between iterations), must
+ * complete on the next iteration.  It used to sit in CLOSING until an event
+ * happened to arrive on its socket, or until the 10 s bound on flushing a
+ * close reset it (a graceful close turned into an RST): nothing up the
+ * stack settles a close there, and the kick went only at depth 0. */
 #include "crest_test.h"
 
 struct nc {

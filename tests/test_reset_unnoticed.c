@@ -1,19 +1,12 @@
-/* Known bug (XFAIL until fixed; found while building tests/test_matrix.c):
- * a reset (EPOLLERR|EPOLLHUP) on a connection that is not reading, a
- * HALF_CLOSED one (on_eof kept it open) or one paused with
- * crest_conn_pause(), is not acted on: crest__conn_on_io() sets the
- * readiness flags, but only a read or a flush looks at the socket, so
- * there is no on_close until the handler writes or resumes, or a timeout
- * fires.  A handler doing long work after on_eof, or holding a paused
- * connection, keeps a dead socket and its memory until then.
- *
- * And then: the uncork that finds the socket dead (from outside the
- * connection's callbacks) leaves it CLOSING with nothing to settle it,
- * unlike a write (write_failed() feeds the ready list): on_close comes
- * with the 10 s close linger.
- *
- * When this passes, move the tests to tests/test_callseq.c and drop this
- * program from crest_known_bugs in Makefile.am. */
+/* Found by tests/test_matrix.c (regression tests of issue 11): a reset
+ * (EPOLLERR|EPOLLHUP) on a connection that is not reading, a HALF_CLOSED
+ * one (on_eof kept it open) or one paused with crest_conn_pause(), must
+ * close it (PEER_RESET) even though nothing reads or writes: the io
+ * callback reads SO_ERROR on an error event.  And an uncork that finds the
+ * socket dead, from outside the connection's callbacks, must complete the
+ * close on the next iteration (crest__conn_request_close() kicks the ready
+ * list whenever none of the connection's callbacks is on the stack), not
+ * with the 10 s bound on flushing a close. */
 #include "crest_test.h"
 
 struct ru {
