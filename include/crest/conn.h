@@ -238,7 +238,7 @@ void crest_conn_pause(crest_conn_t *c);
 void crest_conn_resume(crest_conn_t *c);
 
 /* Change this connection's socket options; the effective buffer size is
- * returned (see sockopt.h). */
+ * returned (see sockopt.h).  -ENOTCONN once the connection is CLOSED. */
 int crest_conn_set_nodelay(crest_conn_t *c, bool on);
 int crest_conn_set_sndbuf(crest_conn_t *c, int bytes);
 int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes);
@@ -249,7 +249,9 @@ void *crest_conn_handler_ctx(const crest_conn_t *c);
 crest_loop_t *crest_conn_loop(const crest_conn_t *c);
 crest_conn_state_t crest_conn_state(const crest_conn_t *c);
 /* The socket, for getsockopt and the like.  Do not close it, and do not
- * dup() it: crest relies on its close to take it out of epoll. */
+ * dup() it: crest relies on its close to take it out of epoll.  -1 once
+ * on_close has returned (a lingering close still holds the socket, but it
+ * is no longer the application's). */
 int crest_conn_fd(const crest_conn_t *c);
 size_t crest_conn_output_bytes(const crest_conn_t *c);
 /* The client's address ("127.0.0.1:40000"), into buf: the one a PROXY
