@@ -213,6 +213,8 @@ static void add_figures(struct figures *sum, const struct figures *f) {
     s->reads += c->reads;
     s->writes += c->writes;
     s->paused += c->paused;
+    s->lingered += c->lingered;
+    s->lingering += c->lingering;
     for (int r = 0; r < CREST_CLOSE_REASON_COUNT; r++)
         s->close_reasons[r] += c->close_reasons[r];
     sum->buf.allocated += f->buf.allocated;

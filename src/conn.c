@@ -9,7 +9,14 @@
  * handler made: when the output is flushed (or the close is abortive) the
  * socket is closed, on_close runs once, and the memory goes after this
  * iteration (the zombie list), so a pointer held by a callback stays valid
- * until it returns. */
+ * until it returns.
+ *
+ * A graceful close whose peer has not sent its EOF lingers after on_close
+ * (see conn.h, "Lingering close"): state CLOSED with its io still in the
+ * loop's table and its fd open, half-closed, reading and discarding
+ * (crest__conn_linger_io) until the peer's EOF, an error, or linger_ms
+ * (conn_timer.c); then linger_end() closes the fd and the memory goes as
+ * above.  The handler is never called again. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -19,6 +26,7 @@
 #include <sys/socket.h>
 
 #include "conn_int.h"
+#include "sys.h"
 
 
 static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
@@ -72,6 +80,7 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
     o->read_budget = 64 * 1024;
     o->high_water = 1024 * 1024;
     o->low_water = 256 * 1024;
+    o->linger_ms = 5000;
     o->nodelay = true;
 }
 
@@ -124,8 +133,19 @@ void crest__endpoint_release(struct crest__endpoint *ep) {
 
 /* ---- options ------------------------------------------------------------ */
 
+/* Urgent data (MSG_OOB, TCP and, since Linux 5.15, AF_UNIX) stays in the
+ * stream, in order: crest is a byte-stream library, and a byte left out of
+ * band would be lost to the handler (and to a proxy's other side).  Reads
+ * still stop at the urgent mark (conn_io.c deals with that).  Accepted TCP
+ * sockets inherit it from the listener; accepted Unix ones do not. */
+void crest__conn_set_oobinline(int fd) {
+    int on = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &on, sizeof on);
+}
+
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
     int rc;
+    crest__conn_set_oobinline(fd);
     if (o->sndbuf > 0 && (rc = crest_sockopt_set_sndbuf(fd, o->sndbuf)) < 0)
         return rc;
     if (o->rcvbuf > 0 && (rc = crest_sockopt_set_rcvbuf(fd, o->rcvbuf)) < 0)
@@ -145,7 +165,13 @@ int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp) {
 
 /* ---- timeouts (the heap is in conn_timer.c) ------------------------------ */
 
+static void linger_end(struct crest_conn *c);
+
 void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why) {
+    if (c->state == CREST_CONN_CLOSED) {
+        linger_end(c); /* the peer never sent its EOF */
+        return;
+    }
     if (c->state == CREST_CONN_CLOSING) {
         /* The peer would not take our last bytes: give up on them. */
         c->flags |= CREST__C_ABORTING;
@@ -174,8 +200,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
     /* A fresh accepted socket has an empty send buffer: writable at once,
      * without waiting for the first EPOLLOUT. */
     c->flags = state == CREST_CONN_OPEN ? CREST__C_WRITABLE : 0;
-    if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE, crest__conn_on_io,
-                       c, true) < 0) {
+    if (crest__io_init(loop, &c->io, fd, CREST_IO_READABLE | CREST_IO_WRITABLE | CREST__IO_PRI,
+                       crest__conn_on_io, c, true) < 0) {
         free(c);
         return NULL;
     }
@@ -229,7 +255,13 @@ void crest__conn_request_close(struct crest_conn *c, crest_close_reason_t reason
         crest__conn_arm_timer(c);
     }
     /* Buffered input is never delivered now; it goes back to the pool when
-     * the close completes (a callback up the stack may still point into it). */
+     * the close completes (a callback up the stack may still point into it).
+     * With none of the handler's callbacks on the stack to settle it when
+     * they return (a call from a timer, a deferred callback or another
+     * connection's), the close completes on the next iteration, through the
+     * ready list. */
+    if (c->depth == 0)
+        crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 /* The connect failed or timed out: whatever close was requested before,
@@ -256,23 +288,95 @@ void crest__conn_drop_buffers(struct crest_conn *c) {
     c->out_bytes = 0;
 }
 
+/* Should the close linger (conn.h)?  Graceful, the peer not known to be
+ * done sending (an EOF read means nothing more can come), and the socket
+ * half-closed here (it fails when the peer has reset it: nothing to save
+ * then). */
+static bool linger_begins(struct crest_conn *c) {
+    if (!c->ep->opts.linger_ms ||
+        (c->flags & (CREST__C_ABORTING | CREST__C_DEAD | CREST__C_EOF_SEEN)))
+        return false;
+    if (!(c->flags & CREST__C_SHUT_DONE) && shutdown(c->io.fd, SHUT_WR) < 0)
+        return false;
+    c->flags |= CREST__C_SHUT_DONE;
+    return true;
+}
+
+/* The linger is over (EOF, error, bound, or the loop going away): close the
+ * socket; the memory goes after this iteration. */
+static void linger_end(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    int fd = c->io.fd;
+    crest__io_detach(&c->io, false);
+    crest__conn_disarm_timer(c);
+    c->io.free_next = loop->zombies;
+    loop->zombies = &c->io;
+    loop->conn_stats.lingering--;
+    crest_fd_close(fd);
+    c->io.fd = -1;
+}
+
+/* Lingering: read and drop what the peer still sends, until its EOF.  Runs
+ * from the io callback, so the loop's rbuf is free.  Reads go on to EAGAIN
+ * (a short read may be an urgent mark); read_budget bytes per event. */
+void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
+    crest_loop_t *loop = c->io.loop;
+    if (!(events & (CREST_IO_READABLE | CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR |
+                    CREST__IO_PRI)))
+        return; /* writable, or a kick: nothing to read */
+    size_t budget = c->ep->opts.read_budget;
+    for (;;) {
+        ssize_t n = crest__sys_read(c->io.fd, loop->rbuf, CREST__SCRATCH_SIZE);
+        loop->conn_stats.reads++;
+        if (n > 0) {
+            loop->conn_stats.bytes_in += (uint64_t)n;
+            if ((size_t)n >= budget) {
+                crest_io_feed(&c->io, CREST_IO_READABLE); /* fair share used */
+                return;
+            }
+            budget -= (size_t)n;
+            continue;
+        }
+        if (n == -EINTR)
+            continue;
+        if (n != -EAGAIN)
+            linger_end(c); /* EOF, or the peer reset it */
+        return;
+    }
+}
+
 static void finish_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     int fd = c->io.fd;
+    bool linger = linger_begins(c);
     /* crest never dup()s a connection's fd: the close below takes it out of
-     * epoll, no EPOLL_CTL_DEL needed. */
-    crest__io_detach(&c->io, false);
+     * epoll, no EPOLL_CTL_DEL needed.  A lingering connection stays in the
+     * table (and keeps the loop running) until linger_end(). */
+    if (!linger)
+        crest__io_detach(&c->io, false);
     crest__conn_disarm_timer(c);
     crest__conn_drop_buffers(c);
     c->state = CREST_CONN_CLOSED;
-    c->io.free_next = loop->zombies;
-    loop->zombies = &c->io;
+    if (!linger) {
+        c->io.free_next = loop->zombies;
+        loop->zombies = &c->io;
+    }
 
     loop->conn_stats.active--;
     loop->conn_stats.closed++;
     loop->conn_stats.close_reasons[c->close_reason]++;
     if (c->ep->lstats.active)
         c->ep->lstats.active--;
+    if (linger) {
+        /* Set up before on_close, which may end it (crest_loop_close_all). */
+        loop->conn_stats.lingered++;
+        loop->conn_stats.lingering++;
+        c->write_stalled = loop->now_ms; /* the linger's bound counts from now */
+        crest__conn_arm_timer(c);
+        /* Input already waiting, or the peer's EOF, raise no new edge. */
+        if (c->flags & (CREST__C_READABLE | CREST__C_PEER_DONE | CREST__C_URGENT))
+            crest_io_feed(&c->io, CREST_IO_READABLE);
+    }
     /* on_close runs with the socket still open, so crest_conn_peer() and
      * crest_conn_fd() work there; nothing more can be read or written. */
     if (c->ep->handler.on_close) {
@@ -280,6 +384,8 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
+    if (linger)
+        return; /* the socket closes in linger_end() */
     if (c->flags & CREST__C_ABORTING)
         (void)crest_sockopt_set_linger_abort(fd);
     crest_fd_close(fd);
@@ -298,13 +404,6 @@ void crest__conn_settle(struct crest_conn *c) {
             return; /* the EPOLLOUT edge brings us back */
     }
     finish_close(c);
-}
-
-/* A close requested outside the loop's callbacks completes on the next
- * iteration, through the ready list. */
-static void settle_later(struct crest_conn *c) {
-    if (c->depth == 0)
-        crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 void crest__conns_reap(crest_loop_t *loop) {
@@ -330,10 +429,14 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
         struct crest_conn *c = conn_at(loop, fd);
         if (!c)
             continue;
+        if (c->state == CREST_CONN_CLOSED) {
+            if (abort)
+                linger_end(c); /* already closed for the handler */
+            continue;
+        }
         if (abort)
             c->flags |= CREST__C_ABORTING;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
-        settle_later(c);
     }
 }
 
@@ -342,6 +445,10 @@ void crest__conns_destroy(crest_loop_t *loop) {
         struct crest_conn *c = conn_at(loop, fd);
         if (!c)
             continue;
+        if (c->state == CREST_CONN_CLOSED) {
+            linger_end(c); /* closed by the handler, lingering: not an error */
+            continue;
+        }
         crest_log(CREST_LOG_WARN, "loop destroyed with an open connection (fd %d): aborted", fd);
         c->flags |= CREST__C_ABORTING;
         c->depth = 0;
@@ -358,7 +465,6 @@ void crest_conn_close(crest_conn_t *c) {
     if (c->state == CREST_CONN_CLOSED || c->state == CREST_CONN_CLOSING)
         return;
     crest__conn_request_close(c, CREST_CLOSE_LOCAL, 0);
-    settle_later(c);
 }
 
 void crest_conn_abort(crest_conn_t *c) {
@@ -366,7 +472,6 @@ void crest_conn_abort(crest_conn_t *c) {
         return;
     c->flags |= CREST__C_ABORTING;
     crest__conn_request_close(c, CREST_CLOSE_ABORT, 0);
-    settle_later(c);
 }
 
 void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *fmt, ...) {
@@ -384,10 +489,11 @@ void crest_conn_fail(crest_conn_t *c, crest_close_reason_t reason, const char *f
                   crest_close_reason_name(reason), why);
     }
     crest__conn_request_close(c, reason, 0);
-    settle_later(c);
 }
 
 int crest_conn_shutdown(crest_conn_t *c) {
+    if (c->flags & CREST__C_DEAD)
+        return -EPIPE; /* as a write says */
     /* A close requested while CONNECTING leaves the state as it is. */
     if (!crest__conn_can_write(c) ||
         (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE | CREST__C_CLOSE_REQUESTED)))
@@ -418,15 +524,15 @@ void crest_conn_resume(crest_conn_t *c) {
 }
 
 int crest_conn_set_nodelay(crest_conn_t *c, bool on) {
-    return crest_sockopt_set_nodelay(c->io.fd, on);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_nodelay(c->io.fd, on);
 }
 
 int crest_conn_set_sndbuf(crest_conn_t *c, int bytes) {
-    return crest_sockopt_set_sndbuf(c->io.fd, bytes);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_sndbuf(c->io.fd, bytes);
 }
 
 int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes) {
-    return crest_sockopt_set_rcvbuf(c->io.fd, bytes);
+    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_rcvbuf(c->io.fd, bytes);
 }
 
 void crest_conn_set_data(crest_conn_t *c, void *data) {
@@ -450,6 +556,11 @@ crest_conn_state_t crest_conn_state(const crest_conn_t *c) {
 }
 
 int crest_conn_fd(const crest_conn_t *c) {
+    /* Inside on_close (the only callback a closed connection gets, with
+     * depth 1) the socket is still there; after it, even while the close
+     * lingers, it is no longer the application's. */
+    if (c->state == CREST_CONN_CLOSED && c->depth == 0)
+        return -1;
     return c->io.fd;
 }
 

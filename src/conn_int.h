@@ -72,6 +72,8 @@ enum {
     CREST__C_PROXY_WAIT = 1u << 13,     /* the PROXY header has not arrived yet */
     CREST__C_EOF_SEEN = 1u << 14,       /* read() returned 0; acted on once all
                                            buffered input is delivered */
+    CREST__C_URGENT = 1u << 15,         /* EPOLLPRI seen: a short read may be
+                                           the urgent mark, read to EAGAIN */
 };
 
 enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
@@ -117,9 +119,11 @@ void crest__endpoint_release(struct crest__endpoint *ep);
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
                         struct crest__endpoint **out);
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp);
+void crest__conn_set_oobinline(int fd);
 
 /* conn_io.c */
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);
+void crest__conn_linger_io(struct crest_conn *c, unsigned events); /* conn.c */
 int crest__conn_flush(struct crest_conn *c);
 void crest__conn_drop_buffers(struct crest_conn *c);
 void crest__conn_resume_input(struct crest_conn *c);

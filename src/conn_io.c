@@ -5,7 +5,18 @@
  * a short read or EAGAIN; `writable` is set by an EPOLLOUT edge and cleared
  * by a short write or EAGAIN.  A short read means the socket is drained,
  * unless the peer has hung up (RDHUP/HUP), in which case we read on until
- * read() returns 0 so the EOF is not missed. */
+ * read() returns 0 so the EOF is not missed, or urgent data is pending.
+ *
+ * Urgent data: a read stops short at the urgent mark (MSG_OOB) with the
+ * rest of the stream still queued, SO_OOBINLINE or not (man 7 tcp; checked
+ * on Linux 6.x, TCP and AF_UNIX), and no new edge comes for what is
+ * queued: taking that short read as "drained" parked the connection until
+ * the peer sent more.  Connections are registered with EPOLLPRI too, so
+ * the event that brings urgent data says so (another edge comes if the
+ * mark arrives after a read); such an event sets CREST__C_URGENT and reads
+ * go on to EAGAIN.  The usual event carries no EPOLLPRI and pays nothing:
+ * no SIOCATMARK per short read.  With SO_OOBINLINE (conn.c) the urgent
+ * byte is delivered in the stream, in order. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
@@ -34,15 +45,11 @@ static crest_close_reason_t reason_for_errno(int err) {
     }
 }
 
-/* The socket failed: nothing more can be sent or received.  Outside the
- * loop's callbacks (a flush inside crest_conn_uncork(), _shutdown() or
- * _write()) nothing would settle the close: the next iteration does. */
+/* The socket failed: nothing more can be sent or received. */
 static void socket_failed(struct crest_conn *c, int err) {
     c->flags |= CREST__C_DEAD;
     c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
     crest__conn_request_close(c, reason_for_errno(err), err);
-    if (c->depth == 0 && c->state != CREST_CONN_CLOSED)
-        crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -52,15 +59,22 @@ static inline bool flush_due(const struct crest_conn *c) {
     return c->out_bytes && (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE;
 }
 
+/* on_high_water and on_drain run inside the write, uncork or flush whose
+ * bytes crossed the mark: maybe a call from outside the connection's own
+ * callbacks, where nothing up the stack settles a close they ask for. */
+static void call_nested(struct crest_conn *c, void (*cb)(crest_conn_t *)) {
+    c->depth++;
+    cb(c);
+    if (--c->depth == 0 && (c->flags & CREST__C_CLOSE_REQUESTED))
+        crest_io_feed(&c->io, CREST__IO_KICK);
+}
+
 static void check_low_water(struct crest_conn *c) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
     c->flags &= (uint16_t)~CREST__C_PAUSED_HIGH;
-    if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING) {
-        c->depth++;
-        c->ep->handler.on_drain(c);
-        c->depth--;
-    }
+    if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING)
+        call_nested(c, c->ep->handler.on_drain);
     crest__conn_resume_input(c);
 }
 
@@ -71,11 +85,8 @@ static void check_high_water(struct crest_conn *c) {
     c->io.loop->conn_stats.paused++;
     if (!c->ep->opts.keep_reading)
         c->read_started = 0; /* not waiting for the peer now: see settle_input */
-    if (c->ep->handler.on_high_water) {
-        c->depth++;
-        c->ep->handler.on_high_water(c);
-        c->depth--;
-    }
+    if (c->ep->handler.on_high_water)
+        call_nested(c, c->ep->handler.on_high_water);
 }
 
 static void after_progress(struct crest_conn *c) {
@@ -138,7 +149,7 @@ int crest__conn_flush(struct crest_conn *c) {
         if (left == SIZE_MAX)
             continue; /* interrupted */
         if (c->flags & CREST__C_DEAD)
-            return -EPIPE;
+            return -EPIPE; /* the errno is the close's (on_close says it) */
         c->out_bytes -= (uint32_t)left;
         while (left > 0) {
             struct crest__chunk *k = c->out_head;
@@ -213,8 +224,6 @@ static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int io
 /* A write found the connection broken: its close completes from the loop
  * (right after the handler's callback, or on the next iteration). */
 static int write_failed(struct crest_conn *c) {
-    if (c->depth == 0)
-        crest_io_feed(&c->io, CREST__IO_KICK);
     return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOMEM;
 }
 
@@ -786,7 +795,7 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
         return n;
     loop->conn_stats.bytes_in += (uint64_t)n;
     c->last_active = loop->now_ms;
-    if ((size_t)n < space && !(c->flags & CREST__C_PEER_DONE))
+    if ((size_t)n < space && !(c->flags & (CREST__C_PEER_DONE | CREST__C_URGENT)))
         c->flags &= (uint16_t)~CREST__C_READABLE; /* short read: drained */
     bool alive;
     if (scratch) {
@@ -834,7 +843,7 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN) {
-            c->flags &= (uint16_t)~CREST__C_READABLE;
+            c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_URGENT);
             break;
         }
         socket_failed(c, (int)-n);
@@ -870,6 +879,17 @@ static void connect_done(struct crest_conn *c) {
     crest__conn_open(c);
 }
 
+/* EPOLLERR (an RST, say) on a connection that neither reads nor writes
+ * now (paused, half-closed, or with nothing to send): no syscall would
+ * report the error until the application writes, and the connection would
+ * sit there, with no timeout to end it.  Take the error now.  (A
+ * connection that reads on meets the error in read().) */
+static void take_socket_error(struct crest_conn *c) {
+    int err = crest_sockopt_get_error(c->io.fd);
+    if (err > 0)
+        socket_failed(c, err);
+}
+
 /* What sends an event down the general path: anything but readiness
  * news for an open connection with nothing held back. */
 #define SLOW_FLAGS                                                                      \
@@ -895,6 +915,10 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
             crest__conn_settle(c);
         return;
     }
+    if (CREST__UNLIKELY(c->state == CREST_CONN_CLOSED)) {
+        crest__conn_linger_io(c, events); /* closed for the handler: lingering */
+        return;
+    }
     /* CREST__IO_KICK alone (a close or flush to complete) carries no
      * readiness news. */
     c->depth++;
@@ -905,6 +929,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     }
     if (events & (CREST_IO_READABLE | CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
         c->flags |= CREST__C_READABLE;
+    if (events & CREST__IO_PRI)
+        c->flags |= CREST__C_READABLE | CREST__C_URGENT; /* past the mark: more */
     if (events & (CREST_IO_RDHUP | CREST_IO_HUP | CREST_IO_ERR))
         c->flags |= CREST__C_PEER_DONE;
     if (events & (CREST_IO_WRITABLE | CREST_IO_HUP | CREST_IO_ERR))
@@ -924,6 +950,8 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     }
     if (may_read(c))
         read_input(c);
+    if (CREST__UNLIKELY(events & CREST_IO_ERR) && !(c->flags & CREST__C_DEAD) && !may_read(c))
+        take_socket_error(c);
 out:
     c->depth--;
     crest__conn_settle(c);

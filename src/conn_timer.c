@@ -1,5 +1,5 @@
-/* Connection deadlines: idle, read, write, connect, and the bound on a
- * graceful close.
+/* Connection deadlines: idle, read, write, connect, and the bounds on a
+ * graceful close (its flush, then its linger).
  *
  * Each connection keeps the times its deadlines count from (last_active,
  * read_started, write_stalled: one store each, on the hot path) and one
@@ -20,9 +20,9 @@
 
 #include "conn_int.h"
 
-/* The bound on a graceful close whose peer never reads, when no write
+/* The bound on flushing a graceful close whose peer never reads, when no write
  * timeout is set. */
-#define CLOSE_LINGER_MS 10000u
+#define CLOSE_FLUSH_MS 10000u
 
 static bool before(uint32_t a, uint32_t b) {
     return (int32_t)(a - b) < 0;
@@ -58,8 +58,11 @@ static bool next_deadline(const struct crest_conn *c, uint32_t *when, crest_clos
     if (c->state == CREST_CONN_CONNECTING) {
         CONSIDER(c->last_active, o->connect_timeout_ms, CREST_CLOSE_CONNECT_TIMEOUT);
     } else if (c->state == CREST_CONN_CLOSING) {
-        uint32_t linger = o->write_timeout_ms ? o->write_timeout_ms : CLOSE_LINGER_MS;
+        uint32_t linger = o->write_timeout_ms ? o->write_timeout_ms : CLOSE_FLUSH_MS;
         CONSIDER(c->write_stalled, linger, CREST_CLOSE_WRITE_TIMEOUT);
+    } else if (c->state == CREST_CONN_CLOSED) {
+        /* Lingering since write_stalled; the reason is not used. */
+        CONSIDER(c->write_stalled, o->linger_ms, CREST_CLOSE_LOCAL);
     } else {
         CONSIDER(c->last_active, o->idle_timeout_ms, CREST_CLOSE_IDLE_TIMEOUT);
         CONSIDER(c->read_started, o->read_timeout_ms, CREST_CLOSE_READ_TIMEOUT);

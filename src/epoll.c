@@ -19,6 +19,7 @@ _Static_assert((unsigned)CREST_IO_WRITABLE == (unsigned)EPOLLOUT, "event bits ma
 _Static_assert((unsigned)CREST_IO_ERR == (unsigned)EPOLLERR, "event bits match epoll");
 _Static_assert((unsigned)CREST_IO_HUP == (unsigned)EPOLLHUP, "event bits match epoll");
 _Static_assert((unsigned)CREST_IO_RDHUP == (unsigned)EPOLLRDHUP, "event bits match epoll");
+_Static_assert((unsigned)CREST__IO_PRI == (unsigned)EPOLLPRI, "event bits match epoll");
 
 int crest__epoll_create(const void *owner) {
     int fd = epoll_create1(EPOLL_CLOEXEC);

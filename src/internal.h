@@ -75,7 +75,6 @@ struct crest_loop {
     int wakefd;
     _Atomic int stop_flag;
     bool running;               /* inside run_once (or destroy): no nesting */
-    bool dispatching;
     bool destroying;            /* crest_loop_destroy() under way: nothing
                                    new may start (-ESHUTDOWN) */
 
@@ -140,6 +139,11 @@ struct crest_loop {
 /* An internal event bit (no epoll flag uses it): fed to a watcher to make
  * it finish pending work on the next iteration, with no readiness news. */
 #define CREST__IO_KICK (1u << 27)
+
+/* EPOLLPRI: urgent (out-of-band) data is pending.  Connections ask for it
+ * (see conn_io.c: a read stops short at the urgent mark); applications'
+ * watchers cannot. */
+#define CREST__IO_PRI 0x002u
 
 /* Time */
 uint64_t crest__clock_ns(void);

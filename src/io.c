@@ -34,7 +34,7 @@ static int table_reserve(crest_loop_t *loop, int fd) {
 
 int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned events,
                    crest_io_cb cb, void *arg, bool counted) {
-    if (fd < 0 || (events & ~INTEREST_MASK) || !cb)
+    if (fd < 0 || (events & ~(unsigned)(INTEREST_MASK | CREST__IO_PRI)) || !cb)
         return -EINVAL;
     /* Teardown walks the fd table once: a watcher added behind it (from an
      * on_close it runs) would outlive the loop. */
@@ -63,7 +63,7 @@ int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned eve
 
 int crest_io_start(crest_loop_t *loop, int fd, unsigned events, crest_io_cb cb, void *arg,
                    crest_io_t **iop) {
-    if (!loop || !iop)
+    if (!loop || !iop || (events & ~INTEREST_MASK))
         return -EINVAL;
     struct crest_io *io = malloc(sizeof *io);
     if (!io)

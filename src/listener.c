@@ -34,6 +34,8 @@ struct crest_listener {
     bool tcp;
     bool closed;                /* crest_listener_close() ran; the memory
                                    stays until this iteration ends */
+    dev_t path_dev;             /* Unix: the socket file bind() made, so */
+    ino_t path_ino;             /* that close unlinks that file only */
     uint64_t emfile_logged_ns;
     struct crest_timer retry;   /* after a transient accept4 error */
     struct crest_listener *prev, *next;
@@ -163,6 +165,8 @@ static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
             unrecorded(l, fd, rc);
             continue;
         }
+        if (!l->tcp)
+            crest__conn_set_oobinline(fd); /* not inherited by Unix sockets */
         if (ep->max_conns && ep->lstats.active >= ep->max_conns) {
             refuse(l, fd);
             continue;
@@ -257,10 +261,17 @@ static int make_socket(struct crest_listener *l, const crest_listen_opts_t *o) {
         rc = -errno;
         goto fail;
     }
-    if (!l->tcp && o->unix_mode &&
-        chmod(((const struct sockaddr_un *)&l->addr.ss)->sun_path, o->unix_mode) < 0) {
-        rc = -errno;
-        goto fail;
+    if (!l->tcp) {
+        const char *path = ((const struct sockaddr_un *)&l->addr.ss)->sun_path;
+        struct stat st;
+        if (path[0] && stat(path, &st) == 0) {
+            l->path_dev = st.st_dev;
+            l->path_ino = st.st_ino;
+        }
+        if (o->unix_mode && chmod(path, o->unix_mode) < 0) {
+            rc = -errno;
+            goto fail;
+        }
     }
     /* Read back the port the kernel picked for port 0. */
     l->addr.len = sizeof l->addr.ss;
@@ -350,8 +361,11 @@ void crest_listener_close(crest_listener_t *l) {
         l->reserve_fd = -1;
     }
     if (!l->tcp) {
+        /* Only our own socket file: another server may have replaced it. */
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
-        if (un->sun_path[0])
+        struct stat st;
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && st.st_ino == l->path_ino &&
+            st.st_dev == l->path_dev)
             unlink(un->sun_path);
     }
     if (l->prev)

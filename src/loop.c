@@ -108,6 +108,8 @@ fail:
 int crest_loop_destroy(crest_loop_t *loop) {
     if (!loop)
         return 0;
+    if (loop->running)
+        return -EBUSY; /* from a callback: the iteration owns everything */
     /* Callbacks run from here (on_close of the connections it aborts) must
      * not run the loop it is taking apart: run and run_once say -EBUSY. */
     loop->running = true;
@@ -161,6 +163,8 @@ uint64_t crest_loop_now_ns(const crest_loop_t *loop) {
 int crest_loop_defer(crest_loop_t *loop, crest_cb cb, void *arg) {
     if (!loop || !cb)
         return -EINVAL;
+    if (loop->destroying)
+        return -ESHUTDOWN; /* it would never run */
     if (loop->defer_len == loop->defer_cap) {
         size_t cap = loop->defer_cap ? loop->defer_cap * 2 : 16;
         struct crest_deferred *n = realloc(loop->defer, cap * sizeof *n);

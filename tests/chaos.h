@@ -119,6 +119,14 @@
 #define CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED 1
 #endif
 
+/* on_drain/on_high_water run inside crest_conn_uncork()/_write() also when
+ * those are called outside the loop; the loop's -EBUSY guards do not see
+ * them: run_once runs an iteration there, destroy frees the connection
+ * under the call (use after free). */
+#ifndef CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK
+#define CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK 1
+#endif
+
 enum {
     CH_BUG_LISTENER_CLOSE_IN_ACCEPT = 1u << 0,
     CH_BUG_RESUME_AFTER_CLOSE = 1u << 1,
@@ -128,13 +136,14 @@ enum {
     CH_BUG_DESTROY_RECONNECT = 1u << 5,
     CH_BUG_HW_BEFORE_OPEN = 1u << 6,
     CH_BUG_EOF_WHILE_PAUSED = 1u << 7,
-    CH_BUG_COUNT = 8
+    CH_BUG_LOOP_CALL_IN_API_CALLBACK = 1u << 8,
+    CH_BUG_COUNT = 9
 };
 
 static const char *const ch_bug_names[CH_BUG_COUNT] = {
     "listener_close_in_accept", "resume_after_close", "timer_zero_restart",
     "nested_run_once",          "close_connecting",   "destroy_reconnect",
-    "hw_before_open",           "eof_while_paused",
+    "hw_before_open",           "eof_while_paused",   "loop_call_in_api_callback",
 };
 
 #define CH_BUGS_DEFAULT                                                              \
@@ -145,7 +154,8 @@ static const char *const ch_bug_names[CH_BUG_COUNT] = {
      (CHAOS_KNOWN_BUG_CLOSE_CONNECTING ? CH_BUG_CLOSE_CONNECTING : 0u) |                 \
      (CHAOS_KNOWN_BUG_DESTROY_RECONNECT ? CH_BUG_DESTROY_RECONNECT : 0u) |               \
      (CHAOS_KNOWN_BUG_HW_BEFORE_OPEN ? CH_BUG_HW_BEFORE_OPEN : 0u) |                     \
-     (CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED ? CH_BUG_EOF_WHILE_PAUSED : 0u))
+     (CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED ? CH_BUG_EOF_WHILE_PAUSED : 0u) |                 \
+     (CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK ? CH_BUG_LOOP_CALL_IN_API_CALLBACK : 0u))
 
 /* ---- sizes --------------------------------------------------------------- */
 
@@ -634,6 +644,7 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self);
 static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx ctx);
 static void ch_close(struct ch_conn *r, enum ch_ctx ctx);
 static void ch_shutdown(struct ch_conn *r, enum ch_ctx ctx);
+static void ch_nested_loop_call(enum ch_ctx ctx);
 
 /* ---- checks at an EOF ----------------------------------------------------------- */
 
@@ -924,6 +935,8 @@ static void ch_on_high_water(crest_conn_t *c) {
     CH_CHECK(!r->hw, "r%d: on_high_water twice without on_drain", r->id);
     r->hw = true;
     ch_trace("r%d on_high_water (%zu queued)", r->id, crest_conn_output_bytes(c));
+    if (!G.winding && ch_chance(4))
+        ch_nested_loop_call(CTX_HW);
     if (!G.winding)
         ch_ops(CTX_HW, r, 2);
     ch_cb_leave();
@@ -937,6 +950,8 @@ static void ch_on_drain(crest_conn_t *c) {
              r->id);
     r->hw = false;
     ch_trace("r%d on_drain (%zu queued)", r->id, crest_conn_output_bytes(c));
+    if (!G.winding && ch_chance(4))
+        ch_nested_loop_call(CTX_DRAIN);
     if (!G.winding)
         ch_ops(CTX_DRAIN, r, 2);
     ch_cb_leave();
@@ -1354,8 +1369,8 @@ static void ch_sockopt(struct ch_conn *r, enum ch_ctx ctx) {
     default: CH_API("crest_conn_set_rcvbuf", rc = crest_conn_set_rcvbuf(r->c, ch_pick(2) ? 4096 : 65536)); break;
     }
     ch_trace("r%d %s sockopt %d: %d", r->id, ch_ctx_names[ctx], what, rc);
-    if (r->closed && !r->in_close)
-        CH_CHECK(rc < 0, "r%d: a socket option set after on_close", r->id);
+    if (r->closed)
+        CH_CHECK(rc == -ENOTCONN, "r%d: socket option on a closed connection: %d", r->id, rc);
     else
         CH_CHECK(rc >= 0 || rc == -EINVAL, "r%d: socket option %d failed: %d", r->id, what, rc);
 }
@@ -1662,6 +1677,10 @@ static void ch_defer(enum ch_ctx ctx) {
     int rc;
     CH_API("crest_loop_defer",
            rc = crest_loop_defer(G.loop, ch_deferred, (void *)(uintptr_t)G.defer_posted));
+    if (G.destroying) {
+        CH_CHECK(rc == -ESHUTDOWN, "crest_loop_defer during crest_loop_destroy: %d", rc);
+        return;
+    }
     CH_CHECK(rc == 0, "crest_loop_defer: %d", rc);
     ch_trace("%s defer %llu", ch_ctx_names[ctx], (unsigned long long)G.defer_posted);
     G.defer_posted++;
@@ -1704,6 +1723,28 @@ static void ch_close_all(enum ch_ctx ctx) {
     CH_API("crest_loop_close_all", crest_loop_close_all(G.loop, abort));
 }
 
+/* From a callback, the loop's own entry points refuse (loop.h): -EBUSY.
+ * Also from a callback run inside an API call made outside the loop
+ * (on_drain inside crest_conn_uncork called from main). */
+static void ch_nested_loop_call(enum ch_ctx ctx) {
+    bool from_cb = G.in_loop || (G.depth > 0 && !ch_excluded(CH_BUG_LOOP_CALL_IN_API_CALLBACK));
+    if (!from_cb || ch_excluded(CH_BUG_NESTED_RUN_ONCE))
+        return;
+    int rc, which = (int)ch_pick(3);
+    const char *saved = G.api;
+    G.api = NULL; /* callbacks would run inside these */
+    if (which == 0)
+        rc = crest_loop_run_once(G.loop, 0);
+    else if (which == 1)
+        rc = crest_loop_run(G.loop);
+    else
+        rc = crest_loop_destroy(G.loop);
+    G.api = saved;
+    const char *name = which == 0 ? "run_once" : which == 1 ? "run" : "destroy";
+    ch_trace("%s nested %s: %d", ch_ctx_names[ctx], name, rc);
+    CH_CHECK(rc == -EBUSY, "crest_loop_%s from a callback: %d", name, rc);
+}
+
 static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
     if (G.depth > 8)
         return; /* deep enough */
@@ -1727,15 +1768,7 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
         } else if (k <= 50) {
             ch_connect(ctx);
         } else if (k == 51) {
-            if (!in_destroy && G.in_loop && !ch_excluded(CH_BUG_NESTED_RUN_ONCE)) {
-                int rc;
-                const char *saved = G.api;
-                G.api = NULL; /* callbacks may run inside this one */
-                rc = crest_loop_run_once(G.loop, 0);
-                G.api = saved;
-                ch_trace("%s nested run_once: %d", ch_ctx_names[ctx], rc);
-                CH_CHECK(rc == -EBUSY, "nested crest_loop_run_once: %d", rc);
-            }
+            ch_nested_loop_call(ctx);
         } else if (k == 52) {
             if (ch_chance(8))
                 ch_close_all(ctx);

@@ -979,6 +979,84 @@ def half_close(ctx, out):
 
 
 @scenario
+def urgent(ctx, out):
+    """Urgent data (MSG_OOB) in the middle of a message.  A read stops at
+    the urgent mark with the rest still queued; taken as "drained", that
+    parked the connection until the peer sent more.  Every byte, the
+    urgent one included (SO_OOBINLINE), comes back in order, with nothing
+    sent after it."""
+    rng = random.Random(ctx.seed + 7)
+    results = []
+    for name, args, kind in (("crest-echo", [], "raw"), ("crest-framed", [], "frame")):
+        srv = Server(ctx, name, args)
+        try:
+            prober = Prober(srv.port, kind).start()
+            ports, n = [], 10
+            for k in range(n):
+                head = rng.randbytes(rng.randint(1, 3000))
+                tail = rng.randbytes(rng.randint(1, 3000))
+                mark = bytes([rng.randrange(256)])
+                body = head + mark + tail
+                pre = frame(body)[:4] if kind == "frame" else b""
+                s = connect(srv.port)
+                ports.append(local_port(s))
+                s.sendall(pre + head)
+                s.send(mark, socket.MSG_OOB)
+                s.sendall(tail)
+                want = pre + body
+                try:
+                    got = recv_exact(s, len(want), timeout=5)
+                except Fail as e:
+                    raise Fail("%s: connection %d of %d: %s" % (name, k + 1, n, e))
+                check(got == want, "%s: wrong reply (%d bytes) around the urgent byte" %
+                      (name, len(got)))
+                s.close()
+            expect_reasons(srv, ports, "peer EOF")
+            probe, fds, _ = srv.wind_down(prober)
+            results.append("%s %s: %d connections each sent a message with one urgent byte "
+                           "(MSG_OOB) in its middle and nothing after: every byte echoed in "
+                           "order; %s; %s" % (name, kind, n, probe, fds))
+        finally:
+            srv.kill()
+    for r in results:
+        out(r)
+
+
+@scenario
+def lingering_close(ctx, out):
+    """A pipelined request with a big reply, then a frame over the limit
+    and more bytes the server never reads.  Closing with unread input sent
+    RST, which destroyed the reply still in the server's send queue; the
+    lingering close delivers all of it, then EOF."""
+    srv = Server(ctx, "crest-framed", ["--max-frame", str(4 * MiB)])
+    try:
+        prober = Prober(srv.port, "frame").start()
+        rng = random.Random(ctx.seed + 8)
+        ports, n, total = [], 4, 0
+        for k in range(n):
+            body = rng.randbytes(3 * MiB + rng.randint(0, MiB))
+            s = connect(srv.port, rcvbuf=65536)
+            ports.append(local_port(s))
+            s.sendall(frame(body) + struct.pack(">I", 0xFFFFFFF0) + b"z" * 65536)
+            time.sleep(0.3)  # read nothing for a while
+            got, how = recv_to_eof(s, timeout=20)
+            check(how == "eof" and got == frame(body),
+                  "connection %d of %d: %d of %d reply bytes, then %s" %
+                  (k + 1, n, len(got), len(body) + 4, how))
+            total += len(got)
+            s.close()
+        expect_reasons(srv, ports, "frame too large")
+        probe, fds, rep = srv.wind_down(prober)
+        check(rep["reasons"].get("frame too large") == n,
+              "report close reasons %s" % rep["reasons"])
+        out("crest-framed --max-frame 4M: %d clients each pipelined a 3-4 MiB frame, a frame "
+            "announcing 0xFFFFFFF0 bytes and 64 KiB more, reading nothing for 0.3 s: all %d "
+            "reply bytes received, then EOF (no RST); %s; %s" % (n, total, probe, fds))
+    finally:
+        srv.kill()
+
+
+@scenario
 def conn_limit(ctx, out):
     """--max-conns is enforced (connections past it are closed at once) and
     counted; a freed slot is used again."""

@@ -532,6 +532,52 @@ static void test_extreme_option_values(void **state) {
     }
 }
 
+/* ---- destroy from a callback; defer during destroy ----------------------------- */
+
+static int destroy_rc = 1, defer_rc = 1;
+
+static void destroy_from_deferred(crest_loop_t *loop, void *arg) {
+    (void)arg;
+    destroy_rc = crest_loop_destroy(loop);
+}
+
+static void never_runs(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    (void)arg;
+    fail_msg("a callback deferred during crest_loop_destroy() ran");
+}
+
+static void defer_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    seq_on_close(c, reason, err);
+    defer_rc = crest_loop_defer(crest_conn_loop(c), never_runs, NULL);
+}
+
+static void test_destroy_from_callback_and_defer_during_destroy(void **state) {
+    (void)state;
+    tu_log_capture();
+    static struct seq s;
+    memset(&s, 0, sizeof s);
+    crest_handler_t h = {.on_open = seq_on_open, .on_data = echo, .on_close = defer_on_close};
+    crest_loop_t *loop = seq_start(&s, NULL, &h);
+    /* From a callback: refused, and the loop carries on. */
+    assert_int_equal(crest_loop_defer(loop, destroy_from_deferred, NULL), 0);
+    tu_spin(loop, 2);
+    assert_int_equal(destroy_rc, -EBUSY);
+    int fd = tu_raw_connect(s.addr, 0);
+    RUN_UNTIL(loop, s.opened == 1);
+    send_all(fd, "still here", 10);
+    char buf[16];
+    int end;
+    assert_int_equal(tu_raw_recv(loop, fd, buf, 10, &end), 10);
+    /* Destroyed with the connection open: its on_close defers, refused. */
+    crest_listener_close(s.l);
+    assert_int_equal(crest_loop_destroy(loop), 0);
+    assert_int_equal(s.closed, 1);
+    assert_int_equal(defer_rc, -ESHUTDOWN);
+    close(fd);
+    tu_log_release();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_resume_of_connection_closed_in_same_iteration),
@@ -543,6 +589,7 @@ int main(void) {
         tu_test(test_peer_not_reading_gets_write_timeout),
         tu_test(test_writev_length_overflow_is_refused),
         tu_test(test_extreme_option_values),
+        tu_test(test_destroy_from_callback_and_defer_during_destroy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -162,10 +162,10 @@ static uint64_t io_events(crest_loop_t *loop) {
 
 /* ---- a send that fails inside an API call -------------------------------- */
 
-/* The peer half-closed (the connection is HALF_CLOSED, so nothing reads
+/* The peer half-closed (the connection is HALF_CLOSED, so nothing read
  * it any more), the handler corked and wrote, then the peer reset: the
  * reset's event found the connection corked and not reading, so nobody
- * looked.  crest_conn_uncork() then flushed, the send failed and marked
+ * looked (main now notices a reset there too: see test_reset_unnoticed).  crest_conn_uncork() then flushed, the send failed and marked
  * the connection dead, but a failure inside an API call scheduled no
  * settle: on_close came only when the 10 s close linger ran out, as a
  * WRITE_TIMEOUT. */
@@ -181,7 +181,10 @@ static void test_a_send_failing_in_uncork_closes_at_once(void **state) {
     uint64_t before = io_events(loop);
     client_reset(fd);
     RUN_UNTIL(loop, io_events(loop) > before); /* the reset was seen */
-    assert_int_equal(crest_conn_uncork(o.c), -EPIPE);
+    /* The reset's event may close it by itself now (a half-closed
+     * connection notices a reset); if not, the uncork's send fails. */
+    int rc = crest_conn_uncork(o.c);
+    assert_true(rc == 0 || rc == -EPIPE);
     /* The close completes on the next iteration, not at a timeout: two
      * non-blocking iterations are plenty. */
     tu_spin(loop, 2);

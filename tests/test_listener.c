@@ -358,6 +358,34 @@ static void test_unix_path_stale_or_foreign(void **state) {
     tu_finish_conns(loop);
 }
 
+/* Someone removed our socket file and another server bound the path:
+ * closing our listener must leave their file alone. */
+static void test_close_keeps_a_path_taken_over(void **state) {
+    (void)state;
+    char path[108], addr[128];
+    unix_path(path, sizeof path, addr, sizeof addr, "taken");
+    crest_loop_t *loop = tu_loop();
+    static struct lsrv s;
+    lsrv_start(loop, &s, addr);
+    assert_int_equal(unlink(path), 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, path);
+    int other = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(other >= 0);
+    assert_int_equal(bind(other, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(listen(other, 1), 0);
+    crest_listener_close(s.l);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* And it still reaches the other server. */
+    int a = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(a, (struct sockaddr *)&sun, sizeof sun), 0);
+    close(a);
+    close(other);
+    unlink(path);
+    tu_finish_conns(loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_close_from_on_open),
@@ -367,6 +395,7 @@ int main(void) {
         tu_test(test_reconnect_from_on_close_during_destroy),
         tu_test(test_unix_path_of_live_listener),
         tu_test(test_unix_path_stale_or_foreign),
+        tu_test(test_close_keeps_a_path_taken_over),
     };
     const char *filter = getenv("CREST_TEST_FILTER");
     if (filter && *filter)

@@ -1,63 +1,114 @@
-/* libuv echo server, in the style of libuv's own test/echo-server.c:
- * uv_read_start with an alloc callback that mallocs the suggested size,
- * and a uv_write per read whose request owns the buffer until the write
- * completes.  One thread, the default loop. */
+/* libuv echo server, written the way a libuv user who cares about speed
+ * writes one, and the way Node.js's stream layer writes to a socket
+ * (StreamBase::Write tries uv_try_write before it makes a write request):
+ *
+ * - One read buffer for the whole loop, handed out by the alloc callback
+ *   for every read.  libuv keeps no reference to the buffer after the read
+ *   callback (uv_read_cb: the callee owns it, libuv does not reuse it), so
+ *   it may be the same buffer every time: nothing is allocated per read.
+ * - The reply goes out with uv_try_write, straight from that buffer: one
+ *   write(2), no request, no completion callback, no change to the
+ *   handle's poll state (a completed uv_write costs a callback on the next
+ *   loop pass and an epoll_ctl).
+ * - Only what the kernel does not take at once is copied into a uv_write
+ *   request, and reading stops until that write completes, so a client
+ *   that does not read cannot make the server buffer without bound.
+ *   uv_try_write refuses (UV_EAGAIN) while a uv_write is queued, so bytes
+ *   never overtake each other.
+ *
+ * One thread, the default loop.  The common way (malloc per read, a write
+ * request per reply: libuv's test/echo-server.c) is kept as
+ * libuv_echo_malloc.c. */
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 #include "common.h"
 
+#define READ_BUF 65536 /* libuv's suggested size, and the other peers' */
+
+static char rbuf[READ_BUF];
+
+/* A write request with the unsent rest of one reply behind it. */
 typedef struct {
     uv_write_t req;
-    uv_buf_t buf;
-} write_req_t;
+    char data[];
+} pending_t;
 
 static void on_close(uv_handle_t *h) {
     free(h);
 }
 
+static void close_stream(uv_stream_t *s) {
+    if (!uv_is_closing((uv_handle_t *)s))
+        uv_close((uv_handle_t *)s, on_close);
+}
+
 static void alloc_buf(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
+    (void)suggested;
+    *buf = uv_buf_init(rbuf, sizeof rbuf);
 }
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
 static void after_write(uv_write_t *req, int status) {
-    write_req_t *wr = (write_req_t *)req;
-    uv_handle_t *h = (uv_handle_t *)req->handle;
-    free(wr->buf.base);
-    free(wr);
-    if (status < 0 && !uv_is_closing(h))
-        uv_close(h, on_close);
-}
-
-static void after_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-    if (n <= 0) {
-        free(buf->base);
-        if (n < 0 && !uv_is_closing((uv_handle_t *)s))
-            uv_close((uv_handle_t *)s, on_close); /* UV_EOF or an error */
+    uv_stream_t *s = req->handle;
+    free(req);
+    if (status < 0) {
+        close_stream(s); /* an error, or UV_ECANCELED: closing already */
         return;
     }
-    write_req_t *wr = malloc(sizeof *wr);
-    wr->buf = uv_buf_init(buf->base, (unsigned)n);
-    if (uv_write(&wr->req, s, &wr->buf, 1, after_write) != 0) {
-        free(buf->base);
-        free(wr);
-        uv_close((uv_handle_t *)s, on_close);
+    if (!uv_is_closing((uv_handle_t *)s) && uv_read_start(s, alloc_buf, on_read) != 0)
+        close_stream(s);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+    if (n <= 0) {
+        if (n < 0)
+            close_stream(s); /* UV_EOF or an error; 0 is EAGAIN */
+        return;
     }
+    uv_buf_t reply = uv_buf_init(buf->base, (unsigned)n);
+    int w = uv_try_write(s, &reply, 1);
+    if (w == n)
+        return;
+    if (w == UV_EAGAIN)
+        w = 0;
+    else if (w < 0) {
+        close_stream(s);
+        return;
+    }
+    size_t rest = (size_t)n - (size_t)w;
+    pending_t *p = malloc(sizeof *p + rest);
+    if (!p) {
+        close_stream(s);
+        return;
+    }
+    memcpy(p->data, buf->base + w, rest);
+    uv_buf_t b = uv_buf_init(p->data, (unsigned)rest); /* uv_write copies the array */
+    if (uv_write(&p->req, s, &b, 1, after_write) != 0) {
+        free(p);
+        close_stream(s);
+        return;
+    }
+    uv_read_stop(s); /* resumed by after_write */
 }
 
 static void on_connection(uv_stream_t *server, int status) {
     if (status < 0)
         return;
     uv_tcp_t *c = malloc(sizeof *c);
+    if (!c)
+        return;
     uv_tcp_init(server->loop, c);
     if (uv_accept(server, (uv_stream_t *)c) != 0) {
         uv_close((uv_handle_t *)c, on_close);
         return;
     }
     uv_tcp_nodelay(c, 1);
-    uv_read_start((uv_stream_t *)c, alloc_buf, after_read);
+    if (uv_read_start((uv_stream_t *)c, alloc_buf, on_read) != 0)
+        uv_close((uv_handle_t *)c, on_close);
 }
 
 int main(int argc, char **argv) {

@@ -2,9 +2,13 @@
  *
  * A connection is a nonblocking stream socket (TCP or Unix-domain) that the
  * loop reads and writes for a protocol handler.  It is registered with epoll
- * once, for readable|writable|rdhup, edge-triggered, and caches readiness:
- * no epoll_ctl per message, and a short read means "drained" (no extra read
- * that would return EAGAIN).
+ * once, for readable|writable|rdhup|pri, edge-triggered, and caches
+ * readiness: no epoll_ctl per message, and a short read means "drained" (no
+ * extra read that would return EAGAIN), except at a hang-up or with urgent
+ * data pending.
+ *
+ * Urgent data (MSG_OOB): crest sets SO_OOBINLINE, so the urgent byte is
+ * delivered as an ordinary byte of the stream, in order.
  *
  * State machine:
  *   CONNECTING -> OPEN            outbound connect completed
@@ -14,7 +18,20 @@
  *                                 output is flushed, then the socket closes
  *   any -> CLOSED                 on_close(reason) runs exactly once; the
  *                                 connection is freed after the callbacks of
- *                                 this iteration return
+ *                                 this iteration return (after its linger)
+ *
+ * Lingering close: close() on a socket with unread input, or input that
+ * arrives after it, sends RST, and an RST destroys the reply still in the
+ * kernel's send queue (the peer gets part of it, then ECONNRESET).  So a
+ * graceful close whose peer has not ended its side (no EOF read yet), once
+ * the output is flushed, shuts down writing (the peer sees EOF after the
+ * last byte), then reads and discards the peer's input until its EOF, an
+ * error, or linger_ms, and only then closes the socket (nginx's
+ * lingering_close).  on_close runs when the linger starts: the handler is
+ * done with the connection; the discarded bytes are never delivered.  A
+ * linger keeps crest_loop_run() going for at most linger_ms, and
+ * crest_loop_destroy() ends it.  Abortive closes and socket errors do not
+ * linger.
  *
  * Reading: one event reads at most read_budget bytes; a connection still
  * readable after that goes on the loop's ready list and is served next
@@ -31,7 +48,10 @@
  * Backpressure: when queued output exceeds high_water, the connection stops
  * reading and calls on_high_water; when it falls to low_water, reading
  * resumes and on_drain is called.  Memory per slow reader stays bounded by
- * high_water plus one message.
+ * high_water plus one message.  These two are the callbacks that can run
+ * inside a call: on_high_water inside the crest_conn_write(), writev(),
+ * write_message() or shutdown() whose bytes crossed high_water, on_drain
+ * inside the write, uncork() or shutdown() whose flush reached low_water.
  *
  * Memory: a connection at rest holds no buffer.  Input is read into the
  * loop's buffer and delivered from there; a connection takes a chunk from
@@ -40,6 +60,10 @@
  * when empty (see crest_loop_buf_stats()).
  *
  * Threads: a connection belongs to its loop's thread.
+ *
+ * Which call is legal from which callback, in which state, and what each
+ * does on a closing or closed connection: docs/api-contract.md (one table;
+ * tests/test_matrix.c checks every cell).
  */
 #ifndef CREST_CONN_H
 #define CREST_CONN_H
@@ -123,7 +147,8 @@ typedef struct crest_handler {
     void (*on_drain)(crest_conn_t *c);
     /* Closed, exactly once.  err is the errno behind the reason, or 0.  The
      * socket is still open during the call (crest_conn_peer() works), but
-     * nothing more can be written. */
+     * nothing more can be written.  After a graceful close it runs once the
+     * output is flushed, as the linger starts (see "Lingering close"). */
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
 } crest_handler_t;
 
@@ -148,6 +173,10 @@ typedef struct crest_conn_opts {
                                      not late) */
     uint32_t write_timeout_ms;    /* output queued with no progress */
     uint32_t connect_timeout_ms;  /* outbound connect */
+    uint32_t linger_ms;           /* lingering close (above): most time spent
+                                     reading out the peer after a graceful
+                                     close (5000; 0: close at once, which
+                                     may send RST) */
     bool nodelay;                 /* TCP_NODELAY (default true) */
     bool keepalive;               /* SO_KEEPALIVE (default false) */
     int keepalive_idle_s, keepalive_interval_s, keepalive_count;
@@ -213,7 +242,7 @@ void crest_conn_pause(crest_conn_t *c);
 void crest_conn_resume(crest_conn_t *c);
 
 /* Change this connection's socket options; the effective buffer size is
- * returned (see sockopt.h). */
+ * returned (see sockopt.h).  -ENOTCONN once the connection is CLOSED. */
 int crest_conn_set_nodelay(crest_conn_t *c, bool on);
 int crest_conn_set_sndbuf(crest_conn_t *c, int bytes);
 int crest_conn_set_rcvbuf(crest_conn_t *c, int bytes);
@@ -224,7 +253,9 @@ void *crest_conn_handler_ctx(const crest_conn_t *c);
 crest_loop_t *crest_conn_loop(const crest_conn_t *c);
 crest_conn_state_t crest_conn_state(const crest_conn_t *c);
 /* The socket, for getsockopt and the like.  Do not close it, and do not
- * dup() it: crest relies on its close to take it out of epoll. */
+ * dup() it: crest relies on its close to take it out of epoll.  -1 once
+ * on_close has returned (a lingering close still holds the socket, but it
+ * is no longer the application's). */
 int crest_conn_fd(const crest_conn_t *c);
 size_t crest_conn_output_bytes(const crest_conn_t *c);
 /* The client's address ("127.0.0.1:40000"), into buf: the one a PROXY
@@ -244,6 +275,10 @@ typedef struct crest_conn_stats {
     uint64_t reads, writes;    /* syscalls */
     uint64_t paused;           /* high-water pauses */
     uint64_t close_reasons[CREST_CLOSE_REASON_COUNT];
+    uint64_t lingered;         /* graceful closes that lingered (read out the
+                                  peer before closing the socket) */
+    uint64_t lingering;        /* of those, still lingering now (not counted
+                                  in active: on_close has run) */
 } crest_conn_stats_t;
 
 void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);

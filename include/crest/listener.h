@@ -57,7 +57,8 @@ void crest_listen_opts_init(crest_listen_opts_t *opts);
 int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
 
-/* Stop accepting and close the listening socket (and unlink a Unix path).
+/* Stop accepting and close the listening socket (and unlink a Unix path,
+ * if the socket file there is still the one it bound).
  * Connections already accepted are not affected.  May be called from any
  * callback of this loop, on_open and on_close of this listener's own
  * connections included: no further connection is accepted (those still in

@@ -33,15 +33,16 @@ typedef void (*crest_cb)(crest_loop_t *loop, void *arg);
  * close-on-exec and recorded in the fd registry.  0 or -errno. */
 int crest_loop_create(crest_loop_t **loopp);
 
-/* Destroy a loop.  Call it from the loop's thread, outside crest_loop_run().
+/* Destroy a loop.  Call it from the loop's thread, outside crest_loop_run():
+ * from one of the loop's callbacks it returns -EBUSY and does nothing.
  * Active io watchers, timers and signal watchers still attached are stopped
  * and freed (do not use them afterwards; their file descriptors, which
  * belong to the caller, are not closed), and each is logged as a warning.
  * Stopped timers are not known to the loop: crest_timer_destroy() them.
  * Open connections are aborted and listeners closed, also with a warning;
  * their on_close callbacks run inside this call.  From those callbacks
- * nothing new can start: crest_connect(), crest_listen(), crest_io_start()
- * and crest_signal_start() return -ESHUTDOWN (a reconnect from
+ * nothing new can start: crest_connect(), crest_listen(), crest_io_start(),
+ * crest_signal_start() and crest_loop_defer() return -ESHUTDOWN (a reconnect from
  * on_close is refused, not left open behind the teardown).  Posted
  * callbacks not yet run are dropped.  Ends with
  * the fd leak report for the fds this loop opened (see fdreg.h): it says
@@ -83,7 +84,8 @@ void crest_loop_update_time(crest_loop_t *loop);
 
 /* Run cb(loop, arg) on the next iteration, in the loop's thread; the loop
  * does not block while deferred work is pending.  Order is preserved.  No
- * allocation per call once the queue has grown.  0 or -ENOMEM. */
+ * allocation per call once the queue has grown.  0, -ENOMEM, or -ESHUTDOWN
+ * while crest_loop_destroy() runs (it would never run). */
 int crest_loop_defer(crest_loop_t *loop, crest_cb cb, void *arg);
 
 /* Thread-safe: queue cb(loop, arg) to run in the loop's thread and wake the
