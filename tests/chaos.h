@@ -800,7 +800,10 @@ static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len
     CH_CHECK(r->kind != CH_RAW, "r%d: on_message on a RAW connection", r->id);
     CH_CHECK(!r->partial_last, "r%d: a message after the last partial line", r->id);
     size_t plen = ch_plen(r->salt, r->kind, r->rx_msg);
-    bool partial = false;
+    /* A last line can be whole but for its "\n" (the client closed just
+     * before it): it ends where the client's stream ends. */
+    bool partial = r->kind == CH_LINE && r->peer_cli && r->peer_cli->done &&
+                   r->rx_off + ch_flen(r->kind, plen) > r->peer_cli->tx_off;
     if (len != plen) {
         const struct ch_client *cl = r->peer_cli;
         CH_CHECK(r->kind == CH_LINE && len < plen && cl && cl->done,
@@ -808,6 +811,10 @@ static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len
                  (unsigned long long)r->rx_msg, len, plen);
         partial = true;
     }
+    if (partial)
+        CH_CHECK(r->rx_off + len == r->peer_cli->tx_off,
+                 "r%d: a last line of %zu bytes at %llu, the client sent %llu", r->id, len,
+                 (unsigned long long)r->rx_off, (unsigned long long)r->peer_cli->tx_off);
     for (size_t i = 0; i < len; i++)
         CH_CHECK(msg[i] == ch_pbyte(r->salt, r->kind, r->rx_msg, i),
                  "r%d: message %llu: byte %zu of %zu is wrong", r->id,
