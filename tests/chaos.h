@@ -68,6 +68,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <crest/crest.h>
@@ -192,7 +193,9 @@ struct ch_listener {
     bool open;
     bool has_eof, has_hw, keep_reading;
     int kind;          /* CH_RAW, CH_LINE, CH_LEN */
+    bool proxy;        /* expects a PROXY v1 header first */
     unsigned accepted; /* on_open calls of its connections */
+    unsigned unopened; /* closed before their PROXY header was in */
 };
 
 struct ch_conn {
@@ -235,6 +238,8 @@ struct ch_client {
     uint64_t salt, tx_off, rx_off, tx_cap;
     struct ch_cursor tx_cur, rx_cur;
     bool shut_wr, eof, failed, done, small_rcvbuf;
+    bool proxy, bad_header;       /* sent a PROXY header (a malformed one) */
+    int src_port;                 /* the source port its PROXY header names */
 };
 
 struct ch_timer {
@@ -306,6 +311,7 @@ struct chaos {
     int depth;
 
     uint64_t created, closed;
+    bool any_proxy;          /* a PROXY listener was made this run */
     uint64_t defer_posted, defer_run, defer_due;
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
@@ -688,8 +694,8 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
 static void ch_pair(struct ch_conn *r) {
     /* The address accept4 returned: the socket may be reset already. */
     char buf[CREST_ADDR_STRLEN];
-    int n = crest_conn_peer(r->c, buf, sizeof buf);
-    CH_CHECK(n > 0, "r%d: crest_conn_peer in on_open: %d", r->id, n);
+    int n = crest_conn_socket_peer(r->c, buf, sizeof buf);
+    CH_CHECK(n > 0, "r%d: crest_conn_socket_peer in on_open: %d", r->id, n);
     const char *colon = strrchr(buf, ':');
     int pp = colon ? atoi(colon + 1) : -1;
     for (int i = G.ncl - 1; i >= 0; i--) {
@@ -966,8 +972,21 @@ static void ch_on_drain(crest_conn_t *c) {
 
 static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     struct ch_conn *r = ch_conn_of(c);
-    CH_CHECK(r != NULL, "on_close of a connection the model never saw (reason %s)",
-             crest_close_reason_key(reason));
+    if (!r) {
+        /* Accepted, closed before its PROXY header was in: no on_open. */
+        struct ch_listener *L = crest_conn_handler_ctx(c);
+        CH_CHECK(L != NULL && L->proxy, "on_close of a connection the model never saw (%s)",
+                 crest_close_reason_key(reason));
+        CH_CHECK(reason != CREST_CLOSE_PEER_EOF, "l%d: PEER_EOF before the PROXY header",
+                 L->id);
+        L->unopened++;
+        G.created++;
+        G.closed++;
+        ch_totals.reasons[reason]++;
+        ch_trace("l%d: a connection closed before its PROXY header: %s", L->id,
+                 crest_close_reason_key(reason));
+        return;
+    }
     CH_CHECK(r->c == c, "on_close: wrong connection");
     CH_CHECK(!r->closed, "r%d: on_close twice (%s, then %s)", r->id,
              crest_close_reason_key((crest_close_reason_t)r->reason),
@@ -1360,8 +1379,9 @@ static void ch_query(struct ch_conn *r) {
     if (r->role == CH_OUT)
         CH_CHECK(port == r->dial_port, "r%d: peer %s, dialled port %d", r->id, buf, r->dial_port);
     else if (r->peer_cli)
-        CH_CHECK(port == r->peer_cli->port, "r%d: peer %s, client port %d", r->id, buf,
-                 r->peer_cli->port);
+        CH_CHECK(port == (r->peer_cli->proxy ? r->peer_cli->src_port : r->peer_cli->port),
+                 "r%d: peer %s, client c%d port %d (PROXY source port %d)", r->id, buf,
+                 r->peer_cli->id, r->peer_cli->port, r->peer_cli->src_port);
     CH_CHECK(crest_conn_get_data(c) == r, "r%d: data pointer changed", r->id);
     CH_CHECK(crest_conn_loop(c) == G.loop, "r%d: wrong loop", r->id);
     CH_CHECK(crest_conn_handler_ctx(c) == (r->role == CH_SERVER ? (void *)r->l : NULL),
@@ -1434,6 +1454,11 @@ static void ch_listen(enum ch_ctx ctx) {
     o.accept_batch = ch_pick(2) ? 64 : 1 + ch_pick(2);
     if (ch_chance(8))
         o.max_conns = 2;
+    if (ch_chance(6)) {
+        L->proxy = true;
+        G.any_proxy = true;
+        o.proxy_protocol = CREST_PROXY_V1;
+    }
     int rc;
     CH_API("crest_listen", rc = crest_listen(G.loop, "127.0.0.1:0", &o,
                                              &ch_server_handlers[L->kind != CH_RAW][v], L,
@@ -1453,10 +1478,10 @@ static void ch_listen(enum ch_ctx ctx) {
              co->high_water, o.max_conns);
 }
 
-static struct ch_listener *ch_open_listener(void) {
+static struct ch_listener *ch_open_listener(bool no_proxy) {
     int idx[CH_MAX_LISTENERS], n = 0;
     for (int i = 0; i < G.nls; i++)
-        if (G.ls[i].open)
+        if (G.ls[i].open && !(no_proxy && G.ls[i].proxy))
             idx[n++] = i;
     return n ? &G.ls[idx[ch_pick((uint32_t)n)]] : NULL;
 }
@@ -1473,7 +1498,7 @@ static bool ch_in_accept(const struct ch_listener *L) {
 }
 
 static void ch_listener_close(enum ch_ctx ctx) {
-    struct ch_listener *L = ch_open_listener();
+    struct ch_listener *L = ch_open_listener(false);
     if (!L)
         return;
     if (ch_excluded(CH_BUG_LISTENER_CLOSE_IN_ACCEPT) && ch_in_accept(L))
@@ -1492,7 +1517,8 @@ static void ch_connect(enum ch_ctx ctx) {
         return;
     if (G.destroying && ch_excluded(CH_BUG_DESTROY_RECONNECT))
         return;
-    struct ch_listener *L = ch_chance(6) ? NULL : ch_open_listener();
+    /* (A PROXY header is the client's to send: outbound ones dial others.) */
+    struct ch_listener *L = ch_chance(6) ? NULL : ch_open_listener(true);
     int port = L ? L->port : G.dead_port;
     crest_conn_opts_t o;
     crest_conn_opts_init(&o);
@@ -1834,7 +1860,7 @@ static void ch_ops(enum ch_ctx ctx, struct ch_conn *self, unsigned max) {
 static void ch_client_new(void) {
     if (G.ncl >= CH_MAX_CLIENTS)
         return;
-    struct ch_listener *L = ch_chance(8) ? NULL : ch_open_listener();
+    struct ch_listener *L = ch_chance(8) ? NULL : ch_open_listener(false);
     struct ch_client *cl = &G.cl[G.ncl];
     memset(cl, 0, sizeof *cl);
     cl->id = G.ncl;
@@ -1861,6 +1887,23 @@ static void ch_client_new(void) {
     G.ncl++;
     ch_trace("client c%d to port %d (l%d) from %d%s", cl->id, cl->dial_port, L ? L->id : -1,
              cl->port, cl->small_rcvbuf ? ", small rcvbuf" : "");
+    if (L && L->proxy && !cl->failed) {
+        /* The header first, whole: the kernel completes a loopback
+         * handshake without the loop, so waiting here is short. */
+        struct pollfd pfd = {.fd = cl->fd, .events = POLLOUT};
+        (void)poll(&pfd, 1, 1000);
+        char hdr[128];
+        cl->proxy = true;
+        cl->src_port = 20000 + cl->id;
+        cl->bad_header = ch_chance(8);
+        int n = cl->bad_header ? snprintf(hdr, sizeof hdr, "PROXY TCP4 nonsense\r\n")
+                               : snprintf(hdr, sizeof hdr, "PROXY TCP4 10.1.2.3 10.4.5.6 %d %d\r\n",
+                                          cl->src_port, cl->dial_port);
+        ssize_t sent = send(cl->fd, hdr, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ch_trace("client c%d PROXY header%s: %zd", cl->id, cl->bad_header ? " (bad)" : "", sent);
+        if (sent != n)
+            cl->failed = true;
+    }
 }
 
 static void ch_client_close(struct ch_client *cl, bool rst);
@@ -1937,6 +1980,8 @@ static void ch_client_recv(struct ch_client *cl, size_t max) {
             struct ch_conn *s = cl->srv;
             cl->eof = true;
             ch_trace("client c%d EOF after %llu bytes", cl->id, (unsigned long long)cl->rx_off);
+            if (!s && cl->proxy && cl->rx_off == 0)
+                break; /* refused or closed before its header was in */
             CH_CHECK(s != NULL, "client c%d: EOF from a server never opened", cl->id);
             bool final = s->closed || s->shutdown_called ||
                          (ch_live(s) && crest_conn_state(s->c) == CREST_CONN_CLOSING);
@@ -2030,12 +2075,15 @@ static void ch_check_iteration(void) {
             G.cs[i].gone = true; /* freed at the end of the iteration */
     crest_conn_stats_t st;
     crest_loop_conn_stats(G.loop, &st);
-    CH_CHECK(st.opened == G.created, "crest counts %llu connections opened, the model %llu",
+    /* Connections waiting for a PROXY header are open to crest, not yet to
+     * the model. */
+    CH_CHECK(G.any_proxy ? st.opened >= G.created : st.opened == G.created, "crest counts %llu connections opened, the model %llu",
              (unsigned long long)st.opened, (unsigned long long)G.created);
     CH_CHECK(st.closed == G.closed, "crest counts %llu connections closed, the model %llu",
              (unsigned long long)st.closed, (unsigned long long)G.closed);
-    CH_CHECK(st.active == G.created - G.closed, "crest counts %llu active, the model %llu",
-             (unsigned long long)st.active, (unsigned long long)(G.created - G.closed));
+    CH_CHECK(st.active - (st.opened - G.created) == G.created - G.closed,
+             "crest counts %llu active, the model %llu", (unsigned long long)st.active,
+             (unsigned long long)(G.created - G.closed));
     for (int i = 0; i < G.ncs; i++) {
         struct ch_conn *r = &G.cs[i];
         if (!r->closed)
@@ -2050,9 +2098,12 @@ static void ch_check_iteration(void) {
         uint64_t active = 0;
         for (int j = 0; j < G.ncs; j++)
             active += G.cs[j].role == CH_SERVER && G.cs[j].l == L && !G.cs[j].closed;
-        CH_CHECK(ls.accepted == L->accepted, "l%d: %llu accepted, the model %u", L->id,
-                 (unsigned long long)ls.accepted, L->accepted);
-        CH_CHECK(ls.active == active, "l%d: %llu active, the model %llu", L->id,
+        uint64_t waiting = ls.accepted - L->accepted - L->unopened; /* for a header */
+        CH_CHECK(ls.accepted >= (uint64_t)L->accepted + L->unopened &&
+                     (L->proxy || waiting == 0),
+                 "l%d: %llu accepted, the model %u (and %u closed unopened)", L->id,
+                 (unsigned long long)ls.accepted, L->accepted, L->unopened);
+        CH_CHECK(ls.active == active + waiting, "l%d: %llu active, the model %llu", L->id,
                  (unsigned long long)ls.active, (unsigned long long)active);
     }
     for (int i = 0; i < CH_TIMERS; i++)
@@ -2246,8 +2297,10 @@ static void chaos_run(const struct chaos_opts *o) {
                  (unsigned long long)bs.in_use);
         crest_conn_stats_t st;
         crest_loop_conn_stats(G.loop, &st);
-        CH_CHECK(st.active == 0, "%llu connections active after winding down",
-                 (unsigned long long)st.active);
+        CH_CHECK(st.active == 0 && st.opened == G.created,
+                 "%llu connections active after winding down (%llu opened, the model %llu)",
+                 (unsigned long long)st.active, (unsigned long long)st.opened,
+                 (unsigned long long)G.created);
         CH_CHECK(G.defer_run == G.defer_posted, "%llu of %llu deferred callbacks ran",
                  (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
     }
