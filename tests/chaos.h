@@ -1024,12 +1024,18 @@ static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     }
     /* A graceful close while CONNECTING must still deliver what was
      * written, and end with a FIN: the accepted end sees no reset unless
-     * it wrote something the closed end never read. */
-    if (r->role == CH_SERVER && reason == CREST_CLOSE_PEER_RESET && r->peer &&
-        r->peer->closed_connecting && !r->peer->abort_called && r->tx_off == 0)
+     * it wrote something the closed end never read, or the connect itself
+     * failed or timed out (then the close is abortive).  Checked once
+     * both ends are closed. */
+    struct ch_conn *srv = r->role == CH_SERVER ? r : r->peer;
+    struct ch_conn *out = srv ? srv->peer : NULL;
+    if (srv && out && srv->closed && out->closed && out->role == CH_OUT &&
+        out->closed_connecting && !out->abort_called &&
+        out->reason != CREST_CLOSE_CONNECT_TIMEOUT && out->reason != CREST_CLOSE_CONNECT_FAILED &&
+        srv->reason == CREST_CLOSE_PEER_RESET && srv->tx_off == 0)
         ch_fail(__FILE__, __LINE__,
-                "r%d: reset by r%d, which was closed gracefully while connecting", r->id,
-                r->peer->id);
+                "r%d: reset by r%d, which was closed gracefully while connecting (%s)", srv->id,
+                out->id, crest_close_reason_key((crest_close_reason_t)out->reason));
     r->in_close = true;
     if (!G.winding)
         ch_ops(CTX_CLOSE, r, 3);
