@@ -128,6 +128,12 @@
 #define CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK 1
 #endif
 
+/* crest_loop_close_all(loop, true) from a lingering connection's on_close
+ * ends its linger there: the socket closes while on_close runs. */
+#ifndef CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE
+#define CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE 1
+#endif
+
 enum {
     CH_BUG_LISTENER_CLOSE_IN_ACCEPT = 1u << 0,
     CH_BUG_RESUME_AFTER_CLOSE = 1u << 1,
@@ -138,13 +144,15 @@ enum {
     CH_BUG_HW_BEFORE_OPEN = 1u << 6,
     CH_BUG_EOF_WHILE_PAUSED = 1u << 7,
     CH_BUG_LOOP_CALL_IN_API_CALLBACK = 1u << 8,
-    CH_BUG_COUNT = 9
+    CH_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE = 1u << 9,
+    CH_BUG_COUNT = 10
 };
 
 static const char *const ch_bug_names[CH_BUG_COUNT] = {
     "listener_close_in_accept", "resume_after_close", "timer_zero_restart",
     "nested_run_once",          "close_connecting",   "destroy_reconnect",
     "hw_before_open",           "eof_while_paused",   "loop_call_in_api_callback",
+    "close_all_in_lingering_on_close",
 };
 
 #define CH_BUGS_DEFAULT                                                              \
@@ -156,7 +164,9 @@ static const char *const ch_bug_names[CH_BUG_COUNT] = {
      (CHAOS_KNOWN_BUG_DESTROY_RECONNECT ? CH_BUG_DESTROY_RECONNECT : 0u) |               \
      (CHAOS_KNOWN_BUG_HW_BEFORE_OPEN ? CH_BUG_HW_BEFORE_OPEN : 0u) |                     \
      (CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED ? CH_BUG_EOF_WHILE_PAUSED : 0u) |                 \
-     (CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK ? CH_BUG_LOOP_CALL_IN_API_CALLBACK : 0u))
+     (CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK ? CH_BUG_LOOP_CALL_IN_API_CALLBACK : 0u) | \
+     (CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE ? CH_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE \
+                                                      : 0u))
 
 /* ---- sizes --------------------------------------------------------------- */
 
@@ -313,6 +323,7 @@ struct chaos {
     uint64_t created, closed;
     bool any_proxy;          /* a PROXY listener was made this run */
     uint64_t defer_posted, defer_run, defer_due;
+    uint64_t post_posted, post_run, post_due, post_dropped;
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
 
@@ -1032,7 +1043,8 @@ static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     if (srv && out && srv->closed && out->closed && out->role == CH_OUT &&
         out->closed_connecting && !out->abort_called &&
         out->reason != CREST_CLOSE_CONNECT_TIMEOUT && out->reason != CREST_CLOSE_CONNECT_FAILED &&
-        srv->reason == CREST_CLOSE_PEER_RESET && srv->tx_off == 0)
+        srv->reason == CREST_CLOSE_PEER_RESET && srv->tx_off == 0 && !srv->close_called &&
+        !srv->abort_called)
         ch_fail(__FILE__, __LINE__,
                 "r%d: reset by r%d, which was closed gracefully while connecting (%s)", srv->id,
                 out->id, crest_close_reason_key((crest_close_reason_t)out->reason));
@@ -1457,6 +1469,11 @@ static void ch_listen(enum ch_ctx ctx) {
         co->read_timeout_ms = 30;
     if (ch_chance(4))
         co->sndbuf = 4096;
+    switch (ch_pick(4)) { /* the lingering close (conn.h): default, off, short */
+    case 2: co->linger_ms = 0; break;
+    case 3: co->linger_ms = 20; break;
+    default: break;
+    }
     o.accept_batch = ch_pick(2) ? 64 : 1 + ch_pick(2);
     if (ch_chance(8))
         o.max_conns = 2;
@@ -1712,6 +1729,36 @@ static void ch_deferred(crest_loop_t *loop, void *arg) {
     ch_cb_leave();
 }
 
+static void ch_posted(crest_loop_t *loop, void *arg) {
+    uint64_t seq = (uint64_t)(uintptr_t)arg;
+    ch_cb_enter("posted", NULL);
+    CH_CHECK(loop == G.loop, "posted callback on the wrong loop");
+    CH_CHECK(!G.destroying, "posted callback during crest_loop_destroy");
+    CH_CHECK(seq == G.post_run, "posted callback %llu ran, %llu was next",
+             (unsigned long long)seq, (unsigned long long)G.post_run);
+    G.post_run++;
+    ch_trace("posted %llu runs", (unsigned long long)seq);
+    if (!G.winding)
+        ch_ops(CTX_DEFER, NULL, 2);
+    ch_cb_leave();
+}
+
+/* crest_loop_post() from the loop's own thread: through the eventfd, in
+ * the next poll. */
+static void ch_post(enum ch_ctx ctx) {
+    int rc;
+    CH_API("crest_loop_post",
+           rc = crest_loop_post(G.loop, ch_posted, (void *)(uintptr_t)G.post_posted));
+    ch_trace("%s post %llu: %d", ch_ctx_names[ctx], (unsigned long long)G.post_posted, rc);
+    if (G.destroying) {
+        /* Dropped with the loop (loop.h), or refused. */
+        CH_CHECK(rc == 0 || rc == -ESHUTDOWN, "crest_loop_post during destroy: %d", rc);
+        return;
+    }
+    CH_CHECK(rc == 0, "crest_loop_post: %d", rc);
+    G.post_posted++;
+}
+
 static void ch_defer(enum ch_ctx ctx) {
     int rc;
     CH_API("crest_loop_defer",
@@ -1739,6 +1786,10 @@ static struct ch_conn *ch_target(struct ch_conn *self) {
 
 static void ch_close_all(enum ch_ctx ctx) {
     bool abort = ch_pick(2);
+    if (abort && ch_excluded(CH_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE))
+        for (int i = 0; i < G.ncs; i++)
+            if (G.cs[i].in_close)
+                return;
     for (int i = 0; i < G.ncs; i++) {
         struct ch_conn *r = &G.cs[i];
         if (!abort && !r->closed && ch_live(r) && r->l && ch_excluded(CH_BUG_CLOSE_CONNECTING) &&
@@ -1797,8 +1848,10 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
         if (k <= 42) {
             if (!in_destroy)
                 ch_timer_op(ctx);
-        } else if (k <= 45) {
+        } else if (k <= 44) {
             ch_defer(ctx);
+        } else if (k == 45) {
+            ch_post(ctx);
         } else if (k == 46) {
             if (!in_destroy)
                 ch_listener_close(ctx);
@@ -2116,6 +2169,8 @@ static void ch_check_iteration(void) {
         ch_timer_check(&G.tm[i]);
     CH_CHECK(G.defer_run >= G.defer_due, "deferred callbacks: %llu ran, %llu were due",
              (unsigned long long)G.defer_run, (unsigned long long)G.defer_due);
+    CH_CHECK(G.post_run >= G.post_due, "posted callbacks: %llu ran, %llu were due",
+             (unsigned long long)G.post_run, (unsigned long long)G.post_due);
     crest_buf_stats_t bs;
     crest_loop_buf_stats(G.loop, &bs);
     CH_CHECK(bs.in_use <= bs.allocated && bs.in_use <= bs.peak, "buffers: in_use %llu, "
@@ -2123,13 +2178,31 @@ static void ch_check_iteration(void) {
              (unsigned long long)bs.allocated, (unsigned long long)bs.peak);
 }
 
+static void ch_stop_cb(crest_loop_t *loop, void *arg) {
+    (void)arg;
+    ch_cb_enter("deferred", NULL);
+    crest_loop_stop(loop);
+    ch_cb_leave();
+}
+
 static void ch_iterate(int timeout_ms) {
     G.iter++;
     G.in_loop = true;
     G.defer_due = G.defer_posted; /* what was deferred before runs in this one */
-    int rc = crest_loop_run_once(G.loop, timeout_ms);
+    G.post_due = G.post_posted;   /* posted: the eventfd is ready for this poll */
+    int rc;
+    if (timeout_ms == 0 && !G.winding && ch_chance(16)) {
+        /* crest_loop_run(), stopped by a callback deferred first: one
+         * iteration (it runs before the poll, which then does not block). */
+        rc = crest_loop_defer(G.loop, ch_stop_cb, NULL);
+        CH_CHECK(rc == 0, "crest_loop_defer: %d", rc);
+        rc = crest_loop_run(G.loop);
+        CH_CHECK(rc == 0, "crest_loop_run: %d", rc);
+    } else {
+        rc = crest_loop_run_once(G.loop, timeout_ms);
+        CH_CHECK(rc >= 0, "crest_loop_run_once: %d", rc);
+    }
     G.in_loop = false;
-    CH_CHECK(rc >= 0, "crest_loop_run_once: %d", rc);
     ch_check_iteration();
 }
 
@@ -2216,7 +2289,8 @@ static void ch_wind_down(void) {
                 ch_client_close(cl, false);
         }
         /* At least one iteration: callbacks deferred in the last step run. */
-        if (round > 0 && ch_all_done() && G.defer_run == G.defer_posted)
+        if (round > 0 && ch_all_done() && G.defer_run == G.defer_posted &&
+            G.post_run == G.post_posted)
             return;
         if (round == 400 && getenv("CREST_CHAOS_SLOW")) {
             ch_dump();
@@ -2309,6 +2383,8 @@ static void chaos_run(const struct chaos_opts *o) {
                  (unsigned long long)G.created);
         CH_CHECK(G.defer_run == G.defer_posted, "%llu of %llu deferred callbacks ran",
                  (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
+        CH_CHECK(G.post_run == G.post_posted, "%llu of %llu posted callbacks ran",
+                 (unsigned long long)G.post_run, (unsigned long long)G.post_posted);
     }
     /* Some listeners and armed timers are left for crest_loop_destroy. */
     for (int i = 0; i < G.nls; i++) {
