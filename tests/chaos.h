@@ -1,52 +1,61 @@
 /* The chaos engine: a model-based random test of crest's public API.
  *
  * One run: one loop, one to three listeners on 127.0.0.1 port 0 with an
- * echo handler, raw client sockets (nonblocking, driven from this thread
- * between crest_loop_run_once() calls) and crest outbound connections to
- * the same listeners, and a socket bound but not listening (a port that
- * refuses).  Every choice comes from a source of numbers: a seeded
- * generator (tests/test_chaos.c) or the bytes of a fuzz input
+ * echo handler (RAW, LINE or LENGTH framing; some expect a PROXY v1
+ * header; linger on, off or short), raw client sockets (nonblocking,
+ * driven from this thread between iterations) and crest outbound
+ * connections to the same listeners, and a socket bound but not listening
+ * (a port that refuses).  Every choice comes from a source of numbers: a
+ * seeded generator (tests/test_chaos.c) or the bytes of a fuzz input
  * (fuzz/fuzz_api.c), so the same engine serves both.
  *
- * What it does: from inside every callback (on_open, on_data, on_eof,
- * on_high_water, on_drain, on_close, timers, deferred callbacks) and
- * between iterations, random API calls on random connections, including
- * ones closed earlier in the same iteration (their memory stays valid until
- * the iteration ends, conn.h): write, writev, write_message, cork/uncork,
- * pause/resume, close, abort, fail, shutdown, socket options, timers
- * started, restarted and stopped (timeout 0 too), deferred callbacks,
- * listeners opened and closed, connects (to a listener or the refusing
- * port), crest_loop_close_all, nested crest_loop_run_once.  Clients send a
- * deterministic stream, half-close, reset (SO_LINGER 0), close, and read
- * slowly.
+ * What it does: from inside every callback (on_open, on_data, on_message,
+ * on_eof, on_high_water, on_drain, on_close, timers, deferred and posted
+ * callbacks) and between iterations, random API calls on random
+ * connections, including ones closed earlier in the same iteration (their
+ * memory stays valid until the iteration ends, conn.h): write, writev,
+ * write_message, cork/uncork, pause/resume, close, abort, fail, shutdown,
+ * socket options, timers started, restarted and stopped (timeout 0, and
+ * restarting themselves with 0), defer, post, listeners opened and
+ * closed, connects (to a listener or the refusing port),
+ * crest_loop_close_all, and crest_loop_run/_run_once/_destroy from
+ * callbacks (they must say -EBUSY).  An iteration is crest_loop_run_once
+ * or, now and then, crest_loop_run stopped by a deferred callback.
+ * Clients send a deterministic stream (whole messages for framed
+ * listeners), half-close, reset (SO_LINGER 0, also before being
+ * accepted), close, and read slowly.
  *
  * What it checks (the model):
- *   - on_close exactly once; on_open before any other callback of an
- *     accepted connection; no callback after on_close; no on_data after a
+ *   - on_close exactly once; on_open before any other callback (PROXY:
+ *     or on_close alone); no callback after on_close; no data after a
  *     close was requested, after on_eof or while the handler paused it;
  *     on_high_water and on_drain alternate; the close reason is the one
  *     the first close request named;
  *   - bytes: every stream is a checkable pattern (each byte depends on the
- *     stream and its offset), so a lost, duplicated or reordered byte
- *     shows at once; the server echoes what it consumed; at an EOF, every
- *     byte the peer sent has been offered to the handler, and every byte a
- *     crest write accepted (returned 0) has arrived;
+ *     stream and its offset; each message on the stream and its number),
+ *     so a lost, duplicated or reordered byte shows at once; the server
+ *     echoes what it consumed; at an EOF, every byte (or whole message) the
+ *     peer sent has been offered to the handler, and every byte a crest
+ *     write accepted (returned 0) has arrived;
  *   - a write accepted after close or shutdown, or refused on an open
- *     connection, is an error;
+ *     connection, is an error; return values as the headers say;
  *   - after every iteration: the loop's connection counters match the
- *     model's, each listener's counters too, every timer's active state,
- *     and deferred callbacks ran once each, in order;
+ *     model's, each listener's counters too, every timer's active state
+ *     (and none fires more than twice, one per timer pass), deferred and
+ *     posted callbacks ran once each, in order;
  *   - at the end: every connection closed, the buffer pool's in_use back
  *     to 0, crest_loop_destroy() reports 0 fds leaked, and the fd
  *     registry's open count and /proc/self/fd are back to where they were.
  *
  * A failed check prints the run's seed, the last operations and crest's
- * last log lines, then aborts (libFuzzer takes that as a crash).
+ * last log lines, then aborts (libFuzzer takes that as a crash).  The
+ * kernel's timing is part of every run, so a seed does not always repeat
+ * the same path: rerun a failing seed a few times.
  *
- * Known bugs (being fixed on other branches) trip the engine at once; the
- * operations that reach them are left out while the CHAOS_KNOWN_BUG_*
- * macro is 1 (the default), or turned back on at run time with
- * CREST_CHAOS_INCLUDE=name,... (or "all"). */
+ * Known bugs trip the engine at once; the operations (or the check) that
+ * reach them are left out while their CHAOS_KNOWN_BUG_* macro is 1, or
+ * turned back on at run time with CREST_CHAOS_INCLUDE=name,... (or
+ * "all").  Each open one has an XFAIL repro, tests/test_known_*.c. */
 #ifndef CREST_CHAOS_H
 #define CREST_CHAOS_H
 
