@@ -384,8 +384,11 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
-    if (linger)
-        return; /* the socket closes in linger_end() */
+    if (linger) {
+        if (c->flags & CREST__C_ABORTING)
+            linger_end(c); /* crest_loop_close_all(abort) from on_close */
+        return; /* else the socket closes in linger_end() */
+    }
     if (c->flags & CREST__C_ABORTING)
         (void)crest_sockopt_set_linger_abort(fd);
     crest_fd_close(fd);
@@ -430,8 +433,13 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
         if (!c)
             continue;
         if (c->state == CREST_CONN_CLOSED) {
-            if (abort)
-                linger_end(c); /* already closed for the handler */
+            /* Already closed for the handler, lingering.  From its own
+             * on_close, the socket stays until that returns (conn.h):
+             * finish_close() ends the linger then. */
+            if (abort && c->depth)
+                c->flags |= CREST__C_ABORTING;
+            else if (abort)
+                linger_end(c);
             continue;
         }
         if (abort)

@@ -63,8 +63,14 @@ static inline bool flush_due(const struct crest_conn *c) {
  * bytes crossed the mark: maybe a call from outside the connection's own
  * callbacks, where nothing up the stack settles a close they ask for. */
 static void call_nested(struct crest_conn *c, void (*cb)(crest_conn_t *)) {
+    crest_loop_t *loop = c->io.loop;
+    /* Called from main() between iterations, this is still a callback of
+     * the loop: its guards (run_once and destroy say -EBUSY) must apply. */
+    bool was_running = loop->running;
+    loop->running = true;
     c->depth++;
     cb(c);
+    loop->running = was_running;
     if (--c->depth == 0 && (c->flags & CREST__C_CLOSE_REQUESTED))
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
@@ -79,7 +85,10 @@ static void check_low_water(struct crest_conn *c) {
 }
 
 static void check_high_water(struct crest_conn *c) {
-    if ((c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes <= c->ep->opts.high_water)
+    /* While connecting, the handler has not had on_open yet: the check
+     * comes once it has (connect_done). */
+    if ((c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes <= c->ep->opts.high_water ||
+        c->state == CREST_CONN_CONNECTING)
         return;
     c->flags |= CREST__C_PAUSED_HIGH;
     c->io.loop->conn_stats.paused++;
@@ -483,8 +492,9 @@ static inline bool paused(const struct crest_conn *c) {
 void crest__conn_resume_input(struct crest_conn *c) {
     if (paused(c))
         return;
-    if (c->in && crest__chunk_len(c->in) > 0)
-        c->flags |= CREST__C_REDELIVER;
+    if ((c->in && crest__chunk_len(c->in) > 0) ||
+        ((c->flags & CREST__C_EOF_SEEN) && c->state == CREST_CONN_OPEN))
+        c->flags |= CREST__C_REDELIVER; /* input, or an EOF, held back */
     if (c->flags & (CREST__C_READABLE | CREST__C_REDELIVER))
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
@@ -733,6 +743,9 @@ static void take_eof(struct crest_conn *c) {
         (void)crest__conn_flush(c);
     if (c->flags & CREST__C_CLOSE_REQUESTED)
         return;
+    if (paused(c))
+        return; /* a paused handler hears nothing, the end included: the
+                   resume brings the EOF back (resume_input) */
     if (c->in) {
         crest__chunk_put(&loop->pool, c->in); /* a partial message never finished */
         c->in = NULL;
@@ -867,16 +880,19 @@ static void connect_done(struct crest_conn *c) {
         return;
     }
     c->flags |= CREST__C_WRITABLE;
-    if (c->flags & CREST__C_CLOSE_REQUESTED) {
-        /* Closed while connecting, with output to deliver: it goes now,
-         * then the close completes.  The handler, done with the
-         * connection, hears no on_open. */
-        c->state = CREST_CONN_OPEN;
-        c->flags &= (uint16_t)~CREST__C_CLOSE_REQUESTED;
-        crest__conn_request_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
+    if (!(c->flags & CREST__C_CLOSE_REQUESTED)) {
+        crest__conn_open(c);
+        /* Output written while connecting may be past high water. */
+        if (c->state == CREST_CONN_OPEN)
+            check_high_water(c);
         return;
     }
-    crest__conn_open(c);
+    /* Closed while connecting, with output to deliver: it goes now, then
+     * the close completes.  The handler, done with the connection, hears
+     * no on_open. */
+    c->state = CREST_CONN_OPEN;
+    c->flags &= (uint16_t)~CREST__C_CLOSE_REQUESTED;
+    crest__conn_request_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
 }
 
 /* EPOLLERR (an RST, say) on a connection that neither reads nor writes
@@ -938,11 +954,12 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     if ((c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)) &&
         (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE)
         (void)crest__conn_flush(c);
-    if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) && c->in) {
+    if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) &&
+        (c->in || (c->flags & CREST__C_EOF_SEEN))) {
         c->flags &= (uint16_t)~CREST__C_REDELIVER;
         if ((c->flags & CREST__C_EOF_SEEN) && c->state == CREST_CONN_OPEN) {
             take_eof(c);
-        } else {
+        } else if (c->in) {
             deliver(c);
             if (settle_input(c) && flush_due(c))
                 (void)crest__conn_flush(c);

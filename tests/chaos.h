@@ -55,7 +55,7 @@
  * Known bugs trip the engine at once; the operations (or the check) that
  * reach them are left out while their CHAOS_KNOWN_BUG_* macro is 1, or
  * turned back on at run time with CREST_CHAOS_INCLUDE=name,... (or
- * "all").  Each open one has an XFAIL repro, tests/test_known_*.c. */
+ * "all").  Each has a regression test, tests/test_<name>.c. */
 #ifndef CREST_CHAOS_H
 #define CREST_CHAOS_H
 
@@ -115,18 +115,18 @@
 #define CHAOS_KNOWN_BUG_DESTROY_RECONNECT 0
 #endif
 
-/* Found by this engine (new): */
+/* Found by this engine (new; fixed since, tests/test_<name>.c): */
 /* A write that queues past high_water on a CONNECTING connection calls
  * on_high_water before on_open (and inside crest_conn_write). */
 #ifndef CHAOS_KNOWN_BUG_HW_BEFORE_OPEN
-#define CHAOS_KNOWN_BUG_HW_BEFORE_OPEN 1
+#define CHAOS_KNOWN_BUG_HW_BEFORE_OPEN 0
 #endif
 
 /* A RAW handler that kept input (returned 0) gets it again at EOF; if it
  * pauses in that on_data, on_eof still follows at once (take_eof).  Left
  * out: the check, not an operation. */
 #ifndef CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED
-#define CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED 1
+#define CHAOS_KNOWN_BUG_EOF_WHILE_PAUSED 0
 #endif
 
 /* on_drain/on_high_water run inside crest_conn_uncork()/_write() also when
@@ -134,13 +134,13 @@
  * them: run_once runs an iteration there, destroy frees the connection
  * under the call (use after free). */
 #ifndef CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK
-#define CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK 1
+#define CHAOS_KNOWN_BUG_LOOP_CALL_IN_API_CALLBACK 0
 #endif
 
 /* crest_loop_close_all(loop, true) from a lingering connection's on_close
  * ends its linger there: the socket closes while on_close runs. */
 #ifndef CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE
-#define CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE 1
+#define CHAOS_KNOWN_BUG_CLOSE_ALL_IN_LINGERING_ON_CLOSE 0
 #endif
 
 enum {

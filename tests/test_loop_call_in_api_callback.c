@@ -1,4 +1,4 @@
-/* Known bug (found with the chaos engine's accounting of callbacks that run
+/* Fixed bug (a regression test of issue 11; found with the chaos engine's accounting of callbacks that run
  * inside API calls): on_drain and on_high_water run synchronously inside
  * crest_conn_uncork() / crest_conn_write() (and _writev, _write_message,
  * _shutdown), also when the application calls those outside the loop, e.g.
@@ -17,9 +17,7 @@
  * so; conn.h says nothing of these two.  Either they wait for the loop (a
  * kick, then the io callback calls them), or the header documents them and
  * the loop counts callbacks on the stack for its -EBUSY guards.
- *
- * Expected to fail (XFAIL in Makefile.am) until fixed: then move this test
- * to tests/test_chaos_regress.c and drop it from crest_known_bugs. */
+ */
 #include "crest_test.h"
 
 struct api_cb {

@@ -1,4 +1,4 @@
-/* Known bug (found by the chaos engine, tests/chaos.h eof_while_paused):
+/* Fixed bug (a regression test of issue 11; found by the chaos engine, tests/chaos.h eof_while_paused):
  * a RAW handler that kept its input (returned 0) is offered it again at
  * EOF; if it consumes it and calls crest_conn_pause() in that on_data,
  * on_eof still follows at once (take_eof in conn_io.c delivers the EOF
@@ -9,9 +9,7 @@
  * is not one line: take_eof must stop when delivery is paused, and the
  * resume must bring a held EOF back with no input left (resume_input and
  * the redeliver branch of crest__conn_on_io only look at buffered bytes).
- *
- * Expected to fail (XFAIL in Makefile.am) until fixed: then move this test
- * to tests/test_chaos_regress.c and drop it from crest_known_bugs. */
+ */
 #include "crest_test.h"
 
 struct held {

@@ -1,4 +1,4 @@
-/* Known bug (found by the chaos engine, tests/chaos.h hw_before_open): a
+/* Fixed bug (a regression test of issue 11; found by the chaos engine, tests/chaos.h hw_before_open): a
  * write on a CONNECTING outbound connection that queues past high_water
  * calls on_high_water at once, inside crest_conn_write(), before on_open.
  *
@@ -7,9 +7,7 @@
  * its per-connection state in on_open finds none in on_high_water.  The
  * pause could wait for the connect (the flush after it decides), or the
  * callback at least for on_open.
- *
- * Expected to fail (XFAIL in Makefile.am) until fixed: then move this test
- * to tests/test_chaos_regress.c and drop it from crest_known_bugs. */
+ */
 #include "crest_test.h"
 
 struct order {

@@ -1,4 +1,4 @@
-/* Known bug (found by the chaos engine): crest_loop_close_all(loop, true)
+/* Fixed bug (a regression test of issue 11; found by the chaos engine): crest_loop_close_all(loop, true)
  * called from the on_close of a connection whose graceful close lingers
  * (conn.h, "Lingering close": on_close runs when the linger starts) ends
  * that linger at once, closing the socket while its on_close is still on
@@ -7,9 +7,7 @@
  * socket is still open during the call".  The abort could end the linger
  * once on_close has returned (the connection's depth is non-zero inside
  * it).
- *
- * Expected to fail (XFAIL in Makefile.am) until fixed: then move this test
- * to tests/test_chaos_regress.c and drop it from crest_known_bugs. */
+ */
 #include "crest_test.h"
 
 struct lg {
