@@ -32,11 +32,16 @@ flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer
        -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread
        -DCREST_LIBC_SYSCALLS) # libc read/send/sendmsg, for -Wl,--wrap
 
-# The library, once for all targets.
+# The library, once for all targets.  An object is rebuilt when its source
+# or any header is newer: a struct that changed in a header must not be
+# laid out two ways in one binary (stale objects once made the api target
+# report nonsense in the timer heap).
 objs=()
 for src in $FUZZ_LIB_SOURCES; do
     obj=$out/obj/$(basename "${src%.c}").o
-    if [ ! -e "$obj" ] || [ "$srcdir/$src" -nt "$obj" ]; then
+    if [ ! -e "$obj" ] || [ "$srcdir/$src" -nt "$obj" ] ||
+       [ -n "$(find "$srcdir/src" "$srcdir/include" "$builddir/config.h" -name '*.h' \
+               -newer "$obj" -print -quit)" ]; then
         "$FUZZ_CC" "${flags[@]}" -c "$srcdir/$src" -o "$obj"
     fi
     objs+=("$obj")
