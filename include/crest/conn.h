@@ -52,6 +52,10 @@
  * inside a call: on_high_water inside the crest_conn_write(), writev(),
  * write_message() or shutdown() whose bytes crossed high_water, on_drain
  * inside the write, uncork() or shutdown() whose flush reached low_water.
+ * They are loop callbacks even when that call was made outside the loop
+ * (from main() between iterations): crest_loop_run_once() and
+ * crest_loop_destroy() return -EBUSY there, and a close they ask for
+ * completes on the next iteration.
  *
  * Memory: a connection at rest holds no buffer.  Input is read into the
  * loop's buffer and delivered from there; a connection takes a chunk from
