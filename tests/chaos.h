@@ -1965,7 +1965,7 @@ static void ch_client_new(void) {
         cl->src_port = 20000 + cl->id;
         cl->bad_header = ch_chance(8);
         int n = cl->bad_header ? snprintf(hdr, sizeof hdr, "PROXY TCP4 nonsense\r\n")
-                               : snprintf(hdr, sizeof hdr, "PROXY TCP4 10.1.2.3 10.4.5.6 %d %d\r\n",
+                               : snprintf(hdr, sizeof hdr, "PROXY TCP4 192.0.2.3 198.51.100.6 %d %d\r\n",
                                           cl->src_port, cl->dial_port);
         ssize_t sent = send(cl->fd, hdr, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         ch_trace("client c%d PROXY header%s: %zd", cl->id, cl->bad_header ? " (bad)" : "", sent);

@@ -933,15 +933,15 @@ static void local_addr(int fd, char *buf, size_t size) {
     snprintf(buf, size, "%s:%d", ip, ntohs(sin.sin_port));
 }
 
-/* A PROXY v1 header naming 10.9.8.7 and the client's port as the client. */
+/* A PROXY v1 header naming 203.0.113.7 and the client's port as the client. */
 static void send_proxy_header(int fd, char *said, size_t size) {
     struct sockaddr_in sin;
     socklen_t len = sizeof sin;
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
     char hdr[128];
-    snprintf(hdr, sizeof hdr, "PROXY TCP4 10.9.8.7 127.0.0.1 %d 80\r\n", ntohs(sin.sin_port));
+    snprintf(hdr, sizeof hdr, "PROXY TCP4 203.0.113.7 127.0.0.1 %d 80\r\n", ntohs(sin.sin_port));
     raw_send(fd, hdr);
-    snprintf(said, size, "10.9.8.7:%d", ntohs(sin.sin_port));
+    snprintf(said, size, "203.0.113.7:%d", ntohs(sin.sin_port));
 }
 
 static struct rec *accept_one(enum role role, int rcvbuf) {
