@@ -184,8 +184,8 @@ void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why
     crest__conn_settle(c);
 }
 
-_Static_assert(sizeof(void *) != 8 || sizeof(struct crest_conn) <= 120,
-               "an idle connection stays within 128 bytes of heap");
+_Static_assert(sizeof(void *) != 8 || sizeof(struct crest_conn) <= 168,
+               "an idle connection stays within 176 bytes of heap");
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
@@ -527,7 +527,7 @@ void crest_conn_pause(crest_conn_t *c) {
 void crest_conn_resume(crest_conn_t *c) {
     if (!(c->flags & CREST__C_PAUSED_USER) || c->state == CREST_CONN_CLOSED)
         return;
-    c->flags &= (uint16_t)~CREST__C_PAUSED_USER;
+    c->flags &= (uint32_t)~CREST__C_PAUSED_USER;
     crest__conn_resume_input(c);
 }
 

@@ -19,13 +19,15 @@ struct crest__endpoint {
     crest_listener_stats_t lstats;
 };
 
-/* A connection: 120 bytes, so that an idle one costs 128 bytes of heap
+/* A connection: 168 bytes, so that an idle one costs 176 bytes of heap
  * (see docs/performance.md).  Times are the loop's millisecond clock
  * (loop->now_ms), 0 meaning "not set". */
 struct crest_conn {
     struct crest_io io;           /* io.loop, io.fd; registered once; after
                                      the close, io.free_next links zombies */
-    struct crest__endpoint *ep;
+    struct crest__endpoint *ep;   /* shared with the listener's other
+                                     connections until this one is changed
+                                     (then its own copy) */
     void *data;
     struct crest__chunk *in;      /* input not yet consumed, or NULL */
     struct crest__chunk *out_head, *out_tail;
@@ -38,15 +40,20 @@ struct crest_conn {
         } v4;
         struct crest__conn_extra *extra; /* IPv6, or a PROXY header's */
     } peer;
+    uint64_t id;                  /* unique in the process, never reused */
+    uint64_t created_ns;          /* the loop's clock when it was made */
+    uint64_t bytes_in, bytes_out; /* this connection's own counters */
+    uint64_t messages_in;         /* framed messages delivered */
     uint32_t out_bytes;           /* queued output (at most 4 GiB - 1) */
     uint32_t last_active;         /* idle timeout: last byte in or out;
                                      connect timeout: when it started */
+    uint32_t last_input;          /* input idle timeout: last byte in */
     uint32_t read_started;        /* read timeout: a partial message since */
     uint32_t write_stalled;       /* write timeout: output waiting since */
     uint32_t dl_key;              /* deadline the loop's heap holds */
     uint32_t dl_index;            /* position in that heap + 1; 0: none */
+    uint32_t flags;               /* CREST__C_* */
     uint16_t close_err;           /* the errno behind the close reason */
-    uint16_t flags;               /* CREST__C_* */
     uint8_t depth;                /* handler callbacks in progress */
     uint8_t state;                /* crest_conn_state_t */
     uint8_t close_reason;
@@ -78,7 +85,7 @@ enum {
 
 enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
 
-/* What does not fit in the 120 bytes: only IPv6 peers and connections
+/* What does not fit in the 168 bytes: only IPv6 peers and connections
  * behind a PROXY header pay for it. */
 struct crest__conn_extra {
     crest_addr_t socket_peer;     /* len 0 if unknown */

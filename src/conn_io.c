@@ -48,7 +48,7 @@ static crest_close_reason_t reason_for_errno(int err) {
 /* The socket failed: nothing more can be sent or received. */
 static void socket_failed(struct crest_conn *c, int err) {
     c->flags |= CREST__C_DEAD;
-    c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
+    c->flags &= (uint32_t)~(CREST__C_READABLE | CREST__C_WRITABLE);
     crest__conn_request_close(c, reason_for_errno(err), err);
 }
 
@@ -78,7 +78,7 @@ static void call_nested(struct crest_conn *c, void (*cb)(crest_conn_t *)) {
 static void check_low_water(struct crest_conn *c) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
-    c->flags &= (uint16_t)~CREST__C_PAUSED_HIGH;
+    c->flags &= (uint32_t)~CREST__C_PAUSED_HIGH;
     if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING)
         call_nested(c, c->ep->handler.on_drain);
     crest__conn_resume_input(c);
@@ -105,7 +105,7 @@ static void after_progress(struct crest_conn *c) {
         c->write_stalled = 0;
         if ((c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)) == CREST__C_SHUT_PENDING) {
             c->flags |= CREST__C_SHUT_DONE;
-            c->flags &= (uint16_t)~CREST__C_SHUT_PENDING;
+            c->flags &= (uint32_t)~CREST__C_SHUT_PENDING;
             if (shutdown(c->io.fd, SHUT_WR) < 0 && errno != ENOTCONN)
                 socket_failed(c, errno);
         }
@@ -125,13 +125,13 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
         loop->conn_stats.bytes_out += (uint64_t)sent;
         c->last_active = loop->now_ms;
         if ((size_t)sent < total)
-            c->flags &= (uint16_t)~CREST__C_WRITABLE;
+            c->flags &= (uint32_t)~CREST__C_WRITABLE;
         return (size_t)sent;
     }
     if (sent == -EINTR)
         return SIZE_MAX;
     if (sent == -EAGAIN)
-        c->flags &= (uint16_t)~CREST__C_WRITABLE;
+        c->flags &= (uint32_t)~CREST__C_WRITABLE;
     else
         socket_failed(c, (int)-sent);
     return 0;
@@ -465,7 +465,7 @@ void crest_conn_cork(crest_conn_t *c) {
 int crest_conn_uncork(crest_conn_t *c) {
     if (!(c->flags & CREST__C_CORKED))
         return 0;
-    c->flags &= (uint16_t)~CREST__C_CORKED;
+    c->flags &= (uint32_t)~CREST__C_CORKED;
     /* A shutdown asked for while connecting waits for a flush even with
      * nothing queued: the cork may have held that flush back.  A closed
      * connection (valid until the iteration ends) has nothing to flush. */
@@ -582,7 +582,7 @@ static CREST__INLINE size_t deliver_bytes(struct crest_conn *c, const uint8_t *p
     c->flags |= CREST__C_GATHER;
     size_t used = c->ep->opts.framing.kind == CREST_FRAMING_RAW ? deliver_raw(c, p, len)
                                                                  : deliver_framed(c, p, len);
-    c->flags &= (uint16_t)~CREST__C_GATHER;
+    c->flags &= (uint32_t)~CREST__C_GATHER;
     if (c->io.loop->gather_owner == c)
         commit_gathered(c);
     return used;
@@ -612,7 +612,7 @@ static void deliver_last_line(struct crest_conn *c) {
     c->io.loop->conn_stats.messages_in++;
     c->flags |= CREST__C_GATHER;
     int r = c->ep->handler.on_message(c, line, len);
-    c->flags &= (uint16_t)~CREST__C_GATHER;
+    c->flags &= (uint32_t)~CREST__C_GATHER;
     if (c->io.loop->gather_owner == c)
         crest__conn_commit_gathered(c);
     in->start = in->end;
@@ -636,7 +636,7 @@ static bool take_proxy_header(struct crest_conn *c) {
         return false;
     }
     in->start += (uint32_t)used;
-    c->flags &= (uint16_t)~CREST__C_PROXY_WAIT;
+    c->flags &= (uint32_t)~CREST__C_PROXY_WAIT;
     if (info.has_addr) {
         struct crest__conn_extra *x = crest__conn_extra(c);
         if (!x) {
@@ -809,7 +809,7 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
     loop->conn_stats.bytes_in += (uint64_t)n;
     c->last_active = loop->now_ms;
     if ((size_t)n < space && !(c->flags & (CREST__C_PEER_DONE | CREST__C_URGENT)))
-        c->flags &= (uint16_t)~CREST__C_READABLE; /* short read: drained */
+        c->flags &= (uint32_t)~CREST__C_READABLE; /* short read: drained */
     bool alive;
     if (scratch) {
         loop->rbuf_busy = true;
@@ -846,7 +846,7 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
             continue;
         }
         if (n == 0) {
-            c->flags &= (uint16_t)~CREST__C_READABLE;
+            c->flags &= (uint32_t)~CREST__C_READABLE;
             c->flags |= CREST__C_EOF_SEEN;
             take_eof(c);
             return;
@@ -856,7 +856,7 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN) {
-            c->flags &= (uint16_t)~(CREST__C_READABLE | CREST__C_URGENT);
+            c->flags &= (uint32_t)~(CREST__C_READABLE | CREST__C_URGENT);
             break;
         }
         socket_failed(c, (int)-n);
@@ -891,7 +891,7 @@ static void connect_done(struct crest_conn *c) {
      * the close completes.  The handler, done with the connection, hears
      * no on_open. */
     c->state = CREST_CONN_OPEN;
-    c->flags &= (uint16_t)~CREST__C_CLOSE_REQUESTED;
+    c->flags &= (uint32_t)~CREST__C_CLOSE_REQUESTED;
     crest__conn_request_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
 }
 
@@ -956,7 +956,7 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         (void)crest__conn_flush(c);
     if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) &&
         (c->in || (c->flags & CREST__C_EOF_SEEN))) {
-        c->flags &= (uint16_t)~CREST__C_REDELIVER;
+        c->flags &= (uint32_t)~CREST__C_REDELIVER;
         if ((c->flags & CREST__C_EOF_SEEN) && c->state == CREST_CONN_OPEN) {
             take_eof(c);
         } else if (c->in) {
