@@ -195,12 +195,35 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
  * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
- * runs (from an on_close it causes). */
+ * runs (from an on_close it causes) or a crest_loop_shutdown() is under
+ * way. */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
                        const crest_conn_opts_t *opts, const crest_handler_t *handler, void *ctx,
                        crest_conn_t **connp);
+
+/* Adopt a connected stream socket made elsewhere: one end of a
+ * socketpair(), a TCP or Unix-domain socket inherited from a parent or
+ * passed over SCM_RIGHTS.  crest sets it nonblocking and close-on-exec,
+ * records it in the fd registry (kind CREST_FD_ACCEPTED, origin
+ * "crest_conn_adopt"), applies opts (NULL: defaults; copied) and serves
+ * it like any connection.  Until its first event the connection is
+ * CONNECTING (writes are queued; a close then works as for
+ * crest_connect()); on_open runs from the loop on the next iteration,
+ * never inside this call (or on_close with CONNECT_FAILED if the socket
+ * already holds an error).  keep_reading is taken from opts as given.
+ * On success crest owns fd and closes it when the connection ends; on
+ * failure fd stays the caller's, open, with its flags as they were
+ * (socket options already applied stay).  Loop thread only; no callback
+ * runs inside the call.  0 and *connp, or -EINVAL (NULL argument, bad
+ * opts, not SOCK_STREAM, or a listening socket: see
+ * crest_listener_adopt()), -EBADF (not an open fd), -ENOTSOCK, -ENOTCONN
+ * (not connected), -EEXIST (crest owns fd already: the fd registry holds
+ * it), -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under
+ * way), -ENOMEM. */
+int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
+                     const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
  * after close or shutdown, -EPIPE if the socket failed (the connection is
@@ -288,7 +311,9 @@ typedef struct crest_conn_stats {
 void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);
 
 /* Close every connection of the loop (reason SHUTDOWN): graceful, or
- * abortive if abort is set.  Used by servers on SIGTERM. */
+ * abortive if abort is set.  Listeners stay open: for a whole graceful
+ * shutdown (listeners, grace period, a callback when done) see
+ * crest_loop_shutdown() in loop.h. */
 void crest_loop_close_all(crest_loop_t *loop, bool abort);
 
 /* The loop's buffer pool: bytes allocated from the system, bytes holding
