@@ -1,0 +1,2 @@
+#include "crest_test.h"
+int main(void){return 77;}
