@@ -895,6 +895,8 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "BYTES take a K, M or G suffix (KiB, MiB, GiB).\n"
             "On SIGINT or SIGTERM the server stops accepting, lets connections drain for at\n"
             "most %d s (a second signal cuts that short), then prints its final report.\n"
+            "Started with sockets passed by systemd (LISTEN_FDS, e.g. under\n"
+            "systemd-socket-activate), it serves those instead of binding --host/--port.\n"
             "Exit status: 0 clean; 1 error; 2 bad usage; 3 fds or buffers leaked.\n",
             GRACE_MS / 1000);
 }
