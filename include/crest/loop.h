@@ -103,7 +103,8 @@ typedef void (*crest_shutdown_cb)(crest_loop_t *loop, void *arg);
  * If crest_loop_destroy() comes first, done runs inside it (step 5).
  * Loop thread only; no callback runs inside the call.  0, -EINVAL (no
  * loop), -EALREADY if a shutdown is under way, -ESHUTDOWN during
- * crest_loop_destroy(). */
+ * crest_loop_destroy(), -ENOMEM (the timer heap could not grow; nothing
+ * was done). */
 int crest_loop_shutdown(crest_loop_t *loop, uint32_t grace_ms, crest_shutdown_cb done,
                         void *arg);
 
