@@ -76,6 +76,42 @@ static void child_own_pid(void) {
     CHECK(crest_listen_fds(true) == 0);
 }
 
+static void child_names(void) {
+    char pid[32];
+    own_pid(pid, sizeof pid);
+    put_fds(2);
+    char **names = (char **)1;
+    /* Named. */
+    set_env(pid, "2");
+    setenv("LISTEN_FDNAMES", "http:", 1);
+    CHECK(crest_listen_fds_with_names(false, &names) == 2);
+    CHECK(names && strcmp(names[0], "http") == 0 && strcmp(names[1], "") == 0 && !names[2]);
+    for (int i = 0; names[i]; i++)
+        free(names[i]);
+    free(names);
+    /* Unnamed: "unknown". */
+    unsetenv("LISTEN_FDNAMES");
+    CHECK(crest_listen_fds_with_names(false, &names) == 2);
+    CHECK(strcmp(names[0], "unknown") == 0 && strcmp(names[1], "unknown") == 0 && !names[2]);
+    for (int i = 0; names[i]; i++)
+        free(names[i]);
+    free(names);
+    /* A count that does not match, and no output pointer. */
+    setenv("LISTEN_FDNAMES", "a:b:c", 1);
+    CHECK(crest_listen_fds_with_names(false, &names) == -EINVAL && names == NULL);
+    setenv("LISTEN_FDNAMES", "a", 1);
+    CHECK(crest_listen_fds_with_names(false, &names) == -EINVAL && names == NULL);
+    CHECK(crest_listen_fds_with_names(false, NULL) == -EINVAL);
+    /* Not activated: 0, NULL; unset_env clears all three. */
+    setenv("LISTEN_FDNAMES", "a:b", 1);
+    CHECK(crest_listen_fds_with_names(true, &names) == 2);
+    for (int i = 0; names[i]; i++)
+        free(names[i]);
+    free(names);
+    CHECK(!getenv("LISTEN_PID") && !getenv("LISTEN_FDS") && !getenv("LISTEN_FDNAMES"));
+    CHECK(crest_listen_fds_with_names(true, &names) == 0 && names == NULL);
+}
+
 static void child_other_pid(void) {
     put_fds(1);
     char pid[32];
@@ -195,6 +231,11 @@ static void test_own_pid(void **state) {
     run_child(child_own_pid);
 }
 
+static void test_names(void **state) {
+    (void)state;
+    run_child(child_names);
+}
+
 static void test_other_pid(void **state) {
     (void)state;
     run_child(child_other_pid);
@@ -218,6 +259,7 @@ static void test_adopt_passed(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_own_pid),
+        tu_test(test_names),
         tu_test(test_other_pid),
         tu_test(test_unset),
         tu_test(test_malformed),

@@ -4,7 +4,8 @@
  * protocol) opens the listening sockets itself and starts the service with
  * them as fds 3, 4, ... and the environment
  *     LISTEN_PID=<the service's pid>  LISTEN_FDS=<how many>
- * (and LISTEN_FDNAMES, which crest does not read).  The service adopts
+ * and LISTEN_FDNAMES=<name:name:...> (FileDescriptorName= in the socket
+ * unit, --fdname for systemd-socket-activate).  The service adopts
  * them (crest_listener_adopt(), listener.h) instead of binding its own.
  * See sd_listen_fds(3); crest_listen_fds() behaves as sd_listen_fds().
  */
@@ -32,6 +33,15 @@ extern "C" {
  * getenv()/unsetenv() are not thread-safe: call it at start-up, before
  * other threads exist.  Runs no callback. */
 int crest_listen_fds(bool unset_env);
+
+/* The same, with each fd's name (as sd_listen_fds_with_names()): on n > 0,
+ * *namesp is a malloc'd array of n + 1 pointers, NULL-terminated, each name
+ * malloc'd too (free each, then the array); a name is "unknown" when
+ * LISTEN_FDNAMES is unset, and "" for an empty field.  LISTEN_FDNAMES with
+ * a different number of names than LISTEN_FDS is -EINVAL.  On 0 or an
+ * error *namesp is NULL.  -ENOMEM besides the errors above.  namesp may
+ * not be NULL (-EINVAL). */
+int crest_listen_fds_with_names(bool unset_env, char ***namesp);
 
 #ifdef __cplusplus
 }

@@ -220,7 +220,8 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
  * opts, not SOCK_STREAM, or a listening socket: see
  * crest_listener_adopt()), -EBADF (not an open fd), -ENOTSOCK, -ENOTCONN
  * (not connected), -EEXIST (crest owns fd already: the fd registry holds
- * it), -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under
+ * it; an fd the application registered itself, crest_fd_release() it
+ * first), -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under
  * way), -ENOMEM. */
 int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
                      const crest_handler_t *handler, void *ctx, crest_conn_t **connp);

@@ -73,7 +73,8 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
  * they were (socket options already applied stay).  Loop thread only; no
  * callback runs inside the call.  0 and *lp, or -EINVAL (NULL argument,
  * not SOCK_STREAM, not listening, bad opts), -EBADF (not an open fd),
- * -ENOTSOCK, -EEXIST (crest owns fd already: the fd registry holds it),
+ * -ENOTSOCK, -EEXIST (crest owns fd already: the fd registry holds it; an
+ * fd the application registered itself, crest_fd_release() it first),
  * -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under way),
  * -ENOMEM. */
 int crest_listener_adopt(crest_loop_t *loop, int fd, const crest_listen_opts_t *opts,
