@@ -385,7 +385,7 @@ int crest_loop_foreach_conn(crest_loop_t *loop, int (*cb)(crest_conn_t *c, void 
  * a socket option refused) leaves the connection as it was.
  *
  * Connections accepted by one listener share its settings; the first
- * change gives the connection its own copy (about 200 bytes), and the
+ * change gives the connection its own copy (about 250 bytes), and the
  * listener's counters (crest_listener_get_stats()) and max_conns still
  * count it. */
 
@@ -401,8 +401,8 @@ int crest_conn_get_opts(const crest_conn_t *c, crest_conn_opts_t *out);
  *   - timeouts: re-armed at once; each counts from the same moment as
  *     before (idle from the last byte, read from the start of the pending
  *     message...), so one shortened below the time already elapsed fires
- *     on the next iteration; 0 turns it off.  connect_timeout_ms applies
- *     while CONNECTING.
+ *     when the loop next runs its timers (never inside the call); 0 turns
+ *     it off.  connect_timeout_ms applies while CONNECTING.
  *   - framing: from the next message (see above).  Messages already
  *     written keep their framing; crest_conn_write_message() frames with
  *     the new one from the call on.
