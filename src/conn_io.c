@@ -617,7 +617,9 @@ static __attribute__((noinline)) size_t deliver_reframed(struct crest_conn *c, c
 static CREST__INLINE size_t deliver_bytes(struct crest_conn *c, const uint8_t *p, size_t len) {
     c->flags |= CREST__C_GATHER;
     size_t used = deliver_as_framed(c, p, len);
-    if (CREST__UNLIKELY(c->flags & CREST__C_REFRAMED))
+    /* A change with nothing left after it needs nothing done (and the
+     * usual read ends with everything consumed: one compare). */
+    if (CREST__UNLIKELY(used < len) && (c->flags & CREST__C_REFRAMED))
         used = deliver_reframed(c, p, len, used);
     c->flags &= (uint32_t)~(CREST__C_GATHER | CREST__C_REFRAMED);
     if (c->io.loop->gather_owner == c)
