@@ -277,8 +277,9 @@ size_t crest_conn_output_bytes(const crest_conn_t *c);
  * header named (proxy.h) if there was one, else the socket's peer.
  * Returns the length written or -errno.  A Unix-domain client is named by
  * the path it bound, and clients rarely bind one: every unnamed client is
- * "unix:" (-ENOTCONN once on_close has returned, the kernel being asked
- * each time).  Tell connections apart by crest_conn_id(), not by peer. */
+ * "unix:".  Tell connections apart by crest_conn_id(), not by peer.  (For
+ * a Unix-domain peer the kernel is asked each time: -ENOTCONN once
+ * on_close has returned.) */
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size);
 /* The socket's own peer (the load balancer, behind one). */
 int crest_conn_socket_peer(const crest_conn_t *c, char *buf, size_t size);
@@ -357,8 +358,8 @@ void crest_conn_get_info(const crest_conn_t *c, crest_conn_info_t *out);
  * -EINVAL if loop or cb is NULL.
  *
  * cb may write to, close or abort the connection it is given or any
- * other: a close completes after the walk (on_close never runs inside
- * it, by the rule below), so a connection closed during the walk, by cb
+ * other: a close completes after the walk (no crest call runs on_close
+ * inside it), so a connection closed during the walk, by cb
  * or before, is visited if it is still CLOSING when its turn comes.
  * Connections created during the walk (crest_connect() from cb) may or
  * may not be visited.  No handler callback runs inside the call; cb runs
