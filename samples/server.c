@@ -250,15 +250,6 @@ static uint64_t messages(const struct server *srv, const crest_conn_stats_t *c) 
     return srv->proto->framing.kind == CREST_FRAMING_RAW ? c->reads : c->messages_in;
 }
 
-/* crest has one reason for both; say which limit it was. */
-static const char *reason_name(const struct server *srv, crest_close_reason_t reason) {
-    if (reason == CREST_CLOSE_TOO_LARGE && srv->proto->framing.kind == CREST_FRAMING_LINE)
-        return "line too long";
-    if (reason == CREST_CLOSE_TOO_LARGE && srv->proto->framing.kind == CREST_FRAMING_LENGTH)
-        return "frame too large";
-    return crest_close_reason_name(reason);
-}
-
 static const char *message_unit(const struct server *srv) {
     if (srv->proto->framing.kind == CREST_FRAMING_RAW || !srv->proto->message_unit)
         return "reads";
@@ -300,10 +291,10 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         char name[CREST_ADDR_STRLEN + 8];
         conn_name(c, name, sizeof name);
         if (err)
-            printf("%s closed: %s (%s)\n", name, reason_name(w->srv, reason),
+            printf("%s closed: %s (%s)\n", name, crest_close_reason_name(reason),
                    crest_strerror(err));
         else
-            printf("%s closed: %s\n", name, reason_name(w->srv, reason));
+            printf("%s closed: %s\n", name, crest_close_reason_name(reason));
     }
 }
 
@@ -743,7 +734,7 @@ static int print_report(const struct server *srv, const struct totals *t, uint64
     bool any = false;
     for (int r = 0; r < CREST_CLOSE_REASON_COUNT; r++) {
         if (c->close_reasons[r]) {
-            printf("%s %s %" PRIu64, any ? "," : "", reason_name(srv, (crest_close_reason_t)r),
+            printf("%s %s %" PRIu64, any ? "," : "", crest_close_reason_name((crest_close_reason_t)r),
                    c->close_reasons[r]);
             any = true;
         }
