@@ -84,17 +84,19 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
     o->low_water = 256 * 1024;
     o->linger_ms = 5000;
     o->nodelay = true;
+    o->keep_reading = CREST_KEEP_READING_AUTO;
     o->max_output = 16 * 1024 * 1024;
     o->output_policy = CREST_OUTPUT_CLOSE;
 }
 
 /* ---- endpoints ---------------------------------------------------------- */
 
-/* An endpoint for handler with these options (NULL: defaults).  -EINVAL
- * if the handler lacks the callback its framing needs or the options are
+/* An endpoint for handler with these options (NULL: defaults), for
+ * outbound connections (crest_connect*) or accepted ones.  -EINVAL if the
+ * handler lacks the callback its framing needs or the options are
  * invalid; -ENOMEM. */
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
-                        struct crest__endpoint **out) {
+                        bool outbound, struct crest__endpoint **out) {
     if (!handler)
         return -EINVAL;
     crest_conn_opts_t o;
@@ -114,6 +116,13 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
         o.high_water = 1024 * 1024;
     if (o.low_water > o.high_water)
         o.low_water = o.high_water;
+    /* AUTO: a client reads on above its high water (its reading is what
+     * drains the server it is pipelining to: conn.h), a server pauses.
+     * Resolved here, so the read path tests a plain 0 or 1. */
+    if (o.keep_reading == CREST_KEEP_READING_AUTO)
+        o.keep_reading = outbound;
+    else
+        o.keep_reading = o.keep_reading != 0;
     /* The cap must leave room for the high-water pause to act first, and
      * fit the queue's 32-bit count. */
     if ((o.max_output && o.max_output < o.high_water) || o.max_output > UINT32_MAX ||
@@ -358,6 +367,9 @@ void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
 static void finish_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     int fd = c->io.fd;
+    /* Flush waiters first: they may still abort (no linger then). */
+    if (c->flags & CREST__C_FLUSH_WAIT)
+        crest__conn_flush_waits_end(c);
     bool linger = linger_begins(c);
     /* crest never dup()s a connection's fd: the close below takes it out of
      * epoll, no EPOLL_CTL_DEL needed.  A lingering connection stays in the
@@ -408,7 +420,11 @@ static void finish_close(struct crest_conn *c) {
 /* Complete a requested close if it can complete now.  Called by the loop's
  * callbacks once the handler's callbacks have returned. */
 void crest__conn_settle(struct crest_conn *c) {
-    if (c->depth > 0 || c->state != CREST_CONN_CLOSING)
+    if (c->depth > 0)
+        return;
+    if (c->flags & CREST__C_NOTIFY)
+        crest__conn_notify(c); /* what the handler's calls recorded (conn_io.c) */
+    if (c->state != CREST_CONN_CLOSING)
         return;
     if (!(c->flags & (CREST__C_ABORTING | CREST__C_DEAD)) && c->out_bytes > 0) {
         if (c->flags & CREST__C_WRITABLE)
@@ -424,8 +440,10 @@ void crest__conns_reap(crest_loop_t *loop) {
         struct crest_conn *c = CREST__CONN_OF_IO(loop->zombies);
         loop->zombies = c->io.free_next;
         crest__endpoint_release(c->ep);
-        if (c->peer_kind == CREST__PEER_EXTRA)
+        if (c->peer_kind == CREST__PEER_EXTRA) {
+            free(c->peer.extra->flush);
             free(c->peer.extra);
+        }
         free(c);
     }
 }

@@ -38,7 +38,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
     if (loop->destroying)
         return -ESHUTDOWN; /* a reconnect from on_close during crest_loop_destroy */
     struct crest__endpoint *ep;
-    int rc = crest__endpoint_new(handler, ctx, opts, &ep);
+    int rc = crest__endpoint_new(handler, ctx, opts, true, &ep);
     if (rc < 0)
         return rc;
     int family = addr->ss.ss_family;

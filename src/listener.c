@@ -311,7 +311,7 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
         goto fail;
     }
     l->tcp = l->addr.ss.ss_family != AF_UNIX;
-    if ((rc = crest__endpoint_new(handler, ctx, &o.conn, &l->ep)) < 0)
+    if ((rc = crest__endpoint_new(handler, ctx, &o.conn, false, &l->ep)) < 0)
         goto fail;
     l->ep->max_conns = o.max_conns;
     l->ep->proxy = o.proxy_protocol & CREST_PROXY_ANY;

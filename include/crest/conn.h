@@ -54,14 +54,30 @@
  * take the connection's output (crest_conn_output_bytes()) past it is
  * refused whole with -ENOBUFS, and by default the connection is closed
  * (crest_output_policy_t).  So memory per slow reader stays bounded by
- * max_output (16 MiB by default), whoever writes to it.  These two are the callbacks that can run
- * inside a call: on_high_water inside the crest_conn_write(), writev(),
- * write_message() or shutdown() whose bytes crossed high_water, on_drain
- * inside the write, uncork() or shutdown() whose flush reached low_water.
- * They are loop callbacks even when that call was made outside the loop
- * (from main() between iterations): crest_loop_run_once() and
- * crest_loop_destroy() return -EBUSY there, and a close they ask for
- * completes on the next iteration.
+ * max_output (16 MiB by default), whoever writes to it.
+ *
+ * Callbacks never run inside a crest call (the rule of the whole library:
+ * docs/api-contract.md).  The pause and the resume of reading take effect
+ * inside the call that crosses the mark (a write, writev, write_message,
+ * write_messagev, uncork or shutdown), but on_high_water and on_drain are
+ * notifications that run later: right after the connection's own callback
+ * returns, if the call was made from one of its callbacks (on_data,
+ * on_message, on_open, on_eof, or one of these notifications); otherwise
+ * (a write from a timer, a deferred callback, another connection's
+ * callback, or main() between iterations) from the loop when it next
+ * dispatches the connection, on the next iteration.  They come in the
+ * order the marks were crossed, once per crossing: a whole pause and
+ * resume that happens before they can run is reported as on_high_water
+ * then on_drain; if the marks are crossed again before that (high, low,
+ * high), the last two crossings cancel out and the handler hears one
+ * on_high_water.  So the handler always ends up told the state it is in.
+ * When they run, the queue may have moved on (below low water again
+ * inside on_high_water): crest_conn_output_bytes() says where it is now.
+ * Once a close has been requested (CLOSING, then CLOSED) none of them
+ * runs, pending ones included: on_close is the last word.  on_flushed
+ * follows the same rules.  crest_conn_flush_notify()'s callbacks differ
+ * in one point: each runs exactly once, even on a connection that closes
+ * first (then before its on_close, with an error status).
  *
  * Memory: a connection at rest holds no buffer.  Input is read into the
  * loop's buffer and delivered from there; a connection takes a chunk from
@@ -154,15 +170,25 @@ typedef struct crest_handler {
      * on_eof, the connection closes (reason PEER_EOF) once output is
      * flushed.  With it, the handler decides (write more, then close). */
     void (*on_eof)(crest_conn_t *c);
-    /* Output rose above high_water: reading is paused. */
+    /* Output rose above high_water: reading was paused (unless
+     * keep_reading).  Runs after the write that crossed the mark, never
+     * inside it (see "Backpressure"). */
     void (*on_high_water)(crest_conn_t *c);
-    /* Output fell to low_water after a high-water pause: reading resumed. */
+    /* Output fell to low_water after a high-water pause: reading resumed.
+     * Runs after the call whose flush crossed the mark, never inside it. */
     void (*on_drain)(crest_conn_t *c);
     /* Closed, exactly once.  err is the errno behind the reason, or 0.  The
      * socket is still open during the call (crest_conn_peer() works), but
      * nothing more can be written.  After a graceful close it runs once the
      * output is flushed, as the linger starts (see "Lingering close"). */
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
+    /* Write completion, per connection: output that had to be queued (the
+     * socket did not take it at once) has all been handed to the kernel,
+     * and nothing is queued now.  Free on the usual path, where the
+     * socket takes every write: nothing was queued, nothing runs.  Runs
+     * from the loop like on_drain (never inside a call; not once a close
+     * has been requested).  Per write: crest_conn_flush_notify(). */
+    void (*on_flushed)(crest_conn_t *c);
 } crest_handler_t;
 
 /* What a write that would take the queued output past max_output does
@@ -193,11 +219,21 @@ typedef struct crest_conn_opts {
     size_t read_budget;           /* bytes read per event before yielding (64 KiB) */
     size_t high_water;            /* output queue: pause reading above (1 MiB) */
     size_t low_water;             /* resume at or below (256 KiB) */
-    bool keep_reading;            /* do not pause reading above high_water:
-                                     for a client whose reading is what
-                                     drains its peer (on_high_water still
-                                     fires); two ends that both pause can
-                                     deadlock */
+    int keep_reading;             /* do not pause reading above high_water
+                                     (on_high_water still runs).
+                                     CREST_KEEP_READING_AUTO (the default):
+                                     true for outbound connections
+                                     (crest_connect*), false for accepted
+                                     ones.  A client that pipelines
+                                     requests and pauses its reading when
+                                     its own requests pass high water stops
+                                     draining the server, whose replies
+                                     then pause the server: both ends wait
+                                     for ever.  A server pauses (its
+                                     replies to a client that does not read
+                                     stop it reading that client); a
+                                     client reads on.  true / false: as
+                                     given. */
     /* Timeouts, in ms; 0: off.  Any value up to UINT32_MAX (49.7 days) is
      * honoured as given. */
     uint32_t idle_timeout_ms;     /* no bytes in or out for this long */
@@ -229,6 +265,9 @@ typedef struct crest_conn_opts {
     crest_output_policy_t output_policy; /* CLOSE (default) or REFUSE */
 } crest_conn_opts_t;
 
+/* keep_reading's default: decided by the direction (above). */
+#define CREST_KEEP_READING_AUTO (-1)
+
 void crest_conn_opts_init(crest_conn_opts_t *opts);
 
 /* Outbound: a nonblocking connect to addr (see addr.h).  The connection
@@ -257,6 +296,34 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
  * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large;
  * otherwise as crest_conn_write() (the cap counts the framing too). */
 int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
+
+/* One message whose payload is the concatenation of iov[0..iovcnt), framed
+ * as crest_conn_write_message() frames one (LENGTH: header + the iovecs;
+ * LINE: the iovecs + "\n"; RAW: as is), without copying the payload into
+ * a temporary: header + body with no copy.  -EMSGSIZE if the payload is
+ * over the framing's max_message (or its header's range), -EINVAL as
+ * writev (iovcnt outside 0..IOV_MAX, a sum that overflows); otherwise as
+ * crest_conn_write() (one write: refused whole or taken whole), -ENOMEM
+ * if more than 15 iovecs need a temporary array and none can be had. */
+int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
+
+/* Write completion, per write.  cb runs exactly once, from the loop, never
+ * inside this call: with status 0 once every byte written to c before this
+ * call (queued or gathered) has been handed to the kernel, or, if the
+ * connection closes before that, with -ECANCELED (a local close or abort
+ * dropped them: crest_conn_abort(), the output cap, a write timeout,
+ * crest_loop_close_all(abort), crest_loop_destroy()) or the socket's
+ * error as -errno (-ECONNRESET, -EPIPE, or the connect's own error while
+ * connecting).  A graceful close flushes first, so they usually get 0.
+ * When everything has left already, cb runs right after c's current
+ * callback returns (called from one of c's callbacks), else on the next
+ * iteration.  Several may wait; they run in the order they were asked
+ * for, and before on_close when the connection closes first.  The
+ * waiting list lives outside the connection (allocated on first use).
+ * 0; -EINVAL (no cb); -ENOTCONN once a close has been requested (cb then
+ * never runs); -ENOMEM. */
+typedef void (*crest_conn_flush_cb)(crest_conn_t *c, int status, void *arg);
+int crest_conn_flush_notify(crest_conn_t *c, crest_conn_flush_cb cb, void *arg);
 
 /* Batch: while corked, writes are queued without syscalls; uncork sends
  * everything with one writev (one segment for a burst of small writes).
