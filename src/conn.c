@@ -140,6 +140,11 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
     ep->opts = o;
     ep->max_buffered = max_buffered;
     ep->max_output = o.max_output ? o.max_output : UINT32_MAX;
+    /* The gather path checks high water for the cap too (conn_io.c). */
+    if (ep->opts.high_water > ep->max_output)
+        ep->opts.high_water = ep->max_output; /* no cap asked for: 4 GiB - 1 */
+    if (ep->opts.low_water > ep->opts.high_water)
+        ep->opts.low_water = ep->opts.high_water;
     ep->refs = 1;
     *out = ep;
     return 0;

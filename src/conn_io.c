@@ -106,10 +106,12 @@ static struct crest__flush_wait flush_wait_pop(struct crest_conn *c) {
     return w;
 }
 
+static inline bool may_read(const struct crest_conn *c);
+
 /* Run what calls recorded for the handler.  Called with none of c's
  * callbacks on the stack; runs them with depth raised, so that what they
  * do is recorded in turn and run by this same pass. */
-void crest__conn_notify(struct crest_conn *c) {
+static void notify_run(struct crest_conn *c) {
     const crest_handler_t *h = &c->ep->handler;
     c->depth++;
     for (;;) {
@@ -144,6 +146,15 @@ void crest__conn_notify(struct crest_conn *c) {
         break;
     }
     c->depth--;
+}
+
+/* From crest__conn_settle(): the callbacks have returned.  A read loop
+ * that stopped for a notification (may_read) goes on next iteration: the
+ * socket raises no new edge for what it still holds. */
+void crest__conn_notify(struct crest_conn *c) {
+    notify_run(c);
+    if (may_read(c))
+        crest_io_feed(&c->io, CREST_IO_READABLE);
 }
 
 /* The connection closes (finish_close(), before on_close): every flush
@@ -467,8 +478,13 @@ static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
         return NULL; /* another connection's (a nested callback): not ours */
     if (total > CREST__SCRATCH_SIZE - loop->gather_len)
         return NULL;
-    /* No overflow: total and gather_len are at most 16 KiB each. */
-    if (CREST__UNLIKELY((size_t)c->out_bytes + loop->gather_len + total > c->ep->max_output))
+    /* A write that takes the output past high water is not gathered: the
+     * slow path commits what was gathered and queues it, so that the
+     * pause comes with this message (the bound is high water plus one
+     * message), and checks max_output, which is at least high_water (one
+     * compare here for both).  No overflow: total and gather_len are at
+     * most 16 KiB each. */
+    if (CREST__UNLIKELY((size_t)c->out_bytes + loop->gather_len + total > c->ep->opts.high_water))
         return NULL;
     return loop->wbuf + loop->gather_len;
 }
@@ -479,11 +495,6 @@ static inline void gathered(struct crest_conn *c, size_t total) {
         return; /* nothing to send: no send */
     loop->gather_len += (uint32_t)total;
     loop->gather_owner = c;
-    /* Past high water: commit now, so that the pause comes with this
-     * message, as for a queued write (the bound is high water plus one
-     * message). */
-    if (CREST__UNLIKELY(c->out_bytes + loop->gather_len > c->ep->opts.high_water))
-        crest__conn_commit_gathered(c);
 }
 
 static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total);
@@ -726,15 +737,19 @@ void crest__conn_resume_input(struct crest_conn *c) {
  * One flag test on the read path. */
 static inline void tell_marks_first(struct crest_conn *c) {
     if (CREST__UNLIKELY(c->flags & (CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING)))
-        crest__conn_notify(c);
+        notify_run(c);
 }
 
 static inline bool may_deliver(const struct crest_conn *c) {
     return !(c->flags & CREST__C_CLOSE_REQUESTED) && !paused(c);
 }
 
+/* Not while a pause or resume is still to be told (tell_marks_first): the
+ * read loop stops, the notification runs when the callbacks return
+ * (crest__conn_notify), and reading goes on from there.  Same mask test. */
 static inline bool may_read(const struct crest_conn *c) {
-    if ((c->flags & (CREST__C_READABLE | CREST__C_CLOSE_REQUESTED)) != CREST__C_READABLE ||
+    if ((c->flags & (CREST__C_READABLE | CREST__C_CLOSE_REQUESTED | CREST__C_HW_PENDING |
+                     CREST__C_DRAIN_PENDING)) != CREST__C_READABLE ||
         c->state != CREST_CONN_OPEN)
         return false;
     return !paused(c);
@@ -1064,11 +1079,6 @@ static CREST__INLINE void read_input(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     size_t budget = c->ep->opts.read_budget;
     while (may_read(c)) {
-        if (CREST__UNLIKELY(c->flags & (CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING))) {
-            crest__conn_notify(c); /* told before more input (tell_marks_first) */
-            if (!may_read(c))
-                break;
-        }
         ssize_t n = read_once(c);
         if (n > 0) {
             if (flush_due(c))
