@@ -274,8 +274,10 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * starts CONNECTING; on_open runs when it completes, or on_close with
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
- * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
- * runs (from an on_close it causes). */
+ * (the callbacks never run then): -EINVAL for invalid options (among them
+ * max_output set below high_water); -ESHUTDOWN while crest_loop_destroy()
+ * runs (from an on_close it causes).  keep_reading's AUTO default means
+ * true here (see crest_conn_opts_t). */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
@@ -304,7 +306,8 @@ int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
  * over the framing's max_message (or its header's range), -EINVAL as
  * writev (iovcnt outside 0..IOV_MAX, a sum that overflows); otherwise as
  * crest_conn_write() (one write: refused whole or taken whole), -ENOMEM
- * if more than 15 iovecs need a temporary array and none can be had. */
+ * if more than 15 iovecs need a temporary array and none can be had.
+ * No callback runs inside (on_high_water later: "Backpressure"). */
 int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 
 /* Write completion, per write.  cb runs exactly once, from the loop, never
@@ -321,7 +324,9 @@ int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovc
  * for, and before on_close when the connection closes first.  The
  * waiting list lives outside the connection (allocated on first use).
  * 0; -EINVAL (no cb); -ENOTCONN once a close has been requested (cb then
- * never runs); -ENOMEM. */
+ * never runs); -ENOMEM.  From the loop's thread; no callback runs inside.
+ * In cb, c is valid (CLOSING when status is not 0: writes say -ENOTCONN);
+ * arg is the caller's, to free there. */
 typedef void (*crest_conn_flush_cb)(crest_conn_t *c, int status, void *arg);
 int crest_conn_flush_notify(crest_conn_t *c, crest_conn_flush_cb cb, void *arg);
 
