@@ -466,9 +466,10 @@ static inline void commit_gathered(struct crest_conn *c) {
 }
 
 /* Inside on_data/on_message, on an open connection that is neither corked
- * nor closing, total bytes fit in the loop's wbuf and within max_output:
- * where they go then (the caller copies them and calls gathered()); else
- * NULL (writev_slow() then sorts it out, the cap included). */
+ * nor closing, total bytes fit in the loop's wbuf and keep the output
+ * within high water: where they go then (the caller copies them and calls
+ * gathered()); else NULL (writev_slow() then sorts it out, the cap
+ * included). */
 static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     crest_loop_t *loop = c->io.loop;
     if ((c->flags & (CREST__C_GATHER | CREST__C_CORKED | CREST__C_SHUT_PENDING |
@@ -677,10 +678,12 @@ int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovc
     size_t extra;
     if (f->kind == CREST_FRAMING_LENGTH) {
         v[0] = (struct iovec){.iov_base = hdr, .iov_len = (size_t)h};
-        memcpy(v + 1, iov, (size_t)iovcnt * sizeof *v);
+        if (iovcnt > 0)
+            memcpy(v + 1, iov, (size_t)iovcnt * sizeof *v);
         extra = (size_t)h;
     } else {
-        memcpy(v, iov, (size_t)iovcnt * sizeof *v);
+        if (iovcnt > 0)
+            memcpy(v, iov, (size_t)iovcnt * sizeof *v);
         v[iovcnt] = (struct iovec){.iov_base = (void *)"\n", .iov_len = 1};
         extra = 1;
     }
