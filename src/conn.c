@@ -46,6 +46,7 @@ static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_CONN_LIMIT] = "connection limit",
     [CREST_CLOSE_NO_MEMORY] = "out of memory",
     [CREST_CLOSE_SHUTDOWN] = "shutdown",
+    [CREST_CLOSE_OUTPUT_LIMIT] = "output limit",
 };
 
 static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
@@ -64,6 +65,7 @@ static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_CONN_LIMIT] = "conn_limit",
     [CREST_CLOSE_NO_MEMORY] = "no_memory",
     [CREST_CLOSE_SHUTDOWN] = "shutdown",
+    [CREST_CLOSE_OUTPUT_LIMIT] = "output_limit",
 };
 
 const char *crest_close_reason_name(crest_close_reason_t reason) {
@@ -83,16 +85,20 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
     o->low_water = 256 * 1024;
     o->linger_ms = 5000;
     o->nodelay = true;
+    o->keep_reading = CREST_KEEP_READING_AUTO;
+    o->max_output = 16 * 1024 * 1024;
+    o->output_policy = CREST_OUTPUT_CLOSE;
 }
 
 /* ---- endpoints ---------------------------------------------------------- */
 
 /* Options as a connection uses them, for this handler (in: NULL for
- * defaults): 0 and *out, *max_buffered (the most input bytes a connection
- * may hold), or -EINVAL if the handler lacks the callback the framing
- * needs or the options are invalid. */
+ * defaults), on an outbound connection (crest_connect*, crest_conn_adopt)
+ * or an accepted one: 0 and *out, *max_buffered (the most input bytes a
+ * connection may hold), or -EINVAL if the handler lacks the callback the
+ * framing needs or the options are invalid. */
 int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts_t *in,
-                           crest_conn_opts_t *out, size_t *max_buffered) {
+                           bool outbound, crest_conn_opts_t *out, size_t *max_buffered) {
     if (!handler)
         return -EINVAL;
     crest_conn_opts_t o;
@@ -112,23 +118,47 @@ int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts
         o.high_water = 1024 * 1024;
     if (o.low_water > o.high_water)
         o.low_water = o.high_water;
+    /* AUTO: a client reads on above its high water (its reading is what
+     * drains the server it is pipelining to: conn.h), a server pauses.
+     * Resolved here, so the read path tests a plain 0 or 1. */
+    if (o.keep_reading == CREST_KEEP_READING_AUTO)
+        o.keep_reading = outbound;
+    else
+        o.keep_reading = o.keep_reading != 0;
+    /* The cap must leave room for the high-water pause to act first, and
+     * fit the queue's 32-bit count. */
+    if ((o.max_output && o.max_output < o.high_water) || o.max_output > UINT32_MAX ||
+        (o.output_policy != CREST_OUTPUT_CLOSE && o.output_policy != CREST_OUTPUT_REFUSE))
+        return -EINVAL;
     size_t mb = framed ? crest_framing_max_buffered(&o.framing)
                        : (o.max_input ? o.max_input : 64 * 1024);
     if (mb > CREST__MAX_BUFFERED)
         return -EINVAL;
+    /* The gather path checks high water for the cap too (conn_io.c). */
+    size_t cap = o.max_output ? o.max_output : UINT32_MAX;
+    if (o.high_water > cap)
+        o.high_water = cap; /* no cap asked for: 4 GiB - 1 */
+    if (o.low_water > o.high_water)
+        o.low_water = o.high_water;
     *out = o;
     *max_buffered = mb;
     return 0;
+}
+
+/* The most output a connection with these (checked) options may hold:
+ * queued plus gathered. */
+size_t crest__conn_max_output(const crest_conn_opts_t *o) {
+    return o->max_output ? o->max_output : UINT32_MAX;
 }
 
 /* An endpoint for handler with these options (NULL: defaults).  -EINVAL
  * if the handler lacks the callback its framing needs or the options are
  * invalid; -ENOMEM. */
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
-                        struct crest__endpoint **out) {
+                        bool outbound, struct crest__endpoint **out) {
     crest_conn_opts_t o;
     size_t max_buffered;
-    int rc = crest__conn_check_opts(handler, opts, &o, &max_buffered);
+    int rc = crest__conn_check_opts(handler, opts, outbound, &o, &max_buffered);
     if (rc < 0)
         return rc;
     struct crest__endpoint *ep = calloc(1, sizeof *ep);
@@ -138,6 +168,8 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
     ep->ctx = ctx;
     ep->opts = o;
     ep->max_buffered = max_buffered;
+    ep->max_output = crest__conn_max_output(&o);
+    ep->outbound = outbound;
     ep->refs = 1;
     *out = ep;
     return 0;
@@ -390,6 +422,9 @@ void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
 static void finish_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     int fd = c->io.fd;
+    /* Flush waiters first: they may still abort (no linger then). */
+    if (c->flags & CREST__C_FLUSH_WAIT)
+        crest__conn_flush_waits_end(c);
     bool linger = linger_begins(c);
     /* crest never dup()s a connection's fd: the close below takes it out of
      * epoll, no EPOLL_CTL_DEL needed.  A lingering connection stays in the
@@ -441,7 +476,11 @@ static void finish_close(struct crest_conn *c) {
 /* Complete a requested close if it can complete now.  Called by the loop's
  * callbacks once the handler's callbacks have returned. */
 void crest__conn_settle(struct crest_conn *c) {
-    if (c->depth > 0 || c->state != CREST_CONN_CLOSING)
+    if (c->depth > 0)
+        return;
+    if (c->flags & CREST__C_NOTIFY)
+        crest__conn_notify(c); /* what the handler's calls recorded (conn_io.c) */
+    if (c->state != CREST_CONN_CLOSING)
         return;
     if (!(c->flags & (CREST__C_ABORTING | CREST__C_DEAD)) && c->out_bytes > 0) {
         if (c->flags & CREST__C_WRITABLE)
@@ -457,8 +496,10 @@ void crest__conns_reap(crest_loop_t *loop) {
         struct crest_conn *c = CREST__CONN_OF_IO(loop->zombies);
         loop->zombies = c->io.free_next;
         crest__endpoint_release(c->ep);
-        if (c->peer_kind == CREST__PEER_EXTRA)
+        if (c->peer_kind == CREST__PEER_EXTRA) {
+            free(c->peer.extra->flush);
             free(c->peer.extra);
+        }
         free(c);
     }
 }

@@ -20,9 +20,14 @@ struct crest__endpoint {
     void *ctx;
     crest_conn_opts_t opts;
     size_t max_buffered;          /* most input bytes a connection may hold */
+    size_t max_output;            /* most output it may hold (queued plus
+                                     gathered): opts.max_output, or the
+                                     queue's own limit (UINT32_MAX) if 0 */
     unsigned refs;
     unsigned max_conns;           /* listener: 0 = no limit */
     unsigned proxy;               /* listener: PROXY versions expected */
+    bool outbound;                /* crest_connect*, crest_conn_adopt: what
+                                     keep_reading AUTO resolves by */
     crest_listener_stats_t lstats;
     struct crest__endpoint *origin; /* a connection's own copy: the shared
                                        endpoint it was copied from (a
@@ -99,15 +104,40 @@ enum {
     CREST__C_REFRAMED = 1u << 24,       /* the handler or the framing changed
                                            during delivery: the rest of the
                                            input is parsed anew (conn_io.c) */
+    /* Notifications a call caused, run when the connection's current
+     * callback returns or, with none on the stack, from the loop through
+     * the ready list (crest__conn_notify): never inside the call. */
+    CREST__C_HW_PENDING = 1u << 16,     /* on_high_water to run */
+    CREST__C_DRAIN_PENDING = 1u << 17,  /* on_drain to run (both pending: in
+                                           the order PAUSED_HIGH implies) */
+    CREST__C_FLUSH_WAIT = 1u << 18,     /* crest_conn_flush_notify() callbacks
+                                           wait (extra->flush) */
+    CREST__C_FLUSHED_PENDING = 1u << 19, /* on_flushed to run */
 };
+
+#define CREST__C_NOTIFY                                                         \
+    (CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING | CREST__C_FLUSH_WAIT |         \
+     CREST__C_FLUSHED_PENDING)
 
 enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
 
 /* What does not fit in the 168 bytes: only IPv6 peers and connections
  * behind a PROXY header pay for it. */
+/* One crest_conn_flush_notify() waiting: cb runs once the connection's
+ * bytes_out reaches mark. */
+struct crest__flush_wait {
+    uint64_t mark;
+    crest_conn_flush_cb cb;
+    void *arg;
+};
+
+/* What does not fit in the 168 bytes: only IPv6 peers, connections behind
+ * a PROXY header and those with flush notifications pay for it. */
 struct crest__conn_extra {
     crest_addr_t socket_peer;     /* len 0 if unknown */
     crest_proxy_info_t proxy;     /* version 0 if no PROXY header */
+    struct crest__flush_wait *flush; /* FIFO: flush[flush_head ..] */
+    uint32_t flush_head, flush_len, flush_cap;
 };
 
 /* The per-loop heap of connection deadlines (conn_timer.c): one generic
@@ -142,10 +172,11 @@ void crest__conn_disarm_timer(struct crest_conn *c);
 void crest__deadlines_destroy(crest_loop_t *loop);
 void crest__endpoint_release(struct crest__endpoint *ep);
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
-                        struct crest__endpoint **out);
+                        bool outbound, struct crest__endpoint **out);
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp);
 int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts_t *in,
-                           crest_conn_opts_t *out, size_t *max_buffered);
+                           bool outbound, crest_conn_opts_t *out, size_t *max_buffered);
+size_t crest__conn_max_output(const crest_conn_opts_t *o);
 void crest__conn_set_oobinline(int fd);
 
 /* conn_io.c */
@@ -157,6 +188,8 @@ void crest__conn_resume_input(struct crest_conn *c);
 void crest__conn_commit_gathered(struct crest_conn *c);
 size_t crest__conn_input_bytes(const struct crest_conn *c);
 bool crest__conn_paused(const struct crest_conn *c);
+void crest__conn_notify(struct crest_conn *c);
+void crest__conn_flush_waits_end(struct crest_conn *c);
 
 static inline bool crest__conn_can_write(const struct crest_conn *c) {
     return c->state == CREST_CONN_OPEN || c->state == CREST_CONN_HALF_CLOSED ||

@@ -59,28 +59,157 @@ static inline bool flush_due(const struct crest_conn *c) {
     return c->out_bytes && (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE;
 }
 
-/* on_high_water and on_drain run inside the write, uncork or flush whose
- * bytes crossed the mark: maybe a call from outside the connection's own
- * callbacks, where nothing up the stack settles a close they ask for. */
-static void call_nested(struct crest_conn *c, void (*cb)(crest_conn_t *)) {
-    crest_loop_t *loop = c->io.loop;
-    /* Called from main() between iterations, this is still a callback of
-     * the loop: its guards (run_once and destroy say -EBUSY) must apply. */
-    bool was_running = loop->running;
-    loop->running = true;
-    c->depth++;
-    cb(c);
-    loop->running = was_running;
-    if (--c->depth == 0 && (c->flags & CREST__C_CLOSE_REQUESTED))
+/* ---- notifications -------------------------------------------------------
+ *
+ * No callback runs inside a crest call: a call that crosses a mark (or
+ * sends the last queued byte) only records what is to be told, and the
+ * telling happens in crest__conn_notify(), which runs when the
+ * connection's own callback returns (crest__conn_settle(), called by
+ * every path that runs its callbacks) or, with none of them on the stack,
+ * from the loop: the connection is fed to the ready list, as a close is. */
+
+static void notify_later(struct crest_conn *c) {
+    if (c->depth == 0)
         crest_io_feed(&c->io, CREST__IO_KICK);
+}
+
+/* Record a crossing of high water (hw) or low water.  At most two are
+ * pending, in the order PAUSED_HIGH implies (conn.h: a crossing back and
+ * forth again cancels out). */
+static void note_crossing(struct crest_conn *c, bool hw) {
+    uint32_t self = hw ? CREST__C_HW_PENDING : CREST__C_DRAIN_PENDING;
+    uint32_t other = hw ? CREST__C_DRAIN_PENDING : CREST__C_HW_PENDING;
+    if (c->flags & CREST__C_CLOSE_REQUESTED)
+        return; /* on_close is the last word */
+    if (c->flags & self)
+        c->flags &= ~other; /* self, other, self: the last two cancel */
+    else
+        c->flags |= self;
+    notify_later(c);
+}
+
+static bool flush_wait_due(struct crest_conn *c) {
+    const struct crest__conn_extra *x = c->peer.extra;
+    return x->flush[x->flush_head].mark <= c->bytes_out;
+}
+
+/* Take the first flush waiter off the list. */
+static struct crest__flush_wait flush_wait_pop(struct crest_conn *c) {
+    struct crest__conn_extra *x = c->peer.extra;
+    struct crest__flush_wait w = x->flush[x->flush_head];
+    if (--x->flush_len == 0) {
+        x->flush_head = 0;
+        c->flags &= ~CREST__C_FLUSH_WAIT;
+    } else {
+        x->flush_head++;
+    }
+    return w;
+}
+
+static inline bool may_read(const struct crest_conn *c);
+
+/* Run what calls recorded for the handler.  Called with none of c's
+ * callbacks on the stack; runs them with depth raised, so that what they
+ * do is recorded in turn and run by this same pass. */
+static void notify_run(struct crest_conn *c) {
+    const crest_handler_t *h = &c->ep->handler;
+    c->depth++;
+    for (;;) {
+        uint32_t f = c->flags;
+        if (f & CREST__C_CLOSE_REQUESTED) {
+            /* Not once closing; flush waiters are told by the close. */
+            c->flags &= ~(CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING | CREST__C_FLUSHED_PENDING);
+            break;
+        }
+        if (f & (CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING)) {
+            /* Both: paused now means the drain came first. */
+            bool hw = (f & CREST__C_HW_PENDING) &&
+                      !((f & CREST__C_DRAIN_PENDING) && (f & CREST__C_PAUSED_HIGH));
+            c->flags &= hw ? ~CREST__C_HW_PENDING : ~CREST__C_DRAIN_PENDING;
+            void (*cb)(crest_conn_t *) = hw ? h->on_high_water : h->on_drain;
+            if (cb)
+                cb(c);
+            continue;
+        }
+        if ((f & CREST__C_FLUSH_WAIT) && flush_wait_due(c)) {
+            struct crest__flush_wait w = flush_wait_pop(c);
+            w.cb(c, 0, w.arg);
+            continue;
+        }
+        if (f & CREST__C_FLUSHED_PENDING) {
+            c->flags &= ~CREST__C_FLUSHED_PENDING;
+            /* More may have been queued since: its own flush will tell. */
+            if (c->out_bytes == 0 && h->on_flushed)
+                h->on_flushed(c);
+            continue;
+        }
+        break;
+    }
+    c->depth--;
+}
+
+/* From crest__conn_settle(): the callbacks have returned.  A read loop
+ * that stopped for a notification (may_read) goes on next iteration: the
+ * socket raises no new edge for what it still holds. */
+void crest__conn_notify(struct crest_conn *c) {
+    notify_run(c);
+    if (may_read(c))
+        crest_io_feed(&c->io, CREST_IO_READABLE);
+}
+
+/* The connection closes (finish_close(), before on_close): every flush
+ * waiter hears now.  Those whose bytes all left get 0; the others get
+ * the socket's error, or -ECANCELED when a local decision dropped them. */
+void crest__conn_flush_waits_end(struct crest_conn *c) {
+    int err = -ECANCELED;
+    if (c->flags & CREST__C_DEAD)
+        err = c->close_err ? -(int)c->close_err : -EPIPE;
+    c->depth++;
+    while (c->flags & CREST__C_FLUSH_WAIT) {
+        bool done = flush_wait_due(c);
+        struct crest__flush_wait w = flush_wait_pop(c);
+        w.cb(c, done ? 0 : err, w.arg);
+    }
+    c->depth--;
+}
+
+int crest_conn_flush_notify(crest_conn_t *c, crest_conn_flush_cb cb, void *arg) {
+    if (!cb)
+        return -EINVAL;
+    if (c->state == CREST_CONN_CLOSED || (c->flags & CREST__C_CLOSE_REQUESTED))
+        return -ENOTCONN;
+    struct crest__conn_extra *x = crest__conn_extra(c);
+    if (!x)
+        return -ENOMEM;
+    if (x->flush_head + x->flush_len == x->flush_cap) {
+        if (x->flush_head > 0) {
+            memmove(x->flush, x->flush + x->flush_head, x->flush_len * sizeof *x->flush);
+            x->flush_head = 0;
+        } else {
+            uint32_t cap = x->flush_cap ? x->flush_cap * 2 : 4;
+            if (cap < x->flush_cap)
+                return -ENOMEM;
+            struct crest__flush_wait *n = realloc(x->flush, cap * sizeof *n);
+            if (!n)
+                return -ENOMEM;
+            x->flush = n;
+            x->flush_cap = cap;
+        }
+    }
+    uint64_t mark = c->bytes_out + crest_conn_output_bytes(c);
+    x->flush[x->flush_head + x->flush_len++] = (struct crest__flush_wait){mark, cb, arg};
+    c->flags |= CREST__C_FLUSH_WAIT;
+    if (mark <= c->bytes_out)
+        notify_later(c); /* nothing to wait for: the loop tells */
+    return 0;
 }
 
 static void check_low_water(struct crest_conn *c) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
     c->flags &= (uint32_t)~CREST__C_PAUSED_HIGH;
-    if (c->ep->handler.on_drain && c->state != CREST_CONN_CLOSING)
-        call_nested(c, c->ep->handler.on_drain);
+    if (c->ep->handler.on_drain)
+        note_crossing(c, false);
     crest__conn_resume_input(c);
 }
 
@@ -95,7 +224,7 @@ static void check_high_water(struct crest_conn *c) {
     if (!c->ep->opts.keep_reading)
         c->read_started = 0; /* not waiting for the peer now: see settle_input */
     if (c->ep->handler.on_high_water)
-        call_nested(c, c->ep->handler.on_high_water);
+        note_crossing(c, true);
 }
 
 static void after_progress(struct crest_conn *c) {
@@ -125,6 +254,8 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
         loop->conn_stats.bytes_out += (uint64_t)sent;
         c->bytes_out += (uint64_t)sent;
         c->last_active = loop->now_ms;
+        if (CREST__UNLIKELY(c->flags & CREST__C_FLUSH_WAIT) && sent > 0)
+            notify_later(c); /* a waiter's bytes may all have left */
         if ((size_t)sent < total)
             c->flags &= (uint32_t)~CREST__C_WRITABLE;
         return (size_t)sent;
@@ -143,6 +274,7 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
  * send's errno maps to): what crest_conn_write() and _uncork() return. */
 int crest__conn_flush(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
+    bool had_queue = c->out_bytes != 0;
     while (c->out_head && (c->flags & (CREST__C_WRITABLE | CREST__C_DEAD)) == CREST__C_WRITABLE) {
         struct iovec iov[IOV_BATCH];
         int n = 0;
@@ -174,6 +306,11 @@ int crest__conn_flush(struct crest_conn *c) {
         }
         if (!c->out_head)
             c->out_tail = NULL;
+    }
+    if (had_queue && c->out_bytes == 0 && c->ep->handler.on_flushed &&
+        !(c->flags & CREST__C_CLOSE_REQUESTED)) {
+        c->flags |= CREST__C_FLUSHED_PENDING;
+        notify_later(c);
     }
     if (c->out_bytes == 0 || !(c->flags & CREST__C_WRITABLE)) {
         bool stalled_before = c->write_stalled != 0;
@@ -216,6 +353,14 @@ static int enqueue(struct crest_conn *c, const uint8_t *p, size_t len) {
 /* Try to write straight from the caller's memory; returns bytes taken. */
 static size_t write_direct(struct crest_conn *c, const struct iovec *iov, int iovcnt,
                            size_t total) {
+    if (CREST__UNLIKELY(iovcnt > IOV_MAX)) {
+        /* A framed writev's extra segment: one sendmsg takes IOV_MAX, the
+         * rest is queued (and a short send is one the socket chose). */
+        iovcnt = IOV_MAX;
+        total = 0;
+        for (int i = 0; i < iovcnt; i++)
+            total += iov[i].iov_len;
+    }
     for (;;) {
         ssize_t sent;
         if (iovcnt == 1) {
@@ -321,8 +466,10 @@ static inline void commit_gathered(struct crest_conn *c) {
 }
 
 /* Inside on_data/on_message, on an open connection that is neither corked
- * nor closing, total bytes fit in the loop's wbuf: where they go then
- * (the caller copies them and calls gathered()); else NULL. */
+ * nor closing, total bytes fit in the loop's wbuf and keep the output
+ * within high water: where they go then (the caller copies them and calls
+ * gathered()); else NULL (writev_slow() then sorts it out, the cap
+ * included). */
 static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     crest_loop_t *loop = c->io.loop;
     if ((c->flags & (CREST__C_GATHER | CREST__C_CORKED | CREST__C_SHUT_PENDING |
@@ -331,6 +478,14 @@ static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     if (loop->gather_owner != c && loop->gather_len > 0)
         return NULL; /* another connection's (a nested callback): not ours */
     if (total > CREST__SCRATCH_SIZE - loop->gather_len)
+        return NULL;
+    /* A write that takes the output past high water is not gathered: the
+     * slow path commits what was gathered and queues it, so that the
+     * pause comes with this message (the bound is high water plus one
+     * message), and checks max_output, which is at least high_water (one
+     * compare here for both).  No overflow: total and gather_len are at
+     * most 16 KiB each. */
+    if (CREST__UNLIKELY((size_t)c->out_bytes + loop->gather_len + total > c->ep->opts.high_water))
         return NULL;
     return loop->wbuf + loop->gather_len;
 }
@@ -341,24 +496,25 @@ static inline void gathered(struct crest_conn *c, size_t total) {
         return; /* nothing to send: no send */
     loop->gather_len += (uint32_t)total;
     loop->gather_owner = c;
-    /* Past high water: commit now, so that the pause comes with this
-     * message, as for a queued write (the bound is high water plus one
-     * message). */
-    if (CREST__UNLIKELY(c->out_bytes + loop->gather_len > c->ep->opts.high_water))
-        crest__conn_commit_gathered(c);
 }
 
 static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total);
 
-int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
-    if (iovcnt < 0 || iovcnt > IOV_MAX)
-        return -EINVAL;
+/* The sum of the iovecs' lengths, or SIZE_MAX if it overflows. */
+static size_t iov_total(const struct iovec *iov, int iovcnt) {
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++) {
-        if (CREST__UNLIKELY(iov[i].iov_len > SIZE_MAX - total))
-            return -EINVAL;
+        if (CREST__UNLIKELY(iov[i].iov_len >= SIZE_MAX - total))
+            return SIZE_MAX;
         total += iov[i].iov_len;
     }
+    return total;
+}
+
+/* One write of iovcnt segments (any count: the framed writev adds one to
+ * IOV_MAX) and total bytes: gathered, or direct, queued, refused. */
+static inline int write_iov(struct crest_conn *c, const struct iovec *iov, int iovcnt,
+                            size_t total) {
     uint8_t *p = gather_slot(c, total);
     if (CREST__LIKELY(p != NULL)) {
         for (int i = 0; i < iovcnt; i++) {
@@ -369,6 +525,15 @@ int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
         return 0;
     }
     return writev_slow(c, iov, iovcnt, total);
+}
+
+int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL;
+    size_t total = iov_total(iov, iovcnt);
+    if (CREST__UNLIKELY(total == SIZE_MAX))
+        return -EINVAL;
+    return write_iov(c, iov, iovcnt, total);
 }
 
 int crest_conn_write(crest_conn_t *c, const void *data, size_t len) {
@@ -382,6 +547,27 @@ int crest_conn_write(crest_conn_t *c, const void *data, size_t len) {
     return writev_slow(c, &iov, 1, len);
 }
 
+/* A write of total bytes would take c's output past max_output: it is
+ * refused whole, and with the CLOSE policy the connection goes too,
+ * abortively (what is queued is for a peer that does not read it). */
+static __attribute__((noinline, cold)) int output_limit(struct crest_conn *c, size_t queued,
+                                                         size_t total) {
+    if (c->ep->opts.output_policy == CREST_OUTPUT_REFUSE)
+        return -ENOBUFS;
+    if (crest__log_enabled(CREST_LOG_WARN)) {
+        char peer[CREST_ADDR_STRLEN];
+        if (crest_conn_peer(c, peer, sizeof peer) < 0)
+            strcpy(peer, "?");
+        crest_log(CREST_LOG_WARN,
+                  "connection %s (fd %d) closed: output limit: %zu bytes queued, a write of %zu "
+                  "more refused (max_output %zu): the peer is not reading",
+                  peer, c->io.fd, queued, total, c->ep->max_output);
+    }
+    c->flags |= CREST__C_ABORTING;
+    crest__conn_request_close(c, CREST_CLOSE_OUTPUT_LIMIT, ENOBUFS);
+    return -ENOBUFS;
+}
+
 /* Not gathered: direct, queued, or refused. */
 static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total) {
     if (!crest__conn_can_write(c) ||
@@ -389,6 +575,12 @@ static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt
         return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN;
     if (total == 0)
         return 0;
+    /* The cap, before a byte of this write (or of the gathered replies
+     * ahead of it) moves: a refused write leaves no part of itself in the
+     * stream. */
+    size_t queued = crest_conn_output_bytes(c);
+    if (CREST__UNLIKELY(queued > c->ep->max_output || total > c->ep->max_output - queued))
+        return output_limit(c, queued, total);
     if (c->io.loop->gather_owner == c) {
         /* Too big to gather: what was gathered goes first. */
         crest__conn_commit_gathered(c);
@@ -460,6 +652,47 @@ int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len) {
     }
 }
 
+int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovcnt) {
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL;
+    size_t len = iov_total(iov, iovcnt);
+    if (len == SIZE_MAX)
+        return -EINVAL;
+    const crest_framing_t *f = &c->ep->opts.framing;
+    if (f->kind == CREST_FRAMING_RAW)
+        return write_iov(c, iov, iovcnt, len);
+    uint8_t hdr[8];
+    int h = crest_framing_header(f, len, hdr); /* LINE: 0, or -EMSGSIZE */
+    if (h < 0)
+        return h;
+    /* The payload's iovecs with the framing's segment before (LENGTH) or
+     * after (LINE) them: the payload itself is not copied here (gathered
+     * or queued bytes are copied once, as for any write). */
+    struct iovec small[16], *v = small;
+    int n = iovcnt + 1;
+    if (n > (int)(sizeof small / sizeof small[0])) {
+        v = malloc((size_t)n * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+    }
+    size_t extra;
+    if (f->kind == CREST_FRAMING_LENGTH) {
+        v[0] = (struct iovec){.iov_base = hdr, .iov_len = (size_t)h};
+        if (iovcnt > 0)
+            memcpy(v + 1, iov, (size_t)iovcnt * sizeof *v);
+        extra = (size_t)h;
+    } else {
+        if (iovcnt > 0)
+            memcpy(v, iov, (size_t)iovcnt * sizeof *v);
+        v[iovcnt] = (struct iovec){.iov_base = (void *)"\n", .iov_len = 1};
+        extra = 1;
+    }
+    int rc = write_iov(c, v, n, len + extra);
+    if (v != small)
+        free(v);
+    return rc;
+}
+
 void crest_conn_cork(crest_conn_t *c) {
     c->flags |= CREST__C_CORKED;
 }
@@ -509,6 +742,15 @@ void crest__conn_resume_input(struct crest_conn *c) {
         crest_io_feed(&c->io, CREST__IO_KICK);
 }
 
+/* Input is about to be delivered: a pause or a resume that a call made
+ * is told first, so that the handler hears on_drain before the input it
+ * resumed (and, with keep_reading, on_high_water before more input).
+ * One flag test on the read path. */
+static inline void tell_marks_first(struct crest_conn *c) {
+    if (CREST__UNLIKELY(c->flags & (CREST__C_HW_PENDING | CREST__C_DRAIN_PENDING)))
+        notify_run(c);
+}
+
 static inline bool may_deliver(const struct crest_conn *c) {
     return !(c->flags & CREST__C_CLOSE_REQUESTED) && !paused(c);
 }
@@ -520,8 +762,12 @@ static inline bool keep_delivering(const struct crest_conn *c) {
     return !(c->flags & (CREST__C_CLOSE_REQUESTED | CREST__C_REFRAMED)) && !paused(c);
 }
 
+/* Not while a pause or resume is still to be told (tell_marks_first): the
+ * read loop stops, the notification runs when the callbacks return
+ * (crest__conn_notify), and reading goes on from there.  Same mask test. */
 static inline bool may_read(const struct crest_conn *c) {
-    if ((c->flags & (CREST__C_READABLE | CREST__C_CLOSE_REQUESTED)) != CREST__C_READABLE ||
+    if ((c->flags & (CREST__C_READABLE | CREST__C_CLOSE_REQUESTED | CREST__C_HW_PENDING |
+                     CREST__C_DRAIN_PENDING)) != CREST__C_READABLE ||
         c->state != CREST_CONN_OPEN)
         return false;
     return !paused(c);
@@ -767,6 +1013,7 @@ static void take_eof(struct crest_conn *c) {
         return;
     }
     while (c->in && crest__chunk_len(c->in) > 0) {
+        tell_marks_first(c);
         if (!may_deliver(c))
             return; /* the resume (redeliver) brings us back */
         size_t before = crest__chunk_len(c->in);
@@ -778,9 +1025,11 @@ static void take_eof(struct crest_conn *c) {
         if (crest__chunk_len(c->in) == before)
             break; /* only a partial message is left */
     }
+    tell_marks_first(c);
     deliver_last_line(c);
     if (flush_due(c))
         (void)crest__conn_flush(c);
+    tell_marks_first(c);
     if (c->flags & CREST__C_CLOSE_REQUESTED)
         return;
     if (paused(c))
@@ -969,7 +1218,9 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
         c->depth++;
         read_input(c);
         c->depth--;
-        if (CREST__UNLIKELY(c->state == CREST_CONN_CLOSING))
+        /* A close to complete, or notifications the handler's calls
+         * recorded (state was OPEN: a close request means CLOSING). */
+        if (CREST__UNLIKELY(c->flags & (CREST__C_CLOSE_REQUESTED | CREST__C_NOTIFY)))
             crest__conn_settle(c);
         return;
     }
@@ -996,6 +1247,7 @@ void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg) {
     if ((c->out_bytes || (c->flags & CREST__C_SHUT_PENDING)) &&
         (c->flags & (CREST__C_WRITABLE | CREST__C_CORKED)) == CREST__C_WRITABLE)
         (void)crest__conn_flush(c);
+    tell_marks_first(c);
     if ((c->flags & CREST__C_REDELIVER) && may_deliver(c) &&
         (c->in || (c->flags & CREST__C_EOF_SEEN))) {
         c->flags &= (uint32_t)~CREST__C_REDELIVER;

@@ -131,7 +131,8 @@ static int change(struct crest_conn *c, const crest_handler_t *handler, void *ct
     const crest_handler_t *h = handler ? handler : &c->ep->handler;
     crest_conn_opts_t o;
     size_t max_buffered;
-    int rc = crest__conn_check_opts(h, opts ? opts : &c->ep->opts, &o, &max_buffered);
+    int rc = crest__conn_check_opts(h, opts ? opts : &c->ep->opts, c->ep->outbound, &o,
+                                    &max_buffered);
     if (rc < 0)
         return rc;
     if (opts && (o.sndbuf < 0 || o.rcvbuf < 0 || o.keepalive_idle_s < 0 ||
@@ -148,6 +149,7 @@ static int change(struct crest_conn *c, const crest_handler_t *handler, void *ct
     bool was_paused = crest__conn_paused(c);
     ep->opts = o;
     ep->max_buffered = max_buffered;
+    ep->max_output = crest__conn_max_output(&o);
     if (handler) {
         ep->handler = *handler;
         ep->ctx = ctx;

@@ -43,7 +43,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
     if (rc < 0)
         return rc;
     struct crest__endpoint *ep;
-    rc = crest__endpoint_new(handler, ctx, opts, &ep);
+    rc = crest__endpoint_new(handler, ctx, opts, true, &ep);
     if (rc < 0)
         return rc;
     int family = addr->ss.ss_family;
@@ -159,7 +159,7 @@ int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
     if ((rc = check_adoptable(loop, fd, &peer, &peer_len)) < 0)
         return rc;
     struct crest__endpoint *ep;
-    if ((rc = crest__endpoint_new(handler, ctx, opts, &ep)) < 0)
+    if ((rc = crest__endpoint_new(handler, ctx, opts, true, &ep)) < 0)
         return rc;
     if ((rc = crest__fd_register(fd, CREST_FD_ACCEPTED, loop, "crest_conn_adopt")) < 0) {
         crest__endpoint_release(ep);

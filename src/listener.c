@@ -299,7 +299,7 @@ static int listener_new(crest_loop_t *loop, const crest_listen_opts_t *o,
     l->reserve_fd = -1;
     crest__timer_init(loop, &l->retry, on_retry, l, false);
     l->accept_batch = o->accept_batch ? o->accept_batch : 64;
-    int rc = crest__endpoint_new(handler, ctx, &o->conn, &l->ep);
+    int rc = crest__endpoint_new(handler, ctx, &o->conn, false, &l->ep);
     if (rc < 0) {
         free(l);
         return rc;

@@ -617,6 +617,8 @@ static void ch_cb_enter(const char *name, struct ch_conn *self) {
     G.callbacks++;
     if (G.api)
         ch_reentry_note(G.api, name);
+    /* Issue 12: no crest call runs an application callback inside it. */
+    CH_CHECK(!G.api, "%s ran inside %s", name, G.api ? G.api : "");
     CH_CHECK(G.depth < CH_MAX_DEPTH, "callbacks nested %d deep", G.depth);
     G.api_stack[G.depth] = G.api;
     G.stack[G.depth++] = self;

@@ -10,8 +10,10 @@
  *      down its side), V (the victim: closed earlier in the same
  *      iteration as the trigger);
  *   2. trigger the callback: the client of A connects, sends, shuts down,
- *      or crest fills A past high water and lets it drain, or A is closed,
- *      or a timer or deferred callback of the test runs;
+ *      or crest fills A past high water and lets it drain (from A's
+ *      on_data, or from a timer of the test: the notification then comes
+ *      from the loop's ready list), or A is closed, or a timer or deferred
+ *      callback of the test runs;
  *   3. inside the callback, take the target in the wanted state (A itself
  *      when it is in that state; else B, H or V; CONNECTING: a connection
  *      the callback opens with crest_connect(); CLOSING: closed first with
@@ -51,8 +53,9 @@ enum col {
     COL_CLOSE,
     COL_TIMER,
     COL_DEFER,
-    COL_HIGH_IN_WRITE,   /* raised inside a write made from a deferred callback */
-    COL_DRAIN_IN_UNCORK, /* raised inside an uncork made from a deferred callback */
+    COL_HIGH_IN_WRITE,   /* caused by a write made from a timer: runs from the
+                            ready list, after the timer */
+    COL_DRAIN_IN_UNCORK, /* caused by an uncork made from a timer: likewise */
     COL_OPEN_OUT,        /* on_open of an outbound connection */
     COL_OPEN_PROXY,      /* on_open after a PROXY header */
     COL_CLOSE_TIMEOUT,   /* on_close run by an idle timeout (the loop's timer pass) */
@@ -60,8 +63,8 @@ enum col {
 };
 static const char *const col_name[COL_N] = {
     "on_open", "on_data", "on_message", "on_eof", "on_high_water",
-    "on_drain", "on_close", "timer", "deferred", "on_high_water_in_write",
-    "on_drain_in_uncork", "on_open_outbound", "on_open_after_proxy",
+    "on_drain", "on_close", "timer", "deferred", "on_high_water_after_write",
+    "on_drain_after_uncork", "on_open_outbound", "on_open_after_proxy",
     "on_close_by_timeout",
 };
 
@@ -78,9 +81,11 @@ enum call {
     K_WRITE,
     K_WRITEV,
     K_WRITE_MESSAGE,
+    K_WRITE_MESSAGEV,
     K_CORK,
     K_UNCORK,
     K_SHUTDOWN,
+    K_FLUSH_NOTIFY,
     K_CLOSE,
     K_FAIL,
     K_ABORT,
@@ -110,7 +115,8 @@ enum call {
 };
 #define K_FIRST_LOOP K_RUN_ONCE
 static const char *const call_name[K_N] = {
-    "write", "writev", "write_message", "cork", "uncork", "shutdown", "close",
+    "write", "writev", "write_message", "write_messagev", "cork", "uncork", "shutdown",
+    "flush_notify", "close",
     "fail", "abort", "pause", "resume", "set_nodelay", "set_sndbuf", "set_rcvbuf",
     "set_data", "getters", "peer",
     "loop_run_once", "loop_run", "loop_stop", "loop_defer", "timer",
@@ -147,7 +153,13 @@ static bool col_drain(int col) {
 
 /* Columns whose trigger is a deferred callback of the test. */
 static bool col_deferred(int col) {
-    return col == COL_DEFER || col == COL_HIGH_IN_WRITE || col == COL_DRAIN_IN_UNCORK;
+    return col == COL_DEFER;
+}
+
+/* Columns whose notification a timer of the test causes (a write or an
+ * uncork made outside A's callbacks). */
+static bool col_caused(int col) {
+    return col == COL_HIGH_IN_WRITE || col == COL_DRAIN_IN_UNCORK;
 }
 
 /* ---- known bugs -------------------------------------------------------------- */
@@ -232,6 +244,11 @@ static struct mx {
     int raw_l;                /* on_open_outbound: A connects to this */
     char raw_addr[CREST_ADDR_STRLEN];
     size_t out_at_call;       /* the target's output_bytes before the call */
+    struct rec *victim;       /* closed by the trigger timer first */
+    bool caused;              /* the trigger timer did its write/uncork */
+    /* flush_notify */
+    int flush_runs, flush_status;
+    bool flush_after_close;
     /* loop-level rows */
     int cb_runs;
     uint64_t cb_iteration;
@@ -343,13 +360,18 @@ static struct rec *entered(crest_conn_t *c, const char *cb) {
 }
 
 static void fire(struct rec *own);
+static void raw_reset(int *fd);
+static void cause_notification(void);
 
 /* ---- the handlers -------------------------------------------------------------- */
 
+/* Write to A until its output is past high water.  on_high_water does not
+ * run inside these writes: it comes after the callback that made them
+ * (A's on_data), or from the loop (a timer's writes). */
 static void fill_to_high_water(struct rec *r) {
     static uint8_t chunk[FILL_CHUNK];
     memset(chunk, 'f', sizeof chunk);
-    for (int i = 0; i < FILL_MAX && r->highs == 0; i++) {
+    for (int i = 0; i < FILL_MAX && crest_conn_output_bytes(r->c) <= HIGH_WATER; i++) {
         int rc = crest_conn_write(r->c, chunk, sizeof chunk);
         if (rc != 0) {
             soft_fail("filling A: write returned %d", rc);
@@ -357,8 +379,10 @@ static void fill_to_high_water(struct rec *r) {
         }
         M.filled += sizeof chunk;
     }
-    EXPECT(r->highs == 1, "A never reached high water (%zu bytes written)", M.filled);
-    if (col_drain(M.col) && r->highs) {
+    EXPECT(crest_conn_output_bytes(r->c) > HIGH_WATER, "A never reached high water (%zu bytes "
+           "written)", M.filled);
+    EXPECT(r->highs == 0, "on_high_water ran inside a write");
+    if (col_drain(M.col)) {
         /* Hold the rest until the client has read what the kernel holds:
          * then one flush brings it under low water. */
         crest_conn_cork(r->c);
@@ -574,6 +598,11 @@ static void trigger_timer_cb(crest_timer_t *t, void *arg) {
     (void)arg;
     if (M.in_call)
         soft_fail("the trigger timer ran inside %s", call_name[M.call]);
+    if (col_caused(M.col)) {
+        if (!M.caused)
+            cause_notification();
+        return;
+    }
     if (M.fired && M.call == K_TIMER_SELF) {
         M.cb_runs++; /* the restart */
         M.cb_iteration = iterations();
@@ -590,17 +619,45 @@ static void trigger_deferred(crest_loop_t *loop, void *arg) {
         fire(NULL);
 }
 
-/* Outside any callback of A: on_high_water runs inside one of these
- * writes, on_drain inside the uncork. */
-static void deferred_fill(crest_loop_t *loop, void *arg) {
-    (void)loop;
-    fill_to_high_water(arg);
+/* The victim closes first in the trigger's iteration (see run_cell2). */
+static void close_victim(struct rec *v) {
+    if (M.st == ST_CLOSED) {
+        crest_conn_close(v->c); /* settles from the ready list */
+        return;
+    }
+    raw_reset(&v->client);
+    /* The reset is there at once (loopback): a write finds it, and the
+     * close settles from the ready list. */
+    int rc = crest_conn_write(v->c, "x", 1);
+    EXPECT(rc == -EPIPE, "write after the peer's reset returned %d", rc);
 }
 
-static void deferred_uncork(crest_loop_t *loop, void *arg) {
-    (void)loop;
-    struct rec *a = arg;
-    EXPECT(crest_conn_uncork(a->c) == 0, "uncork of A failed");
+/* Outside any callback of A (a timer): the victim first, then the write
+ * or uncork that crosses A's mark.  Both are fed to the ready list, which
+ * this iteration serves next, in order: the victim's close, then A's
+ * notification, which fires the call. */
+static void cause_notification(void) {
+    struct rec *a = rec_by_role(R_A);
+    M.caused = true;
+    if (M.victim)
+        close_victim(M.victim);
+    if (M.col == COL_HIGH_IN_WRITE) {
+        fill_to_high_water(a);
+    } else {
+        EXPECT(crest_conn_uncork(a->c) == 0, "uncork of A failed");
+        EXPECT(a->drains == 0, "on_drain ran inside the uncork");
+    }
+}
+
+static void flushed_cb(crest_conn_t *c, int status, void *arg) {
+    struct rec *r = arg;
+    (void)c;
+    if (M.in_call)
+        invariant_fail("the flush callback of %s ran inside %s", role_name[r->role],
+                       call_name[M.call]);
+    M.flush_runs++;
+    M.flush_status = status;
+    M.flush_after_close = r->closes > 0;
 }
 
 static void expect_rc(int want) {
@@ -648,6 +705,18 @@ static void do_conn_call(crest_conn_t *t, struct rec *tr) {
     case K_WRITE_MESSAGE:
         M.rc = crest_conn_write_message(t, MARK, MARK_LEN);
         expect_rc(write_rc(M.st));
+        break;
+    case K_WRITE_MESSAGEV:
+        M.rc = crest_conn_write_messagev(t, iov, 2);
+        expect_rc(write_rc(M.st));
+        break;
+    case K_FLUSH_NOTIFY:
+        M.rc2 = crest_conn_write(t, MARK, MARK_LEN);
+        EXPECT(M.rc2 == write_rc(M.st), "write before flush_notify returned %d, wanted %d",
+               M.rc2, write_rc(M.st));
+        M.rc = crest_conn_flush_notify(t, flushed_cb, tr);
+        expect_rc(writable_state(M.st) ? 0 : -ENOTCONN);
+        EXPECT(M.flush_runs == 0, "the flush callback ran inside the call");
         break;
     case K_CORK:
         crest_conn_cork(t);
@@ -1142,6 +1211,13 @@ static void check_cell(void) {
         if (r->role == R_A && col_drain(M.col))
             EXPECT(r->drains >= 1, "A: no on_drain");
     }
+    if (M.call == K_FLUSH_NOTIFY || M.call2 == K_FLUSH_NOTIFY) {
+        /* Exactly once for a call that returned 0, never for one that
+         * failed; before on_close. */
+        EXPECT(M.flush_runs == (M.rc == 0 ? 1 : 0), "the flush callback ran %d times (rc %d)",
+               M.flush_runs, M.rc);
+        EXPECT(!M.flush_after_close, "the flush callback ran after on_close");
+    }
     if (M.call2 >= 0)
         return; /* pairs: the invariants above only */
     struct rec *t = M.target;
@@ -1181,7 +1257,7 @@ static void check_cell(void) {
 
     /* What the other side received. */
     bool wrote = M.call == K_WRITE || M.call == K_WRITEV || M.call == K_WRITE_MESSAGE ||
-                 M.call == K_UNCORK;
+                 M.call == K_WRITE_MESSAGEV || M.call == K_FLUSH_NOTIFY || M.call == K_UNCORK;
     bool delivered;
     if (t->role == R_T) {
         struct rec *sink = rec_by_role(R_SINK);
@@ -1201,6 +1277,9 @@ static void check_cell(void) {
         EXPECT(delivered, "the written bytes never arrived");
     else
         EXPECT(!delivered, "bytes arrived that should not have");
+    if (M.call == K_FLUSH_NOTIFY && M.flush_runs == 1 && delivered)
+        EXPECT(M.flush_status == 0, "the flush callback said %d, but the bytes arrived",
+               M.flush_status);
 }
 
 static bool only_call(int call) {
@@ -1273,6 +1352,7 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
     }
     bool victim = (st == ST_CLOSED || st == ST_CLOSED_RST) && !col_close(col) &&
                   call < K_FIRST_LOOP;
+
     if (victim)
         accept_one(R_V, 0);
     if (col == COL_OPEN_PROXY) {
@@ -1300,7 +1380,9 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
 
     /* The victim closes first in the trigger's iteration. */
     M.armed = true;
-    if (victim) {
+    if (victim && col_caused(col)) {
+        M.victim = rec_by_role(R_V); /* closed by the trigger timer (cause_notification) */
+    } else if (victim) {
         struct rec *v = rec_by_role(R_V);
         if (col == COL_TIMER)
             M.timer_on_close_of = v;
@@ -1371,10 +1453,8 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
         assert_int_equal(crest_loop_defer(M.loop, trigger_deferred, NULL), 0);
         break;
     case COL_HIGH_IN_WRITE:
-        assert_int_equal(crest_loop_defer(M.loop, deferred_fill, a), 0);
-        break;
     case COL_DRAIN_IN_UNCORK:
-        assert_int_equal(crest_loop_defer(M.loop, deferred_uncork, a), 0);
+        assert_int_equal(crest_timer_start(M.trigger_timer, 0, 0), 0);
         break;
     default:
         break;

@@ -1,12 +1,15 @@
 /* Found by tests/test_matrix.c (a regression test of issue 11): a close
- * requested from on_high_water or on_drain, when that callback runs inside
- * a crest_conn_write() or crest_conn_uncork() made outside the
- * connection's own callbacks (from a timer, a deferred callback, another
- * connection's callback, or the loop's thread between iterations), must
- * complete on the next iteration.  It used to sit in CLOSING until an event
- * happened to arrive on its socket, or until the 10 s bound on flushing a
- * close reset it (a graceful close turned into an RST): nothing up the
- * stack settles a close there, and the kick went only at depth 0. */
+ * requested from on_high_water or on_drain, caused by a crest_conn_write()
+ * or crest_conn_uncork() made outside the connection's own callbacks (from
+ * a timer, a deferred callback, another connection's callback, or the
+ * loop's thread between iterations), must complete on the next iteration.
+ * It used to sit in CLOSING until an event happened to arrive on its
+ * socket, or until the 10 s bound on flushing a close reset it (a graceful
+ * close turned into an RST).  Those callbacks ran inside the call then;
+ * since issue 12 no callback runs inside a call: they run from the loop on
+ * the next iteration (the ready list), and a close they ask for completes
+ * when they return.  The tests check both: not inside the call, then the
+ * close. */
 #include "crest_test.h"
 
 struct nc {
@@ -70,30 +73,34 @@ static crest_loop_t *nc_start(crest_listener_t **l, int *client) {
     return loop;
 }
 
-/* Write from the loop's thread, outside any callback, until on_high_water
- * runs (inside one of these writes). */
-static size_t fill(void) {
+/* Write from the loop's thread, outside any callback, until the output is
+ * past high water; on_high_water runs on the next iteration, not inside
+ * these writes. */
+static size_t fill(crest_loop_t *loop) {
     static uint8_t chunk[1024];
     size_t n = 0;
-    for (int i = 0; i < 4096 && N.highs == 0; i++) {
+    for (int i = 0; i < 4096 && crest_conn_output_bytes(N.c) <= 4096; i++) {
         int rc = crest_conn_write(N.c, chunk, sizeof chunk);
         if (rc != 0)
             break;
         n += sizeof chunk;
     }
+    assert_true(crest_conn_output_bytes(N.c) > 4096);
+    assert_int_equal(N.highs, 0);
+    assert_true(crest_loop_run_once(loop, 0) >= 0);
     assert_int_equal(N.highs, 1);
     return n;
 }
 
-/* on_high_water inside a write made outside the connection's callbacks
- * aborts: the abort completes on the next iteration. */
+/* on_high_water caused by a write made outside the connection's callbacks
+ * aborts: the abort completes when it returns. */
 static void test_abort_in_high_water_inside_outside_write(void **state) {
     (void)state;
     crest_listener_t *l;
     int client;
     crest_loop_t *loop = nc_start(&l, &client);
     N.abort_in_high = true;
-    fill();
+    fill(loop);
     tu_spin(loop, 3);
     /* Before the fix: still CLOSING here, for 10 s.  (N.c is freed once
      * closed: only the callbacks' records are read.) */
@@ -104,15 +111,15 @@ static void test_abort_in_high_water_inside_outside_write(void **state) {
     tu_finish_conns(loop);
 }
 
-/* on_drain inside an uncork made outside the connection's callbacks
- * closes: nothing is queued, so the close completes on the next
- * iteration, with a FIN. */
+/* on_drain caused by an uncork made outside the connection's callbacks
+ * closes: nothing is queued, so the close completes when it returns, with
+ * a FIN. */
 static void test_close_in_drain_inside_outside_uncork(void **state) {
     (void)state;
     crest_listener_t *l;
     int client;
     crest_loop_t *loop = nc_start(&l, &client);
-    size_t total = fill();
+    size_t total = fill(loop);
     crest_conn_cork(N.c); /* hold the rest */
     size_t held = crest_conn_output_bytes(N.c);
     static uint8_t buf[1 << 20];
@@ -120,7 +127,9 @@ static void test_close_in_drain_inside_outside_uncork(void **state) {
     assert_int_equal(tu_raw_recv(loop, client, buf, total - held, &end), total - held);
     tu_spin(loop, 3); /* the EPOLLOUT edge: writable again */
     N.close_in_drain = true;
-    assert_int_equal(crest_conn_uncork(N.c), 0); /* on_drain runs in here */
+    assert_int_equal(crest_conn_uncork(N.c), 0); /* crosses low water */
+    assert_int_equal(N.drains, 0);                /* not in here */
+    assert_true(crest_loop_run_once(loop, 0) >= 0);
     assert_int_equal(N.drains, 1);
     tu_spin(loop, 3);
     /* Before the fix: still CLOSING here; after 10 s the linger resets it. */

@@ -47,15 +47,37 @@
  *
  * Backpressure: when queued output exceeds high_water, the connection stops
  * reading and calls on_high_water; when it falls to low_water, reading
- * resumes and on_drain is called.  Memory per slow reader stays bounded by
- * high_water plus one message.  These two are the callbacks that can run
- * inside a call: on_high_water inside the crest_conn_write(), writev(),
- * write_message() or shutdown() whose bytes crossed high_water, on_drain
- * inside the write, uncork() or shutdown() whose flush reached low_water.
- * They are loop callbacks even when that call was made outside the loop
- * (from main() between iterations): crest_loop_run_once() and
- * crest_loop_destroy() return -EBUSY there, and a close they ask for
- * completes on the next iteration.
+ * resumes and on_drain is called.  That bounds what a connection's replies
+ * to its own input can queue (high_water plus one message), but not output
+ * written to it from elsewhere (a broadcast, a push, a proxy's other
+ * side): for every writer, max_output is the hard cap.  A write that would
+ * take the connection's output (crest_conn_output_bytes()) past it is
+ * refused whole with -ENOBUFS, and by default the connection is closed
+ * (crest_output_policy_t).  So memory per slow reader stays bounded by
+ * max_output (16 MiB by default), whoever writes to it.
+ *
+ * Callbacks never run inside a crest call (the rule of the whole library:
+ * docs/api-contract.md).  The pause and the resume of reading take effect
+ * inside the call that crosses the mark (a write, writev, write_message,
+ * write_messagev, uncork or shutdown), but on_high_water and on_drain are
+ * notifications that run later: right after the connection's own callback
+ * returns, if the call was made from one of its callbacks (on_data,
+ * on_message, on_open, on_eof, or one of these notifications); otherwise
+ * (a write from a timer, a deferred callback, another connection's
+ * callback, or main() between iterations) from the loop when it next
+ * dispatches the connection, on the next iteration.  They come in the
+ * order the marks were crossed, once per crossing: a whole pause and
+ * resume that happens before they can run is reported as on_high_water
+ * then on_drain; if the marks are crossed again before that (high, low,
+ * high), the last two crossings cancel out and the handler hears one
+ * on_high_water.  So the handler always ends up told the state it is in.
+ * When they run, the queue may have moved on (below low water again
+ * inside on_high_water): crest_conn_output_bytes() says where it is now.
+ * Once a close has been requested (CLOSING, then CLOSED) none of them
+ * runs, pending ones included: on_close is the last word.  on_flushed
+ * follows the same rules.  crest_conn_flush_notify()'s callbacks differ
+ * in one point: each runs exactly once, even on a connection that closes
+ * first (then before its on_close, with an error status).
  *
  * Memory: a connection at rest holds no buffer.  Input is read into the
  * loop's buffer and delivered from there; a connection takes a chunk from
@@ -117,6 +139,9 @@ typedef enum crest_close_reason {
     CREST_CLOSE_CONN_LIMIT,       /* refused: the listener is full */
     CREST_CLOSE_NO_MEMORY,
     CREST_CLOSE_SHUTDOWN,         /* the loop or server is shutting down */
+    CREST_CLOSE_OUTPUT_LIMIT,     /* a write would have queued more than
+                                     max_output (policy CLOSE): the peer is
+                                     not reading */
     CREST_CLOSE_REASON_COUNT
 } crest_close_reason_t;
 
@@ -148,16 +173,47 @@ typedef struct crest_handler {
      * on_eof, the connection closes (reason PEER_EOF) once output is
      * flushed.  With it, the handler decides (write more, then close). */
     void (*on_eof)(crest_conn_t *c);
-    /* Output rose above high_water: reading is paused. */
+    /* Output rose above high_water: reading was paused (unless
+     * keep_reading).  Runs after the write that crossed the mark, never
+     * inside it (see "Backpressure"). */
     void (*on_high_water)(crest_conn_t *c);
-    /* Output fell to low_water after a high-water pause: reading resumed. */
+    /* Output fell to low_water after a high-water pause: reading resumed.
+     * Runs after the call whose flush crossed the mark, never inside it. */
     void (*on_drain)(crest_conn_t *c);
     /* Closed, exactly once.  err is the errno behind the reason, or 0.  The
      * socket is still open during the call (crest_conn_peer() works), but
      * nothing more can be written.  After a graceful close it runs once the
      * output is flushed, as the linger starts (see "Lingering close"). */
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
+    /* Write completion, per connection: output that had to be queued (the
+     * socket did not take it at once) has all been handed to the kernel,
+     * and nothing is queued now.  Free on the usual path, where the
+     * socket takes every write: nothing was queued, nothing runs.  Runs
+     * from the loop like on_drain (never inside a call; not once a close
+     * has been requested).  Per write: crest_conn_flush_notify(). */
+    void (*on_flushed)(crest_conn_t *c);
 } crest_handler_t;
+
+/* What a write that would take the queued output past max_output does
+ * (see crest_conn_opts_t.max_output).  Either way the write is refused
+ * whole (-ENOBUFS): not one of its bytes is sent or queued.
+ *
+ * CLOSE (the default): the connection is also closed, abortively (its
+ * queued output is dropped: the peer is not reading it), with reason
+ * OUTPUT_LIMIT and a warning in the log naming the peer, the bytes queued
+ * and the limit.  This is the default because the usual writer of output
+ * that is not a reply (a broadcast, a push, a proxy's other side) does not
+ * check every write's return value: refusing a message and carrying on
+ * would leave a gap in the stream that nobody notices, while a slow reader
+ * that is disconnected knows it, and can reconnect and resynchronise.
+ *
+ * REFUSE: the connection stays open, its queued output still flows; the
+ * application decides (drop that message, close, or wait for on_drain /
+ * crest_conn_flush_notify() and write again). */
+typedef enum crest_output_policy {
+    CREST_OUTPUT_CLOSE = 0,
+    CREST_OUTPUT_REFUSE
+} crest_output_policy_t;
 
 /* Per-connection settings.  Start from crest_conn_opts_init(). */
 typedef struct crest_conn_opts {
@@ -166,11 +222,21 @@ typedef struct crest_conn_opts {
     size_t read_budget;           /* bytes read per event before yielding (64 KiB) */
     size_t high_water;            /* output queue: pause reading above (1 MiB) */
     size_t low_water;             /* resume at or below (256 KiB) */
-    bool keep_reading;            /* do not pause reading above high_water:
-                                     for a client whose reading is what
-                                     drains its peer (on_high_water still
-                                     fires); two ends that both pause can
-                                     deadlock */
+    int keep_reading;             /* do not pause reading above high_water
+                                     (on_high_water still runs).
+                                     CREST_KEEP_READING_AUTO (the default):
+                                     true for outbound connections
+                                     (crest_connect*), false for accepted
+                                     ones.  A client that pipelines
+                                     requests and pauses its reading when
+                                     its own requests pass high water stops
+                                     draining the server, whose replies
+                                     then pause the server: both ends wait
+                                     for ever.  A server pauses (its
+                                     replies to a client that does not read
+                                     stop it reading that client); a
+                                     client reads on.  true / false: as
+                                     given. */
     /* Timeouts, in ms; 0: off.  Any value up to UINT32_MAX (49.7 days) is
      * honoured as given. */
     uint32_t idle_timeout_ms;     /* no bytes in or out for this long */
@@ -197,7 +263,21 @@ typedef struct crest_conn_opts {
     int keepalive_idle_s, keepalive_interval_s, keepalive_count;
     unsigned user_timeout_ms;     /* TCP_USER_TIMEOUT (0: system default) */
     int sndbuf, rcvbuf;           /* 0: kernel default (autotuned) */
+    /* Hard cap on output waiting in the process for this connection
+     * (crest_conn_output_bytes(): queued plus gathered), whoever writes it
+     * (16 MiB; 0: no cap short of the 4 GiB - 1 a queue can hold; at most
+     * 4 GiB - 1; when set, at least high_water, else crest_listen() and
+     * crest_connect() say -EINVAL).  A write that would pass it is
+     * refused whole with -ENOBUFS, and output_policy says what else
+     * happens.  So a single write larger than max_output always fails:
+     * write a large payload in pieces, each written from on_drain or the
+     * callback of crest_conn_flush_notify(). */
+    size_t max_output;
+    crest_output_policy_t output_policy; /* CLOSE (default) or REFUSE */
 } crest_conn_opts_t;
+
+/* keep_reading's default: decided by the direction (above). */
+#define CREST_KEEP_READING_AUTO (-1)
 
 void crest_conn_opts_init(crest_conn_opts_t *opts);
 
@@ -205,9 +285,11 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * starts CONNECTING; on_open runs when it completes, or on_close with
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
- * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
+ * (the callbacks never run then): -EINVAL for invalid options (among them
+ * max_output set below high_water); -ESHUTDOWN while crest_loop_destroy()
  * runs (from an on_close it causes) or a crest_loop_shutdown() is under
- * way. */
+ * way.  keep_reading's AUTO default means true here (see
+ * crest_conn_opts_t). */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
@@ -239,14 +321,49 @@ int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
  * after close or shutdown, -EPIPE if the socket failed (the connection is
- * then closing, with the reason the error maps to), -ENOMEM; writev:
- * -EINVAL if iovcnt is outside 0..IOV_MAX or the lengths' sum overflows.
+ * then closing, with the reason the error maps to), -ENOBUFS if the bytes
+ * would take the connection's output past max_output (nothing of them is
+ * sent or queued; with the CLOSE policy the connection is then closing,
+ * abortively, reason OUTPUT_LIMIT), -ENOMEM; writev: -EINVAL if iovcnt is
+ * outside 0..IOV_MAX or the lengths' sum overflows.
  * While CONNECTING, bytes are queued and go out once connected. */
 int crest_conn_write(crest_conn_t *c, const void *data, size_t len);
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 /* Write msg framed as the connection's framing says: header + payload for
- * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large. */
+ * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large;
+ * otherwise as crest_conn_write() (the cap counts the framing too). */
 int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
+
+/* One message whose payload is the concatenation of iov[0..iovcnt), framed
+ * as crest_conn_write_message() frames one (LENGTH: header + the iovecs;
+ * LINE: the iovecs + "\n"; RAW: as is), without copying the payload into
+ * a temporary: header + body with no copy.  -EMSGSIZE if the payload is
+ * over the framing's max_message (or its header's range), -EINVAL as
+ * writev (iovcnt outside 0..IOV_MAX, a sum that overflows); otherwise as
+ * crest_conn_write() (one write: refused whole or taken whole), -ENOMEM
+ * if more than 15 iovecs need a temporary array and none can be had.
+ * No callback runs inside (on_high_water later: "Backpressure"). */
+int crest_conn_write_messagev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
+
+/* Write completion, per write.  cb runs exactly once, from the loop, never
+ * inside this call: with status 0 once every byte written to c before this
+ * call (queued or gathered) has been handed to the kernel, or, if the
+ * connection closes before that, with -ECANCELED (a local close or abort
+ * dropped them: crest_conn_abort(), the output cap, a write timeout,
+ * crest_loop_close_all(abort), crest_loop_destroy()) or the socket's
+ * error as -errno (-ECONNRESET, -EPIPE, or the connect's own error while
+ * connecting).  A graceful close flushes first, so they usually get 0.
+ * When everything has left already, cb runs right after c's current
+ * callback returns (called from one of c's callbacks), else on the next
+ * iteration.  Several may wait; they run in the order they were asked
+ * for, and before on_close when the connection closes first.  The
+ * waiting list lives outside the connection (allocated on first use).
+ * 0; -EINVAL (no cb); -ENOTCONN once a close has been requested (cb then
+ * never runs); -ENOMEM.  From the loop's thread; no callback runs inside.
+ * In cb, c is valid (CLOSING when status is not 0: writes say -ENOTCONN);
+ * arg is the caller's, to free there. */
+typedef void (*crest_conn_flush_cb)(crest_conn_t *c, int status, void *arg);
+int crest_conn_flush_notify(crest_conn_t *c, crest_conn_flush_cb cb, void *arg);
 
 /* Batch: while corked, writes are queued without syscalls; uncork sends
  * everything with one writev (one segment for a burst of small writes).

@@ -52,7 +52,8 @@ void crest_listen_opts_init(crest_listen_opts_t *opts);
  * left by a dead process is replaced; one a live server listens on is not:
  * -EADDRINUSE (crest connects to find out, so that server sees one
  * connection that closes at once; a socket file no one listens on counts
- * as stale).  0 and *lp, or -errno; -ESHUTDOWN
+ * as stale).  0 and *lp, or -errno: -EINVAL for invalid options (among
+ * them max_output set below high_water, see conn.h); -ESHUTDOWN
  * while crest_loop_destroy() runs (from an on_close it causes) or a
  * crest_loop_shutdown() is under way. */
 int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
