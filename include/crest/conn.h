@@ -226,7 +226,8 @@ typedef struct crest_conn_opts {
                                      (on_high_water still runs).
                                      CREST_KEEP_READING_AUTO (the default):
                                      true for outbound connections
-                                     (crest_connect*), false for accepted
+                                     (crest_connect*) and adopted ones
+                                     (crest_conn_adopt), false for accepted
                                      ones.  A client that pipelines
                                      requests and pauses its reading when
                                      its own requests pass high water stops
@@ -305,7 +306,9 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
  * CONNECTING (writes are queued; a close then works as for
  * crest_connect()); on_open runs from the loop on the next iteration,
  * never inside this call (or on_close with CONNECT_FAILED if the socket
- * already holds an error).  keep_reading is taken from opts as given.
+ * already holds an error).  keep_reading's AUTO default means true here:
+ * crest cannot know which end drives, and the end that reads on cannot
+ * deadlock.
  * On success crest owns fd and closes it when the connection ends; on
  * failure fd stays the caller's, open, with its flags as they were
  * (socket options already applied stay).  Loop thread only; no callback
