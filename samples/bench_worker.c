@@ -503,6 +503,9 @@ static void start_connect(struct bench_worker *w, struct bconn *bc) {
         opts.high_water = 2 * queued_max + 65536;
         opts.low_water = queued_max;
     }
+    /* Our own requests are bounded by the pipeline depth: no cap needed
+     * (and the default one must not sit below that high water). */
+    opts.max_output = 0;
     /* One whole reply may be left unconsumed by nobody: we always consume
      * everything, so the default max_input is enough. */
     const crest_addr_t *bind = cfg->nbinds ? &cfg->binds[bc->id % cfg->nbinds] : NULL;

@@ -45,6 +45,7 @@ static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_CONN_LIMIT] = "connection limit",
     [CREST_CLOSE_NO_MEMORY] = "out of memory",
     [CREST_CLOSE_SHUTDOWN] = "shutdown",
+    [CREST_CLOSE_OUTPUT_LIMIT] = "output limit",
 };
 
 static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
@@ -63,6 +64,7 @@ static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_CONN_LIMIT] = "conn_limit",
     [CREST_CLOSE_NO_MEMORY] = "no_memory",
     [CREST_CLOSE_SHUTDOWN] = "shutdown",
+    [CREST_CLOSE_OUTPUT_LIMIT] = "output_limit",
 };
 
 const char *crest_close_reason_name(crest_close_reason_t reason) {
@@ -82,6 +84,8 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
     o->low_water = 256 * 1024;
     o->linger_ms = 5000;
     o->nodelay = true;
+    o->max_output = 16 * 1024 * 1024;
+    o->output_policy = CREST_OUTPUT_CLOSE;
 }
 
 /* ---- endpoints ---------------------------------------------------------- */
@@ -110,6 +114,11 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
         o.high_water = 1024 * 1024;
     if (o.low_water > o.high_water)
         o.low_water = o.high_water;
+    /* The cap must leave room for the high-water pause to act first, and
+     * fit the queue's 32-bit count. */
+    if ((o.max_output && o.max_output < o.high_water) || o.max_output > UINT32_MAX ||
+        (o.output_policy != CREST_OUTPUT_CLOSE && o.output_policy != CREST_OUTPUT_REFUSE))
+        return -EINVAL;
     size_t max_buffered = framed ? crest_framing_max_buffered(&o.framing)
                                  : (o.max_input ? o.max_input : 64 * 1024);
     if (max_buffered > CREST__MAX_BUFFERED)
@@ -121,6 +130,7 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
     ep->ctx = ctx;
     ep->opts = o;
     ep->max_buffered = max_buffered;
+    ep->max_output = o.max_output ? o.max_output : UINT32_MAX;
     ep->refs = 1;
     *out = ep;
     return 0;

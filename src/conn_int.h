@@ -13,6 +13,9 @@ struct crest__endpoint {
     void *ctx;
     crest_conn_opts_t opts;
     size_t max_buffered;          /* most input bytes a connection may hold */
+    size_t max_output;            /* most output it may hold (queued plus
+                                     gathered): opts.max_output, or the
+                                     queue's own limit (UINT32_MAX) if 0 */
     unsigned refs;
     unsigned max_conns;           /* listener: 0 = no limit */
     unsigned proxy;               /* listener: PROXY versions expected */

@@ -319,8 +319,9 @@ static inline void commit_gathered(struct crest_conn *c) {
 }
 
 /* Inside on_data/on_message, on an open connection that is neither corked
- * nor closing, total bytes fit in the loop's wbuf: where they go then
- * (the caller copies them and calls gathered()); else NULL. */
+ * nor closing, total bytes fit in the loop's wbuf and within max_output:
+ * where they go then (the caller copies them and calls gathered()); else
+ * NULL (writev_slow() then sorts it out, the cap included). */
 static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     crest_loop_t *loop = c->io.loop;
     if ((c->flags & (CREST__C_GATHER | CREST__C_CORKED | CREST__C_SHUT_PENDING |
@@ -329,6 +330,9 @@ static inline uint8_t *gather_slot(struct crest_conn *c, size_t total) {
     if (loop->gather_owner != c && loop->gather_len > 0)
         return NULL; /* another connection's (a nested callback): not ours */
     if (total > CREST__SCRATCH_SIZE - loop->gather_len)
+        return NULL;
+    /* No overflow: total and gather_len are at most 16 KiB each. */
+    if (CREST__UNLIKELY((size_t)c->out_bytes + loop->gather_len + total > c->ep->max_output))
         return NULL;
     return loop->wbuf + loop->gather_len;
 }
@@ -380,6 +384,27 @@ int crest_conn_write(crest_conn_t *c, const void *data, size_t len) {
     return writev_slow(c, &iov, 1, len);
 }
 
+/* A write of total bytes would take c's output past max_output: it is
+ * refused whole, and with the CLOSE policy the connection goes too,
+ * abortively (what is queued is for a peer that does not read it). */
+static __attribute__((noinline, cold)) int output_limit(struct crest_conn *c, size_t queued,
+                                                         size_t total) {
+    if (c->ep->opts.output_policy == CREST_OUTPUT_REFUSE)
+        return -ENOBUFS;
+    if (crest__log_enabled(CREST_LOG_WARN)) {
+        char peer[CREST_ADDR_STRLEN];
+        if (crest_conn_peer(c, peer, sizeof peer) < 0)
+            strcpy(peer, "?");
+        crest_log(CREST_LOG_WARN,
+                  "connection %s (fd %d) closed: output limit: %zu bytes queued, a write of %zu "
+                  "more refused (max_output %zu): the peer is not reading",
+                  peer, c->io.fd, queued, total, c->ep->max_output);
+    }
+    c->flags |= CREST__C_ABORTING;
+    crest__conn_request_close(c, CREST_CLOSE_OUTPUT_LIMIT, ENOBUFS);
+    return -ENOBUFS;
+}
+
 /* Not gathered: direct, queued, or refused. */
 static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt, size_t total) {
     if (!crest__conn_can_write(c) ||
@@ -387,6 +412,12 @@ static int writev_slow(struct crest_conn *c, const struct iovec *iov, int iovcnt
         return (c->flags & CREST__C_DEAD) ? -EPIPE : -ENOTCONN;
     if (total == 0)
         return 0;
+    /* The cap, before a byte of this write (or of the gathered replies
+     * ahead of it) moves: a refused write leaves no part of itself in the
+     * stream. */
+    size_t queued = crest_conn_output_bytes(c);
+    if (CREST__UNLIKELY(queued > c->ep->max_output || total > c->ep->max_output - queued))
+        return output_limit(c, queued, total);
     if (c->io.loop->gather_owner == c) {
         /* Too big to gather: what was gathered goes first. */
         crest__conn_commit_gathered(c);

@@ -462,7 +462,9 @@ static void o_max_input_huge(crest_listen_opts_t *o) { o->conn.max_input = SIZE_
 static void o_budget_1(crest_listen_opts_t *o) { o->conn.read_budget = 1; }
 static void o_budget_huge(crest_listen_opts_t *o) { o->conn.read_budget = SIZE_MAX; }
 static void o_high_1(crest_listen_opts_t *o) { o->conn.high_water = 1; o->conn.low_water = 0; }
-static void o_high_huge(crest_listen_opts_t *o) { o->conn.high_water = SIZE_MAX; o->conn.low_water = SIZE_MAX; }
+static void o_high_huge(crest_listen_opts_t *o) { o->conn.high_water = SIZE_MAX; o->conn.low_water = SIZE_MAX; o->conn.max_output = 0; }
+static void o_high_over_cap(crest_listen_opts_t *o) { o->conn.high_water = SIZE_MAX; o->conn.low_water = SIZE_MAX; }
+static void o_cap_huge(crest_listen_opts_t *o) { o->conn.max_output = SIZE_MAX; }
 static void o_low_over_high(crest_listen_opts_t *o) { o->conn.high_water = 4096; o->conn.low_water = SIZE_MAX; }
 static void o_timeouts_1(crest_listen_opts_t *o) { o->conn.write_timeout_ms = 1u << 31; o->conn.idle_timeout_ms = UINT32_MAX; }
 static void o_sndbuf_min(crest_listen_opts_t *o) { o->conn.sndbuf = 1; o->conn.rcvbuf = 1; }
@@ -484,7 +486,9 @@ static const struct opt_case opt_cases[] = {
     {"read_budget 1", o_budget_1, 0},
     {"read_budget SIZE_MAX", o_budget_huge, 0},
     {"high_water 1", o_high_1, 0},
-    {"high_water SIZE_MAX", o_high_huge, 0},
+    {"high_water SIZE_MAX, no output cap", o_high_huge, 0},
+    {"high_water SIZE_MAX over the default max_output", o_high_over_cap, -EINVAL},
+    {"max_output SIZE_MAX", o_cap_huge, -EINVAL},
     {"low_water over high_water", o_low_over_high, 0},
     {"timeouts 2^31 and UINT32_MAX", o_timeouts_1, 0},
     {"sndbuf/rcvbuf 1", o_sndbuf_min, 0},

@@ -47,8 +47,14 @@
  *
  * Backpressure: when queued output exceeds high_water, the connection stops
  * reading and calls on_high_water; when it falls to low_water, reading
- * resumes and on_drain is called.  Memory per slow reader stays bounded by
- * high_water plus one message.  These two are the callbacks that can run
+ * resumes and on_drain is called.  That bounds what a connection's replies
+ * to its own input can queue (high_water plus one message), but not output
+ * written to it from elsewhere (a broadcast, a push, a proxy's other
+ * side): for every writer, max_output is the hard cap.  A write that would
+ * take the connection's output (crest_conn_output_bytes()) past it is
+ * refused whole with -ENOBUFS, and by default the connection is closed
+ * (crest_output_policy_t).  So memory per slow reader stays bounded by
+ * max_output (16 MiB by default), whoever writes to it.  These two are the callbacks that can run
  * inside a call: on_high_water inside the crest_conn_write(), writev(),
  * write_message() or shutdown() whose bytes crossed high_water, on_drain
  * inside the write, uncork() or shutdown() whose flush reached low_water.
@@ -115,6 +121,9 @@ typedef enum crest_close_reason {
     CREST_CLOSE_CONN_LIMIT,       /* refused: the listener is full */
     CREST_CLOSE_NO_MEMORY,
     CREST_CLOSE_SHUTDOWN,         /* the loop or server is shutting down */
+    CREST_CLOSE_OUTPUT_LIMIT,     /* a write would have queued more than
+                                     max_output (policy CLOSE): the peer is
+                                     not reading */
     CREST_CLOSE_REASON_COUNT
 } crest_close_reason_t;
 
@@ -156,6 +165,27 @@ typedef struct crest_handler {
     void (*on_close)(crest_conn_t *c, crest_close_reason_t reason, int err);
 } crest_handler_t;
 
+/* What a write that would take the queued output past max_output does
+ * (see crest_conn_opts_t.max_output).  Either way the write is refused
+ * whole (-ENOBUFS): not one of its bytes is sent or queued.
+ *
+ * CLOSE (the default): the connection is also closed, abortively (its
+ * queued output is dropped: the peer is not reading it), with reason
+ * OUTPUT_LIMIT and a warning in the log naming the peer, the bytes queued
+ * and the limit.  This is the default because the usual writer of output
+ * that is not a reply (a broadcast, a push, a proxy's other side) does not
+ * check every write's return value: refusing a message and carrying on
+ * would leave a gap in the stream that nobody notices, while a slow reader
+ * that is disconnected knows it, and can reconnect and resynchronise.
+ *
+ * REFUSE: the connection stays open, its queued output still flows; the
+ * application decides (drop that message, close, or wait for on_drain /
+ * crest_conn_flush_notify() and write again). */
+typedef enum crest_output_policy {
+    CREST_OUTPUT_CLOSE = 0,
+    CREST_OUTPUT_REFUSE
+} crest_output_policy_t;
+
 /* Per-connection settings.  Start from crest_conn_opts_init(). */
 typedef struct crest_conn_opts {
     crest_framing_t framing;      /* RAW (default), LINE or LENGTH */
@@ -186,6 +216,17 @@ typedef struct crest_conn_opts {
     int keepalive_idle_s, keepalive_interval_s, keepalive_count;
     unsigned user_timeout_ms;     /* TCP_USER_TIMEOUT (0: system default) */
     int sndbuf, rcvbuf;           /* 0: kernel default (autotuned) */
+    /* Hard cap on output waiting in the process for this connection
+     * (crest_conn_output_bytes(): queued plus gathered), whoever writes it
+     * (16 MiB; 0: no cap short of the 4 GiB - 1 a queue can hold; at most
+     * 4 GiB - 1; when set, at least high_water, else crest_listen() and
+     * crest_connect() say -EINVAL).  A write that would pass it is
+     * refused whole with -ENOBUFS, and output_policy says what else
+     * happens.  So a single write larger than max_output always fails:
+     * write a large payload in pieces, each written from on_drain or the
+     * callback of crest_conn_flush_notify(). */
+    size_t max_output;
+    crest_output_policy_t output_policy; /* CLOSE (default) or REFUSE */
 } crest_conn_opts_t;
 
 void crest_conn_opts_init(crest_conn_opts_t *opts);
@@ -204,13 +245,17 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
  * after close or shutdown, -EPIPE if the socket failed (the connection is
- * then closing, with the reason the error maps to), -ENOMEM; writev:
- * -EINVAL if iovcnt is outside 0..IOV_MAX or the lengths' sum overflows.
+ * then closing, with the reason the error maps to), -ENOBUFS if the bytes
+ * would take the connection's output past max_output (nothing of them is
+ * sent or queued; with the CLOSE policy the connection is then closing,
+ * abortively, reason OUTPUT_LIMIT), -ENOMEM; writev: -EINVAL if iovcnt is
+ * outside 0..IOV_MAX or the lengths' sum overflows.
  * While CONNECTING, bytes are queued and go out once connected. */
 int crest_conn_write(crest_conn_t *c, const void *data, size_t len);
 int crest_conn_writev(crest_conn_t *c, const struct iovec *iov, int iovcnt);
 /* Write msg framed as the connection's framing says: header + payload for
- * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large. */
+ * LENGTH, msg + "\n" for LINE, msg as is for RAW.  -EMSGSIZE if too large;
+ * otherwise as crest_conn_write() (the cap counts the framing too). */
 int crest_conn_write_message(crest_conn_t *c, const void *msg, size_t len);
 
 /* Batch: while corked, writes are queued without syscalls; uncork sends
