@@ -104,7 +104,7 @@ struct client {
 };
 
 /* Counters of the final report (server.h: loop_counters). */
-enum { C_LINES_IN, C_LINES_OUT, C_DROPPED, C_LOST };
+enum { C_LINES_IN, C_LINES_OUT, C_DROPPED, C_LOST, C_POSTED };
 
 struct chat_loop {
     /* Shared with the other loops' threads (see the top of this file). */
@@ -125,7 +125,7 @@ struct chat_loop {
     size_t nsegs, segs_cap;
     struct iovec *iov;
     size_t iov_cap;
-    uint64_t count[4];            /* C_* */
+    uint64_t count[5];            /* C_* */
 };
 
 static struct {
@@ -186,7 +186,9 @@ static void post_to(struct chat_loop *cl, struct chat_loop *t, struct msg *m) {
     if (atomic_load(&t->open)) {
         atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
         atomic_fetch_add(&t->queued, 1);
-        if (crest_loop_post(t->loop, deliver, m) < 0) {
+        if (crest_loop_post(t->loop, deliver, m) == 0) {
+            cl->count[C_POSTED]++;
+        } else {
             atomic_fetch_sub(&t->queued, 1);
             atomic_fetch_sub_explicit(&m->refs, 1, memory_order_relaxed);
             cl->count[C_LOST] += m->lines;
@@ -415,6 +417,8 @@ static void chat_report(const server_proto_t *p, const uint64_t counters[SERVER_
            " slow client%s dropped (over --max-output %zu bytes)\n",
            counters[C_LINES_IN], counters[C_LINES_OUT], counters[C_DROPPED],
            counters[C_DROPPED] == 1 ? "" : "s", chat.max_output);
+    if (chat.nloops > 1)
+        printf("  chat: %" PRIu64 " batches of lines passed to another loop\n", counters[C_POSTED]);
     if (counters[C_LOST])
         printf("  chat: %" PRIu64 " lines not passed to another loop (out of memory)\n",
                counters[C_LOST]);
