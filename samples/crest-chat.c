@@ -50,6 +50,19 @@
  * interleave differently on different loops, as with any chat server
  * without a global sequencer.
  *
+ * A loop that falls behind: messages waiting in a loop's post queue are in
+ * no client's output queue, so --max-output does not bound them.  Each
+ * loop's shared part also counts the bytes posted to it and not yet
+ * delivered (backlog).  A sender that finds a target's backlog above
+ * --max-backlog (default 8 x --max-output) after a flush stops reading
+ * its own clients (crest_conn_pause(), a pause of its own, apart from
+ * crest's high-water pause) and checks every millisecond, with a timer,
+ * until every backlog is at half that or less, then resumes them.  Every
+ * loop delivers what is posted to it whatever its own state, so loops
+ * that wait for each other still drain, and the memory the messages in
+ * flight hold is bounded by the loops' backlogs plus one batch per
+ * loop.  The report counts these pauses.
+ *
  * A loop's lifetime against the posts: a loop ends (shutdown) once its
  * connections are gone, and is then destroyed, while the others may still
  * be posting to it; a post to a destroyed loop would touch freed memory,
@@ -104,7 +117,7 @@ struct client {
 };
 
 /* Counters of the final report (server.h: loop_counters). */
-enum { C_LINES_IN, C_LINES_OUT, C_DROPPED, C_LOST, C_POSTED };
+enum { C_LINES_IN, C_LINES_OUT, C_DROPPED, C_LOST, C_POSTED, C_THROTTLED };
 
 struct chat_loop {
     /* Shared with the other loops' threads (see the top of this file). */
@@ -112,6 +125,7 @@ struct chat_loop {
     atomic_bool open;
     atomic_uint queued;
     atomic_uint clients;          /* a hint for senders: 0 skips the post */
+    atomic_size_t backlog;        /* bytes posted to it, not yet delivered */
     crest_loop_t *loop;           /* set before any loop runs */
 
     /* This loop's thread only. */
@@ -124,12 +138,14 @@ struct chat_loop {
     struct seg *segs;
     size_t nsegs, segs_cap;
     struct iovec *iov;
-    size_t iov_cap;
-    uint64_t count[5];            /* C_* */
+    crest_timer_t *throttle;      /* while this loop's clients are paused */
+    bool throttled;
+    uint64_t count[6];            /* C_* */
 };
 
 static struct {
     size_t max_output;            /* --max-output */
+    size_t max_backlog;           /* --max-backlog; 0 until configured */
     size_t batch_max;             /* a batch is flushed early past this */
     unsigned nloops;
     struct chat_loop *loops;
@@ -138,6 +154,7 @@ static struct {
 #define BATCH_MIN 4096u
 #define BATCH_MAX_CAP (256u * 1024)
 #define IOV_CHUNK 64
+#define THROTTLE_CHECK_MS 1
 
 /* ------------------------------------------------------------------------
  * Messages
@@ -174,6 +191,7 @@ static void deliver(crest_loop_t *loop, void *arg) {
         next = k->next; /* no callback runs inside a write, but be plain about it */
         send_to(cl, k, &iov, 1, m->lines);
     }
+    atomic_fetch_sub(&cl->backlog, m->len);
     atomic_fetch_sub(&cl->queued, 1);
     msg_release(m);
 }
@@ -186,9 +204,11 @@ static void post_to(struct chat_loop *cl, struct chat_loop *t, struct msg *m) {
     if (atomic_load(&t->open)) {
         atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
         atomic_fetch_add(&t->queued, 1);
+        atomic_fetch_add(&t->backlog, m->len);
         if (crest_loop_post(t->loop, deliver, m) == 0) {
             cl->count[C_POSTED]++;
         } else {
+            atomic_fetch_sub(&t->backlog, m->len);
             atomic_fetch_sub(&t->queued, 1);
             atomic_fetch_sub_explicit(&m->refs, 1, memory_order_relaxed);
             cl->count[C_LOST] += m->lines;
@@ -240,6 +260,37 @@ static void deliver_local(struct chat_loop *cl, struct msg *m) {
     }
 }
 
+/* The most bytes waiting for any other loop. */
+static size_t max_backlog(const struct chat_loop *cl) {
+    size_t most = 0;
+    for (unsigned i = 0; i < chat.nloops; i++) {
+        size_t b = atomic_load_explicit(&chat.loops[i].backlog, memory_order_relaxed);
+        if (i != cl->index && b > most)
+            most = b;
+    }
+    return most;
+}
+
+static void set_paused(struct chat_loop *cl, bool pause) {
+    for (struct client *k = cl->head.next; k != &cl->head; k = k->next) {
+        if (pause)
+            crest_conn_pause(k->conn);
+        else
+            crest_conn_resume(k->conn);
+    }
+}
+
+/* Every THROTTLE_CHECK_MS while throttled: resume once the other loops
+ * have caught up. */
+static void throttle_check(crest_timer_t *t, void *arg) {
+    struct chat_loop *cl = arg;
+    if (max_backlog(cl) > chat.max_backlog / 2)
+        return;
+    crest_timer_stop(t);
+    cl->throttled = false;
+    set_paused(cl, false);
+}
+
 /* Send the batch being filled: to the other loops, then to this one's
  * clients. */
 static void flush(struct chat_loop *cl) {
@@ -250,6 +301,13 @@ static void flush(struct chat_loop *cl) {
     for (unsigned i = 0; i < chat.nloops; i++)
         if (i != cl->index)
             post_to(cl, &chat.loops[i], m);
+    if (chat.nloops > 1 && !cl->throttled && max_backlog(cl) > chat.max_backlog &&
+        crest_timer_start(cl->throttle, THROTTLE_CHECK_MS, THROTTLE_CHECK_MS) == 0) {
+        /* Another loop is behind: stop reading until it catches up. */
+        cl->throttled = true;
+        cl->count[C_THROTTLED]++;
+        set_paused(cl, true);
+    }
     deliver_local(cl, m);
     cl->nsegs = 0;
     msg_release(m);
@@ -339,6 +397,8 @@ static void chat_open(crest_conn_t *c) {
     cl->head.prev = k;
     atomic_fetch_add_explicit(&cl->clients, 1, memory_order_relaxed);
     crest_conn_set_data(c, k);
+    if (cl->throttled)
+        crest_conn_pause(c);
 }
 
 static int chat_line(crest_conn_t *c, const uint8_t *line, size_t len) {
@@ -380,6 +440,12 @@ static int chat_loop_init(server_proto_t *p, crest_loop_t *loop, unsigned index)
     cl->iov = malloc(IOV_CHUNK * sizeof *cl->iov);
     if (!cl->iov)
         return -ENOMEM;
+    int rc = crest_timer_create(loop, throttle_check, cl, &cl->throttle);
+    if (rc < 0) {
+        free(cl->iov);
+        cl->iov = NULL;
+        return rc;
+    }
     crest_loop_set_data(loop, cl);
     atomic_store(&cl->open, true);
     return 0;
@@ -397,6 +463,9 @@ static void chat_loop_fini(server_proto_t *p, crest_loop_t *loop, unsigned index
     while (atomic_load(&cl->queued))
         if (crest_loop_run_once(loop, 100) < 0)
             break; /* cannot happen off a callback; do not spin */
+    crest_timer_destroy(cl->throttle);
+    cl->throttle = NULL;
+    cl->throttled = false;
     free(cl->segs);
     free(cl->iov);
     cl->segs = NULL;
@@ -418,7 +487,10 @@ static void chat_report(const server_proto_t *p, const uint64_t counters[SERVER_
            counters[C_LINES_IN], counters[C_LINES_OUT], counters[C_DROPPED],
            counters[C_DROPPED] == 1 ? "" : "s", chat.max_output);
     if (chat.nloops > 1)
-        printf("  chat: %" PRIu64 " batches of lines passed to another loop\n", counters[C_POSTED]);
+        printf("  chat: %" PRIu64 " batches of lines passed to another loop; reading paused %" PRIu64
+               " time%s (another loop over --max-backlog %zu bytes)\n",
+               counters[C_POSTED], counters[C_THROTTLED], counters[C_THROTTLED] == 1 ? "" : "s",
+               chat.max_backlog);
     if (counters[C_LOST])
         printf("  chat: %" PRIu64 " lines not passed to another loop (out of memory)\n",
                counters[C_LOST]);
@@ -440,11 +512,12 @@ static void chat_conn_opts(const server_proto_t *p, crest_conn_opts_t *o) {
  * Options
  * ------------------------------------------------------------------------ */
 
-enum { OPT_MAX_LINE = 256, OPT_MAX_OUTPUT };
+enum { OPT_MAX_LINE = 256, OPT_MAX_OUTPUT, OPT_MAX_BACKLOG };
 
 static const struct option chat_options[] = {
     {"max-line", required_argument, NULL, OPT_MAX_LINE},
     {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
+    {"max-backlog", required_argument, NULL, OPT_MAX_BACKLOG},
     {NULL, 0, NULL, 0},
 };
 
@@ -454,6 +527,8 @@ static int chat_option(server_proto_t *p, int id, const char *arg) {
         return server_parse_size("max-line", arg, 1, (size_t)1 << 30, &p->framing.max_message);
     case OPT_MAX_OUTPUT:
         return server_parse_size("max-output", arg, 4096, (size_t)1 << 30, &chat.max_output);
+    case OPT_MAX_BACKLOG:
+        return server_parse_size("max-backlog", arg, 1, (size_t)1 << 40, &chat.max_backlog);
     default:
         return -1;
     }
@@ -468,6 +543,8 @@ static int chat_configured(server_proto_t *p) {
                 chat.max_output, 2 * line);
         return -1;
     }
+    if (!chat.max_backlog)
+        chat.max_backlog = 8 * chat.max_output;
     /* A batch, or one line alone, is at most half of any client's cap. */
     chat.batch_max = chat.max_output / 4 < BATCH_MAX_CAP ? chat.max_output / 4 : BATCH_MAX_CAP;
     chat.nloops = p->threads;
@@ -492,7 +569,11 @@ static server_proto_t chat_proto = {
         "      --max-output BYTES  output one client may have waiting; a client that\n"
         "                          does not read and would pass it is disconnected\n"
         "                          (\"output limit\"; default 1M, at least twice\n"
-        "                          --max-line)\n",
+        "                          --max-line)\n"
+        "      --max-backlog BYTES\n"
+        "                          with --threads: lines waiting for another loop;\n"
+        "                          past it a loop stops reading its clients until\n"
+        "                          the others catch up (default 8 x --max-output)\n",
     .parse_option = chat_option,
     .configured = chat_configured,
     .one_process = true,

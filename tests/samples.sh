@@ -299,6 +299,17 @@ else
         log_has crest-chat '^  chat: [1-9][0-9]* batches of lines passed to another loop' \
             "chat --threads 2: lines crossed between the loops"
     fi
+    # --max-backlog 1: a loop that has just posted a batch to the other
+    # finds it over the backlog bound and pauses its clients until the
+    # other loop has delivered it; no line may be lost or reordered.
+    if start crest-chat --threads 2 --max-backlog 1; then
+        chat_check broadcast 16
+        stop crest-chat
+        log_has crest-chat '^  chat: 48 lines in, 720 lines out' \
+            "chat --max-backlog 1: still 48 lines in, 720 out"
+        log_has crest-chat 'reading paused [1-9][0-9]* times? \(another loop over --max-backlog 1 bytes\)' \
+            "chat --max-backlog 1: a loop paused reading while the other caught up"
+    fi
     if start crest-chat --threads 2; then
         chat_check slow
         stop crest-chat
