@@ -54,14 +54,15 @@
  * no client's output queue, so --max-output does not bound them.  Each
  * loop's shared part also counts the bytes posted to it and not yet
  * delivered (backlog).  A sender that finds a target's backlog above
- * --max-backlog (default 8 x --max-output) after a flush stops reading
- * its own clients (crest_conn_pause(), a pause of its own, apart from
- * crest's high-water pause) and checks every millisecond, with a timer,
- * until every backlog is at half that or less, then resumes them.  Every
+ * --max-backlog (default 8 x --max-output) right after posting a batch
+ * stops reading its own clients (crest_conn_pause(), a pause of its own,
+ * apart from crest's high-water pause) and checks every millisecond, with
+ * a timer, until every backlog is at half that or less, then resumes
+ * them.  Every
  * loop delivers what is posted to it whatever its own state, so loops
- * that wait for each other still drain, and the memory the messages in
- * flight hold is bounded by the loops' backlogs plus one batch per
- * loop.  The report counts these pauses.
+ * that wait for each other still drain, and the bytes waiting for one
+ * loop stay under --max-backlog plus one batch from each other loop.
+ * The report counts these pauses.
  *
  * A loop's lifetime against the posts: a loop ends (shutdown) once its
  * connections are gone, and is then destroyed, while the others may still
@@ -105,8 +106,6 @@ struct seg {
     uint64_t from;                /* the sender's serial */
     size_t off, len;
 };
-
-struct chat_loop;
 
 struct client {
     struct client *prev, *next;
