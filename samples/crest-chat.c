@@ -3,7 +3,7 @@
  * Every line a client sends (ending in "\n"; a "\r" before it is dropped)
  * goes to every other connected client, as the line and "\n"; never back
  * to its sender.  A line longer than --max-line closes its sender's
- * connection ("line too long").  The listening options, threads, signals,
+ * connection (reason "too large"; crest logs "line too long").  The listening options, threads, signals,
  * --stats and the final report are the skeleton's (server.c), as for
  * crest-echo; the report adds the lines in and out and the slow clients
  * dropped.
@@ -564,7 +564,8 @@ static server_proto_t chat_proto = {
     .options = chat_options,
     .options_help =
         "      --max-line BYTES    longest line; a longer one closes its sender's\n"
-        "                          connection (\"line too long\"; default 64K)\n"
+        "                          connection (\"too large\": \"line too long\";\n"
+        "                          default 64K)\n"
         "      --max-output BYTES  output one client may have waiting; a client that\n"
         "                          does not read and would pass it is disconnected\n"
         "                          (\"output limit\"; default 1M, at least twice\n"

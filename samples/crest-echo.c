@@ -12,7 +12,8 @@
  *
  * Each line ending in "\n" (a "\r" before it is dropped, as Go's ScanLines
  * does) is answered with "echo: " + line + "\n".  A line longer than
- * --max-line closes that connection ("line too long"); crest's LINE framing
+ * --max-line closes that connection (reason "too large"; crest logs "line
+ * too long"); crest's LINE framing
  * does that check, and the reassembly of lines split across reads.
  *
  * Everything else (options, threads, signals, statistics, the final
@@ -103,7 +104,7 @@ static server_proto_t echo = {
         "      --line              line protocol: answer each line with \"echo: \" LINE \"\\n\"\n"
         "                          (lines end in \"\\n\"; a \"\\r\" before it is dropped)\n"
         "      --max-line BYTES    longest line; a longer one closes its connection\n"
-        "                          (\"line too long\"; default 65535, as Go's\n"
+        "                          (\"too large\": \"line too long\"; default 65535, as Go's\n"
         "                          bufio.Scanner: a line and its \"\\r\\n\" or\n"
         "                          \"\\n\" in 64 KiB)\n",
     .parse_option = echo_option,

@@ -8,7 +8,7 @@
  * crest's LENGTH framing does the work: it reassembles a frame split
  * across reads, hands over the frames of one read one by one, and closes a
  * connection whose header announces more than --max-frame bytes (reason
- * "frame too large", logged by crest) without touching the others.
+ * "too large"; crest logs "frame too large") without touching the others.
  *
  * Everything else (options, threads, signals, statistics, the final
  * report) is the shared skeleton in server.c.
@@ -51,7 +51,8 @@ static server_proto_t framed = {
     .options = framed_options,
     .options_help =
         "      --max-frame BYTES   largest payload; a frame announcing more closes its\n"
-        "                          connection (\"frame too large\"; default 1M)\n",
+        "                          connection (\"too large\": \"frame too large\";\n"
+        "                          default 1M)\n",
     .parse_option = framed_option,
     .framing = {.kind = CREST_FRAMING_LENGTH, .header_bytes = 4, .max_message = 1u << 20},
     .handler = {.on_message = echo_frame},

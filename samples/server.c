@@ -29,18 +29,24 @@
  * ever queued on it), holds the port the kernel chose until every listener
  * is bound to it, and is closed then.
  *
+ * Socket activation: started by systemd (or systemd-socket-activate) with
+ * listening sockets passed in LISTEN_FDS (activation.h), the server adopts
+ * them (crest_listener_adopt) instead of binding --host/--port; with
+ * --threads N each worker adopts a dup() of each, so they all accept from
+ * the same sockets.
+ *
  * Shutdown, on the first SIGINT or SIGTERM (a worker process watches
  * SIGTERM only: the supervisor forwards both as SIGTERM, and a terminal's
  * Ctrl-C, which reaches the whole process group, must not count twice):
  *   1. the control loop posts worker_shutdown to every worker thread;
- *   2. each worker closes its listener (no new connections), closes its
- *      connections gracefully (queued replies are still sent) and arms a
- *      grace timer; if connections are still open when it fires, they are
- *      aborted;
- *   3. once the last connection is gone the worker's loop has nothing left
- *      to wait for and returns by itself; the group calls group_fini on
- *      that thread, which saves the figures and posts "done"; the group
- *      then destroys the loop;
+ *   2. each worker keeps its listeners' figures, then crest_loop_shutdown()
+ *      closes its listeners (no new connections), closes its connections
+ *      gracefully (queued replies are still sent) and, if connections are
+ *      still open after the grace period, aborts them;
+ *   3. once the last connection is gone crest calls shutdown_done, which
+ *      stops the worker's loop; the group calls group_fini on that thread,
+ *      which saves the figures and posts "done"; the group then destroys
+ *      the loop;
  *   4. when every worker is done the control loop stops, the main thread
  *      joins the group and prints the final report (a worker process sends
  *      it to the supervisor instead).
@@ -67,6 +73,7 @@
 #define GRACE_MS 2000     /* how long a shutdown waits for connections to drain */
 #define MAX_THREADS 1024
 #define MAX_WORKERS 256
+#define MAX_PASSED 16     /* listening sockets adopted from LISTEN_FDS */
 
 /* The common options. */
 struct config {
@@ -138,9 +145,10 @@ struct worker {
 
     /* The worker thread's own. */
     crest_loop_t *loop;
-    crest_listener_t *listener;
-    crest_listener_stats_t listener_stats; /* kept when the listener closes */
-    crest_timer_t *grace;
+    crest_listener_t *listeners[MAX_PASSED]; /* one, or one per passed socket */
+    unsigned nlisteners;
+    crest_listener_stats_t listener_stats; /* kept when the listeners close */
+    crest_timer_t *grace;         /* says when the grace period ends */
     bool stopping;
     bool proto_ready;             /* the protocol's loop_init succeeded */
 
@@ -162,6 +170,8 @@ struct server {
     crest_handler_t handler;      /* the protocol's, on_open/on_close wrapped */
 
     int port;                     /* what every listener binds */
+    int passed;                   /* sockets passed by systemd (LISTEN_FDS),
+                                     at fds 3..; 0: bind --host/--port */
     int reserve_fd;               /* holds a port picked for --port 0, or -1 */
 
     /* In a worker process: its index, the pipe to the supervisor, and
@@ -194,16 +204,26 @@ struct server {
  * Figures
  * ------------------------------------------------------------------------ */
 
+static void add_listener_stats(crest_listener_stats_t *sum, const crest_listener_stats_t *l) {
+    sum->accepted += l->accepted;
+    sum->active += l->active;
+    sum->refused_limit += l->refused_limit;
+    sum->emfile += l->emfile;
+    sum->accept_errors += l->accept_errors;
+}
+
 static void take_figures(struct worker *w, struct figures *f) {
     server_proto_t *p = w->srv->proto;
     if (p->loop_counters && w->proto_ready)
         p->loop_counters(p, w->loop, w->index, f->proto);
     crest_loop_conn_stats(w->loop, &f->conn);
     crest_loop_buf_stats(w->loop, &f->buf);
-    if (w->listener)
-        crest_listener_get_stats(w->listener, &f->listener);
-    else
-        f->listener = w->listener_stats;
+    f->listener = w->listener_stats;
+    for (unsigned i = 0; i < w->nlisteners; i++) {
+        crest_listener_stats_t l;
+        crest_listener_get_stats(w->listeners[i], &l);
+        add_listener_stats(&f->listener, &l);
+    }
 }
 
 static void add_figures(struct figures *sum, const struct figures *f) {
@@ -227,11 +247,7 @@ static void add_figures(struct figures *sum, const struct figures *f) {
     if (f->buf.peak > sum->buf.peak)
         sum->buf.peak = f->buf.peak; /* the largest of any one loop */
     sum->buf.chunks_free += f->buf.chunks_free;
-    sum->listener.accepted += f->listener.accepted;
-    sum->listener.active += f->listener.active;
-    sum->listener.refused_limit += f->listener.refused_limit;
-    sum->listener.emfile += f->listener.emfile;
-    sum->listener.accept_errors += f->listener.accept_errors;
+    add_listener_stats(&sum->listener, &f->listener);
     for (int i = 0; i < SERVER_PROTO_COUNTERS; i++)
         sum->proto[i] += f->proto[i];
 }
@@ -239,15 +255,6 @@ static void add_figures(struct figures *sum, const struct figures *f) {
 /* RAW framing has no messages: count reads instead. */
 static uint64_t messages(const struct server *srv, const crest_conn_stats_t *c) {
     return srv->proto->framing.kind == CREST_FRAMING_RAW ? c->reads : c->messages_in;
-}
-
-/* crest has one reason for both; say which limit it was. */
-static const char *reason_name(const struct server *srv, crest_close_reason_t reason) {
-    if (reason == CREST_CLOSE_TOO_LARGE && srv->proto->framing.kind == CREST_FRAMING_LINE)
-        return "line too long";
-    if (reason == CREST_CLOSE_TOO_LARGE && srv->proto->framing.kind == CREST_FRAMING_LENGTH)
-        return "frame too large";
-    return crest_close_reason_name(reason);
 }
 
 static const char *message_unit(const struct server *srv) {
@@ -285,8 +292,6 @@ static void on_open(crest_conn_t *c) {
     }
 }
 
-static void drain_check(crest_loop_t *loop, void *arg);
-
 static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     struct worker *w = crest_conn_handler_ctx(c);
     if (w->srv->proto->handler.on_close)
@@ -295,15 +300,11 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         char name[CREST_ADDR_STRLEN + 8];
         conn_name(c, name, sizeof name);
         if (err)
-            printf("%s closed: %s (%s)\n", name, reason_name(w->srv, reason),
+            printf("%s closed: %s (%s)\n", name, crest_close_reason_name(reason),
                    crest_strerror(err));
         else
-            printf("%s closed: %s\n", name, reason_name(w->srv, reason));
+            printf("%s closed: %s\n", name, crest_close_reason_name(reason));
     }
-    /* Shutting down: see whether that was the last one once the close is
-     * complete (the connection is released after this callback). */
-    if (w->stopping)
-        crest_loop_defer(w->loop, drain_check, w);
 }
 
 /* ------------------------------------------------------------------------
@@ -319,25 +320,30 @@ static void listen_address(const struct config *cfg, int port, char *buf, size_t
         snprintf(buf, size, "%s:%d", cfg->host, port);
 }
 
+/* Close the listeners, keeping their figures.  Before a shutdown too:
+ * crest_loop_shutdown() would close them, but their figures go with them. */
 static void close_listener(struct worker *w) {
-    if (!w->listener)
-        return;
-    crest_listener_get_stats(w->listener, &w->listener_stats);
-    crest_listener_close(w->listener);
-    w->listener = NULL;
+    for (unsigned i = 0; i < w->nlisteners; i++) {
+        crest_listener_stats_t l;
+        crest_listener_get_stats(w->listeners[i], &l);
+        add_listener_stats(&w->listener_stats, &l);
+        crest_listener_close(w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+    w->nlisteners = 0;
 }
 
-/* Connections are gone (or the grace period is over and they were aborted):
- * with the listener closed and the grace timer stopped, the loop has
- * nothing left and crest_loop_run() returns. */
-static void drain_check(crest_loop_t *loop, void *arg) {
+/* Every connection is gone (drained, or aborted at the end of the grace
+ * period): the worker's loop is done. */
+static void shutdown_done(crest_loop_t *loop, void *arg) {
     struct worker *w = arg;
-    crest_conn_stats_t st;
-    crest_loop_conn_stats(loop, &st);
-    if (st.active == 0)
-        crest_timer_stop(w->grace);
+    crest_timer_stop(w->grace);
+    crest_loop_stop(loop);
 }
 
+/* Started just before crest_loop_shutdown()'s own grace timer, for the
+ * same moment, so it fires first and can say what is about to be aborted
+ * (crest does the aborting). */
 static void on_grace_over(crest_timer_t *t, void *arg) {
     (void)t;
     struct worker *w = arg;
@@ -345,28 +351,38 @@ static void on_grace_over(crest_timer_t *t, void *arg) {
     crest_loop_conn_stats(w->loop, &st);
     printf("%s%s: grace period over: aborting %" PRIu64 " connection%s\n", w->srv->tag,
            w->srv->proto->name, st.active, st.active == 1 ? "" : "s");
-    crest_loop_close_all(w->loop, true);
+}
+
+static void start_shutdown(struct worker *w, uint32_t grace_ms) {
+    w->stopping = true;
+    close_listener(w);
+    if (grace_ms)
+        crest_timer_start(w->grace, grace_ms, 0);
+    int rc = crest_loop_shutdown(w->loop, grace_ms, shutdown_done, w);
+    if (rc < 0) { /* cannot happen on a running loop; do not hang if it did */
+        crest_timer_stop(w->grace);
+        crest_loop_close_all(w->loop, true);
+        crest_loop_stop(w->loop);
+    }
 }
 
 /* Posted by the control loop on the first signal. */
 static void worker_shutdown(crest_loop_t *loop, void *arg) {
+    (void)loop;
     struct worker *w = arg;
     if (w->stopping)
         return;
-    w->stopping = true;
-    close_listener(w);
-    crest_loop_close_all(loop, false);
-    crest_timer_start(w->grace, GRACE_MS, 0);
-    drain_check(loop, w);
+    start_shutdown(w, GRACE_MS);
 }
 
-/* Posted by the control loop on a second signal. */
+/* Posted by the control loop on a second signal: what is left is aborted
+ * now, and the shutdown (started here if need be) completes. */
 static void worker_abort(crest_loop_t *loop, void *arg) {
     struct worker *w = arg;
-    w->stopping = true;
-    close_listener(w);
+    if (!w->stopping)
+        start_shutdown(w, 0);
+    crest_timer_stop(w->grace);
     crest_loop_close_all(loop, true);
-    drain_check(loop, w);
 }
 
 static void gather_done(struct server *srv);
@@ -406,16 +422,38 @@ static int worker_setup(struct worker *w) {
     if (srv->proto->conn_opts)
         srv->proto->conn_opts(srv->proto, &lo.conn);
 
-    char addr[CREST_ADDR_STRLEN + 16];
-    listen_address(cfg, srv->port, addr, sizeof addr);
-    rc = crest_listen(w->loop, addr, &lo, &srv->handler, w, &w->listener);
-    if (rc < 0) {
-        w->setup_step = "listen";
-        return rc;
+    if (srv->passed > 0) {
+        /* Socket activation: every worker adopts its own dup() of each
+         * passed socket (crest owns and closes what it adopts), so they all
+         * accept from the same sockets. */
+        for (int i = 0; i < srv->passed; i++) {
+            int fd = fcntl(CREST_LISTEN_FDS_START + i, F_DUPFD_CLOEXEC, 0);
+            if (fd < 0) {
+                w->setup_step = "dup of a passed socket";
+                return -errno;
+            }
+            rc = crest_listener_adopt(w->loop, fd, &lo, &srv->handler, w,
+                                      &w->listeners[w->nlisteners]);
+            if (rc < 0) {
+                close(fd);
+                w->setup_step = "adopting a passed socket";
+                return rc;
+            }
+            w->nlisteners++;
+        }
+    } else {
+        char addr[CREST_ADDR_STRLEN + 16];
+        listen_address(cfg, srv->port, addr, sizeof addr);
+        rc = crest_listen(w->loop, addr, &lo, &srv->handler, w, &w->listeners[0]);
+        if (rc < 0) {
+            w->setup_step = "listen";
+            return rc;
+        }
+        w->nlisteners = 1;
     }
-    crest_listener_address(w->listener, w->address, sizeof w->address);
-    w->sndbuf = crest_listener_sndbuf(w->listener);
-    w->rcvbuf = crest_listener_rcvbuf(w->listener);
+    crest_listener_address(w->listeners[0], w->address, sizeof w->address);
+    w->sndbuf = crest_listener_sndbuf(w->listeners[0]);
+    w->rcvbuf = crest_listener_rcvbuf(w->listeners[0]);
     return 0;
 }
 
@@ -574,7 +612,8 @@ static int reserve_port(struct server *srv) {
     const struct config *cfg = &srv->cfg;
     srv->port = cfg->port;
     srv->reserve_fd = -1;
-    if (cfg->unix_path || cfg->port != 0 || (cfg->threads == 1 && cfg->workers == 1))
+    if (srv->passed || cfg->unix_path || cfg->port != 0 ||
+        (cfg->threads == 1 && cfg->workers == 1))
         return 0;
     char text[CREST_ADDR_STRLEN + 16];
     crest_addr_t a;
@@ -607,6 +646,13 @@ static void release_port(struct server *srv) {
     if (srv->reserve_fd >= 0)
         close(srv->reserve_fd);
     srv->reserve_fd = -1;
+}
+
+/* The passed sockets themselves, once every worker has adopted its dup()
+ * (or the workers failed to start): this process is done with them. */
+static void release_passed(struct server *srv) {
+    for (int i = 0; i < srv->passed; i++)
+        close(CREST_LISTEN_FDS_START + i);
 }
 
 static void describe_framing(const crest_framing_t *f, char *buf, size_t size) {
@@ -642,9 +688,16 @@ static void announce(const struct server *srv, const char *address, int sndbuf, 
     describe_framing(&srv->proto->framing, framing, sizeof framing);
     if (cfg->workers > 1)
         snprintf(procs, sizeof procs, "%u worker processes x ", cfg->workers);
+    const char *each = "";
+    if (cfg->threads > 1 || cfg->workers > 1)
+        each = srv->passed ? " (each adopts the passed sockets)"
+                           : " (one SO_REUSEPORT listener each)";
     printf("%s %s: %s, %s%u thread%s%s\n", srv->proto->name, crest_version(), framing, procs,
-           cfg->threads, cfg->threads == 1 ? "" : "s",
-           cfg->threads > 1 || cfg->workers > 1 ? " (one SO_REUSEPORT listener each)" : "");
+           cfg->threads, cfg->threads == 1 ? "" : "s", each);
+    if (srv->passed)
+        printf("socket activation: %d listening socket%s passed by the service manager "
+               "(LISTEN_FDS), adopted instead of binding --host/--port\n",
+               srv->passed, srv->passed == 1 ? "" : "s");
     if (cfg->proxy)
         printf("PROXY protocol %s expected before any data; connections are logged with "
                "the client address it gives\n", proxy_name(cfg->proxy));
@@ -704,7 +757,7 @@ static int print_report(const struct server *srv, const struct totals *t, uint64
     bool any = false;
     for (int r = 0; r < CREST_CLOSE_REASON_COUNT; r++) {
         if (c->close_reasons[r]) {
-            printf("%s %s %" PRIu64, any ? "," : "", reason_name(srv, (crest_close_reason_t)r),
+            printf("%s %s %" PRIu64, any ? "," : "", crest_close_reason_name((crest_close_reason_t)r),
                    c->close_reasons[r]);
             any = true;
         }
@@ -858,6 +911,8 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "BYTES take a K, M or G suffix (KiB, MiB, GiB).\n"
             "On SIGINT or SIGTERM the server stops accepting, lets connections drain for at\n"
             "most %d s (a second signal cuts that short), then prints its final report.\n"
+            "Started with sockets passed by systemd (LISTEN_FDS, e.g. under\n"
+            "systemd-socket-activate), it serves those instead of binding --host/--port.\n"
             "Exit status: 0 clean; 1 error; 2 bad usage; 3 fds or buffers leaked.\n",
             GRACE_MS / 1000);
 }
@@ -1131,6 +1186,7 @@ static int serve(struct server *srv) {
     rc = crest_group_start(cfg->threads, group_init, group_fini, srv, &srv->group);
     if (srv->report_fd < 0)
         release_port(srv); /* every listener is bound (or none will be) */
+    release_passed(srv);   /* every worker has its own dup (or none will) */
     if (rc < 0) {
         setup_failed(srv, rc);
         code = SERVER_EXIT_ERROR;
@@ -1392,6 +1448,7 @@ static int supervise(struct server *srv) {
         k->fd = p[0];
         sup.forked++;
     }
+    release_passed(srv); /* each worker process has them */
 
     int rc = crest_loop_create(&sup.loop);
     if (rc < 0 ||
@@ -1485,6 +1542,22 @@ int server_main(int argc, char **argv, server_proto_t *proto) {
         return rc;
     if (srv.cfg.quiet)
         crest_log_set_level(CREST_LOG_WARN);
+
+    /* Socket activation: take the variables out of the environment, so
+     * that nothing this process starts inherits them. */
+    int passed = crest_listen_fds(true);
+    if (passed < 0) {
+        fprintf(stderr, "%s: LISTEN_PID/LISTEN_FDS: %s\n", proto->name, crest_strerror(passed));
+        return SERVER_EXIT_ERROR;
+    }
+    if (passed > MAX_PASSED) {
+        fprintf(stderr, "%s: %d sockets passed (LISTEN_FDS); at most %d are served\n",
+                proto->name, passed, MAX_PASSED);
+        return SERVER_EXIT_ERROR;
+    }
+    srv.passed = passed;
+    if (passed)
+        srv.cfg.unix_path = NULL; /* the passed sockets are what we serve */
 
     /* The skeleton watches on_open and on_close; the protocol keeps the
      * rest of its handler. */

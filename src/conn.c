@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -90,16 +91,17 @@ void crest_conn_opts_init(crest_conn_opts_t *o) {
 
 /* ---- endpoints ---------------------------------------------------------- */
 
-/* An endpoint for handler with these options (NULL: defaults).  -EINVAL
- * if the handler lacks the callback its framing needs or the options are
- * invalid; -ENOMEM. */
-int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
-                        struct crest__endpoint **out) {
+/* Options as a connection uses them, for this handler (in: NULL for
+ * defaults): 0 and *out, *max_buffered (the most input bytes a connection
+ * may hold), or -EINVAL if the handler lacks the callback the framing
+ * needs or the options are invalid. */
+int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts_t *in,
+                           crest_conn_opts_t *out, size_t *max_buffered) {
     if (!handler)
         return -EINVAL;
     crest_conn_opts_t o;
-    if (opts)
-        o = *opts;
+    if (in)
+        o = *in;
     else
         crest_conn_opts_init(&o);
     bool framed = o.framing.kind != CREST_FRAMING_RAW;
@@ -119,10 +121,25 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
     if ((o.max_output && o.max_output < o.high_water) || o.max_output > UINT32_MAX ||
         (o.output_policy != CREST_OUTPUT_CLOSE && o.output_policy != CREST_OUTPUT_REFUSE))
         return -EINVAL;
-    size_t max_buffered = framed ? crest_framing_max_buffered(&o.framing)
-                                 : (o.max_input ? o.max_input : 64 * 1024);
-    if (max_buffered > CREST__MAX_BUFFERED)
+    size_t mb = framed ? crest_framing_max_buffered(&o.framing)
+                       : (o.max_input ? o.max_input : 64 * 1024);
+    if (mb > CREST__MAX_BUFFERED)
         return -EINVAL;
+    *out = o;
+    *max_buffered = mb;
+    return 0;
+}
+
+/* An endpoint for handler with these options (NULL: defaults).  -EINVAL
+ * if the handler lacks the callback its framing needs or the options are
+ * invalid; -ENOMEM. */
+int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
+                        struct crest__endpoint **out) {
+    crest_conn_opts_t o;
+    size_t max_buffered;
+    int rc = crest__conn_check_opts(handler, opts, &o, &max_buffered);
+    if (rc < 0)
+        return rc;
     struct crest__endpoint *ep = calloc(1, sizeof *ep);
     if (!ep)
         return -ENOMEM;
@@ -137,8 +154,10 @@ int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_c
 }
 
 void crest__endpoint_release(struct crest__endpoint *ep) {
-    if (ep && --ep->refs == 0)
+    if (ep && --ep->refs == 0) {
+        crest__endpoint_release(ep->origin); /* one level: copies are not copied */
         free(ep);
+    }
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -182,6 +201,19 @@ void crest__conn_deadline_reached(struct crest_conn *c, crest_close_reason_t why
         linger_end(c); /* the peer never sent its EOF */
         return;
     }
+    if (why == CREST_CLOSE_IDLE_TIMEOUT && crest__log_enabled(CREST_LOG_DEBUG)) {
+        /* Two timeouts share the reason: say which one it was. */
+        const crest_conn_opts_t *o = &c->ep->opts;
+        uint32_t now = c->io.loop->now_ms;
+        bool input = o->input_idle_timeout_ms && now - c->last_input >= o->input_idle_timeout_ms;
+        char peer[CREST_ADDR_STRLEN];
+        if (crest_conn_peer(c, peer, sizeof peer) < 0)
+            strcpy(peer, "?");
+        crest_log(CREST_LOG_DEBUG, "connection %s (fd %d, id %llu) closed: idle timeout: %s %u ms",
+                  peer, c->io.fd, (unsigned long long)c->id,
+                  input ? "no input for" : "no input or output for",
+                  input ? now - c->last_input : now - c->last_active);
+    }
     if (c->state == CREST_CONN_CLOSING) {
         /* The peer would not take our last bytes: give up on them. */
         c->flags |= CREST__C_ABORTING;
@@ -199,6 +231,10 @@ _Static_assert(sizeof(void *) != 8 || sizeof(struct crest_conn) <= 168,
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
+/* Connection ids: one counter for the process, so that an id names one
+ * connection across every loop and thread, and 64 bits never wrap. */
+static _Atomic uint64_t next_conn_id = 1;
+
 struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
                                       crest_conn_state_t state) {
     struct crest_conn *c = calloc(1, sizeof *c);
@@ -207,6 +243,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
     c->ep = ep;
     c->state = (uint8_t)state;
     c->last_active = loop->now_ms;
+    c->last_input = loop->now_ms;
+    c->created_ns = loop->now_ns;
     /* A fresh accepted socket has an empty send buffer: writable at once,
      * without waiting for the first EPOLLOUT. */
     c->flags = state == CREST_CONN_OPEN ? CREST__C_WRITABLE : 0;
@@ -216,6 +254,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
         return NULL;
     }
     ep->refs++;
+    /* Relaxed: only uniqueness matters, not an order between threads. */
+    c->id = atomic_fetch_add_explicit(&next_conn_id, 1, memory_order_relaxed);
     loop->conn_stats.opened++;
     loop->conn_stats.active++;
     return c;
@@ -226,6 +266,7 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
 void crest__conn_open(struct crest_conn *c) {
     c->state = CREST_CONN_OPEN;
     c->last_active = c->io.loop->now_ms;
+    c->last_input = c->last_active;
     crest__conn_arm_timer(c);
     if (c->ep->proxy) {
         c->flags |= CREST__C_PROXY_WAIT;
@@ -340,6 +381,7 @@ void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
         loop->conn_stats.reads++;
         if (n > 0) {
             loop->conn_stats.bytes_in += (uint64_t)n;
+            c->bytes_in += (uint64_t)n; /* the sum of the connections' is the loop's */
             if ((size_t)n >= budget) {
                 crest_io_feed(&c->io, CREST_IO_READABLE); /* fair share used */
                 return;
@@ -375,8 +417,9 @@ static void finish_close(struct crest_conn *c) {
     loop->conn_stats.active--;
     loop->conn_stats.closed++;
     loop->conn_stats.close_reasons[c->close_reason]++;
-    if (c->ep->lstats.active)
-        c->ep->lstats.active--;
+    struct crest__endpoint *home = crest__endpoint_home(c->ep);
+    if (home->lstats.active)
+        home->lstats.active--;
     if (linger) {
         /* Set up before on_close, which may end it (crest_loop_close_all). */
         loop->conn_stats.lingered++;
@@ -456,6 +499,25 @@ void crest_loop_close_all(crest_loop_t *loop, bool abort) {
             c->flags |= CREST__C_ABORTING;
         crest__conn_request_close(c, CREST_CLOSE_SHUTDOWN, 0);
     }
+}
+
+int crest_loop_foreach_conn(crest_loop_t *loop, int (*cb)(crest_conn_t *c, void *arg),
+                            void *arg) {
+    if (!loop || !cb)
+        return -EINVAL;
+    /* loop->ios and ios_cap are read again at each step: cb may open
+     * connections (crest_connect), which may grow the table.  Nothing cb
+     * can do frees a connection during the walk (closes complete from the
+     * loop), so the one at the next fd is still valid when we get there. */
+    for (int fd = 0; fd < loop->ios_cap; fd++) {
+        struct crest_conn *c = conn_at(loop, fd);
+        if (!c || c->state == CREST_CONN_CLOSED || (c->flags & CREST__C_PROXY_WAIT))
+            continue;
+        int rc = cb(c, arg);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
 void crest__conns_destroy(crest_loop_t *loop) {
@@ -585,6 +647,49 @@ int crest_conn_fd(const crest_conn_t *c) {
 size_t crest_conn_output_bytes(const crest_conn_t *c) {
     const crest_loop_t *loop = c->io.loop;
     return c->out_bytes + (loop->gather_owner == c ? loop->gather_len : 0);
+}
+
+/* ---- identity and counters ------------------------------------------------ */
+
+uint64_t crest_conn_id(const crest_conn_t *c) {
+    return c->id;
+}
+
+int crest_conn_local(const crest_conn_t *c, char *buf, size_t size) {
+    int fd = crest_conn_fd(c);
+    if (fd < 0)
+        return -ENOTCONN;
+    crest_addr_t a;
+    a.len = sizeof a.ss;
+    if (getsockname(fd, (struct sockaddr *)&a.ss, &a.len) < 0)
+        return -errno;
+    return crest_addr_format(&a, buf, size);
+}
+
+void crest_conn_get_info(const crest_conn_t *c, crest_conn_info_t *out) {
+    const crest_loop_t *loop = c->io.loop;
+    memset(out, 0, sizeof *out);
+    out->id = c->id;
+    out->state = (crest_conn_state_t)c->state;
+    out->fd = crest_conn_fd(c);
+    out->framing = c->ep->opts.framing.kind;
+    out->created_ns = c->created_ns;
+    out->age_ns = loop->now_ns - c->created_ns;
+    out->idle_ms = loop->now_ms - c->last_active;
+    out->input_idle_ms = loop->now_ms - c->last_input;
+    out->bytes_in = c->bytes_in;
+    out->bytes_out = c->bytes_out;
+    out->messages_in = c->messages_in;
+    out->output_bytes = crest_conn_output_bytes(c);
+    out->input_bytes = crest__conn_input_bytes(c);
+    out->paused_by_handler = (c->flags & CREST__C_PAUSED_USER) != 0;
+    out->above_high_water = (c->flags & CREST__C_PAUSED_HIGH) != 0;
+    out->reading_paused = crest__conn_paused(c);
+    out->corked = (c->flags & CREST__C_CORKED) != 0;
+    out->peer_shut_down = (c->flags & (CREST__C_PEER_DONE | CREST__C_EOF_SEEN)) != 0 ||
+                          c->state == CREST_CONN_HALF_CLOSED;
+    out->write_shut_down = (c->flags & (CREST__C_SHUT_PENDING | CREST__C_SHUT_DONE)) != 0 ||
+                           c->state >= CREST_CONN_CLOSING;
 }
 
 /* ---- peer addresses ------------------------------------------------------ */

@@ -7,7 +7,14 @@
 
 /* What a listener (or one outbound connect) gives its connections: the
  * handler, its context and the options.  Reference-counted, so it outlives
- * a listener closed while its connections are still open. */
+ * a listener closed while its connections are still open.
+ *
+ * A connection changed while it lives (crest_conn_set_opts/_handler) gets
+ * its own copy on the first change, unless it holds the only reference
+ * (then the endpoint is changed in place).  The copy keeps a reference to
+ * the endpoint it came from (origin), whose listener counters
+ * (lstats.active, which max_conns is checked against) the connection still
+ * counts in: crest__endpoint_home(). */
 struct crest__endpoint {
     crest_handler_t handler;
     void *ctx;
@@ -20,7 +27,15 @@ struct crest__endpoint {
     unsigned max_conns;           /* listener: 0 = no limit */
     unsigned proxy;               /* listener: PROXY versions expected */
     crest_listener_stats_t lstats;
+    struct crest__endpoint *origin; /* a connection's own copy: the shared
+                                       endpoint it was copied from (a
+                                       reference); else NULL */
 };
+
+/* The endpoint whose listener counters a connection counts in. */
+static inline struct crest__endpoint *crest__endpoint_home(struct crest__endpoint *ep) {
+    return ep->origin ? ep->origin : ep;
+}
 
 /* A connection: 168 bytes, so that an idle one costs 176 bytes of heap
  * (see docs/performance.md).  Times are the loop's millisecond clock
@@ -84,6 +99,9 @@ enum {
                                            buffered input is delivered */
     CREST__C_URGENT = 1u << 15,         /* EPOLLPRI seen: a short read may be
                                            the urgent mark, read to EAGAIN */
+    CREST__C_REFRAMED = 1u << 24,       /* the handler or the framing changed
+                                           during delivery: the rest of the
+                                           input is parsed anew (conn_io.c) */
 };
 
 enum { CREST__PEER_NONE = 0, CREST__PEER_V4, CREST__PEER_EXTRA };
@@ -129,6 +147,8 @@ void crest__endpoint_release(struct crest__endpoint *ep);
 int crest__endpoint_new(const crest_handler_t *handler, void *ctx, const crest_conn_opts_t *opts,
                         struct crest__endpoint **out);
 int crest__conn_apply_opts(int fd, const crest_conn_opts_t *o, bool tcp);
+int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts_t *in,
+                           crest_conn_opts_t *out, size_t *max_buffered);
 void crest__conn_set_oobinline(int fd);
 
 /* conn_io.c */
@@ -138,6 +158,8 @@ int crest__conn_flush(struct crest_conn *c);
 void crest__conn_drop_buffers(struct crest_conn *c);
 void crest__conn_resume_input(struct crest_conn *c);
 void crest__conn_commit_gathered(struct crest_conn *c);
+size_t crest__conn_input_bytes(const struct crest_conn *c);
+bool crest__conn_paused(const struct crest_conn *c);
 
 static inline bool crest__conn_can_write(const struct crest_conn *c) {
     return c->state == CREST_CONN_OPEN || c->state == CREST_CONN_HALF_CLOSED ||

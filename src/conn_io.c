@@ -123,6 +123,7 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
     loop->conn_stats.writes++;
     if (sent >= 0) {
         loop->conn_stats.bytes_out += (uint64_t)sent;
+        c->bytes_out += (uint64_t)sent;
         c->last_active = loop->now_ms;
         if ((size_t)sent < total)
             c->flags &= (uint32_t)~CREST__C_WRITABLE;
@@ -308,6 +309,7 @@ static inline void commit_gathered(struct crest_conn *c) {
             loop->gather_owner = NULL;
             loop->conn_stats.writes++;
             loop->conn_stats.bytes_out += len;
+            c->bytes_out += len;
             c->last_active = loop->now_ms;
             return;
         }
@@ -518,6 +520,14 @@ static inline bool paused(const struct crest_conn *c) {
     return (f & CREST__C_PAUSED_USER) || !c->ep->opts.keep_reading;
 }
 
+bool crest__conn_paused(const struct crest_conn *c) {
+    return paused(c);
+}
+
+size_t crest__conn_input_bytes(const struct crest_conn *c) {
+    return c->in ? crest__chunk_len(c->in) : 0;
+}
+
 /* Reading was paused: input buffered then, and data that reached the socket
  * meanwhile, raised no new edge.  Come back next iteration. */
 void crest__conn_resume_input(struct crest_conn *c) {
@@ -532,6 +542,13 @@ void crest__conn_resume_input(struct crest_conn *c) {
 
 static inline bool may_deliver(const struct crest_conn *c) {
     return !(c->flags & CREST__C_CLOSE_REQUESTED) && !paused(c);
+}
+
+/* The delivery loops go on: as may_deliver(), and the handler has not
+ * changed its framing or itself (then the rest is parsed anew:
+ * deliver_bytes). */
+static inline bool keep_delivering(const struct crest_conn *c) {
+    return !(c->flags & (CREST__C_CLOSE_REQUESTED | CREST__C_REFRAMED)) && !paused(c);
 }
 
 static inline bool may_read(const struct crest_conn *c) {
@@ -557,7 +574,7 @@ static void reject(struct crest_conn *c, ssize_t r, size_t len) {
  * consumed; stops early when it wants more, pauses or closes. */
 static CREST__INLINE size_t deliver_raw(struct crest_conn *c, const uint8_t *p, size_t len) {
     size_t used = 0;
-    while (used < len && may_deliver(c)) {
+    while (used < len && keep_delivering(c)) {
         size_t left = len - used;
         ssize_t r = c->ep->handler.on_data(c, p + used, left);
         if (r < 0) {
@@ -574,12 +591,13 @@ static CREST__INLINE size_t deliver_raw(struct crest_conn *c, const uint8_t *p, 
     return used;
 }
 
-/* Framed: one on_message per whole message. */
+/* Framed: one on_message per whole message.  (f stays valid while the
+ * loop runs: a change of framing stops it.) */
 static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len) {
     const crest_framing_t *f = &c->ep->opts.framing;
     crest_loop_t *loop = c->io.loop;
     size_t used = 0;
-    while (used < len && may_deliver(c)) {
+    while (used < len && keep_delivering(c)) {
         crest_frame_t fr;
         int rc = crest_framing_next(f, p + used, len - used, &fr);
         if (rc == CREST_FRAMING_NEED_MORE)
@@ -596,6 +614,7 @@ static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len)
             break;
         }
         loop->conn_stats.messages_in++;
+        c->messages_in++;
         int r = c->ep->handler.on_message(c, p + used + fr.offset, fr.length);
         used += fr.consumed;
         c->read_started = 0; /* a message completed: the next one starts now */
@@ -607,13 +626,33 @@ static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len)
     return used;
 }
 
+static CREST__INLINE size_t deliver_as_framed(struct crest_conn *c, const uint8_t *p, size_t len) {
+    return c->ep->opts.framing.kind == CREST_FRAMING_RAW ? deliver_raw(c, p, len)
+                                                          : deliver_framed(c, p, len);
+}
+
+/* The handler changed its framing or itself (crest_conn_set_opts/_handler)
+ * during delivery: what follows the bytes it consumed is parsed with the
+ * connection's settings as they are now, as often as it changes them. */
+static __attribute__((noinline)) size_t deliver_reframed(struct crest_conn *c, const uint8_t *p,
+                                                         size_t len, size_t used) {
+    while ((c->flags & CREST__C_REFRAMED) && used < len) {
+        c->flags &= (uint32_t)~CREST__C_REFRAMED;
+        used += deliver_as_framed(c, p + used, len - used);
+    }
+    return used;
+}
+
 /* Deliver len bytes at p, with the handler's replies gathered; returns the
  * bytes consumed. */
 static CREST__INLINE size_t deliver_bytes(struct crest_conn *c, const uint8_t *p, size_t len) {
     c->flags |= CREST__C_GATHER;
-    size_t used = c->ep->opts.framing.kind == CREST_FRAMING_RAW ? deliver_raw(c, p, len)
-                                                                 : deliver_framed(c, p, len);
-    c->flags &= (uint32_t)~CREST__C_GATHER;
+    size_t used = deliver_as_framed(c, p, len);
+    /* A change with nothing left after it needs nothing done (and the
+     * usual read ends with everything consumed: one compare). */
+    if (CREST__UNLIKELY(used < len) && (c->flags & CREST__C_REFRAMED))
+        used = deliver_reframed(c, p, len, used);
+    c->flags &= (uint32_t)~(CREST__C_GATHER | CREST__C_REFRAMED);
     if (c->io.loop->gather_owner == c)
         commit_gathered(c);
     return used;
@@ -641,9 +680,10 @@ static void deliver_last_line(struct crest_conn *c) {
         return;
     }
     c->io.loop->conn_stats.messages_in++;
+    c->messages_in++;
     c->flags |= CREST__C_GATHER;
     int r = c->ep->handler.on_message(c, line, len);
-    c->flags &= (uint32_t)~CREST__C_GATHER;
+    c->flags &= (uint32_t)~(CREST__C_GATHER | CREST__C_REFRAMED);
     if (c->io.loop->gather_owner == c)
         crest__conn_commit_gathered(c);
     in->start = in->end;
@@ -838,7 +878,9 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
     if (n <= 0)
         return n;
     loop->conn_stats.bytes_in += (uint64_t)n;
+    c->bytes_in += (uint64_t)n;
     c->last_active = loop->now_ms;
+    c->last_input = loop->now_ms;
     if ((size_t)n < space && !(c->flags & (CREST__C_PEER_DONE | CREST__C_URGENT)))
         c->flags &= (uint32_t)~CREST__C_READABLE; /* short read: drained */
     bool alive;

@@ -1,8 +1,9 @@
-/* Connection deadlines: idle, read, write, connect, and the bounds on a
- * graceful close (its flush, then its linger).
+/* Connection deadlines: idle, input idle, read, write, connect, and the
+ * bounds on a graceful close (its flush, then its linger).
  *
  * Each connection keeps the times its deadlines count from (last_active,
- * read_started, write_stalled: one store each, on the hot path) and one
+ * last_input, read_started, write_stalled: one store each, on the hot
+ * path) and one
  * slot in a per-loop binary heap of connection pointers ordered by dl_key,
  * the deadline the heap was last told.  A deadline that moves later is not
  * told to the heap at all: when the heap surfaces the connection, its true
@@ -65,6 +66,7 @@ static bool next_deadline(const struct crest_conn *c, uint32_t *when, crest_clos
         CONSIDER(c->write_stalled, o->linger_ms, CREST_CLOSE_LOCAL);
     } else {
         CONSIDER(c->last_active, o->idle_timeout_ms, CREST_CLOSE_IDLE_TIMEOUT);
+        CONSIDER(c->last_input, o->input_idle_timeout_ms, CREST_CLOSE_IDLE_TIMEOUT);
         CONSIDER(c->read_started, o->read_timeout_ms, CREST_CLOSE_READ_TIMEOUT);
         CONSIDER(c->write_stalled, o->write_timeout_ms, CREST_CLOSE_WRITE_TIMEOUT);
     }

@@ -1,5 +1,6 @@
 /* Outbound connections: a nonblocking connect whose outcome reaches the
  * handler as on_open, or as on_close with CONNECT_FAILED / CONNECT_TIMEOUT.
+ * Also adopted ones (crest_conn_adopt): a socket connected by someone else.
  *
  * Failures of the connect itself (refused, unreachable, no such socket
  * path) are always reported through on_close, even when connect() fails at
@@ -10,6 +11,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "conn_int.h"
@@ -35,10 +37,13 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
                        crest_conn_t **connp) {
     if (!loop || !addr || !handler || !connp)
         return -EINVAL;
-    if (loop->destroying)
-        return -ESHUTDOWN; /* a reconnect from on_close during crest_loop_destroy */
+    /* A reconnect from on_close during crest_loop_destroy() or a
+     * crest_loop_shutdown(): refused, so that both end. */
+    int rc = crest__loop_may_start(loop);
+    if (rc < 0)
+        return rc;
     struct crest__endpoint *ep;
-    int rc = crest__endpoint_new(handler, ctx, opts, &ep);
+    rc = crest__endpoint_new(handler, ctx, opts, &ep);
     if (rc < 0)
         return rc;
     int family = addr->ss.ss_family;
@@ -111,4 +116,88 @@ int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t 
     if (rc < 0)
         return rc;
     return crest_connect_addr(loop, &a, NULL, opts, handler, ctx, connp);
+}
+
+/* ---- adopting a connected socket ----------------------------------------- */
+
+/* Is fd a connected stream socket crest may take?  Only reads: nothing is
+ * changed before every check has passed.  0 or -errno (conn.h). */
+static int check_adoptable(crest_loop_t *loop, int fd, struct sockaddr_storage *peer,
+                           socklen_t *peer_len) {
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int type = 0, listening = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno; /* ENOTSOCK */
+    if (type != SOCK_STREAM)
+        return -EINVAL;
+    len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return -errno;
+    if (listening)
+        return -EINVAL; /* crest_listener_adopt() is for those */
+    *peer_len = sizeof *peer;
+    if (getpeername(fd, (struct sockaddr *)peer, peer_len) < 0)
+        return -errno; /* ENOTCONN */
+    /* The registry knows every fd crest owns, this loop's or another's. */
+    if (crest_fd_lookup(fd, NULL, NULL, NULL) == 0)
+        return -EEXIST;
+    CREST__UNUSED(loop);
+    return 0;
+}
+
+int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
+                     const crest_handler_t *handler, void *ctx, crest_conn_t **connp) {
+    if (!loop || !handler || !connp)
+        return -EINVAL;
+    int rc = crest__loop_may_start(loop);
+    if (rc < 0)
+        return rc;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    if ((rc = check_adoptable(loop, fd, &peer, &peer_len)) < 0)
+        return rc;
+    struct crest__endpoint *ep;
+    if ((rc = crest__endpoint_new(handler, ctx, opts, &ep)) < 0)
+        return rc;
+    if ((rc = crest__fd_register(fd, CREST_FD_ACCEPTED, loop, "crest_conn_adopt")) < 0) {
+        crest__endpoint_release(ep);
+        return rc;
+    }
+    /* From here a failure puts the fd back as it was, as far as it can:
+     * its flags are restored; socket options already applied stay. */
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    bool tcp = peer.ss_family != AF_UNIX;
+    if (fl < 0 || fdfl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if ((rc = crest__conn_apply_opts(fd, &ep->opts, tcp)) < 0)
+        goto fail;
+    /* CONNECTING until the first event: on_open then runs from the loop
+     * (conn_io.c's connect_done, which also takes a pending socket error),
+     * never inside this call.  The registration with epoll reports the
+     * socket's readiness as it is now, so input already waiting is read
+     * then; the fed event makes sure the open comes even if the socket is
+     * not writable yet. */
+    struct crest_conn *c = crest__conn_create(loop, fd, ep, CREST_CONN_CONNECTING);
+    if (!c) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    crest__endpoint_release(ep); /* the connection holds it now */
+    crest__conn_set_peer(c, (const struct sockaddr *)&peer, peer_len);
+    crest_io_feed(&c->io, CREST_IO_WRITABLE);
+    *connp = c;
+    return 0;
+fail:
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl);
+    if (fdfl >= 0)
+        (void)fcntl(fd, F_SETFD, fdfl);
+    (void)crest_fd_release_at(fd, "crest_conn_adopt");
+    crest__endpoint_release(ep);
+    return rc;
 }

@@ -29,12 +29,30 @@ struct crest_group {
     pthread_cond_t ready;
     unsigned reported;        /* workers past init */
     bool abort;               /* an init failed: everyone stops */
+    bool shutdown;            /* crest_group_shutdown() was called */
+    uint32_t grace_ms;        /* its grace period (set under lock, read
+                                 by the posted callbacks) */
     struct worker *workers;
 };
 
 static void stop_cb(crest_loop_t *loop, void *arg) {
     CREST__UNUSED(arg);
     crest_loop_stop(loop);
+}
+
+static void shutdown_done_cb(crest_loop_t *loop, void *arg) {
+    CREST__UNUSED(arg);
+    crest_loop_stop(loop);
+}
+
+/* Posted by crest_group_shutdown(), on the worker's thread. */
+static void shutdown_cb(crest_loop_t *loop, void *arg) {
+    crest_group_t *g = arg;
+    int rc = crest_loop_shutdown(loop, g->grace_ms, shutdown_done_cb, NULL);
+    if (rc == -EALREADY)
+        loop->shutdown_stop = true; /* the application's own: stop after it */
+    else if (rc < 0)
+        crest_loop_stop(loop); /* -ESHUTDOWN: being destroyed anyway */
 }
 
 static void *worker_main(void *p) {
@@ -132,6 +150,27 @@ void crest_group_stop(crest_group_t *g) {
             (void)crest_loop_post(loop, stop_cb, NULL);
     }
     pthread_mutex_unlock(&g->lock);
+}
+
+int crest_group_shutdown(crest_group_t *g, uint32_t grace_ms) {
+    if (!g)
+        return -EINVAL;
+    pthread_mutex_lock(&g->lock);
+    if (g->shutdown) {
+        pthread_mutex_unlock(&g->lock);
+        return -EALREADY;
+    }
+    g->shutdown = true;
+    g->grace_ms = grace_ms;
+    int rc = 0;
+    for (unsigned i = 0; i < g->n; i++) {
+        crest_loop_t *loop = g->workers[i].loop;
+        int r = loop ? crest_loop_post(loop, shutdown_cb, g) : 0;
+        if (r < 0 && rc == 0)
+            rc = r;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return rc;
 }
 
 int crest_group_join(crest_group_t *g) {

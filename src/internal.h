@@ -12,6 +12,7 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -77,6 +78,12 @@ struct crest_loop {
     bool running;               /* inside run_once (or destroy): no nesting */
     bool destroying;            /* crest_loop_destroy() under way: nothing
                                    new may start (-ESHUTDOWN) */
+    bool shutting_down;         /* crest_loop_shutdown() under way: no new
+                                   connection or listener (-ESHUTDOWN) */
+    bool shutdown_check;        /* look for "nothing left" at the end of the
+                                   next iteration, without blocking first */
+    bool shutdown_stop;         /* crest_loop_stop() once the shutdown is
+                                   done (crest_group_shutdown) */
 
     uint64_t now_ns;
     uint64_t base_ns;           /* the loop's creation: now_ms counts from it */
@@ -105,6 +112,13 @@ struct crest_loop {
     /* posts from other threads */
     pthread_mutex_t post_lock;
     struct crest_posted *post_head, *post_tail;
+    bool post_closed;           /* under post_lock: destroy has begun, a
+                                   post returns -ESHUTDOWN */
+
+    /* crest_loop_shutdown() (shutdown.c) */
+    struct crest_timer shutdown_grace;
+    crest_shutdown_cb shutdown_done;
+    void *shutdown_arg;
 
     /* timers */
     struct crest__timer_heap timers;
@@ -166,6 +180,7 @@ void crest__loop_unref(crest_loop_t *loop);
 /* Posts (post.c) */
 void crest__post_drain(crest_loop_t *loop);
 void crest__post_discard(crest_loop_t *loop);
+void crest__post_close(crest_loop_t *loop);   /* destroy: refuse new posts */
 int crest__wake_write(crest_loop_t *loop);
 void crest__wake_read(crest_loop_t *loop);
 
@@ -184,6 +199,16 @@ int crest__fd_report_owner(const void *owner, const char *what);
 void crest__conns_reap(crest_loop_t *loop);
 void crest__conns_destroy(crest_loop_t *loop);
 void crest__listeners_destroy(crest_loop_t *loop);
+
+/* Shutdown (shutdown.c): set up with the loop; checked at the end of each
+ * iteration while one is under way; finished by crest_loop_destroy(). */
+void crest__shutdown_init(crest_loop_t *loop);
+void crest__shutdown_check(crest_loop_t *loop);
+void crest__shutdown_finish(crest_loop_t *loop);
+/* May a new connection or listener start on this loop?  0 or -ESHUTDOWN. */
+static inline int crest__loop_may_start(const crest_loop_t *loop) {
+    return loop->destroying || loop->shutting_down ? -ESHUTDOWN : 0;
+}
 
 /* Logging */
 bool crest__log_enabled(crest_log_level_t level);

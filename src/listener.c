@@ -285,46 +285,45 @@ fail:
     return rc;
 }
 
-int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
-                 const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
-    if (!loop || !addr || !handler || !lp)
-        return -EINVAL;
-    if (loop->destroying)
-        return -ESHUTDOWN;
-    crest_listen_opts_t o;
-    if (opts)
-        o = *opts;
-    else
-        crest_listen_opts_init(&o);
+/* A listener around fd (already listening), for both crest_listen() and
+ * crest_listener_adopt().  On failure the fd is left open, as it was
+ * given. */
+static int listener_new(crest_loop_t *loop, const crest_listen_opts_t *o,
+                        const crest_handler_t *handler, void *ctx, struct crest_listener **out) {
+    if (o->proxy_protocol & ~(unsigned)CREST_PROXY_ANY)
+        return -EINVAL; /* a version crest does not know */
     struct crest_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -ENOMEM;
     l->loop = loop;
     l->reserve_fd = -1;
     crest__timer_init(loop, &l->retry, on_retry, l, false);
-    l->accept_batch = o.accept_batch ? o.accept_batch : 64;
-    int rc = crest_addr_parse(addr, &l->addr);
-    if (rc < 0)
-        goto fail;
-    if (o.proxy_protocol & ~(unsigned)CREST_PROXY_ANY) {
-        rc = -EINVAL; /* a version crest does not know */
-        goto fail;
+    l->accept_batch = o->accept_batch ? o->accept_batch : 64;
+    int rc = crest__endpoint_new(handler, ctx, &o->conn, &l->ep);
+    if (rc < 0) {
+        free(l);
+        return rc;
     }
-    l->tcp = l->addr.ss.ss_family != AF_UNIX;
-    if ((rc = crest__endpoint_new(handler, ctx, &o.conn, &l->ep)) < 0)
-        goto fail;
-    l->ep->max_conns = o.max_conns;
-    l->ep->proxy = o.proxy_protocol & CREST_PROXY_ANY;
-    int fd = make_socket(l, &o);
-    if (fd < 0) {
-        rc = fd;
-        goto fail;
-    }
+    l->ep->max_conns = o->max_conns;
+    l->ep->proxy = o->proxy_protocol & CREST_PROXY_ANY;
+    *out = l;
+    return 0;
+}
+
+static void listener_free(struct crest_listener *l) {
+    if (l->reserve_fd >= 0)
+        crest_fd_close(l->reserve_fd);
+    crest__endpoint_release(l->ep);
+    free(l);
+}
+
+/* Watch the listening socket fd and link the listener into the loop. */
+static int listener_start(struct crest_listener *l, int fd) {
+    crest_loop_t *loop = l->loop;
+    int rc;
     if ((rc = open_reserve(l)) < 0 ||
-        (rc = crest__io_init(loop, &l->io, fd, CREST_IO_READABLE, on_acceptable, l, true)) < 0) {
-        crest_fd_close(fd);
-        goto fail;
-    }
+        (rc = crest__io_init(loop, &l->io, fd, CREST_IO_READABLE, on_acceptable, l, true)) < 0)
+        return rc;
     /* crest_io_stop() then frees the listener (l->io is its first member):
      * at once, or after the iteration when closed from a callback. */
     l->io.heap_owned = true;
@@ -332,13 +331,103 @@ int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t
     if (loop->listeners)
         loop->listeners->prev = l;
     loop->listeners = l;
+    return 0;
+}
+
+int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
+                 const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
+    if (!loop || !addr || !handler || !lp)
+        return -EINVAL;
+    int rc = crest__loop_may_start(loop);
+    if (rc < 0)
+        return rc;
+    crest_listen_opts_t o;
+    if (opts)
+        o = *opts;
+    else
+        crest_listen_opts_init(&o);
+    crest_addr_t a;
+    if ((rc = crest_addr_parse(addr, &a)) < 0)
+        return rc;
+    struct crest_listener *l;
+    if ((rc = listener_new(loop, &o, handler, ctx, &l)) < 0)
+        return rc;
+    l->addr = a;
+    l->tcp = l->addr.ss.ss_family != AF_UNIX;
+    int fd = make_socket(l, &o);
+    if (fd < 0) {
+        listener_free(l);
+        return fd;
+    }
+    if ((rc = listener_start(l, fd)) < 0) {
+        crest_fd_close(fd);
+        listener_free(l);
+        return rc;
+    }
+    *lp = l;
+    return 0;
+}
+
+int crest_listener_adopt(crest_loop_t *loop, int fd, const crest_listen_opts_t *opts,
+                         const crest_handler_t *handler, void *ctx, crest_listener_t **lp) {
+    if (!loop || !handler || !lp)
+        return -EINVAL;
+    int rc = crest__loop_may_start(loop);
+    if (rc < 0)
+        return rc;
+    /* Checks first, changing nothing. */
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int type = 0, listening = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno; /* ENOTSOCK */
+    len = sizeof listening;
+    if (type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening)
+        return -EINVAL;
+    if (crest_fd_lookup(fd, NULL, NULL, NULL) == 0)
+        return -EEXIST; /* crest owns it already */
+    crest_listen_opts_t o;
+    if (opts)
+        o = *opts;
+    else
+        crest_listen_opts_init(&o);
+    struct crest_listener *l;
+    if ((rc = listener_new(loop, &o, handler, ctx, &l)) < 0)
+        return rc;
+    l->addr.len = sizeof l->addr.ss;
+    if (getsockname(fd, (struct sockaddr *)&l->addr.ss, &l->addr.len) < 0) {
+        rc = -errno;
+        listener_free(l);
+        return rc;
+    }
+    l->tcp = l->addr.ss.ss_family != AF_UNIX;
+    /* path_ino stays 0: the socket file is not ours to unlink at close. */
+    if ((rc = crest__fd_register(fd, CREST_FD_LISTENER, loop, "crest_listener_adopt")) < 0) {
+        listener_free(l);
+        return rc;
+    }
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    if (fl < 0 || fdfl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    /* What accepted sockets inherit (TCP_NODELAY, keepalive, buffer
+     * sizes), as crest_listen() sets it; binding options (reuseaddr,
+     * reuseport, backlog, ipv6_only, unix_mode) are the creator's. */
+    if ((rc = crest__conn_apply_opts(fd, &o.conn, l->tcp)) < 0 || (rc = listener_start(l, fd)) < 0)
+        goto fail;
     *lp = l;
     return 0;
 fail:
-    if (l->reserve_fd >= 0)
-        crest_fd_close(l->reserve_fd);
-    crest__endpoint_release(l->ep);
-    free(l);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl);
+    if (fdfl >= 0)
+        (void)fcntl(fd, F_SETFD, fdfl);
+    (void)crest_fd_release_at(fd, "crest_listener_adopt");
+    listener_free(l);
     return rc;
 }
 
@@ -364,7 +453,8 @@ void crest_listener_close(crest_listener_t *l) {
         /* Only our own socket file: another server may have replaced it. */
         const struct sockaddr_un *un = (const struct sockaddr_un *)&l->addr.ss;
         struct stat st;
-        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && st.st_ino == l->path_ino &&
+        if (l->path_ino && un->sun_path[0] && stat(un->sun_path, &st) == 0 &&
+            st.st_ino == l->path_ino &&
             st.st_dev == l->path_dev)
             unlink(un->sun_path);
     }

@@ -9,7 +9,8 @@
  *      the next timer
  *   5. read the clock; dispatch the batch (stale events dropped); fire the
  *      timers that came due while waiting (except those step 1 armed)
- *   6. free watchers and connections closed during the iteration */
+ *   6. a shutdown under way (shutdown.c): done, if nothing is left
+ *   7. free watchers and connections closed during the iteration */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -71,6 +72,7 @@ int crest_loop_create(crest_loop_t **loopp) {
     pthread_mutex_init(&loop->post_lock, NULL);
     loop->base_ns = crest__clock_ns();
     crest__loop_set_now(loop, loop->base_ns);
+    crest__shutdown_init(loop);
 
     int rc = crest__epoll_create(loop);
     if (rc < 0)
@@ -105,6 +107,11 @@ fail:
     return rc;
 }
 
+static void run_deferred(crest_loop_t *loop);
+
+/* The order is the contract in loop.h: work already queued first (so that
+ * its arguments can be freed), then listeners, then connections, then the
+ * shutdown's done, then the rest. */
 int crest_loop_destroy(crest_loop_t *loop) {
     if (!loop)
         return 0;
@@ -114,13 +121,18 @@ int crest_loop_destroy(crest_loop_t *loop) {
      * not run the loop it is taking apart: run and run_once say -EBUSY. */
     loop->running = true;
     loop->destroying = true; /* nor start anything new: -ESHUTDOWN */
+    crest__post_close(loop); /* other threads' posts from now on too */
+    /* Nothing can be queued now: one pass of each runs everything. */
+    run_deferred(loop);
+    crest__post_drain(loop);
     crest__listeners_destroy(loop);
     crest__conns_destroy(loop);
+    crest__shutdown_finish(loop);
     crest__signals_destroy(loop);
     crest__timers_destroy(loop);
     crest__io_close(&loop->wake_io);
     crest__io_destroy_all(loop);
-    crest__post_discard(loop);
+    crest__post_discard(loop); /* empty: kept as a guard */
     free(loop->defer);
     free(loop->defer_run);
     crest__pool_destroy(&loop->pool);
@@ -141,7 +153,7 @@ void crest__loop_unref(crest_loop_t *loop) {
 }
 
 static bool has_pending(const crest_loop_t *loop) {
-    return loop->defer_len > 0 || loop->ready_len > 0;
+    return loop->defer_len > 0 || loop->ready_len > 0 || loop->shutdown_check;
 }
 
 static bool is_alive(const crest_loop_t *loop) {
@@ -244,6 +256,10 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     /* Timers that came due while we waited fire in this iteration (not
      * those the first pass armed: they wait for the next one). */
     loop->stats.timers_fired += crest__timers_run(loop, false);
+    /* A shutdown under way: done runs once nothing is left, after every
+     * on_close of this iteration. */
+    if (CREST__UNLIKELY(loop->shutting_down))
+        crest__shutdown_check(loop);
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
     loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);

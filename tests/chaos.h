@@ -333,6 +333,8 @@ struct chaos {
     bool any_proxy;          /* a PROXY listener was made this run */
     uint64_t defer_posted, defer_run, defer_due;
     uint64_t post_posted, post_run, post_due, post_dropped;
+    bool destroy_posted_seen;  /* crest_loop_destroy ran a posted callback */
+    bool destroy_close_seen;   /* ... an on_close */
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
 
@@ -992,6 +994,8 @@ static void ch_on_drain(crest_conn_t *c) {
 
 static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     struct ch_conn *r = ch_conn_of(c);
+    if (G.destroying)
+        G.destroy_close_seen = true; /* after every queued defer and post */
     if (!r) {
         /* Accepted, closed before its PROXY header was in: no on_open. */
         struct ch_listener *L = crest_conn_handler_ctx(c);
@@ -1728,12 +1732,15 @@ static void ch_deferred(crest_loop_t *loop, void *arg) {
     uint64_t seq = (uint64_t)(uintptr_t)arg;
     ch_cb_enter("deferred", NULL);
     CH_CHECK(loop == G.loop, "deferred callback on the wrong loop");
-    CH_CHECK(!G.destroying, "deferred callback during crest_loop_destroy");
+    /* In crest_loop_destroy: queued ones run first, deferred before
+     * posted, both before any connection goes (loop.h). */
+    CH_CHECK(!G.destroying || (!G.destroy_posted_seen && !G.destroy_close_seen),
+             "deferred callback in crest_loop_destroy after a posted one or an on_close");
     CH_CHECK(seq == G.defer_run, "deferred callback %llu ran, %llu was next",
              (unsigned long long)seq, (unsigned long long)G.defer_run);
     G.defer_run++;
     ch_trace("deferred %llu runs", (unsigned long long)seq);
-    if (!G.winding)
+    if (!G.winding && !G.destroying)
         ch_ops(CTX_DEFER, NULL, 4);
     ch_cb_leave();
 }
@@ -1742,12 +1749,15 @@ static void ch_posted(crest_loop_t *loop, void *arg) {
     uint64_t seq = (uint64_t)(uintptr_t)arg;
     ch_cb_enter("posted", NULL);
     CH_CHECK(loop == G.loop, "posted callback on the wrong loop");
-    CH_CHECK(!G.destroying, "posted callback during crest_loop_destroy");
+    CH_CHECK(!G.destroying || !G.destroy_close_seen,
+             "posted callback in crest_loop_destroy after an on_close");
+    if (G.destroying)
+        G.destroy_posted_seen = true;
     CH_CHECK(seq == G.post_run, "posted callback %llu ran, %llu was next",
              (unsigned long long)seq, (unsigned long long)G.post_run);
     G.post_run++;
     ch_trace("posted %llu runs", (unsigned long long)seq);
-    if (!G.winding)
+    if (!G.winding && !G.destroying)
         ch_ops(CTX_DEFER, NULL, 2);
     ch_cb_leave();
 }
@@ -1760,8 +1770,8 @@ static void ch_post(enum ch_ctx ctx) {
            rc = crest_loop_post(G.loop, ch_posted, (void *)(uintptr_t)G.post_posted));
     ch_trace("%s post %llu: %d", ch_ctx_names[ctx], (unsigned long long)G.post_posted, rc);
     if (G.destroying) {
-        /* Dropped with the loop (loop.h), or refused. */
-        CH_CHECK(rc == 0 || rc == -ESHUTDOWN, "crest_loop_post during destroy: %d", rc);
+        /* Refused once destroy has begun: it would never run (loop.h). */
+        CH_CHECK(rc == -ESHUTDOWN, "crest_loop_post during destroy: %d", rc);
         return;
     }
     CH_CHECK(rc == 0, "crest_loop_post: %d", rc);
@@ -2422,6 +2432,12 @@ static void chaos_run(const struct chaos_opts *o) {
     G.in_loop = false;
     G.loop = NULL;
     CH_CHECK(leaked == 0, "crest_loop_destroy: %d fds leaked", leaked);
+    /* Every defer and post that returned 0 ran exactly once, by the end of
+     * crest_loop_destroy at the latest. */
+    CH_CHECK(G.defer_run == G.defer_posted, "%llu of %llu deferred callbacks ran by destroy",
+             (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
+    CH_CHECK(G.post_run == G.post_posted, "%llu of %llu posted callbacks ran by destroy",
+             (unsigned long long)G.post_run, (unsigned long long)G.post_posted);
     for (int i = 0; i < G.ncs; i++) {
         CH_CHECK(G.cs[i].closed, "r%d never got on_close", i);
         G.cs[i].gone = true;

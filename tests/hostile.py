@@ -551,13 +551,13 @@ def oversized(ctx, out):
             check(how in ("eof", "reset"), "length 0x%x: not closed (%s)" % (L, how))
             check(frame(b"before").startswith(got), "length 0x%x: wrong reply %r" % (L, got[:20]))
             s.close()
-        expect_reasons(srv, bad_ports, "frame too large")
+        expect_reasons(srv, bad_ports, "too large")
         probe, fds, rep = srv.wind_down(prober)
-        check(rep["reasons"].get("frame too large") == len(lengths),
+        check(rep["reasons"].get("too large") == len(lengths),
               "framed report close reasons %s" % rep["reasons"])
-        out("crest-framed --max-frame 1000: lengths %s each closed 'frame too large' (report: "
+        out("crest-framed --max-frame 1000: lengths %s each closed 'too large' (frame too large) (report: "
             "%d); 50 zero-length frames and a 1000-byte frame echoed; %s; %s" %
-            (", ".join("0x%X" % L for L in lengths), rep["reasons"]["frame too large"], probe, fds))
+            (", ".join("0x%X" % L for L in lengths), rep["reasons"]["too large"], probe, fds))
     finally:
         srv.kill()
 
@@ -584,14 +584,14 @@ def oversized(ctx, out):
             check(how in ("eof", "reset"), "a %d-byte line: not closed (%s)" % (len(data), how))
             check(b"echo: first\n".startswith(got), "wrong reply before the long line: %r" % got)
             s.close()
-        expect_reasons(srv, bad_ports, "line too long")
+        expect_reasons(srv, bad_ports, "too large")
         probe, fds, rep = srv.wind_down(prober)
-        check(rep["reasons"].get("line too long") == len(cases),
+        check(rep["reasons"].get("too large") == len(cases),
               "echo --line report close reasons %s" % rep["reasons"])
         out("crest-echo --line --max-line 100: lines of 101, 100+CR, 102 (no newline) and "
-            "4 MiB bytes each closed 'line too long' (report: %d); a 100-byte line, a 99-byte "
+            "4 MiB bytes each closed 'too large' (line too long) (report: %d); a 100-byte line, a 99-byte "
             "line + CRLF and an empty line answered; %s; %s" %
-            (rep["reasons"]["line too long"], probe, fds))
+            (rep["reasons"]["too large"], probe, fds))
     finally:
         srv.kill()
 
@@ -671,7 +671,7 @@ def garbage(ctx, out):
                       "%s" % (k, len(got), len(want), how))
                 eof_ports.append(port)
             s.close()
-        expect_reasons(srv, too_large_ports, "frame too large")
+        expect_reasons(srv, too_large_ports, "too large")
         expect_reasons(srv, eof_ports, "peer EOF")
 
         # Truncated: a header announcing 500 bytes, 100 of them, then nothing.
@@ -683,11 +683,11 @@ def garbage(ctx, out):
         expect_reasons(srv, [tport], "read timeout")
         s.close()
         probe, fds, rep = srv.wind_down(prober)
-        check(rep["reasons"].get("frame too large") == len(too_large_ports) and
+        check(rep["reasons"].get("too large") == len(too_large_ports) and
               rep["reasons"].get("read timeout") == 1,
               "framed report close reasons %s" % rep["reasons"])
         out("crest-framed: %d garbage streams (%d bytes, seed %d, random splits): %d closed "
-            "'frame too large', %d answered exactly as the model says then 'peer EOF'; a frame "
+            "'too large' (frame too large), %d answered exactly as the model says then 'peer EOF'; a frame "
             "with 100 of 500 payload bytes closed by 'read timeout'; %s; %s" %
             (n, total, ctx.seed, len(too_large_ports), len(eof_ports), probe, fds))
     finally:
@@ -1052,9 +1052,9 @@ def lingering_close(ctx, out):
                   (k + 1, n, len(got), len(body) + 4, how))
             total += len(got)
             s.close()
-        expect_reasons(srv, ports, "frame too large")
+        expect_reasons(srv, ports, "too large")
         probe, fds, rep = srv.wind_down(prober)
-        check(rep["reasons"].get("frame too large") == n,
+        check(rep["reasons"].get("too large") == n,
               "report close reasons %s" % rep["reasons"])
         out("crest-framed --max-frame 4M: %d clients each pipelined a 3-4 MiB frame, a frame "
             "announcing 0xFFFFFFF0 bytes and 64 KiB more, reading nothing for 0.3 s: all %d "

@@ -105,9 +105,10 @@ if start crest-echo --quiet --line --max-line 100; then
     bench fail "echo --line: a 200-byte line is refused" --mode line -c 1 -n 1 -s 200 "$addr"
     bench ok "echo --line keeps serving after it" --mode line -c 5 -n 100 -s 100 "$addr"
     stop crest-echo
-    log_has crest-echo 'line too long' "echo --line: the server logged 'line too long'"
-    log_has crest-echo 'close reasons:.*line too long 1' \
-        "echo --line: one connection closed for 'line too long'"
+    log_has crest-echo 'closed: too large: line too long' \
+        "echo --line: crest logged reason 'too large', detail 'line too long'"
+    log_has crest-echo 'close reasons:.*too large 1' \
+        "echo --line: one connection closed for 'too large'"
 fi
 
 # --- crest-echo, two worker threads ------------------------------------------
@@ -131,7 +132,10 @@ if start crest-framed --quiet --max-frame 1000; then
     bench fail "framed: a 2000-byte frame is refused" --mode frame -c 1 -n 1 -s 2000 "$addr"
     bench ok "framed keeps serving after it" --mode frame -c 5 -n 100 -s 10 "$addr"
     stop crest-framed
-    log_has crest-framed 'frame too large' "framed: the server logged 'frame too large'"
+    log_has crest-framed 'closed: too large: frame too large' \
+        "framed: crest logged reason 'too large', detail 'frame too large'"
+    log_has crest-framed 'close reasons:.*too large 1' \
+        "framed: one connection closed for 'too large'"
 fi
 
 # --- safe defaults: a slowloris line is closed by the default read timeout --

@@ -271,12 +271,235 @@ static void test_stop_from_other_thread(void **state) {
 }
 
 /* Posts not yet run when the loop is destroyed are dropped (and freed). */
-static void test_destroy_drops_pending_posts(void **state) {
+/* ---- the destroy contract ---------------------------------------------- */
+
+/* Posts and defers queued when the loop is destroyed run at the start of
+ * crest_loop_destroy(), exactly once, in order, and free their argument
+ * (valgrind checks that nothing leaks). */
+struct owned {
+    int seq;
+    int *log;       /* sequence numbers as they run */
+    int *n;
+};
+
+static void owned_cb(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    struct owned *o = arg;
+    o->log[(*o->n)++] = o->seq;
+    free(o);
+}
+
+static void queue_owned(crest_loop_t *loop, int seq, int *log, int *n, bool post) {
+    struct owned *o = malloc(sizeof *o);
+    assert_non_null(o);
+    *o = (struct owned){seq, log, n};
+    if (post)
+        assert_int_equal(crest_loop_post(loop, owned_cb, o), 0);
+    else
+        assert_int_equal(crest_loop_defer(loop, owned_cb, o), 0);
+}
+
+static void test_destroy_runs_pending_posts(void **state) {
     (void)state;
     crest_loop_t *loop = tu_loop();
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(crest_loop_post(loop, never_cb, NULL), 0);
+    static int log[300];
+    int n = 0;
+    for (int i = 0; i < 100; i++)
+        queue_owned(loop, 1000 + i, log, &n, true);
+    for (int i = 0; i < 100; i++)
+        queue_owned(loop, i, log, &n, false);
     tu_destroy_loop(loop);
+    /* Deferred first, then posted, each in order. */
+    assert_int_equal(n, 200);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(log[i], i);
+        assert_int_equal(log[100 + i], 1000 + i);
+    }
+}
+
+/* Inside destroy: what runs in which order, and what new work gets. */
+static int order[16];
+static int norder;
+static int post_in_destroy_rc, defer_in_destroy_rc;
+
+static void rec_cb(crest_loop_t *loop, void *arg) {
+    order[norder++] = (int)(intptr_t)arg;
+    post_in_destroy_rc = crest_loop_post(loop, never_cb, NULL);
+    defer_in_destroy_rc = crest_loop_defer(loop, never_cb, NULL);
+    assert_int_equal(crest_loop_run_once(loop, 0), -EBUSY);
+}
+
+static ssize_t sink(crest_conn_t *c, const uint8_t *d, size_t len) {
+    (void)c;
+    (void)d;
+    return (ssize_t)len;
+}
+
+static void rec_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)err;
+    assert_int_equal(reason, CREST_CLOSE_SHUTDOWN);
+    /* The connection is still usable for reading its state. */
+    assert_true(crest_conn_fd(c) >= 0);
+    order[norder++] = 3;
+}
+
+static void test_destroy_order(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    norder = 0;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    crest_handler_t h = {.on_data = sink, .on_close = rec_close};
+    crest_conn_t *c = NULL;
+    assert_int_equal(crest_conn_adopt(loop, sv[0], NULL, &h, NULL, &c), 0);
+    tu_spin(loop, 2);
+    assert_int_equal(crest_conn_state(c), CREST_CONN_OPEN);
+    assert_int_equal(crest_loop_post(loop, rec_cb, (void *)(intptr_t)2), 0);
+    assert_int_equal(crest_loop_defer(loop, rec_cb, (void *)(intptr_t)1), 0);
+    tu_log_clear();
+    assert_int_equal(crest_loop_destroy(loop), 0);
+    /* Deferred, then posted (both before the connection goes), then
+     * on_close of the aborted connection. */
+    assert_int_equal(norder, 3);
+    assert_int_equal(order[0], 1);
+    assert_int_equal(order[1], 2);
+    assert_int_equal(order[2], 3);
+    assert_int_equal(post_in_destroy_rc, -ESHUTDOWN);
+    assert_int_equal(defer_in_destroy_rc, -ESHUTDOWN);
+    close(sv[1]);
+    tu_assert_nothing_open();
+}
+
+/* A thread that posts while the loop is destroyed: every post either runs
+ * (returned 0) or is refused (-ESHUTDOWN, the caller frees its argument),
+ * never lost, never both.  The poster stops at its first refusal; the
+ * on_close that destroy runs after the posts joins it, so no post can
+ * reach the loop once destroy has returned. */
+struct race {
+    crest_loop_t *loop;
+    pthread_t th;
+    _Atomic long accepted, refused, ran;
+    _Atomic bool started;
+    bool joined;
+};
+
+static struct race R;
+
+static void race_cb(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    free(arg);
+    atomic_fetch_add(&R.ran, 1);
+}
+
+static void *race_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        long *p = malloc(sizeof *p);
+        if (!p)
+            return NULL;
+        int rc = crest_loop_post(R.loop, race_cb, p);
+        if (rc == 0) {
+            atomic_fetch_add(&R.accepted, 1);
+            atomic_store(&R.started, true);
+            continue;
+        }
+        free(p); /* refused: still ours */
+        if (rc == -ESHUTDOWN)
+            atomic_fetch_add(&R.refused, 1);
+        return NULL;
+    }
+}
+
+static void race_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)c;
+    (void)reason;
+    (void)err;
+    pthread_join(R.th, NULL);
+    R.joined = true;
+}
+
+static void test_post_races_destroy(void **state) {
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        memset(&R, 0, sizeof R);
+        R.loop = tu_loop();
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        crest_handler_t h = {.on_data = sink, .on_close = race_close};
+        crest_conn_t *c = NULL;
+        assert_int_equal(crest_conn_adopt(R.loop, sv[0], NULL, &h, NULL, &c), 0);
+        assert_int_equal(pthread_create(&R.th, NULL, race_main, NULL), 0);
+        /* Let it post for a while (some run in iterations), then destroy
+         * with its posts still coming. */
+        while (!atomic_load(&R.started))
+            crest_loop_run_once(R.loop, 0);
+        for (int i = 0; i < round; i++)
+            crest_loop_run_once(R.loop, 0);
+        tu_log_clear();
+        assert_int_equal(crest_loop_destroy(R.loop), 0);
+        assert_true(R.joined);
+        assert_int_equal(atomic_load(&R.refused), 1);
+        assert_int_equal(atomic_load(&R.ran), atomic_load(&R.accepted));
+        close(sv[1]);
+        tu_assert_nothing_open();
+    }
+}
+
+/* crest_group_post: a post that returned 0 runs even when the worker's
+ * loop stops before it gets to it (at the loop's destroy, after fini). */
+static _Atomic int group_ran;
+static _Atomic bool fini_ran;
+
+static void group_cb(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    free(arg);
+    atomic_fetch_add(&group_ran, 1);
+}
+
+static void stop_now(crest_loop_t *loop, void *arg) {
+    (void)arg;
+    crest_loop_stop(loop);
+}
+
+static int g_init(crest_loop_t *loop, unsigned index, void *arg) {
+    (void)index;
+    (void)arg;
+    /* Something to keep it alive until stopped. */
+    crest_timer_t *t = keepalive(loop);
+    crest_loop_set_data(loop, t);
+    return 0;
+}
+
+static void g_fini(crest_loop_t *loop, unsigned index, void *arg) {
+    (void)index;
+    (void)arg;
+    crest_timer_destroy(crest_loop_get_data(loop));
+    atomic_store(&fini_ran, true);
+}
+
+static void test_group_post_runs_once(void **state) {
+    (void)state;
+    atomic_store(&group_ran, 0);
+    atomic_store(&fini_ran, false);
+    crest_group_t *g = NULL;
+    assert_int_equal(crest_group_start(1, g_init, g_fini, NULL, &g), 0);
+    /* The stop runs first; the posts behind it may be left for destroy. */
+    assert_int_equal(crest_group_post(g, 0, stop_now, NULL), 0);
+    int accepted = 0;
+    for (int i = 0; i < 1000; i++) {
+        int *p = malloc(sizeof *p);
+        int rc = crest_group_post(g, 0, group_cb, p);
+        if (rc == 0) {
+            accepted++;
+        } else {
+            assert_int_equal(rc, -ESRCH);
+            free(p);
+        }
+    }
+    assert_int_equal(crest_group_join(g), 0);
+    assert_true(atomic_load(&fini_ran));
+    assert_int_equal(atomic_load(&group_ran), accepted);
+    tu_assert_nothing_open();
 }
 
 int main(void) {
@@ -287,7 +510,10 @@ int main(void) {
         tu_test(test_post_order_single_thread),
         tu_test(test_wake),
         tu_test(test_stop_from_other_thread),
-        tu_test(test_destroy_drops_pending_posts),
+        tu_test(test_destroy_runs_pending_posts),
+        tu_test(test_destroy_order),
+        tu_test(test_post_races_destroy),
+        tu_test(test_group_post_runs_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

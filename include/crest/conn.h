@@ -113,9 +113,11 @@ typedef enum crest_close_reason {
     CREST_CLOSE_CONNECT_TIMEOUT,
     CREST_CLOSE_CONNECT_FAILED,   /* refused, unreachable, ... (err says) */
     CREST_CLOSE_PROTOCOL_ERROR,   /* the handler rejected the input */
-    CREST_CLOSE_TOO_LARGE,        /* a message over the framing's limit: the
-                                     log says "line too long" or "frame too
-                                     large" */
+    CREST_CLOSE_TOO_LARGE,        /* named "too large": a message over the
+                                     framing's limit, or RAW input over
+                                     max_input; the warning crest logs says
+                                     which ("line too long", "frame too
+                                     large", "input buffer full") */
     CREST_CLOSE_LOCAL,            /* crest_conn_close() */
     CREST_CLOSE_ABORT,            /* crest_conn_abort(): RST */
     CREST_CLOSE_CONN_LIMIT,       /* refused: the listener is full */
@@ -127,7 +129,8 @@ typedef enum crest_close_reason {
     CREST_CLOSE_REASON_COUNT
 } crest_close_reason_t;
 
-/* "peer EOF", "too large", ... */
+/* "peer EOF", "too large", ...: one name per reason (the detail of a
+ * TOO_LARGE or PROTOCOL_ERROR close is in crest's log, not in the name). */
 const char *crest_close_reason_name(crest_close_reason_t reason);
 /* "peer_eof", "too_large", ...: for metrics and key=value output. */
 const char *crest_close_reason_key(crest_close_reason_t reason);
@@ -201,6 +204,14 @@ typedef struct crest_conn_opts {
     /* Timeouts, in ms; 0: off.  Any value up to UINT32_MAX (49.7 days) is
      * honoured as given. */
     uint32_t idle_timeout_ms;     /* no bytes in or out for this long */
+    uint32_t input_idle_timeout_ms; /* no bytes in for this long, whatever
+                                     goes out (a client that only listens
+                                     to a server that keeps writing); it
+                                     counts while reading is paused too, as
+                                     idle_timeout_ms does.  The close
+                                     reason is IDLE_TIMEOUT too; the
+                                     debug log tells the two apart ("idle
+                                     timeout: no input for N ms") */
     uint32_t read_timeout_ms;     /* a message started but not finished
                                      (not counting while reading is paused:
                                      whole messages a pause holds back are
@@ -236,12 +247,36 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
  * (the callbacks never run then); -ESHUTDOWN while crest_loop_destroy()
- * runs (from an on_close it causes). */
+ * runs (from an on_close it causes) or a crest_loop_shutdown() is under
+ * way. */
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest_addr_t *bind_addr,
                        const crest_conn_opts_t *opts, const crest_handler_t *handler, void *ctx,
                        crest_conn_t **connp);
+
+/* Adopt a connected stream socket made elsewhere: one end of a
+ * socketpair(), a TCP or Unix-domain socket inherited from a parent or
+ * passed over SCM_RIGHTS.  crest sets it nonblocking and close-on-exec,
+ * records it in the fd registry (kind CREST_FD_ACCEPTED, origin
+ * "crest_conn_adopt"), applies opts (NULL: defaults; copied) and serves
+ * it like any connection.  Until its first event the connection is
+ * CONNECTING (writes are queued; a close then works as for
+ * crest_connect()); on_open runs from the loop on the next iteration,
+ * never inside this call (or on_close with CONNECT_FAILED if the socket
+ * already holds an error).  keep_reading is taken from opts as given.
+ * On success crest owns fd and closes it when the connection ends; on
+ * failure fd stays the caller's, open, with its flags as they were
+ * (socket options already applied stay).  Loop thread only; no callback
+ * runs inside the call.  0 and *connp, or -EINVAL (NULL argument, bad
+ * opts, not SOCK_STREAM, or a listening socket: see
+ * crest_listener_adopt()), -EBADF (not an open fd), -ENOTSOCK, -ENOTCONN
+ * (not connected), -EEXIST (crest owns fd already: the fd registry holds
+ * it; an fd the application registered itself, crest_fd_release() it
+ * first), -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under
+ * way), -ENOMEM. */
+int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
+                     const crest_handler_t *handler, void *ctx, crest_conn_t **connp);
 
 /* Write len bytes (copied if they cannot go out at once).  0, -ENOTCONN
  * after close or shutdown, -EPIPE if the socket failed (the connection is
@@ -309,10 +344,175 @@ int crest_conn_fd(const crest_conn_t *c);
 size_t crest_conn_output_bytes(const crest_conn_t *c);
 /* The client's address ("127.0.0.1:40000"), into buf: the one a PROXY
  * header named (proxy.h) if there was one, else the socket's peer.
- * Returns the length written or -errno. */
+ * Returns the length written or -errno.  A Unix-domain client is named by
+ * the path it bound, and clients rarely bind one: every unnamed client is
+ * "unix:".  Tell connections apart by crest_conn_id(), not by peer.  (For
+ * a Unix-domain peer the kernel is asked each time: -ENOTCONN once
+ * on_close has returned.) */
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size);
 /* The socket's own peer (the load balancer, behind one). */
 int crest_conn_socket_peer(const crest_conn_t *c, char *buf, size_t size);
+
+/* ---- identity, counters, and the loop's connections ----------------------
+ *
+ * None of these runs a callback (cb of crest_loop_foreach_conn() aside);
+ * all are for the loop's thread. */
+
+/* The connection's id: unique in the process across every loop and
+ * thread, never reused (fds are), given at creation (accept, connect) in
+ * increasing order from 1.  Valid in every state, on_close included. */
+uint64_t crest_conn_id(const crest_conn_t *c);
+
+/* The socket's own address, formatted like crest_conn_peer(): the
+ * listener's address and port for an accepted TCP connection, the source
+ * address and port of an outbound one (once the kernel bound it: while
+ * CONNECTING it may be "0.0.0.0:0"), the path bound for a Unix-domain one
+ * ("unix:/run/x.sock"), "unix:" for an unnamed Unix socket (an outbound
+ * one, as a rule).  Returns the length written (like snprintf), -ENOTCONN
+ * once on_close has returned (the socket is gone), or -errno from
+ * getsockname(). */
+int crest_conn_local(const crest_conn_t *c, char *buf, size_t size);
+
+/* One connection's state and counters, for a /debug page or a log line.
+ * Times use the loop's cached clock (crest_loop_now_ns()).  Counting costs
+ * the data path a couple of adds per read or write, nothing per idle
+ * connection. */
+typedef struct crest_conn_info {
+    uint64_t id;                 /* crest_conn_id() */
+    crest_conn_state_t state;    /* crest_conn_state() */
+    int fd;                      /* crest_conn_fd(): -1 once closed */
+    crest_framing_kind_t framing; /* as now (crest_conn_set_opts() may
+                                     change it) */
+    uint64_t created_ns;         /* crest_loop_now_ns() when it was accepted
+                                    or crest_connect() made it */
+    uint64_t age_ns;             /* crest_loop_now_ns() - created_ns */
+    uint32_t idle_ms;            /* since the last byte in or out (or since
+                                    it opened): what idle_timeout_ms counts */
+    uint32_t input_idle_ms;      /* since the last byte in (or since it
+                                    opened): what input_idle_timeout_ms
+                                    counts */
+    uint64_t bytes_in;           /* read from the socket */
+    uint64_t bytes_out;          /* written to the socket (not counting
+                                    output still queued) */
+    uint64_t messages_in;        /* LINE/LENGTH messages delivered to
+                                    on_message; RAW connections count none
+                                    (on_data calls follow the reads, not
+                                    the peer's messages: see bytes_in) */
+    size_t output_bytes;         /* crest_conn_output_bytes(): queued or
+                                    gathered, not yet sent */
+    size_t input_bytes;          /* read but not yet consumed: a partial
+                                    message, or input a pause holds */
+    bool reading_paused;         /* reading stops now: crest_conn_pause(),
+                                    or above high water (unless
+                                    keep_reading) */
+    bool paused_by_handler;      /* crest_conn_pause() in effect */
+    bool above_high_water;       /* output went past high_water and has not
+                                    yet fallen to low_water */
+    bool corked;                 /* crest_conn_cork() in effect */
+    bool peer_shut_down;         /* the peer's EOF or hang-up was seen */
+    bool write_shut_down;        /* our side is shut down (or will be, once
+                                    flushed): crest_conn_shutdown(), or a
+                                    close */
+} crest_conn_info_t;
+
+/* Fill *out.  Works in every state; after on_close, counters keep their
+ * last values, fd is -1 and output_bytes/input_bytes are 0. */
+void crest_conn_get_info(const crest_conn_t *c, crest_conn_info_t *out);
+
+/* Visit the loop's connections in fd order: every one that is not CLOSED,
+ * outbound ones still CONNECTING included, except those the handler has
+ * not heard of (accepted, awaiting a PROXY header).  No per-connection
+ * list is kept: it walks the loop's fd table.  A nonzero return from cb
+ * stops the walk, and crest_loop_foreach_conn() returns it; else 0.
+ * -EINVAL if loop or cb is NULL.
+ *
+ * cb may write to, close or abort the connection it is given or any
+ * other: a close completes after the walk (no crest call runs on_close
+ * inside it), so a connection closed during the walk, by cb
+ * or before, is visited if it is still CLOSING when its turn comes.
+ * Connections created during the walk (crest_connect() from cb) may or
+ * may not be visited.  No handler callback runs inside the call; cb runs
+ * on the caller's stack.  From any callback of the loop, or from its
+ * thread between iterations. */
+int crest_loop_foreach_conn(crest_loop_t *loop, int (*cb)(crest_conn_t *c, void *arg),
+                            void *arg);
+
+/* ---- changing a live connection ------------------------------------------
+ *
+ * For a protocol upgrade (a LINE handshake, then LENGTH frames), a
+ * timeout that depends on what the peer said, or a different handler
+ * after authentication.  The calls apply to OPEN, HALF_CLOSED and
+ * CONNECTING connections; on a CLOSING or CLOSED one they return
+ * -ENOTCONN and change nothing.  No callback runs inside them (the new
+ * handler's on_open is not called: the connection is already open, and
+ * the call is the handler's cue).  A change made inside on_data or
+ * on_message applies from the next byte: the input after the current
+ * message (or after the bytes on_data returns as consumed) is parsed with
+ * the new framing and goes to the new handler, including input already
+ * read in the same read() and a partial message already buffered.  Made
+ * from elsewhere (a timer, another connection's callback), buffered input
+ * is parsed anew on the next iteration.  A failed call (-EINVAL, -ENOMEM,
+ * a socket option refused) leaves the connection as it was.
+ *
+ * Connections accepted by one listener share its settings; the first
+ * change gives the connection its own copy (about 250 bytes), and the
+ * listener's counters (crest_listener_get_stats()) and max_conns still
+ * count it. */
+
+/* The connection's options as in effect: what it was created with (or
+ * last set), normalised as crest uses them (max_message 0 reads 65536, a
+ * low_water above high_water reads high_water, ...).  Socket options
+ * changed with crest_conn_set_nodelay()/_sndbuf()/_rcvbuf() are not
+ * reflected.  0, or -EINVAL if out is NULL. */
+int crest_conn_get_opts(const crest_conn_t *c, crest_conn_opts_t *out);
+
+/* Apply opts to the live connection; every field is taken (start from
+ * crest_conn_get_opts() and change what you want):
+ *   - timeouts: re-armed at once; each counts from the same moment as
+ *     before (idle from the last byte, read from the start of the pending
+ *     message...), so one shortened below the time already elapsed fires
+ *     when the loop next runs its timers (never inside the call); 0 turns
+ *     it off.  connect_timeout_ms applies while CONNECTING.
+ *   - framing: from the next message (see above).  Messages already
+ *     written keep their framing; crest_conn_write_message() frames with
+ *     the new one from the call on.
+ *   - max_input, read_budget: from the next read.  A limit lowered below
+ *     what is buffered closes the connection (TOO_LARGE) only if that
+ *     input still does not fit once the buffer is full.
+ *   - high_water, low_water, keep_reading: from the next write or flush;
+ *     allowing reading (keep_reading set while paused above high water)
+ *     resumes it from the next iteration.
+ *   - linger_ms: for the close to come.
+ *   - nodelay, keepalive (and its three timings), user_timeout_ms,
+ *     sndbuf, rcvbuf: those that differ from the current options are
+ *     applied with setsockopt now (the TCP ones are ignored on a
+ *     Unix-domain socket, as at creation; sndbuf/rcvbuf 0 leaves the
+ *     buffer as it is: the kernel's autotuning, once off, stays off).
+ * Returns 0; -EINVAL if opts is NULL or invalid (the handler lacks the
+ * callback the new framing needs, a negative buffer size or keepalive
+ * timing, a bad framing), -ENOTCONN on a CLOSING or CLOSED connection,
+ * -ENOMEM, or the -errno of a socket option the kernel refused (those
+ * applied before it are set back). */
+int crest_conn_set_opts(crest_conn_t *c, const crest_conn_opts_t *opts);
+
+/* Hand the connection to another handler, with its context (what
+ * crest_conn_handler_ctx() returns from now on); handler is copied.  The
+ * connection's data pointer (crest_conn_set_data()) stays.  From inside
+ * on_data/on_message, the rest of the input goes to the new handler (see
+ * above); the callbacks still to come (on_eof, on_high_water, on_drain,
+ * on_close) are the new handler's.  Its on_open is not called.  0;
+ * -EINVAL if handler is NULL or lacks the callback the connection's
+ * framing needs (on_data for RAW, on_message for LINE/LENGTH);
+ * -ENOTCONN on a CLOSING or CLOSED connection; -ENOMEM. */
+int crest_conn_set_handler(crest_conn_t *c, const crest_handler_t *handler, void *ctx);
+
+/* Both at once, checked together: for an upgrade whose new handler has
+ * only the callback the new framing needs (a LINE handler with on_message
+ * becoming a RAW one with on_data, where neither call alone would pass
+ * its check).  opts NULL keeps the options.  Returns as the two calls
+ * above; on any error nothing changes. */
+int crest_conn_upgrade(crest_conn_t *c, const crest_handler_t *handler, void *ctx,
+                       const crest_conn_opts_t *opts);
 
 /* Per-loop connection counters. */
 typedef struct crest_conn_stats {
@@ -333,7 +533,9 @@ typedef struct crest_conn_stats {
 void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);
 
 /* Close every connection of the loop (reason SHUTDOWN): graceful, or
- * abortive if abort is set.  Used by servers on SIGTERM. */
+ * abortive if abort is set.  Listeners stay open: for a whole graceful
+ * shutdown (listeners, grace period, a callback when done) see
+ * crest_loop_shutdown() in loop.h. */
 void crest_loop_close_all(crest_loop_t *loop, bool abort);
 
 /* The loop's buffer pool: bytes allocated from the system, bytes holding

@@ -16,5 +16,6 @@
 #include "proxy.h"
 #include "listener.h"
 #include "group.h"
+#include "activation.h"
 
 #endif

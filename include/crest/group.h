@@ -18,6 +18,8 @@
 #ifndef CREST_GROUP_H
 #define CREST_GROUP_H
 
+#include <stdint.h>
+
 #include "loop.h"
 
 #ifdef __cplusplus
@@ -42,6 +44,19 @@ int crest_group_start(unsigned n, crest_group_init_cb init, crest_group_fini_cb 
 /* Ask every loop to stop (thread-safe, also from a loop callback). */
 void crest_group_stop(crest_group_t *group);
 
+/* Graceful shutdown of every loop (thread-safe, also from a loop
+ * callback): each worker, on its own thread, runs
+ * crest_loop_shutdown(loop, grace_ms, ...) (listeners closed, connections
+ * closed gracefully, aborted after grace_ms; see loop.h) and stops its
+ * loop once that is done; fini runs then as usual, and crest_group_join()
+ * returns as usual.  A worker whose application already started a
+ * crest_loop_shutdown() of its own stops once that one is done (its done
+ * callback runs first).  Workers whose loop has already finished are
+ * skipped.  Nothing runs inside this call.  0, -EINVAL, -EALREADY if
+ * called before for this group, or -ENOMEM (a worker could not be told:
+ * the others are told all the same). */
+int crest_group_shutdown(crest_group_t *group, uint32_t grace_ms);
+
 /* Wait for every worker to finish (fini run, loop destroyed) and free the
  * group.  Not from a worker thread.  Returns 0, or the first loop's error,
  * or the number of fds the loops reported leaked (> 0). */
@@ -52,7 +67,11 @@ unsigned crest_group_size(const crest_group_t *group);
  * -ESRCH once that loop has finished (a loop with nothing left to wait for
  * ends by itself), -EINVAL, -ENOMEM.  Use this rather than posting to
  * crest_group_loop() from another thread: the group makes sure the loop
- * still exists while it posts. */
+ * still exists while it posts.  A post that returned 0 runs exactly once:
+ * in the loop's run, or, if the loop stopped first, when the group
+ * destroys the loop (after fini; see crest_loop_destroy()).  -ESRCH comes
+ * from the moment fini has returned: cb never runs then, and the caller
+ * keeps arg. */
 int crest_group_post(crest_group_t *group, unsigned index, crest_cb cb, void *arg);
 
 /* The loop of worker index while it runs, or NULL once it has finished.

@@ -53,9 +53,32 @@ void crest_listen_opts_init(crest_listen_opts_t *opts);
  * -EADDRINUSE (crest connects to find out, so that server sees one
  * connection that closes at once; a socket file no one listens on counts
  * as stale).  0 and *lp, or -errno; -ESHUTDOWN
- * while crest_loop_destroy() runs (from an on_close it causes). */
+ * while crest_loop_destroy() runs (from an on_close it causes) or a
+ * crest_loop_shutdown() is under way. */
 int crest_listen(crest_loop_t *loop, const char *addr, const crest_listen_opts_t *opts,
                  const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
+
+/* Take over a socket that is already bound and listening (SO_ACCEPTCONN):
+ * one inherited from a parent, passed by systemd (activation.h), or
+ * made by the application.  crest sets it nonblocking and close-on-exec,
+ * records it in the fd registry (kind CREST_FD_LISTENER, origin
+ * "crest_listener_adopt"), applies opts->conn's socket options that
+ * accepted sockets inherit (TCP_NODELAY, keepalive, sndbuf/rcvbuf), and
+ * accepts on it with handler and ctx as crest_listen() does.  The binding
+ * options (backlog, reuseaddr, reuseport, ipv6_only, unix_mode) are
+ * ignored: the socket's creator set them.  opts may be NULL; it is copied.
+ * On success crest owns fd: crest_listener_close() (or the loop's
+ * destroy) closes it; a Unix socket file is not unlinked (it is not
+ * crest's).  On failure fd stays the caller's, open, with its flags as
+ * they were (socket options already applied stay).  Loop thread only; no
+ * callback runs inside the call.  0 and *lp, or -EINVAL (NULL argument,
+ * not SOCK_STREAM, not listening, bad opts), -EBADF (not an open fd),
+ * -ENOTSOCK, -EEXIST (crest owns fd already: the fd registry holds it; an
+ * fd the application registered itself, crest_fd_release() it first),
+ * -ESHUTDOWN (crest_loop_destroy() or crest_loop_shutdown() under way),
+ * -ENOMEM. */
+int crest_listener_adopt(crest_loop_t *loop, int fd, const crest_listen_opts_t *opts,
+                         const crest_handler_t *handler, void *ctx, crest_listener_t **lp);
 
 /* Stop accepting and close the listening socket (and unlink a Unix path,
  * if the socket file there is still the one it bound).

@@ -35,20 +35,78 @@ int crest_loop_create(crest_loop_t **loopp);
 
 /* Destroy a loop.  Call it from the loop's thread, outside crest_loop_run():
  * from one of the loop's callbacks it returns -EBUSY and does nothing.
- * Active io watchers, timers and signal watchers still attached are stopped
- * and freed (do not use them afterwards; their file descriptors, which
- * belong to the caller, are not closed), and each is logged as a warning.
- * Stopped timers are not known to the loop: crest_timer_destroy() them.
- * Open connections are aborted and listeners closed, also with a warning;
- * their on_close callbacks run inside this call.  From those callbacks
- * nothing new can start: crest_connect(), crest_listen(), crest_io_start(),
- * crest_signal_start() and crest_loop_defer() return -ESHUTDOWN (a reconnect from
- * on_close is refused, not left open behind the teardown).  Posted
- * callbacks not yet run are dropped.  Ends with
- * the fd leak report for the fds this loop opened (see fdreg.h): it says
- * "0 fds leaked" when clean.  Returns the number of fds this loop opened that
- * are still open after its own are closed (0 when clean). */
+ *
+ * Application callbacks run inside this call.  What runs, in this order:
+ *   1. From here on nothing new can start: crest_connect(), crest_listen(),
+ *      crest_conn_adopt(), crest_listener_adopt(), crest_io_start(),
+ *      crest_signal_start(), crest_loop_defer(), crest_loop_shutdown() and
+ *      crest_loop_post() (from any thread) return -ESHUTDOWN.
+ *   2. Every deferred callback, then every posted callback, still queued
+ *      runs, each in the order it was queued: a defer or post that returned
+ *      0 runs exactly once, here if not before, so a callback that owns its
+ *      argument can free it.  The connections and listeners are all still
+ *      there for them.
+ *   3. Listeners still open are closed (logged as a warning; no callback).
+ *   4. Connections still open are aborted (RST, queued output dropped;
+ *      logged as a warning), and on_close(c, CREST_CLOSE_SHUTDOWN, 0) runs
+ *      for each: free per-connection state there, not before destroying
+ *      the loop.  Lingering closes (on_close already ran) end without a
+ *      callback.
+ *   5. If a crest_loop_shutdown() was under way, its done callback runs.
+ *   6. Io watchers, timers and signal watchers still active are stopped
+ *      and freed (their own callbacks do not run; do not use them
+ *      afterwards; an io watcher's fd, the caller's, is not closed); each
+ *      is logged as a warning.  Stopped timers are not known to the loop:
+ *      crest_timer_destroy() them.
+ *   7. The fd leak report for the fds this loop opened (see fdreg.h): it
+ *      says "0 fds leaked" when clean.
+ * From those callbacks the loop cannot be run (crest_loop_run_once() is
+ * -EBUSY) and a reconnect from on_close is refused, not left open behind
+ * the teardown.  Other threads must have stopped posting before this call
+ * returns (the loop's memory is gone then): a post that overlaps the
+ * destroy either runs in step 2 or returns -ESHUTDOWN, never both, never
+ * neither; a post made after the return uses freed memory.  (A callback
+ * run in step 2 or 4 is a good place to join such threads.)
+ * Returns the number of fds this loop opened that are still open after its
+ * own are closed (0 when clean). */
 int crest_loop_destroy(crest_loop_t *loop);
+
+/* Graceful shutdown in one call.  done(loop, arg) runs when it is over. */
+typedef void (*crest_shutdown_cb)(crest_loop_t *loop, void *arg);
+
+/* Shut the loop's network side down, as a server does on SIGTERM:
+ *   - every listener of the loop is closed now (no accept after this call;
+ *     connections still in a backlog are reset by the kernel).  The
+ *     application's crest_listener_t pointers are then invalid: read their
+ *     statistics and crest_listener_close() them yourself first if you
+ *     need them;
+ *   - every connection is asked for a graceful close with reason
+ *     CREST_CLOSE_SHUTDOWN (a close already requested keeps its reason):
+ *     reading stops, queued output is flushed, then the close lingers as
+ *     usual (conn.h, "Lingering close"); on_close runs as each completes;
+ *   - after grace_ms, whatever is left is aborted: connections still
+ *     flushing (RST, on_close with SHUTDOWN) and lingering ones (closed,
+ *     no callback);
+ *   - once no connection is left, open or lingering, done(loop, arg) runs
+ *     from the loop, after every on_close, exactly once; never inside
+ *     this call, even with nothing open (then on the next iteration, which
+ *     does not block).  done may call crest_loop_stop(), and may start
+ *     anything again: the shutdown is over when done is called.  done may
+ *     be NULL.
+ * While the shutdown is under way (from this call until done runs) no new
+ * connection or listener can start: crest_connect(), crest_listen(),
+ * crest_conn_adopt() and crest_listener_adopt() return -ESHUTDOWN (a
+ * reconnect from on_close is refused, so the shutdown always ends).  Io
+ * watchers, timers, signal watchers, defers and posts are not touched: the
+ * loop keeps running them, and keeps running after done unless stopped.
+ * The grace timer keeps crest_loop_run() going until done has run.
+ * If crest_loop_destroy() comes first, done runs inside it (step 5).
+ * Loop thread only; no callback runs inside the call.  0, -EINVAL (no
+ * loop), -EALREADY if a shutdown is under way, -ESHUTDOWN during
+ * crest_loop_destroy(), -ENOMEM (the timer heap could not grow; nothing
+ * was done). */
+int crest_loop_shutdown(crest_loop_t *loop, uint32_t grace_ms, crest_shutdown_cb done,
+                        void *arg);
 
 /* Run until crest_loop_stop() is called or nothing is left to wait for (no
  * active io watcher, timer, signal watcher or deferred callback).  Returns 0,
@@ -84,13 +142,19 @@ void crest_loop_update_time(crest_loop_t *loop);
 
 /* Run cb(loop, arg) on the next iteration, in the loop's thread; the loop
  * does not block while deferred work is pending.  Order is preserved.  No
- * allocation per call once the queue has grown.  0, -ENOMEM, or -ESHUTDOWN
- * while crest_loop_destroy() runs (it would never run). */
+ * allocation per call once the queue has grown.  A defer that returned 0
+ * runs exactly once (at the start of crest_loop_destroy() if the loop is
+ * destroyed first).  0, -ENOMEM, or -ESHUTDOWN once crest_loop_destroy()
+ * has begun (it would never run). */
 int crest_loop_defer(crest_loop_t *loop, crest_cb cb, void *arg);
 
 /* Thread-safe: queue cb(loop, arg) to run in the loop's thread and wake the
- * loop through its eventfd.  Callbacks run in the order they were posted.
- * 0 or -ENOMEM. */
+ * loop through its eventfd.  Callbacks run in the order they were posted,
+ * never inside this call (even from the loop's own thread).  A post that
+ * returned 0 runs exactly once: in an iteration, or at the start of
+ * crest_loop_destroy().  0, -EINVAL, -ENOMEM, or -ESHUTDOWN once
+ * crest_loop_destroy() has begun (cb never runs; the caller keeps arg).
+ * See crest_loop_destroy() for when other threads must stop posting. */
 int crest_loop_post(crest_loop_t *loop, crest_cb cb, void *arg);
 
 /* Thread-safe: wake the loop out of epoll_wait without queuing work. */
