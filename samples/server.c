@@ -97,6 +97,7 @@ struct figures {
     crest_conn_stats_t conn;
     crest_buf_stats_t buf;
     crest_listener_stats_t listener;
+    uint64_t proto[SERVER_PROTO_COUNTERS]; /* the protocol's loop_counters */
 };
 
 /* What a server process ends with: printed as the final report, or sent to
@@ -149,6 +150,7 @@ struct worker {
     crest_listener_stats_t listener_stats; /* kept when the listeners close */
     crest_timer_t *grace;         /* says when the grace period ends */
     bool stopping;
+    bool proto_ready;             /* the protocol's loop_init succeeded */
 
     /* Written by the worker, read by the main thread after a post (snap)
      * or after crest_group_join() (final). */
@@ -211,6 +213,9 @@ static void add_listener_stats(crest_listener_stats_t *sum, const crest_listener
 }
 
 static void take_figures(struct worker *w, struct figures *f) {
+    server_proto_t *p = w->srv->proto;
+    if (p->loop_counters && w->proto_ready)
+        p->loop_counters(p, w->loop, w->index, f->proto);
     crest_loop_conn_stats(w->loop, &f->conn);
     crest_loop_buf_stats(w->loop, &f->buf);
     f->listener = w->listener_stats;
@@ -243,6 +248,8 @@ static void add_figures(struct figures *sum, const struct figures *f) {
         sum->buf.peak = f->buf.peak; /* the largest of any one loop */
     sum->buf.chunks_free += f->buf.chunks_free;
     add_listener_stats(&sum->listener, &f->listener);
+    for (int i = 0; i < SERVER_PROTO_COUNTERS; i++)
+        sum->proto[i] += f->proto[i];
 }
 
 /* RAW framing has no messages: count reads instead. */
@@ -274,13 +281,15 @@ static void conn_name(crest_conn_t *c, char *buf, size_t size) {
 
 static void on_open(crest_conn_t *c) {
     struct worker *w = crest_conn_handler_ctx(c);
+    /* The protocol's first: once "open" is printed, the connection is
+     * fully set up (tests wait for the line before they send). */
+    if (w->srv->proto->handler.on_open)
+        w->srv->proto->handler.on_open(c);
     if (!w->srv->cfg.quiet) {
         char name[CREST_ADDR_STRLEN + 8];
         conn_name(c, name, sizeof name);
         printf("%s open\n", name);
     }
-    if (w->srv->proto->handler.on_open)
-        w->srv->proto->handler.on_open(c);
 }
 
 static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
@@ -410,6 +419,8 @@ static int worker_setup(struct worker *w) {
     lo.conn.read_timeout_ms = cfg->read_timeout_ms;
     lo.conn.sndbuf = cfg->sndbuf;  /* set on the listener, inherited */
     lo.conn.rcvbuf = cfg->rcvbuf;
+    if (srv->proto->conn_opts)
+        srv->proto->conn_opts(srv->proto, &lo.conn);
 
     if (srv->passed > 0) {
         /* Socket activation: every worker adopts its own dup() of each
@@ -451,12 +462,22 @@ static int group_init(crest_loop_t *loop, unsigned index, void *arg) {
     struct server *srv = arg;
     struct worker *w = &srv->workers[index];
     w->loop = loop;
-    w->setup_rc = worker_setup(w);
+    server_proto_t *p = srv->proto;
+    w->setup_rc = p->loop_init ? p->loop_init(p, loop, index) : 0;
+    if (w->setup_rc < 0) {
+        w->setup_step = "setting up the protocol on";
+    } else {
+        w->proto_ready = true;
+        w->setup_rc = worker_setup(w);
+    }
     if (w->setup_rc < 0) {
         /* group_fini is not called for a failed init: undo it here. */
         close_listener(w);
         crest_timer_destroy(w->grace);
         w->grace = NULL;
+        if (w->proto_ready && p->loop_fini)
+            p->loop_fini(p, loop, index);
+        w->proto_ready = false;
         w->loop = NULL;
         return w->setup_rc;
     }
@@ -482,6 +503,8 @@ static void group_fini(crest_loop_t *loop, unsigned index, void *arg) {
         crest_loop_run_once(loop, 0);
     }
     close_listener(w);
+    if (w->proto_ready && srv->proto->loop_fini)
+        srv->proto->loop_fini(srv->proto, loop, index);
     take_figures(w, &w->final);
     crest_timer_destroy(w->grace);
     w->grace = NULL;
@@ -743,6 +766,8 @@ static int print_report(const struct server *srv, const struct totals *t, uint64
     if (c->paused)
         printf("  reading paused %" PRIu64 " time%s (output above high water)\n", c->paused,
                c->paused == 1 ? "" : "s");
+    if (srv->proto->report)
+        srv->proto->report(srv->proto, t->sum.proto);
     printf("  fds: %" PRIu64 " opened, %" PRIu64 " closed, peak %" PRIu64 " open at once%s\n",
            t->fds.opened, t->fds.closed, t->fds.peak,
            procs ? " (the sum of each process's peak)" : "");
@@ -1082,11 +1107,17 @@ static int parse_options(struct server *srv, int argc, char **argv) {
                 argv[optind], proto->name);
         return SERVER_EXIT_USAGE;
     }
+    if (proto->one_process && cfg->workers > 1) {
+        fprintf(stderr, "%s: --workers: its clients must share one process; use --threads\n",
+                proto->name);
+        return SERVER_EXIT_USAGE;
+    }
     if (cfg->unix_path && (cfg->threads > 1 || cfg->workers > 1)) {
         /* SO_REUSEPORT does not share a Unix socket path between listeners. */
         fprintf(stderr, "%s: --unix works with one thread and one process only\n", proto->name);
         return SERVER_EXIT_USAGE;
     }
+    proto->threads = cfg->threads;
     if (proto->configured && proto->configured(proto) < 0)
         return SERVER_EXIT_USAGE;
     return PARSE_OK;

@@ -15,7 +15,9 @@
  *     after a grace period) and the final report, whose exit code says
  *     whether anything leaked.
  *
- * So crest-echo.c and crest-framed.c hold only their protocol.
+ * So crest-echo.c and crest-framed.c hold only their protocol.  A protocol
+ * with state of its own per loop (crest-chat.c: its clients, and the lines
+ * it passes between loops) adds the optional per-loop hooks below.
  */
 #ifndef CREST_SAMPLES_SERVER_H
 #define CREST_SAMPLES_SERVER_H
@@ -23,6 +25,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <crest/crest.h>
 
@@ -35,6 +38,9 @@ enum {
 };
 
 typedef struct server_proto server_proto_t;
+
+/* How many counters a protocol may add to the final report. */
+#define SERVER_PROTO_COUNTERS 8
 
 /* What a protocol adds to the skeleton.  Fill it statically, then call
  * server_main(). */
@@ -53,6 +59,36 @@ struct server_proto {
     /* Called once all options are parsed: check combinations and finish
      * framing/handler.  0 or -1 as above.  Optional. */
     int (*configured)(server_proto_t *proto);
+
+    /* Filled in by server_main() before configured() runs: the number of
+     * worker loops (threads) in this process (--threads). */
+    unsigned threads;
+    /* Set by a protocol whose connections must all be in one process
+     * (crest-chat: clients in different processes could not see each
+     * other): --workers is refused then. */
+    bool one_process;
+
+    /* Optional hooks, each on a worker thread for its own loop (index is
+     * the worker's, 0 .. threads - 1):
+     *   loop_init      before the loop runs and before its listener exists;
+     *                  0, or -errno: the server does not start;
+     *   loop_fini      after the loop has returned and every connection on
+     *                  it is closed, before the loop is destroyed (it may run
+     *                  crest_loop_run_once() to finish its own work); called
+     *                  for every loop whose loop_init succeeded;
+     *   loop_counters  the protocol's counters for the final report, added
+     *                  up over loops (and worker processes); called after
+     *                  loop_fini, and for --stats while the loop runs. */
+    int (*loop_init)(server_proto_t *proto, crest_loop_t *loop, unsigned index);
+    void (*loop_fini)(server_proto_t *proto, crest_loop_t *loop, unsigned index);
+    void (*loop_counters)(server_proto_t *proto, crest_loop_t *loop, unsigned index,
+                          uint64_t counters[SERVER_PROTO_COUNTERS]);
+    /* Main thread: print the protocol's lines of the final report (two
+     * spaces in, like the others) from the summed counters.  Optional. */
+    void (*report)(const server_proto_t *proto, const uint64_t counters[SERVER_PROTO_COUNTERS]);
+    /* Adjust the options of every accepted connection after the common
+     * ones are set (crest-chat sets max_output).  Optional. */
+    void (*conn_opts)(const server_proto_t *proto, crest_conn_opts_t *opts);
 
     /* Applied to every accepted connection. */
     crest_framing_t framing;

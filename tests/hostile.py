@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """hostile.py - hostile and broken peers against the real sample servers.
 
-Each scenario starts its own crest-echo or crest-framed (port 0, --stats 0.1,
-per-connection lines on), misbehaves at it from here, and checks that:
+Each scenario starts its own crest-echo, crest-framed or crest-chat (port 0,
+--stats 0.1, per-connection lines on), misbehaves at it from here, and
+checks that:
 
   - the server survives (it answers SIGTERM with exit 0 and its report);
   - other connections keep getting correct replies meanwhile (a prober
@@ -201,6 +202,12 @@ class Server:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
+
+    def sanitized(self):
+        """Built with ASan or TSan: their allocators keep freed memory in
+        quarantine, so RSS says little about what the server holds."""
+        with open("/proc/%d/maps" % self.pid) as f:
+            return any(n in f.read() for n in ("libasan", "libtsan"))
 
     def cpu_seconds(self):
         with open("/proc/%d/stat" % self.pid) as f:
@@ -1098,6 +1105,101 @@ def conn_limit(ctx, out):
             s.close()
         srv.kill()
 
+
+@scenario
+def chat_flood(ctx, out):
+    """crest-chat --threads 2 under broadcast load with subscribers that
+    never read: each is closed at --max-output ('output limit'), the server's
+    buffer bytes and RSS stay bounded, and the clients that do read (two
+    publishers and three readers, spread over both loops) get every line,
+    each publisher's in order, none of their own."""
+    max_output = 256 * 1024
+    srv = Server(ctx, "crest-chat", ["--threads", "2", "--max-output", "256K"])
+    socks = []
+    try:
+        readers = [connect(srv.port) for _ in range(3)]
+        pubs = [connect(srv.port) for _ in range(2)]
+        stalled = [connect(srv.port, rcvbuf=4096) for _ in range(4)]
+        socks = readers + pubs + stalled
+        srv.wait_stats(lambda s: s[0] == len(socks), "every client connected")
+        rss0 = srv.rss_kib()
+        per_pub, size, window = 1500, 4096, 24
+        lines = [[b"%d %06d " % (p, i) + bytes([97 + (i + p) % 26]) * (size - 10)
+                  for i in range(per_pub)] for p in range(2)]
+        # what each reading client has received: per publisher, lines so far
+        rx = {s: [0, 0] for s in readers + pubs}
+        partial = {s: b"" for s in readers + pubs}
+        sent = [0, 0]
+        peak_buf = peak_rss = 0
+        deadline = now() + 120 * SLOW
+
+        def behind():  # lines sent that the slowest reading client has not got
+            return max(sent[p] - min(rx[s][p] for s in rx if s is not pubs[p])
+                       for p in range(2))
+
+        while min(min(rx[s][p] for s in rx if s is not pubs[p]) for p in range(2)) < per_pub:
+            check(now() < deadline, "chat: lines stopped arriving: sent %s, received %s" %
+                  (sent, [rx[s] for s in rx]))
+            while behind() < window and (sent[0] < per_pub or sent[1] < per_pub):
+                p = 0 if sent[0] <= sent[1] and sent[0] < per_pub else 1
+                pubs[p].sendall(lines[p][sent[p]] + b"\n")
+                sent[p] += 1
+            ready, _, _ = select.select(list(rx), [], [], 1.0)
+            for s in ready:
+                data = s.recv(1 << 20)
+                check(data, "chat: a reading client got EOF (%s)" %
+                      ("publisher" if s in pubs else "reader"))
+                parts = (partial[s] + data).split(b"\n")
+                partial[s] = parts.pop()
+                for l in parts:
+                    p = l[0] - 48
+                    check(0 <= p <= 1 and s is not pubs[p],
+                          "chat: a client got a line it should not have: %r" % l[:20])
+                    check(l == lines[p][rx[s][p]], "chat: publisher %d's line %d arrived "
+                          "wrong or out of order" % (p, rx[s][p]))
+                    rx[s][p] += 1
+            if sum(sent) % 200 < 2:
+                peak_rss = max(peak_rss, srv.rss_kib())
+        peak_rss = max(peak_rss, srv.rss_kib())
+        ports = [local_port(s) for s in stalled]
+        expect_reasons(srv, ports, "output limit")
+        srv.update()
+        peak_buf = max(st[4] for st in srv.stats)
+        # Each client's queue holds at most max_output; each loop's pool
+        # keeps at most a little more than what its clients queue.
+        bound = len(socks) * (max_output + 64 * 1024)
+        check(peak_buf <= bound, "chat: %d buffer bytes in use (bound %d)" % (peak_buf, bound))
+        pushed = per_pub * 2 * size
+        # Under --wrap (valgrind) the RSS is valgrind's, which grows with
+        # its own tables, and a sanitizer's allocator keeps freed batches in
+        # quarantine: the buffer bytes above are the bound there.
+        rss_checked = not ctx.wrap and not srv.sanitized()
+        check(not rss_checked or peak_rss - rss0 < 24 * 1024, "chat: RSS grew by %d KiB while "
+              "%d MiB went to each subscriber" % (peak_rss - rss0, pushed // MiB))
+        for s in socks:
+            s.close()
+        socks = []
+        fds = srv.settle()
+        rep = srv.stop()
+        check(rep["reasons"].get("output limit") == len(stalled),
+              "report: close reasons %s" % rep["reasons"])
+        with open(srv.log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+        m = re.search(r"chat: (\d+) lines in, (\d+) lines out .*?, (\d+) slow clients? dropped",
+                      text)
+        check(m and int(m.group(1)) == 2 * per_pub and int(m.group(3)) == len(stalled),
+              "report: %s" % (m.group(0) if m else "no chat line"))
+        out("crest-chat --threads 2 --max-output 256K: 2 publishers x %d lines of %d bytes; "
+            "the %d subscribers that never read closed with 'output limit'; the 3 readers "
+            "and the 2 publishers got every line of the others, in order; buffer bytes peak "
+            "%d (bound %d); RSS +%d KiB (%s) while %d MiB went to each subscriber; report: %s; "
+            "%s" % (per_pub, size, len(stalled), peak_buf, bound, peak_rss - rss0,
+                    "bound 24 MiB" if rss_checked else "not bounded under valgrind or a sanitizer",
+                    pushed // MiB, m.group(0), fds))
+    finally:
+        for s in socks:
+            s.close()
+        srv.kill()
 
 # --------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 #!/bin/bash
-# hostile.sh - hostile and broken peers against crest-echo and crest-framed:
-# tests/hostile.py (slowloris, oversized input, garbage, slow readers,
-# resets, churn, fd exhaustion, half-close, connection limit).  Skipped
-# (exit 77) without Python 3.
+# hostile.sh - hostile and broken peers against crest-echo, crest-framed and
+# crest-chat: tests/hostile.py (slowloris, oversized input, garbage, slow
+# readers, resets, churn, fd exhaustion, half-close, connection limit,
+# subscribers that never read under broadcast load).  Skipped (exit 77)
+# without Python 3.
 #
 # Run by `make check`; by hand: abs_top_builddir=. bash tests/hostile.sh
 # [SCENARIO...] (or tests/hostile.py --help).

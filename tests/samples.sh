@@ -7,7 +7,10 @@
 # connection is closed with the right reason while others keep being
 # served), the default timeouts (a half line is closed after 10 s), then
 # stops each server with SIGTERM and checks its final report:
-# exit status 0, "0 fds leaked", no buffer bytes outstanding.
+# exit status 0, "0 fds leaked", no buffer bytes outstanding.  crest-chat
+# is driven by Python clients (below): every line reaches every other
+# client, on one loop and across two, never its sender; a client that never
+# reads is closed at --max-output while the server's RSS stays bounded.
 # No timing thresholds: every check is on counts and text.
 #
 # Run by `make check`; by hand: abs_top_builddir=. bash tests/samples.sh
@@ -153,6 +156,191 @@ fi
 if start crest-framed --quiet --read-timeout 0 --idle-timeout 0; then
     log_has crest-framed '^timeouts: idle off, read off' "framed: both timeouts off with 0"
     stop crest-framed
+fi
+
+# --- crest-chat: each line to every other client, across threads, and a
+# --- client that never reads is dropped at --max-output ---------------------
+# chat_clients MODE: the clients, in Python (stdlib only; every wait bounded).
+#   broadcast N: N clients; once the server has logged each one open, each
+#     sends 3 lines; each must then receive the 3(N-1) lines of the others,
+#     each sender's in order, and none of its own.
+#   slow: a reader R, a client S that never reads (SO_RCVBUF 4096) and a
+#     publisher P; P sends 4,096 lines of 8 KiB (32 MiB), never more than 32
+#     lines ahead of what R has read; R must get every line, in order; S must
+#     be closed by the server (EOF or reset); the server's VmRSS
+#     (/proc/PID/status), sampled throughout, must grow by less than 16 MiB
+#     (half of what went through: without the cap S's queue would hold it);
+#     not in a sanitizer build (libasan or libtsan in /proc/PID/maps), whose
+#     allocator keeps freed memory in quarantine: crest's buffer-bytes
+#     figures still bound it there.
+# Prints one "ok ..." or "FAIL ..." line.
+py=${PYTHON3:-$(command -v python3)}
+chat_clients() {
+    "$py" - "$@" <<'PYEOF'
+import re, socket, sys, time
+mode, logp, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def log():
+    with open(logp) as f:
+        return f.read()
+port = int(re.search(r"listening on .*:(\d+)", log()).group(1))
+def conn(rcvbuf=None):
+    c = socket.socket()
+    if rcvbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    c.settimeout(10)
+    c.connect(("127.0.0.1", port))
+    return c
+def opens():
+    return len(re.findall(r"^conn .* open$", log(), re.M))
+opens0 = opens()  # the server may have served others before
+def opened(n):
+    for _ in range(200):
+        if opens() >= opens0 + n:
+            return True
+        time.sleep(0.05)
+    return False
+def rss():
+    with open("/proc/%d/status" % pid) as f:
+        for l in f:
+            if l.startswith("VmRSS:"):
+                return int(l.split()[1])
+    return 0
+def sanitized():
+    with open("/proc/%d/maps" % pid) as f:
+        return any(n in f.read() for n in ("libasan", "libtsan"))
+def result(ok, msg):
+    print(("ok   " if ok else "FAIL ") + msg)
+    sys.exit(0 if ok else 1)
+if mode == "broadcast":
+    n = int(sys.argv[4])
+    cs = [conn() for _ in range(n)]
+    if not opened(n):
+        result(False, "chat: the server did not log %d connections open" % n)
+    for i, c in enumerate(cs):
+        c.sendall(b"".join(b"from %d line %d\r\n" % (i, j) for j in range(3)))
+    for i, c in enumerate(cs):
+        buf = b""
+        while buf.count(b"\n") < 3 * (n - 1):
+            d = c.recv(65536)
+            if not d:
+                result(False, "chat: client %d: EOF after %r" % (i, buf[-80:]))
+            buf += d
+        got = buf.split(b"\n")[:-1]
+        want = sorted(b"from %d line %d" % (k, j) for k in range(n) if k != i for j in range(3))
+        if sorted(got) != want:
+            result(False, "chat: client %d got %d lines, not the others' 3 each: %r" %
+                   (i, len(got), got[:6]))
+        for k in range(n):
+            mine = [l for l in got if l.startswith(b"from %d " % k)]
+            if mine != sorted(mine):
+                result(False, "chat: client %d got client %d's lines out of order" % (i, k))
+    for c in cs:
+        c.close()
+    result(True, "chat: %d clients, 3 lines each: every client got the other %d clients' "
+           "lines, in order, none of its own" % (n, n - 1))
+R, S, P = conn(), conn(rcvbuf=4096), conn()
+if not opened(3):
+    result(False, "chat: the server did not log 3 connections open")
+rss0 = peak = rss()
+count, size, window = 4096, 8192, 32
+line = lambda i: b"%08d " % i + b"x" * (size - 10)
+sent = got = 0
+buf = b""
+while got < count:
+    while sent < count and sent - got < window:
+        P.sendall(line(sent) + b"\n")
+        sent += 1
+    d = R.recv(1 << 20)
+    if not d:
+        result(False, "chat: the reader got EOF after %d lines" % got)
+    buf += d
+    parts = buf.split(b"\n")
+    buf = parts.pop()
+    for l in parts:
+        if l != line(got):
+            result(False, "chat: the reader's line %d is wrong" % got)
+        got += 1
+    if got % 128 == 0:
+        peak = max(peak, rss())
+peak = max(peak, rss())
+S.settimeout(10)
+how = "open"
+try:
+    while S.recv(1 << 20):
+        pass
+    how = "eof"
+except ConnectionResetError:
+    how = "reset"
+except socket.timeout:
+    pass
+for c in (R, S, P):
+    c.close()
+san = sanitized()
+ok = how != "open" and (san or peak - rss0 < 16 * 1024)
+result(ok, "chat: a reader got all %d lines of 8 KiB in order; the client that never "
+       "reads was closed by the server (%s); server VmRSS %d KiB -> peak %d KiB (+%d KiB, "
+       "%s) while 32 MiB went through" % (got, how, rss0, peak, peak - rss0,
+       "not bounded: a sanitizer build" if san else "bound 16 MiB"))
+PYEOF
+}
+
+# chat_check MODE ARGS...: chat_clients against the server started last.
+chat_check() {
+    local out rc
+    out=$(chat_clients "$1" "$work/crest-chat.log" "$pid" "${@:2}" 2>&1); rc=$?
+    if [ "$rc" -eq 0 ]; then
+        pass "${out#ok   }"
+    else
+        fail "${out#FAIL }"; tail -n 20 "$work/crest-chat.log"
+    fi
+}
+
+if [ -z "$py" ]; then
+    echo "crest-chat: skipped: no python3"
+else
+    if start crest-chat; then
+        chat_check broadcast 3
+        stop crest-chat
+        log_has crest-chat '^  chat: 9 lines in, 18 lines out' \
+            "chat: the report counts 9 lines in, 18 out (each to the 2 others)"
+    fi
+    # 16 clients: SO_REUSEPORT spreads them over both loops (all on one
+    # loop: a chance of 2 in 65,536); the report says lines crossed.
+    if start crest-chat --threads 2; then
+        chat_check broadcast 16
+        stop crest-chat
+        log_has crest-chat '^  chat: 48 lines in, 720 lines out' \
+            "chat --threads 2: 48 lines in, 720 out (each to the 15 others)"
+        log_has crest-chat '^  chat: [1-9][0-9]* batches of lines passed to another loop' \
+            "chat --threads 2: lines crossed between the loops"
+    fi
+    # --max-backlog 1: a loop that has just posted a batch to the other
+    # finds it over the backlog bound and pauses its clients until the
+    # other loop has delivered it; no line may be lost or reordered.
+    if start crest-chat --threads 2 --max-backlog 1; then
+        chat_check broadcast 16
+        stop crest-chat
+        log_has crest-chat '^  chat: 48 lines in, 720 lines out' \
+            "chat --max-backlog 1: still 48 lines in, 720 out"
+        log_has crest-chat 'reading paused [1-9][0-9]* times? \(another loop over --max-backlog 1 bytes\)' \
+            "chat --max-backlog 1: a loop paused reading while the other caught up"
+    fi
+    if start crest-chat --threads 2; then
+        chat_check slow
+        stop crest-chat
+        log_has crest-chat 'closed: output limit' \
+            "chat: the client that never reads was logged closed: output limit"
+        log_has crest-chat '^  close reasons:.*output limit 1' \
+            "chat: the report counts one close for the output limit"
+        log_has crest-chat '^  chat: 4096 lines in, .* 1 slow client dropped' \
+            "chat: the report counts 4096 lines in and 1 slow client dropped"
+    fi
+    if "$bin/crest-chat" --workers 2 >"$work/crest-chat.log" 2>&1; then
+        fail "chat: --workers 2 should be refused"
+    else
+        log_has crest-chat 'workers: its clients must share one process' \
+            "chat: --workers is refused (clients must share one process)"
+    fi
 fi
 
 echo "$((checks - failures)) of $checks checks passed"
