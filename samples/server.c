@@ -267,14 +267,16 @@ static const char *message_unit(const struct server *srv) {
  * Connections: the wrapped handler (worker threads)
  * ------------------------------------------------------------------------ */
 
-/* "conn 127.0.0.1:40000"; "conn fd 9" for a Unix-domain client, which
- * has no address; "conn" if the address is not known. */
+/* "conn 127.0.0.1:40000"; "conn unix:#7" for a Unix-domain client,
+ * which has no address (its connection id: fds are reused, ids are not);
+ * "conn #7" if the address is not known. */
 static void conn_name(crest_conn_t *c, char *buf, size_t size) {
     char peer[CREST_ADDR_STRLEN];
+    unsigned long long id = (unsigned long long)crest_conn_id(c);
     if (crest_conn_peer(c, peer, sizeof peer) < 0)
-        snprintf(buf, size, "conn");
+        snprintf(buf, size, "conn #%llu", id);
     else if (strcmp(peer, "unix:") == 0)
-        snprintf(buf, size, "conn fd %d", crest_conn_fd(c));
+        snprintf(buf, size, "conn unix:#%llu", id);
     else
         snprintf(buf, size, "conn %s", peer);
 }
@@ -286,7 +288,7 @@ static void on_open(crest_conn_t *c) {
     if (w->srv->proto->handler.on_open)
         w->srv->proto->handler.on_open(c);
     if (!w->srv->cfg.quiet) {
-        char name[CREST_ADDR_STRLEN + 8];
+        char name[CREST_ADDR_STRLEN + 32];
         conn_name(c, name, sizeof name);
         printf("%s open\n", name);
     }
@@ -297,7 +299,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     if (w->srv->proto->handler.on_close)
         w->srv->proto->handler.on_close(c, reason, err);
     if (!w->srv->cfg.quiet) {
-        char name[CREST_ADDR_STRLEN + 8];
+        char name[CREST_ADDR_STRLEN + 32];
         conn_name(c, name, sizeof name);
         if (err)
             printf("%s closed: %s (%s)\n", name, crest_close_reason_name(reason),

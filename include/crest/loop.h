@@ -49,9 +49,10 @@ int crest_loop_create(crest_loop_t **loopp);
  *   3. Listeners still open are closed (logged as a warning; no callback).
  *   4. Connections still open are aborted (RST, queued output dropped;
  *      logged as a warning), and on_close(c, CREST_CLOSE_SHUTDOWN, 0) runs
- *      for each: free per-connection state there, not before destroying
- *      the loop.  Lingering closes (on_close already ran) end without a
- *      callback.
+ *      for each, after that connection's pending crest_conn_flush_notify()
+ *      callbacks (status -ECANCELED): free per-connection state there, not
+ *      before destroying the loop.  Lingering closes (on_close already ran)
+ *      end without a callback.
  *   5. If a crest_loop_shutdown() was under way, its done callback runs.
  *   6. Io watchers, timers and signal watchers still active are stopped
  *      and freed (their own callbacks do not run; do not use them
