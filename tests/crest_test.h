@@ -499,4 +499,23 @@ static TU_UNUSED size_t tu_raw_recv(crest_loop_t *loop, int fd, void *buf, size_
     return got;
 }
 
+/* Send all of buf on a nonblocking client socket, running the loop while
+ * the socket is full (the server must read for it to drain). */
+static TU_UNUSED void tu_raw_send_all(crest_loop_t *loop, int fd, const void *buf, size_t len) {
+    const uint8_t *p = buf;
+    int idle = 0;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            idle = 0;
+            continue;
+        }
+        assert_true(n < 0 && (errno == EAGAIN || errno == EINTR));
+        assert_true(crest_loop_run_once(loop, 10) >= 0);
+        assert_true(++idle < RUN_MAX_ITER);
+    }
+}
+
 #endif

@@ -42,24 +42,6 @@ static uint32_t get_be32(const uint8_t *p) {
 
 /* ---- raw client sockets (not crest's: the test drives them) --------------- */
 
-/* Send all of buf, running the loop while the socket is full. */
-static void raw_send_all(crest_loop_t *loop, int fd, const void *buf, size_t len) {
-    const uint8_t *p = buf;
-    int idle = 0;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            p += n;
-            len -= (size_t)n;
-            idle = 0;
-            continue;
-        }
-        assert_true(n < 0 && (errno == EAGAIN || errno == EINTR));
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-        assert_true(++idle < RUN_MAX_ITER);
-    }
-}
-
 /* Read until EOF or error; returns 1 (EOF) or -errno, discarding data. */
 static int raw_wait_end(crest_loop_t *loop, int fd) {
     uint8_t tmp[4096];
@@ -606,7 +588,7 @@ static void framing_case(const crest_framing_t *f, size_t n_bulk) {
     assert_int_equal(r.next, 24);
     assert_int_equal(r.bad, 0);
     /* The rest: many frames per write. */
-    raw_send_all(loop, fd, m.wire + m.split, m.wire_len - m.split);
+    tu_raw_send_all(loop, fd, m.wire + m.split, m.wire_len - m.split);
     RUN_UNTIL(loop, r.next >= m.n);
     if (r.bad)
         fail_msg("%zu bad messages, the first at %zu", r.bad, r.first_bad);
@@ -693,7 +675,7 @@ static void test_write_message_limits(void **state) {
 static void expect_echo(crest_loop_t *loop, int fd, const void *frame, size_t len) {
     uint8_t *got = malloc(len);
     assert_non_null(got);
-    raw_send_all(loop, fd, frame, len);
+    tu_raw_send_all(loop, fd, frame, len);
     int end;
     assert_int_equal(tu_raw_recv(loop, fd, got, len, &end), len);
     assert_memory_equal(got, frame, len);
@@ -721,7 +703,7 @@ static void test_oversized_frame_and_line(void **state) {
     int bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     put_be32(frame, 1025);
-    raw_send_all(loop, bad, frame, 20);
+    tu_raw_send_all(loop, bad, frame, 20);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[1], CREST_CLOSE_TOO_LARGE);
     assert_true(tu_log_line_has("warning", "frame too large", "1025"));
@@ -732,7 +714,7 @@ static void test_oversized_frame_and_line(void **state) {
     bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 3);
     put_be32(frame, 0xFFFFFFFFu);
-    raw_send_all(loop, bad, frame, 4);
+    tu_raw_send_all(loop, bad, frame, 4);
     RUN_UNTIL(loop, s.closed == 2);
     assert_int_equal(s.why[2], CREST_CLOSE_TOO_LARGE);
     assert_true(tu_log_line_has("warning", "frame too large", "4294967295"));
@@ -758,7 +740,7 @@ static void test_oversized_frame_and_line(void **state) {
     char line[300];
     memset(line, 'x', sizeof line);
     memcpy(line + 100, "\r\n", 2); /* exactly the limit, with CRLF */
-    raw_send_all(loop, good, line, 102);
+    tu_raw_send_all(loop, good, line, 102);
     char got[101];
     int end;
     assert_int_equal(tu_raw_recv(loop, good, got, 101, &end), 101);
@@ -767,7 +749,7 @@ static void test_oversized_frame_and_line(void **state) {
     bad = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
     memset(line, 'y', sizeof line); /* no end of line in sight */
-    raw_send_all(loop, bad, line, sizeof line);
+    tu_raw_send_all(loop, bad, line, sizeof line);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[1], CREST_CLOSE_TOO_LARGE);
     assert_true(tu_log_line_has("warning", "line too long", NULL));
@@ -908,7 +890,7 @@ static void test_half_close_with_on_eof(void **state) {
      * EPOLLIN|EPOLLRDHUP): the data is delivered before the EOF. */
     int fd = tu_raw_connect(s.addr, 0);
     const char req[] = "one\ntwo\r\nthree\n";
-    raw_send_all(loop, fd, req, sizeof req - 1);
+    tu_raw_send_all(loop, fd, req, sizeof req - 1);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
     const char want[] = "echo:one\necho:two\necho:three\nbye:3\n";
     char got[sizeof want];
@@ -945,7 +927,7 @@ static void test_half_close_without_on_eof(void **state) {
         req[len++] = '\n';
     }
     int fd = tu_raw_connect(s.addr, 0);
-    raw_send_all(loop, fd, req, len);
+    tu_raw_send_all(loop, fd, req, len);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
     /* The server saw every line and the EOF, and is closing with replies
      * still queued. */
@@ -1090,7 +1072,7 @@ static void test_slow_reader_backpressure(void **state) {
             put_be32(req + 8 * i, 4);
             put_be32(req + 8 * i + 4, sent + i);
         }
-        raw_send_all(loop, fd, req, sizeof req);
+        tu_raw_send_all(loop, fd, req, sizeof req);
         tu_spin(loop, 5);
         size_t out = crest_conn_output_bytes(sc);
         if (out > r.max_out)
@@ -1185,7 +1167,7 @@ static void test_abort_sends_rst(void **state) {
 
     /* From inside the handler. */
     int fd = tu_raw_connect(s.addr, 0);
-    raw_send_all(loop, fd, "abort", 5);
+    tu_raw_send_all(loop, fd, "abort", 5);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[0], CREST_CLOSE_ABORT);
     assert_int_equal(raw_wait_end(loop, fd), -ECONNRESET);
@@ -1335,7 +1317,7 @@ static void test_read_timeout(void **state) {
         assert_true(crest_loop_run_once(loop, 10) >= 0);
     assert_int_equal(s.closed, 0);
     /* A message started and never finished. */
-    raw_send_all(loop, fd, "partial", 7);
+    tu_raw_send_all(loop, fd, "partial", 7);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[0], CREST_CLOSE_READ_TIMEOUT);
     assert_int_equal(s.errs[0], ETIMEDOUT);
@@ -1358,14 +1340,14 @@ static void test_read_timeout_reset_by_progress(void **state) {
     lo.conn.read_timeout_ms = 300;
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo_handler);
     int fd = tu_raw_connect(s.addr, 0);
-    raw_send_all(loop, fd, "m0\np", 4);
+    tu_raw_send_all(loop, fd, "m0\np", 4);
     /* 15 steps about 30 ms apart (450 ms in all): each finishes the
      * pending message and starts the next. */
     uint64_t sent = 4;
     for (int k = 1; k <= 15 && s.closed == 0; k++) {
         char piece[32];
         int n = snprintf(piece, sizeof piece, "art\nm%d\np", k);
-        raw_send_all(loop, fd, piece, (size_t)n);
+        tu_raw_send_all(loop, fd, piece, (size_t)n);
         sent += (uint64_t)n;
         RUN_UNTIL(loop, loop_bytes_in(loop) == sent || s.closed);
         uint64_t until = tu_mono_ns() + 30000000ull;
@@ -1575,7 +1557,7 @@ static void test_pause_resume_delivers_buffered(void **state) {
     s.test = &p;
     int fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 1);
-    raw_send_all(loop, fd, "a\npause\nb\nc\n", 12);
+    tu_raw_send_all(loop, fd, "a\npause\nb\nc\n", 12);
     RUN_UNTIL(loop, p.delivered == 2);
     tu_spin(loop, 20);
     assert_int_equal(p.delivered, 2); /* paused */
@@ -1585,7 +1567,7 @@ static void test_pause_resume_delivers_buffered(void **state) {
         assert_true(crest_loop_run_once(loop, 10) >= 0);
     int after_resume = p.delivered;
     /* New input does bring them (they were stuck, not lost). */
-    raw_send_all(loop, fd, "d\n", 2);
+    tu_raw_send_all(loop, fd, "d\n", 2);
     RUN_UNTIL(loop, p.delivered == 5);
     assert_string_equal(p.last, "d");
     close(fd);
@@ -1645,7 +1627,7 @@ static void close_in_callback_case(crest_framing_kind_t kind) {
     q.other = s.conns[0];
     int a = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.opened == 2);
-    raw_send_all(loop, a, "quit\n", 5);
+    tu_raw_send_all(loop, a, "quit\n", 5);
     RUN_UNTIL(loop, s.closed == 1);
     assert_int_equal(s.why[1], CREST_CLOSE_LOCAL);
     assert_int_equal(crest_conn_output_bytes(q.other), 17);

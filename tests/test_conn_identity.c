@@ -76,23 +76,6 @@ static void srv_stop(struct srv *s) {
     s->l = NULL;
 }
 
-static void send_all(crest_loop_t *loop, int fd, const void *buf, size_t len) {
-    const uint8_t *p = buf;
-    int idle = 0;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            p += n;
-            len -= (size_t)n;
-            idle = 0;
-            continue;
-        }
-        assert_true(n < 0 && (errno == EAGAIN || errno == EINTR));
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-        assert_true(++idle < RUN_MAX_ITER);
-    }
-}
-
 /* Close a raw client and run until the server has closed its side. */
 static void client_done(struct srv *s, int fd, int expect_closed) {
     close(fd);
@@ -231,13 +214,13 @@ static void test_counters_raw_gathered(void **state) {
     size_t total_a = 0;
     for (int round = 1; round <= 3; round++) {
         size_t n = (size_t)round * 7000;
-        send_all(loop, a, buf, n);
+        tu_raw_send_all(loop, a, buf, n);
         int end;
         assert_int_equal(tu_raw_recv(loop, a, back, n, &end), n);
         assert_memory_equal(back, buf, n);
         total_a += n;
     }
-    send_all(loop, b, buf, 10);
+    tu_raw_send_all(loop, b, buf, 10);
     int end;
     assert_int_equal(tu_raw_recv(loop, b, back, 10, &end), 10);
     expect_counters(s.conns[0], total_a, total_a, 0);
@@ -279,14 +262,14 @@ static void test_counters_framed(void **state) {
     int fd = tu_raw_connect(s.addr, 0);
     const char *lines = "one\ntwo\r\nthree\n\nfive\n";
     size_t len = strlen(lines);
-    send_all(loop, fd, lines, len);
+    tu_raw_send_all(loop, fd, lines, len);
     char back[64];
     int end;
     /* replies: "one\ntwo\nthree\n\nfive\n" (the \r is not part of the message) */
     assert_int_equal(tu_raw_recv(loop, fd, back, len - 1, &end), len - 1);
     expect_counters(s.conns[0], len, len - 1, 5);
     /* a partial line: read, not consumed, not a message yet */
-    send_all(loop, fd, "par", 3);
+    tu_raw_send_all(loop, fd, "par", 3);
     crest_conn_info_t i;
     for (int k = 0; k < RUN_MAX_ITER; k++) {
         crest_conn_get_info(s.conns[0], &i);
@@ -298,7 +281,7 @@ static void test_counters_framed(void **state) {
     assert_int_equal(i.input_bytes, 3);
     assert_int_equal(i.messages_in, 5);
     assert_int_equal(i.framing, CREST_FRAMING_LINE);
-    send_all(loop, fd, "tial\n", 5);
+    tu_raw_send_all(loop, fd, "tial\n", 5);
     assert_int_equal(tu_raw_recv(loop, fd, back, 8, &end), 8);
     assert_memory_equal(back, "partial\n", 8);
     expect_counters(s.conns[0], len + 8, len - 1 + 8, 6);
@@ -314,7 +297,7 @@ static void test_counters_framed(void **state) {
     srv_start(loop, &s, "127.0.0.1:0", &lo, &msg_echo);
     fd = tu_raw_connect(s.addr, 0);
     const uint8_t frames[] = {0, 0, 0, 3, 'a', 'b', 'c', 0, 0, 0, 0, 0, 0, 0, 1, 'z'};
-    send_all(loop, fd, frames, sizeof frames);
+    tu_raw_send_all(loop, fd, frames, sizeof frames);
     uint8_t fb[sizeof frames];
     assert_int_equal(tu_raw_recv(loop, fd, fb, sizeof fb, &end), sizeof fb);
     assert_memory_equal(fb, frames, sizeof frames);
@@ -377,7 +360,7 @@ static void test_counters_queued_writes(void **state) {
     RUN_UNTIL(loop, crest_conn_output_bytes(c) == 0);
     expect_counters(c, 0, BIG, 0);
     /* and the client's few bytes, counted in */
-    send_all(loop, fd, "hello", 5);
+    tu_raw_send_all(loop, fd, "hello", 5);
     for (int k = 0; k < RUN_MAX_ITER; k++) {
         crest_conn_get_info(c, &i);
         if (i.bytes_in == 5)
@@ -579,7 +562,7 @@ static void test_local_after_close(void **state) {
     crest_listener_address(l, addr, sizeof addr);
     int a = tu_raw_connect(addr, 0), b = tu_raw_connect(addr, 0);
     RUN_UNTIL(loop, p.opened == 2);
-    send_all(loop, a, "abc", 3);
+    tu_raw_send_all(loop, a, "abc", 3);
     char buf[3];
     int end;
     assert_int_equal(tu_raw_recv(loop, a, buf, 3, &end), 3);

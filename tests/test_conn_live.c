@@ -15,23 +15,6 @@
 
 #include <netinet/tcp.h>
 
-static void send_all(crest_loop_t *loop, int fd, const void *buf, size_t len) {
-    const uint8_t *p = buf;
-    int idle = 0;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            p += n;
-            len -= (size_t)n;
-            idle = 0;
-            continue;
-        }
-        assert_true(n < 0 && (errno == EAGAIN || errno == EINTR));
-        assert_true(crest_loop_run_once(loop, 10) >= 0);
-        assert_true(++idle < RUN_MAX_ITER);
-    }
-}
-
 static uint64_t bytes_in(crest_conn_t *c) {
     crest_conn_info_t i;
     crest_conn_get_info(c, &i);
@@ -234,12 +217,12 @@ static void run_split(crest_loop_t *loop, const char *addr, struct sw *w, const 
     size_t sent = 0;
     if (split < 0) {
         for (; sent < m->len; sent++) {
-            send_all(loop, fd, m->stream + sent, 1);
+            tu_raw_send_all(loop, fd, m->stream + sent, 1);
             RUN_UNTIL(loop, bytes_in(c) == sent + 1);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
-            send_all(loop, fd, m->stream + sent, cuts[i] - sent);
+            tu_raw_send_all(loop, fd, m->stream + sent, cuts[i] - sent);
             sent = cuts[i];
             RUN_UNTIL(loop, bytes_in(c) == sent);
         }
@@ -402,7 +385,7 @@ static void test_switch_outside_delivery(void **state) {
     crest_listener_address(l, addr, sizeof addr);
     int fd = tu_raw_connect(addr, 0);
     RUN_UNTIL(loop, w->opened == 1);
-    send_all(loop, fd, "one\npart", 8);
+    tu_raw_send_all(loop, fd, "one\npart", 8);
     RUN_UNTIL(loop, bytes_in(w->c) == 8);
     assert_string_equal(w->events, "m3:one;");
     crest_conn_info_t i;
@@ -417,7 +400,7 @@ static void test_switch_outside_delivery(void **state) {
     assert_int_equal(w->raw_len, 0); /* nothing inside the call */
     RUN_UNTIL(loop, w->raw_len == 4);
     assert_memory_equal(w->raw, "part", 4);
-    send_all(loop, fd, "more\n", 5);
+    tu_raw_send_all(loop, fd, "more\n", 5);
     RUN_UNTIL(loop, w->raw_len == 9);
     assert_memory_equal(w->raw, "partmore\n", 9);
     assert_false(w->cb_in_call);
@@ -566,7 +549,7 @@ static void test_not_connected(void **state) {
     assert_int_equal(crest_listen(loop, "127.0.0.1:0", &lo, &h, w, &l), 0);
     crest_listener_address(l, addr, sizeof addr);
     int fd = tu_raw_connect(addr, 0);
-    send_all(loop, fd, "bye\nmore\n", 9);
+    tu_raw_send_all(loop, fd, "bye\nmore\n", 9);
     RUN_UNTIL(loop, w->closed == 1); /* sw_close checks CLOSED too */
     assert_int_equal(w->why, CREST_CLOSE_LOCAL);
     close(fd);
@@ -781,7 +764,7 @@ static void test_input_idle_reset_by_input(void **state) {
     unsigned sent = 0;
     while (tu_mono_ns() - t0 < 2000000000u && t.closed == 0) {
         if (tu_mono_ns() - last >= 10000000u) {
-            send_all(loop, fd, "y", 1);
+            tu_raw_send_all(loop, fd, "y", 1);
             sent++;
             last = tu_mono_ns();
         }
@@ -825,7 +808,7 @@ static void test_keep_reading_live(void **state) {
     crest_conn_info_t i;
     crest_conn_get_info(t.c, &i);
     assert_true(i.above_high_water && i.reading_paused);
-    send_all(loop, fd, "0123456789", 10);
+    tu_raw_send_all(loop, fd, "0123456789", 10);
     tu_spin(loop, 5);
     assert_int_equal(bytes_in(t.c), 0); /* paused: not read */
     crest_conn_opts_t o;
