@@ -97,6 +97,14 @@ enum call {
     K_DATA,
     K_GETTERS,
     K_PEER,
+    K_ID,
+    K_LOCAL,
+    K_INFO,
+    K_GET_OPTS,
+    K_SET_OPTS_TIMEOUT,
+    K_SET_OPTS_FRAMING,
+    K_SET_HANDLER,
+    K_UPGRADE,
     /* loop-level: made once per callback, in its natural state */
     K_RUN_ONCE,
     K_RUN,
@@ -111,6 +119,9 @@ enum call {
     K_IO_FEED,
     K_IO_STOP,
     K_DESTROY,
+    K_FOREACH,
+    K_LOOP_SHUTDOWN,
+    K_ADOPT,
     K_N
 };
 #define K_FIRST_LOOP K_RUN_ONCE
@@ -118,10 +129,12 @@ static const char *const call_name[K_N] = {
     "write", "writev", "write_message", "write_messagev", "cork", "uncork", "shutdown",
     "flush_notify", "close",
     "fail", "abort", "pause", "resume", "set_nodelay", "set_sndbuf", "set_rcvbuf",
-    "set_data", "getters", "peer",
+    "set_data", "getters", "peer", "id", "local", "get_info", "get_opts",
+    "set_opts_timeout", "set_opts_framing", "set_handler", "upgrade",
     "loop_run_once", "loop_run", "loop_stop", "loop_defer", "timer",
     "timer_self_restart", "listener_close", "connect", "close_all",
-    "close_all_abort", "io_feed", "io_stop", "loop_destroy",
+    "close_all_abort", "io_feed", "io_stop", "loop_destroy", "foreach_conn",
+    "loop_shutdown", "conn_adopt",
 };
 
 /* The state a callback's own connection is in: where the loop-level calls
@@ -184,8 +197,9 @@ static const struct bug *bug_of(int col, int st, int call) {
 
 /* ---- the fixture ------------------------------------------------------------- */
 
-enum role { R_NONE, R_A, R_B, R_H, R_V, R_T, R_SINK, R_EXTRA };
-static const char *const role_name[] = {"?", "A", "B", "H", "V", "T", "sink", "extra"};
+enum role { R_NONE, R_A, R_B, R_H, R_V, R_T, R_SINK, R_EXTRA, R_ADOPT };
+static const char *const role_name[] = {"?", "A", "B", "H", "V", "T", "sink", "extra",
+                                        "adopted"};
 
 #define MAX_RECS 12
 #define MARK "<matrix-mark>"
@@ -200,6 +214,12 @@ struct rec {
     enum role role;
     crest_conn_t *c;
     int opens, closes, eofs, datas, highs, drains, probes;
+    int msgs;                   /* on_message calls */
+    size_t in_total;            /* payload bytes delivered */
+    uint64_t id;                /* crest_conn_id() when first seen */
+    uint64_t open_iteration;
+    /* callbacks run by the handler set_handler/upgrade installed */
+    int new_opens, new_datas, new_closes;
     uint64_t closed_iteration; /* its memory is valid until that one ends */
     crest_close_reason_t reason;
     int err;
@@ -213,11 +233,12 @@ struct rec {
     size_t got;          /* bytes the client read after the trigger */
     int end;             /* 1: EOF, -errno: error (ECONNRESET), 0: not read */
     bool mark_seen;
+    bool frame_seen;     /* M.frame among what it read */
     /* at the call */
     crest_conn_state_t state_at_call;
 };
 
-static int ctx_server, ctx_sink, ctx_client; /* handler contexts: their addresses */
+static int ctx_server, ctx_sink, ctx_client, ctx_new; /* handler contexts: their addresses */
 
 static struct mx {
     int col, st, call;
@@ -256,6 +277,18 @@ static struct mx {
     crest_io_t *io;
     int pipe[2];
     bool expect_shutdown[MAX_RECS];
+    crest_close_reason_t expect_reason; /* of those: SHUTDOWN, or LOCAL (foreach_conn) */
+    /* the framed mark a write_message after a change of framing sends */
+    char frame[64];
+    size_t frame_len;
+    char local_at_call[CREST_ADDR_STRLEN];
+    /* foreach_conn */
+    struct rec *visited[2 * MAX_RECS];
+    int nvisited, last_fd;
+    bool foreach_stop;
+    /* loop_shutdown */
+    int done_runs;
+    uint64_t done_iteration;
     /* result */
     char fail[4096];
     size_t fail_len;
@@ -331,6 +364,7 @@ static struct rec *rec_new(enum role role, crest_conn_t *c) {
     r->role = role;
     r->c = c;
     r->client = -1;
+    r->id = crest_conn_id(c);
     if (role == R_A && M.a_client >= 0) { /* accepted as on_open's trigger */
         r->client = M.a_client;
         memcpy(r->client_addr, M.a_addr, sizeof r->client_addr);
@@ -423,6 +457,7 @@ static void keep_input(struct rec *r, const uint8_t *data, size_t len) {
         n = len;
     memcpy(r->in + r->in_len, data, n);
     r->in_len += n;
+    r->in_total += len;
 }
 
 static void s_on_open(crest_conn_t *c) {
@@ -431,6 +466,7 @@ static void s_on_open(crest_conn_t *c) {
     if (M.in_call)
         invariant_fail("on_open of %s ran inside %s", role_name[r->role], call_name[M.call]);
     r->opens++;
+    r->open_iteration = iterations();
     if (M.armed && col_open(M.col) && r->role == R_A)
         fire(r);
 }
@@ -448,6 +484,7 @@ static ssize_t s_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
 static int s_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
     struct rec *r = entered(c, "on_message");
     r->datas++;
+    r->msgs++;
     if (!r->opens)
         r->data_before_open = true;
     keep_input(r, msg, len);
@@ -495,8 +532,10 @@ static void s_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         fire(r);
 }
 
+/* server_raw has on_message too (unused while RAW): crest_conn_set_opts()
+ * may give the connection a framing. */
 static const crest_handler_t server_raw = {
-    .on_open = s_on_open, .on_data = s_on_data, .on_eof = s_on_eof,
+    .on_open = s_on_open, .on_data = s_on_data, .on_message = s_on_message, .on_eof = s_on_eof,
     .on_high_water = s_on_high, .on_drain = s_on_drain, .on_close = s_on_close,
 };
 static const crest_handler_t server_line = {
@@ -509,12 +548,15 @@ static void k_on_open(crest_conn_t *c) {
     struct rec *r = rec_of(c);
     if (!r) {
         r = rec_new(R_SINK, c); /* accepted on l2 */
+        if (crest_conn_peer(c, r->client_addr, sizeof r->client_addr) < 0)
+            r->client_addr[0] = '\0';
     } else if (r->closes) {
         r->open_after_close = true;
     }
     if (M.in_call)
         invariant_fail("on_open of %s ran inside %s", role_name[r->role], call_name[M.call]);
     r->opens++;
+    r->open_iteration = iterations();
 }
 
 static ssize_t k_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
@@ -526,6 +568,16 @@ static ssize_t k_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     return (ssize_t)len;
 }
 
+static int k_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct rec *r = entered(c, "on_message");
+    r->datas++;
+    r->msgs++;
+    if (!r->opens)
+        r->data_before_open = true;
+    keep_input(r, msg, len);
+    return 0;
+}
+
 static void k_on_eof(crest_conn_t *c) {
     struct rec *r = entered(c, "on_eof");
     r->eofs++;
@@ -535,6 +587,7 @@ static void k_on_eof(crest_conn_t *c) {
 static void k_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     struct rec *r = entered(c, "on_close");
     r->closes++;
+    r->closed_iteration = iterations();
     r->reason = reason;
     r->err = err;
 }
@@ -545,7 +598,58 @@ static const crest_handler_t sink_h = {
 
 /* Outbound: the rec exists before on_open (made right after connect). */
 static const crest_handler_t client_h = {
-    .on_open = k_on_open, .on_data = k_on_data, .on_eof = k_on_eof, .on_close = k_on_close,
+    .on_open = k_on_open, .on_data = k_on_data, .on_message = k_on_message, .on_eof = k_on_eof,
+    .on_close = k_on_close,
+};
+
+/* The handler crest_conn_set_handler()/_upgrade() installs: it counts, then
+ * does what the connection's first handler did. */
+static bool is_server_role(const struct rec *r) {
+    return r->role != R_T && r->role != R_SINK && r->role != R_EXTRA && r->role != R_ADOPT;
+}
+
+static void n_on_open(crest_conn_t *c) {
+    struct rec *r = rec_of(c);
+    r->new_opens++;
+    is_server_role(r) ? s_on_open(c) : k_on_open(c);
+}
+
+static ssize_t n_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    struct rec *r = rec_of(c);
+    r->new_datas++;
+    return is_server_role(r) ? s_on_data(c, data, len) : k_on_data(c, data, len);
+}
+
+static int n_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct rec *r = rec_of(c);
+    r->new_datas++;
+    return is_server_role(r) ? s_on_message(c, msg, len) : k_on_message(c, msg, len);
+}
+
+static void n_on_eof(crest_conn_t *c) {
+    is_server_role(rec_of(c)) ? s_on_eof(c) : k_on_eof(c);
+}
+
+static void n_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    struct rec *r = rec_of(c);
+    r->new_closes++;
+    is_server_role(r) ? s_on_close(c, reason, err) : k_on_close(c, reason, err);
+}
+
+/* set_handler: both data callbacks. */
+static const crest_handler_t new_h = {
+    .on_open = n_on_open, .on_data = n_on_data, .on_message = n_on_message, .on_eof = n_on_eof,
+    .on_high_water = s_on_high, .on_drain = s_on_drain, .on_close = n_on_close,
+};
+/* upgrade: only the callback of the new framing (neither set_opts nor
+ * set_handler alone would take them). */
+static const crest_handler_t up_line_h = {
+    .on_open = n_on_open, .on_message = n_on_message, .on_eof = n_on_eof,
+    .on_high_water = s_on_high, .on_drain = s_on_drain, .on_close = n_on_close,
+};
+static const crest_handler_t up_raw_h = {
+    .on_open = n_on_open, .on_data = n_on_data, .on_eof = n_on_eof,
+    .on_high_water = s_on_high, .on_drain = s_on_drain, .on_close = n_on_close,
 };
 
 static crest_conn_t *connect_out(enum role role) {
@@ -589,6 +693,41 @@ static void row_io_cb(crest_io_t *io, unsigned events, void *arg) {
     M.cb_runs++;
     crest_io_stop(io);
     M.io = NULL;
+}
+
+/* crest_loop_foreach_conn()'s callback: runs on the caller's stack (inside
+ * the call, by design); closes what it is given, unless told to stop. */
+static int foreach_cb(crest_conn_t *c, void *arg) {
+    struct rec *r = rec_of(c);
+    if (arg != &M)
+        invariant_fail("foreach_conn gave its callback the wrong argument");
+    if (!M.in_call)
+        invariant_fail("the foreach_conn callback ran outside the call");
+    if (crest_conn_fd(c) <= M.last_fd)
+        soft_fail("foreach_conn visited fd %d after fd %d (not in fd order)", crest_conn_fd(c),
+                  M.last_fd);
+    M.last_fd = crest_conn_fd(c);
+    if (M.nvisited < (int)(sizeof M.visited / sizeof M.visited[0]))
+        M.visited[M.nvisited++] = r;
+    if (M.foreach_stop)
+        return 7;
+    crest_conn_close(c);
+    EXPECT(crest_conn_state(c) == CREST_CONN_CLOSING, "closed from the foreach callback: state %d",
+           crest_conn_state(c));
+    return 0;
+}
+
+/* crest_loop_shutdown()'s done: from the loop, once, after every on_close. */
+static void shutdown_done(crest_loop_t *loop, void *arg) {
+    if (loop != M.loop || arg != &M)
+        invariant_fail("shutdown's done got the wrong loop or argument");
+    if (M.in_call)
+        invariant_fail("shutdown's done ran inside %s", call_name[M.call]);
+    M.done_runs++;
+    M.done_iteration = iterations();
+    for (int i = 0; i < M.nrecs; i++)
+        if (M.recs[i].closes != 1)
+            soft_fail("shutdown's done ran before on_close of %s", role_name[M.recs[i].role]);
 }
 
 /* ---- the trigger ------------------------------------------------------------- */
@@ -685,6 +824,56 @@ static int write_rc(int st) {
 static bool is_socket(int fd) {
     struct stat sb;
     return fd >= 0 && fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode);
+}
+
+/* The framing a connection was made with. */
+static crest_framing_kind_t framing_of(const struct rec *r) {
+    return M.col == COL_MESSAGE && is_server_role(r) ? CREST_FRAMING_LINE : CREST_FRAMING_RAW;
+}
+
+static void peer_addr(int fd, char *buf, size_t size) {
+    struct sockaddr_in sin;
+    socklen_t len = sizeof sin;
+    buf[0] = '\0';
+    if (fd < 0 || getpeername(fd, (struct sockaddr *)&sin, &len) < 0)
+        return;
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof ip);
+    snprintf(buf, size, "%s:%d", ip, ntohs(sin.sin_port));
+}
+
+/* What a write_message of MARK puts on the wire under framing kind k
+ * (LENGTH: the 2-byte big-endian header the framing cells set). */
+static void set_frame(crest_framing_kind_t k) {
+    M.frame_len = 0;
+    if (k == CREST_FRAMING_LENGTH) {
+        M.frame[M.frame_len++] = 0;
+        M.frame[M.frame_len++] = (char)MARK_LEN;
+    }
+    memcpy(M.frame + M.frame_len, MARK, MARK_LEN);
+    M.frame_len += MARK_LEN;
+    if (k == CREST_FRAMING_LINE)
+        M.frame[M.frame_len++] = '\n';
+}
+
+/* Is the connection still the application's (the rows that change a live
+ * connection take CONNECTING, OPEN and HALF_CLOSED)? */
+static bool changeable_state(int st) {
+    return writable_state(st);
+}
+
+/* After a change of options or handler: what the options read now, and a
+ * write_message framed as they say. */
+static void after_change(crest_conn_t *t, crest_framing_kind_t want_kind, bool changed) {
+    crest_conn_opts_t o;
+    EXPECT(crest_conn_get_opts(t, &o) == 0, "get_opts failed after the change");
+    EXPECT(o.framing.kind == want_kind, "framing %d after the call, wanted %d", o.framing.kind,
+           want_kind);
+    set_frame(want_kind);
+    int rc = crest_conn_write_message(t, MARK, MARK_LEN);
+    EXPECT(rc == write_rc(M.st), "write_message after the change returned %d, wanted %d", rc,
+           write_rc(M.st));
+    (void)changed;
 }
 
 static void do_conn_call(crest_conn_t *t, struct rec *tr) {
@@ -799,6 +988,180 @@ static void do_conn_call(crest_conn_t *t, struct rec *tr) {
                "socket_peer returned %d \"%s\", wanted \"%s\"", M.rc, M.rc > 0 ? buf : "", want);
         break;
     }
+    case K_ID: {
+        uint64_t id = crest_conn_id(t);
+        EXPECT(id != 0 && id == tr->id, "id %llu, wanted %llu (as at creation)",
+               (unsigned long long)id, (unsigned long long)tr->id);
+        break;
+    }
+    case K_LOCAL: {
+        bool gone = want_state == CREST_CONN_CLOSED && !in_own_on_close;
+        M.rc = crest_conn_local(t, buf, sizeof buf);
+        snprintf(M.local_at_call, sizeof M.local_at_call, "%s", M.rc > 0 ? buf : "");
+        if (gone) {
+            expect_rc(-ENOTCONN);
+            break;
+        }
+        EXPECT(M.rc > 0 && (size_t)M.rc == strlen(buf), "local returned %d \"%s\"", M.rc,
+               M.rc > 0 ? buf : "");
+        if (M.rc <= 0)
+            break;
+        char want[CREST_ADDR_STRLEN] = "";
+        if (tr->role == R_T)
+            break; /* compared with the sink's peer once it is accepted (check_cell) */
+        if (tr->role == R_A && (M.col == COL_OPEN_OUT || M.col == COL_CLOSE_TIMEOUT))
+            peer_addr(tr->client, want, sizeof want); /* outbound: the source address */
+        else
+            snprintf(want, sizeof want, "%s", M.addr); /* accepted: the listener's */
+        if (want[0])
+            EXPECT(strcmp(buf, want) == 0, "local \"%s\", wanted \"%s\"", buf, want);
+        break;
+    }
+    case K_INFO: {
+        crest_conn_info_t in;
+        memset(&in, 0xa5, sizeof in);
+        crest_conn_get_info(t, &in);
+        bool gone = want_state == CREST_CONN_CLOSED && !in_own_on_close;
+        uint64_t now = crest_loop_now_ns(M.loop);
+        EXPECT(in.id == tr->id, "info.id %llu, wanted %llu", (unsigned long long)in.id,
+               (unsigned long long)tr->id);
+        EXPECT(in.state == want_state, "info.state %d, wanted %d", in.state, want_state);
+        EXPECT(in.fd == crest_conn_fd(t), "info.fd %d, conn_fd %d", in.fd, crest_conn_fd(t));
+        if (gone)
+            EXPECT(in.fd == -1 && in.output_bytes == 0 && in.input_bytes == 0,
+                   "after on_close: fd %d, output %zu, input %zu", in.fd, in.output_bytes,
+                   in.input_bytes);
+        EXPECT(in.framing == framing_of(tr), "info.framing %d, wanted %d", in.framing,
+               framing_of(tr));
+        EXPECT(in.created_ns <= now && in.age_ns == now - in.created_ns,
+               "created_ns %llu, age_ns %llu, now %llu", (unsigned long long)in.created_ns,
+               (unsigned long long)in.age_ns, (unsigned long long)now);
+        EXPECT(in.output_bytes == crest_conn_output_bytes(t), "info.output_bytes %zu, wanted %zu",
+               in.output_bytes, crest_conn_output_bytes(t));
+        EXPECT(in.bytes_in >= tr->in_total, "bytes_in %llu, but %zu bytes were delivered",
+               (unsigned long long)in.bytes_in, tr->in_total);
+        int want_msgs = framing_of(tr) == CREST_FRAMING_RAW ? 0 : tr->msgs;
+        EXPECT(in.messages_in == (uint64_t)want_msgs, "messages_in %llu, wanted %d",
+               (unsigned long long)in.messages_in, want_msgs);
+        if (want_state == CREST_CONN_CONNECTING)
+            EXPECT(in.bytes_in == 0 && in.bytes_out == 0, "connecting, yet bytes in %llu out %llu",
+                   (unsigned long long)in.bytes_in, (unsigned long long)in.bytes_out);
+        /* (When on_high_water runs, the queue may have moved on: the
+         * kernel may have taken it all.) */
+        if (tr->role == R_A && col_high(M.col) && want_state == CREST_CONN_OPEN)
+            EXPECT(in.bytes_out + in.output_bytes == M.filled && !in.reading_paused &&
+                       in.above_high_water == (in.output_bytes > LOW_WATER ||
+                                               in.above_high_water),
+                   "above high water: bytes_out %llu + output %zu, %zu written; paused %d",
+                   (unsigned long long)in.bytes_out, in.output_bytes, M.filled,
+                   in.reading_paused);
+        if (tr->role == R_A && col_drain(M.col) && want_state == CREST_CONN_OPEN)
+            EXPECT(!in.above_high_water && !in.corked, "after on_drain: above %d, corked %d",
+                   in.above_high_water, in.corked);
+        EXPECT(in.write_shut_down == (want_state >= CREST_CONN_CLOSING),
+               "write_shut_down %d in state %d", in.write_shut_down, want_state);
+        if (want_state == CREST_CONN_HALF_CLOSED)
+            EXPECT(in.peer_shut_down, "half-closed, yet peer_shut_down is false");
+        if (want_state == CREST_CONN_OPEN || want_state == CREST_CONN_CONNECTING)
+            EXPECT(!in.peer_shut_down, "peer_shut_down in state %d", want_state);
+        EXPECT(!in.paused_by_handler, "paused_by_handler, yet nobody paused it");
+        break;
+    }
+    case K_GET_OPTS: {
+        crest_conn_opts_t o;
+        memset(&o, 0xa5, sizeof o);
+        M.rc = crest_conn_get_opts(t, &o);
+        expect_rc(0);
+        bool server = is_server_role(tr) && !(tr->role == R_A && (M.col == COL_OPEN_OUT ||
+                                                                  M.col == COL_CLOSE_TIMEOUT));
+        EXPECT(o.framing.kind == framing_of(tr), "framing %d", o.framing.kind);
+        EXPECT(o.high_water == (server ? HIGH_WATER : 1024 * 1024), "high_water %zu",
+               o.high_water);
+        if (server)
+            EXPECT(o.low_water == LOW_WATER && o.sndbuf == 4096, "low_water %zu, sndbuf %d",
+                   o.low_water, o.sndbuf);
+        /* AUTO is resolved: true for an outbound connection; the
+         * listener's options say true. */
+        EXPECT(o.keep_reading == 1, "keep_reading %d", o.keep_reading);
+        uint32_t idle = tr->role == R_A && M.col == COL_CLOSE_TIMEOUT ? 1 : 0;
+        EXPECT(o.idle_timeout_ms == idle, "idle_timeout_ms %u, wanted %u", o.idle_timeout_ms,
+               idle);
+        EXPECT(crest_conn_get_opts(t, NULL) == -EINVAL, "get_opts(NULL) is not -EINVAL");
+        break;
+    }
+    case K_SET_OPTS_TIMEOUT: {
+        crest_conn_opts_t o;
+        EXPECT(crest_conn_get_opts(t, &o) == 0, "get_opts failed");
+        o.idle_timeout_ms = 1; /* from the last byte: due at once, or nearly */
+        M.rc = crest_conn_set_opts(t, &o);
+        expect_rc(changeable_state(M.st) ? 0 : -ENOTCONN);
+        EXPECT(crest_conn_get_opts(t, &o) == 0, "get_opts failed");
+        uint32_t was = tr->role == R_A && M.col == COL_CLOSE_TIMEOUT ? 1 : 0;
+        EXPECT(o.idle_timeout_ms == (M.rc == 0 ? 1 : was), "idle_timeout_ms %u after the call",
+               o.idle_timeout_ms);
+        EXPECT(crest_conn_set_opts(t, NULL) == -EINVAL, "set_opts(NULL) is not -EINVAL");
+        break;
+    }
+    case K_SET_OPTS_FRAMING: {
+        crest_conn_opts_t o;
+        EXPECT(crest_conn_get_opts(t, &o) == 0, "get_opts failed");
+        o.framing.kind = CREST_FRAMING_LENGTH;
+        o.framing.header_bytes = 2;
+        o.framing.little_endian = false;
+        o.framing.max_message = 0;
+        M.rc = crest_conn_set_opts(t, &o);
+        expect_rc(changeable_state(M.st) ? 0 : -ENOTCONN);
+        after_change(t, M.rc == 0 ? CREST_FRAMING_LENGTH : framing_of(tr), M.rc == 0);
+        break;
+    }
+    case K_SET_HANDLER: {
+        /* Refused first: no handler, and one without the callback the
+         * framing needs; nothing changes. */
+        const crest_handler_t *lacking =
+            framing_of(tr) == CREST_FRAMING_RAW ? &up_line_h : &up_raw_h;
+        EXPECT(crest_conn_set_handler(t, NULL, &ctx_new) == -EINVAL,
+               "set_handler(NULL) is not -EINVAL");
+        int rc = crest_conn_set_handler(t, lacking, &ctx_new);
+        EXPECT(rc == (changeable_state(M.st) ? -EINVAL : -ENOTCONN),
+               "set_handler with a handler lacking the framing's callback returned %d", rc);
+        void *was = crest_conn_handler_ctx(t);
+        EXPECT(was != &ctx_new, "a refused set_handler changed the context");
+        M.rc = crest_conn_set_handler(t, &new_h, &ctx_new);
+        expect_rc(changeable_state(M.st) ? 0 : -ENOTCONN);
+        EXPECT(crest_conn_handler_ctx(t) == (M.rc == 0 ? &ctx_new : was),
+               "handler_ctx after set_handler is wrong");
+        EXPECT(crest_conn_get_data(t) == tr, "set_handler changed the data pointer");
+        break;
+    }
+    case K_UPGRADE: {
+        bool to_line = framing_of(tr) == CREST_FRAMING_RAW;
+        crest_conn_opts_t o;
+        EXPECT(crest_conn_get_opts(t, &o) == 0, "get_opts failed");
+        o.framing.kind = to_line ? CREST_FRAMING_LINE : CREST_FRAMING_RAW;
+        o.framing.max_message = 0;
+        const crest_handler_t *h = to_line ? &up_line_h : &up_raw_h;
+        void *was = crest_conn_handler_ctx(t);
+        EXPECT(crest_conn_upgrade(t, NULL, &ctx_new, &o) == -EINVAL,
+               "upgrade(NULL handler) is not -EINVAL");
+        /* Neither half alone passes its check, and a failed call changes
+         * nothing. */
+        if (changeable_state(M.st)) {
+            EXPECT(crest_conn_set_handler(t, h, &ctx_new) == -EINVAL,
+                   "set_handler alone took a handler the framing cannot use");
+            EXPECT(crest_conn_upgrade(t, h, &ctx_new, NULL) == -EINVAL,
+                   "upgrade with the old options took a handler they cannot use");
+            if (!to_line) /* the LINE handler has no on_data (the RAW ones have both) */
+                EXPECT(crest_conn_set_opts(t, &o) == -EINVAL,
+                       "set_opts alone took a framing the handler cannot use");
+            EXPECT(crest_conn_handler_ctx(t) == was, "a refused change changed the context");
+        }
+        M.rc = crest_conn_upgrade(t, h, &ctx_new, &o);
+        expect_rc(changeable_state(M.st) ? 0 : -ENOTCONN);
+        EXPECT(crest_conn_handler_ctx(t) == (M.rc == 0 ? &ctx_new : was),
+               "handler_ctx after upgrade is wrong");
+        after_change(t, M.rc == 0 ? o.framing.kind : framing_of(tr), M.rc == 0);
+        break;
+    }
     default:
         break;
     }
@@ -865,6 +1228,108 @@ static void do_loop_call(struct rec *own) {
                        "close_all left %s in state %d", role_name[M.recs[i].role],
                        crest_conn_state(M.recs[i].c));
         break;
+    case K_FOREACH: {
+        /* A connection still connecting is visited too. */
+        (void)connect_out(R_EXTRA);
+        bool want[MAX_RECS];
+        int nwant = 0;
+        for (int i = 0; i < M.nrecs; i++) {
+            /* on_close ran (or runs): CLOSED, not visited (and maybe freed) */
+            want[i] = M.recs[i].closes == 0;
+            nwant += want[i];
+            M.expect_shutdown[i] = want[i] &&
+                                   crest_conn_state(M.recs[i].c) != CREST_CONN_CLOSING;
+        }
+        M.expect_reason = CREST_CLOSE_LOCAL;
+        M.last_fd = -1;
+        M.rc = crest_loop_foreach_conn(M.loop, foreach_cb, &M);
+        expect_rc(0);
+        EXPECT(M.nvisited == nwant, "foreach_conn visited %d connections, wanted %d",
+               M.nvisited, nwant);
+        for (int i = 0; i < M.nrecs; i++) {
+            int seen = 0;
+            for (int j = 0; j < M.nvisited; j++)
+                seen += M.visited[j] == &M.recs[i];
+            EXPECT(seen == (want[i] ? 1 : 0), "foreach_conn visited %s %d times",
+                   role_name[M.recs[i].role], seen);
+            if (want[i])
+                EXPECT(crest_conn_state(M.recs[i].c) == CREST_CONN_CLOSING,
+                       "%s is in state %d after the walk", role_name[M.recs[i].role],
+                       crest_conn_state(M.recs[i].c));
+        }
+        /* Closed during the walk, still CLOSING: visited again; a nonzero
+         * return stops the walk and is returned. */
+        M.nvisited = 0;
+        M.last_fd = -1;
+        M.foreach_stop = true;
+        M.rc2 = crest_loop_foreach_conn(M.loop, foreach_cb, &M);
+        EXPECT(M.rc2 == (nwant ? 7 : 0) && M.nvisited == (nwant ? 1 : 0),
+               "a walk whose callback returns 7: returned %d after %d visits", M.rc2,
+               M.nvisited);
+        EXPECT(crest_loop_foreach_conn(M.loop, NULL, &M) == -EINVAL &&
+                   crest_loop_foreach_conn(NULL, foreach_cb, &M) == -EINVAL,
+               "foreach_conn with no loop or no callback is not -EINVAL");
+        break;
+    }
+    case K_LOOP_SHUTDOWN: {
+        for (int i = 0; i < M.nrecs; i++)
+            M.expect_shutdown[i] = M.recs[i].closes == 0 &&
+                                   crest_conn_state(M.recs[i].c) != CREST_CONN_CLOSING;
+        M.expect_reason = CREST_CLOSE_SHUTDOWN;
+        M.rc = crest_loop_shutdown(M.loop, 30000, shutdown_done, &M);
+        expect_rc(0);
+        M.l = M.l2 = NULL; /* closed by the call: the pointers are invalid */
+        EXPECT(M.done_runs == 0, "done ran inside crest_loop_shutdown()");
+        for (int i = 0; i < M.nrecs; i++)
+            if (M.expect_shutdown[i])
+                EXPECT(crest_conn_state(M.recs[i].c) == CREST_CONN_CLOSING,
+                       "shutdown left %s in state %d", role_name[M.recs[i].role],
+                       crest_conn_state(M.recs[i].c));
+        /* While it is under way: nothing new starts. */
+        M.rc2 = crest_loop_shutdown(M.loop, 0, shutdown_done, &M);
+        EXPECT(M.rc2 == -EALREADY, "a second shutdown returned %d", M.rc2);
+        crest_conn_t *c = NULL;
+        rc = crest_connect(M.loop, M.addr2, NULL, &client_h, &ctx_client, &c);
+        EXPECT(rc == -ESHUTDOWN && c == NULL, "connect during a shutdown returned %d", rc);
+        int sp[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+        rc = crest_conn_adopt(M.loop, sp[0], NULL, &client_h, &ctx_client, &c);
+        EXPECT(rc == -ESHUTDOWN && c == NULL, "adopt during a shutdown returned %d", rc);
+        EXPECT(tu_fd_is_open(sp[0]) && crest_fd_lookup(sp[0], NULL, NULL, NULL) != 0,
+               "a refused adopt did not leave the fd the caller's");
+        close(sp[0]);
+        close(sp[1]);
+        break;
+    }
+    case K_ADOPT: {
+        int sp[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+        crest_conn_t *c = NULL;
+        M.rc = crest_conn_adopt(M.loop, sp[0], NULL, &client_h, &ctx_client, &c);
+        expect_rc(0);
+        if (M.rc != 0) {
+            close(sp[0]);
+            close(sp[1]);
+            break;
+        }
+        struct rec *r = rec_new(R_ADOPT, c);
+        r->client = sp[1];
+        assert_int_equal(fcntl(sp[1], F_SETFL, O_NONBLOCK), 0);
+        EXPECT(crest_conn_state(c) == CREST_CONN_CONNECTING, "adopted: state %d, wanted "
+               "CONNECTING", crest_conn_state(c));
+        EXPECT(crest_conn_fd(c) == sp[0], "adopted: fd %d, wanted %d", crest_conn_fd(c), sp[0]);
+        crest_conn_opts_t o;
+        EXPECT(crest_conn_get_opts(c, &o) == 0 && o.keep_reading == 1,
+               "adopted: keep_reading AUTO is not true");
+        /* The same fd again: crest owns it. */
+        crest_conn_t *c2 = NULL;
+        rc = crest_conn_adopt(M.loop, sp[0], NULL, &client_h, &ctx_client, &c2);
+        EXPECT(rc == -EEXIST && c2 == NULL, "adopting an fd crest owns returned %d", rc);
+        /* Queued while connecting, sent once open. */
+        rc = crest_conn_write(c, MARK, MARK_LEN);
+        EXPECT(rc == 0, "write to an adopted connection returned %d", rc);
+        break;
+    }
     case K_IO_FEED:
     case K_IO_STOP:
         rc = crest_io_start(M.loop, M.pipe[0], CREST_IO_READABLE, row_io_cb, NULL, &M.io);
@@ -1074,6 +1539,15 @@ static int extra_opens(void) {
     return r ? r->opens : -1;
 }
 
+/* Read a raw client to its end, and close it. */
+static void read_client(struct rec *r) {
+    r->got = tu_raw_recv(M.loop, r->client, rxbuf, sizeof rxbuf, &r->end);
+    r->mark_seen = memmem(rxbuf, r->got, MARK, MARK_LEN) != NULL;
+    r->frame_seen = M.frame_len && memmem(rxbuf, r->got, M.frame, M.frame_len) != NULL;
+    close(r->client);
+    r->client = -1;
+}
+
 /* What is left to see after the trigger: data a pause held back, a
  * shutdown's EOF, callbacks that run later. */
 static void follow_up(void) {
@@ -1148,6 +1622,68 @@ static void follow_up(void) {
     case K_CONNECT:
         RUN_UNTIL(M.loop, extra_opens() == 1);
         break;
+    case K_SET_OPTS_TIMEOUT:
+        if (!changeable_state(M.st))
+            break;
+        /* The idle timeout closes it from the loop's timer pass (gracefully:
+         * the client reads what was queued, then EOF). */
+        if (t->client >= 0)
+            read_client(t);
+        RUN_UNTIL(M.loop, t->closes == 1);
+        break;
+    case K_SET_OPTS_FRAMING:
+    case K_SET_HANDLER:
+    case K_UPGRADE: {
+        if (!probe || M.rc != 0)
+            break;
+        /* Input from now on: parsed with the new framing, delivered to the
+         * new handler. */
+        crest_conn_opts_t o;
+        assert_int_equal(crest_conn_get_opts(t->c, &o), 0);
+        static const char len_probe[] = {0, 1, 'z'};
+        if (o.framing.kind == CREST_FRAMING_LENGTH)
+            assert_int_equal(send(t->client, len_probe, 3, MSG_NOSIGNAL), 3);
+        else
+            raw_send(t->client, o.framing.kind == CREST_FRAMING_LINE ? "z\n" : "z");
+        RUN_UNTIL(M.loop, t->probes == 1);
+        if (M.call != K_SET_OPTS_FRAMING)
+            EXPECT(t->new_datas >= 1, "input after %s did not reach the new handler",
+                   call_name[M.call]);
+        break;
+    }
+    case K_LOOP_SHUTDOWN: {
+        /* The listeners are gone. */
+        const char *addrs[2] = {M.addr, M.addr2};
+        for (int i = 0; i < 2; i++) {
+            crest_addr_t a;
+            assert_int_equal(crest_addr_parse(addrs[i], &a), 0);
+            int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            assert_true(fd >= 0);
+            int rc = connect(fd, (const struct sockaddr *)&a.ss, a.len);
+            EXPECT(rc < 0 && errno == ECONNREFUSED, "connect to a listener after shutdown: %d",
+                   rc);
+            close(fd);
+        }
+        EXPECT(M.done_runs == 0 || all_closed(), "done ran with connections open");
+        break;
+    }
+    case K_ADOPT: {
+        struct rec *r = rec_by_role(R_ADOPT);
+        if (!r)
+            break;
+        RUN_UNTIL(M.loop, r->opens == 1 || r->closes == 1);
+        /* From the loop after the calling callback returned: later in the
+         * same iteration (a timer's, a deferred callback's: the ready list
+         * or the poll comes after them) or the next. */
+        EXPECT(r->opens == 1 && r->open_iteration >= M.fire_iteration,
+               "adopted: on_open %d times, in iteration %llu (adopted in %llu)", r->opens,
+               (unsigned long long)r->open_iteration, (unsigned long long)M.fire_iteration);
+        raw_send(r->client, "hi");
+        RUN_UNTIL(M.loop, r->in_total >= 2 || r->closes);
+        EXPECT(r->in_len == 2 && memcmp(r->in, "hi", 2) == 0, "adopted: the peer's bytes did "
+               "not arrive");
+        break;
+    }
     default:
         break;
     }
@@ -1159,19 +1695,24 @@ static void finish_cell(void) {
     for (int i = 0; i < M.nrecs; i++)
         if (M.recs[i].closes == 0) /* else freed, or about to be */
             crest_conn_close(M.recs[i].c);
-    for (int i = 0; i < M.nrecs; i++) {
-        struct rec *r = &M.recs[i];
-        if (r->client < 0)
-            continue;
-        r->got = tu_raw_recv(M.loop, r->client, rxbuf, sizeof rxbuf, &r->end);
-        r->mark_seen = memmem(rxbuf, r->got, MARK, MARK_LEN) != NULL;
-        close(r->client);
-        r->client = -1;
-    }
+    for (int i = 0; i < M.nrecs; i++)
+        if (M.recs[i].client >= 0)
+            read_client(&M.recs[i]);
     RUN_UNTIL(M.loop, all_closed());
+    if (M.call == K_LOOP_SHUTDOWN && M.rc == 0) {
+        /* done: from the loop, exactly once, after every on_close (and
+         * after the lingering closes end: the clients have closed). */
+        RUN_UNTIL(M.loop, M.done_runs >= 1);
+        tu_spin(M.loop, 2);
+        EXPECT(M.done_runs == 1, "shutdown's done ran %d times", M.done_runs);
+        for (int i = 0; i < M.nrecs; i++)
+            EXPECT(M.recs[i].closed_iteration <= M.done_iteration,
+                   "on_close of %s came after done", role_name[M.recs[i].role]);
+    }
     if (M.l)
         crest_listener_close(M.l);
-    crest_listener_close(M.l2);
+    if (M.l2)
+        crest_listener_close(M.l2);
     tu_spin(M.loop, 2);
     if (M.row_timer)
         crest_timer_destroy(M.row_timer);
@@ -1192,6 +1733,8 @@ static crest_close_reason_t expected_reason(void) {
         return CREST_CLOSE_PROTOCOL_ERROR;
     case K_ABORT:
         return CREST_CLOSE_ABORT;
+    case K_SET_OPTS_TIMEOUT:
+        return CREST_CLOSE_IDLE_TIMEOUT;
     default:
         return CREST_CLOSE_LOCAL;
     }
@@ -1210,6 +1753,10 @@ static void check_cell(void) {
             EXPECT(r->highs == 1, "A: %d on_high_water", r->highs);
         if (r->role == R_A && col_drain(M.col))
             EXPECT(r->drains >= 1, "A: no on_drain");
+        for (int j = 0; j < i; j++)
+            EXPECT(M.recs[j].id != r->id, "%s and %s have the same id %llu",
+                   role_name[M.recs[j].role], n, (unsigned long long)r->id);
+        EXPECT(r->id != 0, "%s has id 0", n);
     }
     if (M.call == K_FLUSH_NOTIFY || M.call2 == K_FLUSH_NOTIFY) {
         /* Exactly once for a call that returned 0, never for one that
@@ -1223,13 +1770,25 @@ static void check_cell(void) {
     struct rec *t = M.target;
     if (!t)
         return;
-    if (M.call == K_CLOSE_ALL || M.call == K_CLOSE_ALL_ABORT) {
+    if (M.call == K_ADOPT) {
+        struct rec *r = rec_by_role(R_ADOPT);
+        if (r)
+            EXPECT(r->opens == 1 && r->reason == CREST_CLOSE_LOCAL && r->mark_seen &&
+                       r->end == 1,
+                   "adopted: %d on_open, closed with %s, the peer saw the mark %d, end %d",
+                   r->opens, crest_close_reason_name(r->reason), r->mark_seen, r->end);
+        return;
+    }
+    if (M.call == K_CLOSE_ALL || M.call == K_CLOSE_ALL_ABORT || M.call == K_FOREACH ||
+        M.call == K_LOOP_SHUTDOWN) {
+        crest_close_reason_t want =
+            M.call == K_FOREACH ? CREST_CLOSE_LOCAL : CREST_CLOSE_SHUTDOWN;
         for (int i = 0; i < M.nrecs; i++) {
             struct rec *r = &M.recs[i];
             if (!M.expect_shutdown[i])
                 continue;
-            EXPECT(r->reason == CREST_CLOSE_SHUTDOWN, "%s closed with %s after close_all",
-                   role_name[r->role], crest_close_reason_name(r->reason));
+            EXPECT(r->reason == want, "%s closed with %s after %s", role_name[r->role],
+                   crest_close_reason_name(r->reason), call_name[M.call]);
             if (r->end && M.call == K_CLOSE_ALL_ABORT)
                 EXPECT(r->end == -ECONNRESET, "client of %s: end %d, wanted a reset",
                        role_name[r->role], r->end);
@@ -1248,7 +1807,8 @@ static void check_cell(void) {
         want = M.st == ST_CLOSED_RST ? CREST_CLOSE_PEER_RESET : CREST_CLOSE_LOCAL;
     if (M.col == COL_CLOSE_TIMEOUT && t == M.own)
         want = CREST_CLOSE_IDLE_TIMEOUT;
-    if (t->role == R_T && M.call != K_CLOSE && M.call != K_FAIL && M.call != K_ABORT)
+    if (t->role == R_T && M.call != K_CLOSE && M.call != K_FAIL && M.call != K_ABORT &&
+        M.call != K_SET_OPTS_TIMEOUT)
         want = t->reason; /* closed by whichever side ended first */
     EXPECT(t->reason == want, "target closed with %s, wanted %s",
            crest_close_reason_name(t->reason), crest_close_reason_name(want));
@@ -1257,17 +1817,35 @@ static void check_cell(void) {
 
     /* What the other side received. */
     bool wrote = M.call == K_WRITE || M.call == K_WRITEV || M.call == K_WRITE_MESSAGE ||
-                 M.call == K_WRITE_MESSAGEV || M.call == K_FLUSH_NOTIFY || M.call == K_UNCORK;
+                 M.call == K_WRITE_MESSAGEV || M.call == K_FLUSH_NOTIFY || M.call == K_UNCORK ||
+                 M.call == K_SET_OPTS_FRAMING || M.call == K_UPGRADE;
+    bool framed = M.call == K_SET_OPTS_FRAMING || M.call == K_UPGRADE;
     bool delivered;
+    if (M.call == K_SET_HANDLER || M.call == K_UPGRADE) {
+        /* The callbacks still to come are the new handler's. */
+        bool changed = M.rc == 0;
+        EXPECT(t->new_closes == (changed ? 1 : 0), "on_close ran %d times from the new handler",
+               t->new_closes);
+        if (t->role == R_T && changed)
+            EXPECT(t->new_opens == 1, "T: on_open ran %d times from the new handler",
+                   t->new_opens);
+    }
+    if (M.call == K_LOCAL && t->role == R_T && strcmp(M.local_at_call, "0.0.0.0:0") != 0) {
+        struct rec *sink = rec_by_role(R_SINK);
+        EXPECT(sink && strcmp(sink->client_addr, M.local_at_call) == 0,
+               "T: local \"%s\" while connecting, the sink saw \"%s\"", M.local_at_call,
+               sink ? sink->client_addr : "");
+    }
     if (t->role == R_T) {
         struct rec *sink = rec_by_role(R_SINK);
-        delivered = sink && memmem(sink->in, sink->in_len, MARK, MARK_LEN) != NULL;
+        delivered = sink && (framed ? memmem(sink->in, sink->in_len, M.frame, M.frame_len)
+                                    : memmem(sink->in, sink->in_len, MARK, MARK_LEN)) != NULL;
         if (M.call == K_CLOSE || M.call == K_FAIL || M.call == K_ABORT)
             EXPECT(t->opens == 0, "on_open after a close while connecting");
         else
             EXPECT(t->opens == 1, "T: %d on_open", t->opens);
     } else {
-        delivered = t->mark_seen;
+        delivered = framed ? t->frame_seen : t->mark_seen;
         if (t->end && M.call == K_ABORT && M.st != ST_CLOSED && M.st != ST_CLOSED_RST)
             EXPECT(t->end == -ECONNRESET, "client: end %d after abort, wanted a reset", t->end);
         else if (t->end)
