@@ -197,9 +197,9 @@ static const struct bug *bug_of(int col, int st, int call) {
 
 /* ---- the fixture ------------------------------------------------------------- */
 
-enum role { R_NONE, R_A, R_B, R_H, R_V, R_T, R_SINK, R_EXTRA, R_ADOPT };
+enum role { R_NONE, R_A, R_B, R_H, R_V, R_T, R_SINK, R_EXTRA, R_ADOPT, R_PENDING };
 static const char *const role_name[] = {"?", "A", "B", "H", "V", "T", "sink", "extra",
-                                        "adopted"};
+                                        "adopted", "pending"};
 
 #define MAX_RECS 12
 #define MARK "<matrix-mark>"
@@ -277,6 +277,9 @@ static struct mx {
     crest_io_t *io;
     int pipe[2];
     bool expect_shutdown[MAX_RECS];
+    /* on_open_after_proxy, loop-wide rows: a client that never sends its
+     * PROXY header (accepted; the handler has not heard of it) */
+    int pending_client, pending_end;
     crest_close_reason_t expect_reason; /* of those: SHUTDOWN, or LOCAL (foreach_conn) */
     /* the framed mark a write_message after a change of framing sends */
     char frame[64];
@@ -518,6 +521,8 @@ static void s_on_drain(crest_conn_t *c) {
 }
 
 static void s_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    if (!rec_of(c)) /* closed before its PROXY header: on_close without on_open */
+        rec_new(R_PENDING, c);
     struct rec *r = entered(c, "on_close");
     r->closes++;
     r->closed_iteration = iterations();
@@ -1698,6 +1703,15 @@ static void finish_cell(void) {
     for (int i = 0; i < M.nrecs; i++)
         if (M.recs[i].client >= 0)
             read_client(&M.recs[i]);
+    if (M.pending_client >= 0) {
+        /* Closed by the loop-wide call, or (foreach_conn, which does not
+         * see it) by its client's EOF before the header. */
+        if (M.call != K_FOREACH)
+            (void)tu_raw_recv(M.loop, M.pending_client, rxbuf, sizeof rxbuf, &M.pending_end);
+        close(M.pending_client);
+        M.pending_client = -1;
+        RUN_UNTIL(M.loop, rec_by_role(R_PENDING) != NULL);
+    }
     RUN_UNTIL(M.loop, all_closed());
     if (M.call == K_LOOP_SHUTDOWN && M.rc == 0) {
         /* done: from the loop, exactly once, after every on_close (and
@@ -1770,6 +1784,18 @@ static void check_cell(void) {
     struct rec *t = M.target;
     if (!t)
         return;
+    struct rec *pending = rec_by_role(R_PENDING);
+    if (pending) {
+        /* Never heard of by the handler: no on_open, not visited; closed
+         * by the loop-wide call (SHUTDOWN), else by its client. */
+        bool by_call = M.call != K_FOREACH;
+        EXPECT(pending->opens == 0, "pending: on_open ran");
+        EXPECT(pending->reason == (by_call ? CREST_CLOSE_SHUTDOWN : CREST_CLOSE_PROTOCOL_ERROR),
+               "pending: closed with %s", crest_close_reason_name(pending->reason));
+        if (by_call)
+            EXPECT(M.pending_end == (M.call == K_CLOSE_ALL_ABORT ? -ECONNRESET : 1),
+                   "pending: its client's end is %d", M.pending_end);
+    }
     if (M.call == K_ADOPT) {
         struct rec *r = rec_by_role(R_ADOPT);
         if (r)
@@ -1904,6 +1930,7 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
     M.pipe[0] = M.pipe[1] = -1;
     M.a_client = -1;
     M.raw_l = -1;
+    M.pending_client = -1;
     tu_log_clear();
     M.loop = tu_loop();
     listen_both();
@@ -1939,6 +1966,19 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
         uint64_t accepted = ls.accepted;
         M.a_client = tu_raw_connect(M.addr, 0);
         local_addr(M.a_client, M.a_addr, sizeof M.a_addr);
+        for (int i = 0; i < RUN_MAX_ITER && ls.accepted == accepted; i++) {
+            assert_true(crest_loop_run_once(M.loop, 10) >= 0);
+            crest_listener_get_stats(M.l, &ls);
+        }
+        assert_true(ls.accepted == accepted + 1);
+    }
+    bool loop_wide = call == K_FOREACH || call == K_LOOP_SHUTDOWN || call == K_CLOSE_ALL ||
+                     call == K_CLOSE_ALL_ABORT;
+    if (col == COL_OPEN_PROXY && loop_wide) {
+        crest_listener_stats_t ls;
+        crest_listener_get_stats(M.l, &ls);
+        uint64_t accepted = ls.accepted;
+        M.pending_client = tu_raw_connect(M.addr, 0);
         for (int i = 0; i < RUN_MAX_ITER && ls.accepted == accepted; i++) {
             assert_true(crest_loop_run_once(M.loop, 10) >= 0);
             crest_listener_get_stats(M.l, &ls);
