@@ -280,6 +280,9 @@ static struct mx {
     /* on_open_after_proxy, loop-wide rows: a client that never sends its
      * PROXY header (accepted; the handler has not heard of it) */
     int pending_client, pending_end;
+    /* the rows that change framing or handler, from on_data/on_message on
+     * A: the trigger carries a probe in the new framing behind it */
+    bool trailer, changed_in_data;
     crest_close_reason_t expect_reason; /* of those: SHUTDOWN, or LOCAL (foreach_conn) */
     /* the framed mark a write_message after a change of framing sends */
     char frame[64];
@@ -430,12 +433,15 @@ static void fill_to_high_water(struct rec *r) {
 /* The subject's commands, one byte each: g: trigger (on_data/on_message),
  * h: fill past high water, u: uncork (the flush that follows drains to
  * low water: on_drain), z: a probe (was the input delivered?). */
-static void command(struct rec *r, const uint8_t *p, size_t len) {
+static size_t command(struct rec *r, const uint8_t *p, size_t len) {
     for (size_t i = 0; i < len; i++) {
         switch (p[i]) {
         case 'g':
-            if (M.armed && (M.col == COL_DATA || M.col == COL_MESSAGE) && r->role == R_A)
+            if (M.armed && (M.col == COL_DATA || M.col == COL_MESSAGE) && r->role == R_A) {
                 fire(r);
+                if (M.changed_in_data)
+                    return i + 1; /* the rest: parsed anew, for the new handler */
+            }
             break;
         case 'h':
             if (r->role == R_A)
@@ -452,6 +458,7 @@ static void command(struct rec *r, const uint8_t *p, size_t len) {
             break;
         }
     }
+    return len;
 }
 
 static void keep_input(struct rec *r, const uint8_t *data, size_t len) {
@@ -480,8 +487,7 @@ static ssize_t s_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     if (!r->opens)
         r->data_before_open = true;
     keep_input(r, data, len);
-    command(r, data, len);
-    return (ssize_t)len;
+    return (ssize_t)command(r, data, len);
 }
 
 static int s_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
@@ -491,7 +497,7 @@ static int s_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
     if (!r->opens)
         r->data_before_open = true;
     keep_input(r, msg, len);
-    command(r, msg, len);
+    (void)command(r, msg, len);
     return 0;
 }
 
@@ -1427,6 +1433,9 @@ static void fire(struct rec *own) {
     else
         do_loop_call(own);
     M.in_call--;
+    if (M.trailer && M.rc == 0 && M.call2 < 0 &&
+        (M.call == K_SET_OPTS_FRAMING || M.call == K_SET_HANDLER || M.call == K_UPGRADE))
+        M.changed_in_data = true;
 
     /* Right after the call: no connection closed inside it, and the state
      * the table says. */
@@ -1641,6 +1650,22 @@ static void follow_up(void) {
     case K_UPGRADE: {
         if (!probe || M.rc != 0)
             break;
+        int probes = 0;
+        if (M.trailer) {
+            /* The probe behind the trigger, read with it. */
+            RUN_UNTIL(M.loop, t->probes >= 1);
+            tu_spin(M.loop, 2);
+            EXPECT(t->probes == 1, "the probe read with the trigger: %d deliveries",
+                   t->probes);
+            if (M.call == K_SET_OPTS_FRAMING)
+                EXPECT(t->msgs >= 1 && t->in_len >= 1 && t->in[t->in_len - 1] == 'z' &&
+                           (t->in_len < 2 || t->in[t->in_len - 2] != 1),
+                       "the probe read with the trigger was not parsed as a LENGTH frame");
+            else
+                EXPECT(t->new_datas == 1, "the probe read with the trigger went to the old "
+                       "handler");
+            probes = 1;
+        }
         /* Input from now on: parsed with the new framing, delivered to the
          * new handler. */
         crest_conn_opts_t o;
@@ -1650,7 +1675,7 @@ static void follow_up(void) {
             assert_int_equal(send(t->client, len_probe, 3, MSG_NOSIGNAL), 3);
         else
             raw_send(t->client, o.framing.kind == CREST_FRAMING_LINE ? "z\n" : "z");
-        RUN_UNTIL(M.loop, t->probes == 1);
+        RUN_UNTIL(M.loop, t->probes == probes + 1);
         if (M.call != K_SET_OPTS_FRAMING)
             EXPECT(t->new_datas >= 1, "input after %s did not reach the new handler",
                    call_name[M.call]);
@@ -2046,7 +2071,36 @@ static void run_cell2(int col, int st, int call, int call2, struct cell_stats *c
     }
     case COL_DATA:
     case COL_MESSAGE:
-        raw_send(a->client, cmd('g'));
+        if (st == ST_OPEN &&
+            (call == K_SET_OPTS_FRAMING || call == K_SET_HANDLER || call == K_UPGRADE) &&
+            call2 < 0) {
+            /* The trigger and, in the same send (so, as a rule, the same
+             * read), a probe framed as the call is about to say: parsed
+             * with the new framing, delivered to the new handler. */
+            bool line = col == COL_MESSAGE;
+            char buf[8];
+            size_t n = 0;
+            buf[n++] = 'g';
+            if (line)
+                buf[n++] = '\n';
+            if (call == K_SET_OPTS_FRAMING) {
+                buf[n++] = 0;
+                buf[n++] = 1;
+                buf[n++] = 'z';
+            } else if (call == K_UPGRADE) {
+                buf[n++] = 'z'; /* LINE -> RAW, RAW -> LINE */
+                if (!line)
+                    buf[n++] = '\n';
+            } else {
+                buf[n++] = 'z';
+                if (line)
+                    buf[n++] = '\n';
+            }
+            M.trailer = true;
+            assert_int_equal(send(a->client, buf, n, MSG_NOSIGNAL), (ssize_t)n);
+        } else {
+            raw_send(a->client, cmd('g'));
+        }
         break;
     case COL_EOF:
         shutdown(a->client, SHUT_WR);
