@@ -304,8 +304,9 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
  * "crest_conn_adopt"), applies opts (NULL: defaults; copied) and serves
  * it like any connection.  Until its first event the connection is
  * CONNECTING (writes are queued; a close then works as for
- * crest_connect()); on_open runs from the loop on the next iteration,
- * never inside this call (or on_close with CONNECT_FAILED if the socket
+ * crest_connect()); on_open runs from the loop after the calling
+ * callback returns (later in the same iteration, or the next), never
+ * inside this call (or on_close with CONNECT_FAILED if the socket
  * already holds an error).  keep_reading's AUTO default means true here:
  * crest cannot know which end drives, and the end that reads on cannot
  * deadlock.

@@ -90,8 +90,9 @@ typedef void (*crest_shutdown_cb)(crest_loop_t *loop, void *arg);
  *     no callback);
  *   - once no connection is left, open or lingering, done(loop, arg) runs
  *     from the loop, after every on_close, exactly once; never inside
- *     this call, even with nothing open (then on the next iteration, which
- *     does not block).  done may call crest_loop_stop(), and may start
+ *     this call, even with nothing open (then at the end of the
+ *     iteration the call was made in, or of the next one, which does not
+ *     block, if it was made outside the loop).  done may call crest_loop_stop(), and may start
  *     anything again: the shutdown is over when done is called.  done may
  *     be NULL.
  * While the shutdown is under way (from this call until done runs) no new
