@@ -215,6 +215,8 @@ struct ch_listener {
     bool proxy;        /* expects a PROXY v1 header first */
     unsigned accepted; /* on_open calls of its connections */
     unsigned unopened; /* closed before their PROXY header was in */
+    size_t max_output; /* its connections' cap (0: none) */
+    int policy;
 };
 
 struct ch_conn {
@@ -244,6 +246,11 @@ struct ch_conn {
                                      output to deliver first */
     bool in_write;
     bool in_close;                /* inside its on_close: the socket is open */
+    uint64_t cid;                 /* crest_conn_id(), taken at creation */
+    size_t max_output;            /* the cap as set (0: none short of 4 GiB) */
+    int policy;                   /* CREST_OUTPUT_CLOSE or _REFUSE */
+    unsigned flush_pending;       /* flush_notify callbacks owed */
+    uint64_t flush_seq_asked, flush_seq_run; /* their order */
     int expect_reason;            /* from the first close request; -1: none */
     int reason, err;
     unsigned opened_iter, close_iter;
@@ -280,10 +287,13 @@ enum ch_ctx {
     CTX_CLOSE,
     CTX_TIMER,
     CTX_DEFER,
+    CTX_FLUSH,
+    CTX_FOREACH,
 };
 
 static const char *const ch_ctx_names[] = {"outside", "on_open",  "on_data", "on_eof",  "on_hw",
-                                           "on_drain", "on_close", "timer",   "deferred"};
+                                           "on_drain", "on_close", "timer",   "deferred",
+                                           "flush_cb", "foreach"};
 
 struct chaos_opts {
     uint64_t seed;           /* seeded mode: the generator's seed */
@@ -337,6 +347,9 @@ struct chaos {
     bool destroy_close_seen;   /* ... an on_close */
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
+    uint64_t flush_asked, flush_run, flushed, cap_refused, foreach_runs;
+    unsigned fe_visits[CH_MAX_CONNS]; /* crest_loop_foreach_conn: visits */
+    bool in_foreach;
 
     char trace[CH_TRACE][128];
     unsigned ntrace;
@@ -675,6 +688,8 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
 static void ch_close(struct ch_conn *r, enum ch_ctx ctx);
 static void ch_shutdown(struct ch_conn *r, enum ch_ctx ctx);
 static void ch_nested_loop_call(enum ch_ctx ctx);
+static struct ch_conn *ch_target(struct ch_conn *self);
+static void ch_on_flushed(crest_conn_t *c);
 
 /* ---- checks at an EOF ----------------------------------------------------------- */
 
@@ -714,6 +729,15 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
 }
 
 /* ---- the echo server's handler ------------------------------------------------ */
+
+/* crest_conn_id(): nonzero, unique among every connection of the run. */
+static void ch_take_id(struct ch_conn *r) {
+    r->cid = crest_conn_id(r->c);
+    CH_CHECK(r->cid > 0, "r%d: crest_conn_id 0", r->id);
+    for (int i = 0; i < G.ncs; i++)
+        CH_CHECK(&G.cs[i] == r || G.cs[i].cid != r->cid, "r%d: crest_conn_id %llu, as r%d's",
+                 r->id, (unsigned long long)r->cid, i);
+}
 
 static void ch_pair(struct ch_conn *r) {
     /* The address accept4 returned: the socket may be reset already. */
@@ -763,7 +787,10 @@ static void s_on_open(crest_conn_t *c) {
     r->expect_reason = -1;
     r->opened = true;
     r->opened_iter = G.iter;
+    r->max_output = L->max_output;
+    r->policy = L->policy;
     crest_conn_set_data(c, r);
+    ch_take_id(r);
     G.created++;
     L->accepted++;
     ch_cb_enter("on_open", r);
@@ -1063,6 +1090,8 @@ static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         ch_fail(__FILE__, __LINE__,
                 "r%d: reset by r%d, which was closed gracefully while connecting (%s)", srv->id,
                 out->id, crest_close_reason_key((crest_close_reason_t)out->reason));
+    CH_CHECK(r->flush_pending == 0, "r%d: on_close with %u flush callbacks still owed", r->id,
+             r->flush_pending);
     r->in_close = true;
     if (!G.winding)
         ch_ops(CTX_CLOSE, r, 3);
@@ -1077,18 +1106,18 @@ static const crest_handler_t ch_server_handlers[2][4] = {
         {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
         {.on_open = s_on_open, .on_data = s_on_data, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
-         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
     },
     {
         {.on_open = s_on_open, .on_message = s_on_message, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
-         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
     },
 };
 
@@ -1160,13 +1189,13 @@ static int o_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
 static const crest_handler_t ch_out_handlers[2][2] = {
     {
         {.on_open = o_on_open, .on_data = o_on_data, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = o_on_open, .on_data = o_on_data, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
     },
     {
         {.on_open = o_on_open, .on_message = o_on_message, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = o_on_open, .on_message = o_on_message, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
     },
@@ -1175,9 +1204,25 @@ static const crest_handler_t ch_out_handlers[2][2] = {
 /* ---- operations on a connection ----------------------------------------------- */
 
 /* A write's result against what the model knows from before the call. */
-static void ch_write_rc(struct ch_conn *r, int rc, size_t k, bool refused, int st) {
-    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM,
+static void ch_write_rc(struct ch_conn *r, int rc, size_t k, bool refused, int st, size_t q) {
+    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM || rc == -ENOBUFS,
              "r%d: write returned %d", r->id, rc);
+    /* max_output: refused whole when output before it plus the write
+     * would pass the cap; CLOSE closes abortively, REFUSE stays open. */
+    size_t cap = r->max_output ? r->max_output : (size_t)UINT32_MAX;
+    bool over = k > 0 && (q > cap || k > cap - q);
+    if (rc == -ENOBUFS) {
+        CH_CHECK(over, "r%d: -ENOBUFS for %zu bytes with %zu queued, cap %zu", r->id, k, q, cap);
+        G.cap_refused++;
+        if (r->policy == CREST_OUTPUT_CLOSE) {
+            ch_expect(r, st, CREST_CLOSE_OUTPUT_LIMIT);
+            r->close_called = r->abort_called = true;
+        }
+        return;
+    }
+    if (rc == 0 && k > 0)
+        CH_CHECK(!over, "r%d: a write of %zu bytes with %zu queued accepted past the cap %zu",
+                 r->id, k, q, cap);
     if (k > 0) {
         if (refused)
             CH_CHECK(rc < 0, "r%d: a write was accepted after close or shutdown", r->id);
@@ -1211,6 +1256,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
         return;
     }
     int rc = 0;
+    size_t q = crest_conn_output_bytes(r->c);
     r->in_write = true;
     if (how == 2) {
         /* One write_message per message; each counts on its own. */
@@ -1221,8 +1267,20 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
             /* A callback inside the last call may have closed it. */
             refused = r->closed || r->close_called || r->abort_called || r->shutdown_called;
             st = crest_conn_state(r->c);
-            CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, payload, pl));
-            ch_write_rc(r, rc, fl, refused, st);
+            size_t q1 = crest_conn_output_bytes(r->c);
+            if (ch_pick(2)) {
+                CH_API("crest_conn_write_message",
+                       rc = crest_conn_write_message(r->c, payload, pl));
+            } else {
+                struct iovec iov[3];
+                size_t a = pl ? ch_pick((uint32_t)pl + 1) : 0, b = a + ch_pick((uint32_t)(pl - a) + 1);
+                iov[0] = (struct iovec){(void *)payload, a};
+                iov[1] = (struct iovec){(void *)(payload + a), b - a};
+                iov[2] = (struct iovec){(void *)(payload + b), pl - b};
+                CH_API("crest_conn_write_messagev",
+                       rc = crest_conn_write_messagev(r->c, iov, 3));
+            }
+            ch_write_rc(r, rc, fl, refused, st, q1);
             if (rc < 0)
                 break;
             r->tx_msg++;
@@ -1244,7 +1302,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
             }
             CH_API("crest_conn_writev", rc = crest_conn_writev(r->c, iov, cnt));
         }
-        ch_write_rc(r, rc, len, refused, st);
+        ch_write_rc(r, rc, len, refused, st, q);
         if (rc == 0) {
             r->tx_msg += m;
             r->tx_off += len;
@@ -1289,6 +1347,7 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
     CH_CHECK(p != NULL, "out of memory");
     ch_fill(p, r->salt, r->tx_off, k);
     int rc = 0;
+    size_t q = crest_conn_output_bytes(r->c);
     r->in_write = true;
     switch (how) {
     case 0:
@@ -1308,14 +1367,22 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
         break;
     }
     default:
-        CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, p, k));
+        if (ch_pick(2)) {
+            CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, p, k));
+        } else {
+            struct iovec iov[2];
+            size_t a = ch_pick((uint32_t)k + 1);
+            iov[0] = (struct iovec){p, a};
+            iov[1] = (struct iovec){p + a, k - a};
+            CH_API("crest_conn_write_messagev", rc = crest_conn_write_messagev(r->c, iov, 2));
+        }
         break;
     }
     r->in_write = false;
     free(p);
     ch_trace("r%d %s write%s %zu at %llu: %d", r->id, ch_ctx_names[ctx],
              how == 0 ? "" : how == 1 ? "v" : "_message", k, (unsigned long long)r->tx_off, rc);
-    ch_write_rc(r, rc, k, refused, st);
+    ch_write_rc(r, rc, k, refused, st, q);
     if (rc == 0) {
         r->tx_off += k;
         if (r->role == CH_SERVER)
@@ -1417,6 +1484,49 @@ static void ch_query(struct ch_conn *r) {
                  r->peer_cli->id, r->peer_cli->port, r->peer_cli->src_port);
     CH_CHECK(crest_conn_get_data(c) == r, "r%d: data pointer changed", r->id);
     CH_CHECK(crest_conn_loop(c) == G.loop, "r%d: wrong loop", r->id);
+    /* crest_conn_get_info(): what the model counted. */
+    crest_conn_info_t in;
+    crest_conn_get_info(c, &in);
+    CH_CHECK(in.id == r->cid && crest_conn_id(c) == r->cid, "r%d: id %llu / %llu, was %llu",
+             r->id, (unsigned long long)in.id, (unsigned long long)crest_conn_id(c),
+             (unsigned long long)r->cid);
+    CH_CHECK((int)in.state == st, "r%d: info state %d, state %d", r->id, (int)in.state, st);
+    CH_CHECK(in.fd == crest_conn_fd(c), "r%d: info fd %d, fd %d", r->id, in.fd, crest_conn_fd(c));
+    CH_CHECK(in.output_bytes == crest_conn_output_bytes(c), "r%d: info output %zu, %zu", r->id,
+             in.output_bytes, crest_conn_output_bytes(c));
+    static const crest_framing_kind_t fk[] = {CREST_FRAMING_RAW, CREST_FRAMING_LINE,
+                                              CREST_FRAMING_LENGTH};
+    CH_CHECK(in.framing == fk[r->kind], "r%d: info framing %d, model %d", r->id, (int)in.framing,
+             r->kind);
+    /* Every byte a write accepted is sent or still queued, unless a close
+     * dropped the queue (abortive, or the socket failed: CLOSING). */
+    if (!r->closed && !r->close_called && !r->abort_called && st != CREST_CONN_CLOSING)
+        CH_CHECK(in.bytes_out + in.output_bytes == r->tx_off,
+                 "r%d: bytes_out %llu + output %zu, writes accepted %llu", r->id,
+                 (unsigned long long)in.bytes_out, in.output_bytes,
+                 (unsigned long long)r->tx_off);
+    else
+        CH_CHECK(in.bytes_out <= r->tx_off, "r%d: bytes_out %llu, writes accepted %llu", r->id,
+                 (unsigned long long)in.bytes_out, (unsigned long long)r->tx_off);
+    uint64_t peer_tx = r->peer_cli ? (r->peer_cli->proxy ? UINT64_MAX : r->peer_cli->tx_off)
+                       : r->peer   ? r->peer->tx_off
+                                   : 0;
+    CH_CHECK(in.bytes_in >= r->offered_hi && in.bytes_in <= peer_tx,
+             "r%d: bytes_in %llu, offered %llu, the peer sent %llu", r->id,
+             (unsigned long long)in.bytes_in, (unsigned long long)r->offered_hi,
+             (unsigned long long)peer_tx);
+    CH_CHECK(in.messages_in == (r->kind == CH_RAW ? 0 : r->rx_msg + r->partial_last),
+             "r%d: messages_in %llu, the model %llu", r->id, (unsigned long long)in.messages_in,
+             (unsigned long long)r->rx_msg);
+    if (r->closed && !r->in_close)
+        CH_CHECK(in.fd == -1 && in.output_bytes == 0 && in.input_bytes == 0,
+                 "r%d: info after on_close: fd %d output %zu input %zu", r->id, in.fd,
+                 in.output_bytes, in.input_bytes);
+    crest_conn_opts_t co;
+    CH_CHECK(crest_conn_get_opts(c, &co) == 0, "r%d: get_opts failed", r->id);
+    CH_CHECK(co.max_output == r->max_output && (int)co.output_policy == r->policy,
+             "r%d: get_opts max_output %zu policy %d, set %zu %d", r->id, co.max_output,
+             (int)co.output_policy, r->max_output, r->policy);
     CH_CHECK(crest_conn_handler_ctx(c) == (r->role == CH_SERVER ? (void *)r->l : NULL),
              "r%d: wrong handler context", r->id);
 }
@@ -1433,6 +1543,188 @@ static void ch_sockopt(struct ch_conn *r, enum ch_ctx ctx) {
         CH_CHECK(rc == -ENOTCONN, "r%d: socket option on a closed connection: %d", r->id, rc);
     else
         CH_CHECK(rc >= 0 || rc == -EINVAL, "r%d: socket option %d failed: %d", r->id, what, rc);
+}
+
+/* crest_conn_flush_notify(): its callback runs exactly once, from the
+ * loop, in the order asked, before on_close; 0 only once every byte
+ * accepted before the call has been handed to the kernel. */
+struct ch_flush {
+    struct ch_conn *r;
+    uint64_t seq, tx_at;
+};
+
+static void ch_flush_cb(crest_conn_t *c, int status, void *arg) {
+    struct ch_flush *f = arg;
+    struct ch_conn *r = f->r;
+    CH_CHECK(r->c == c, "flush callback: wrong connection");
+    ch_cb_enter("flush_cb", r);
+    G.flush_run++;
+    CH_CHECK(!r->closed, "r%d: flush callback %llu after on_close", r->id,
+             (unsigned long long)f->seq);
+    CH_CHECK(f->seq == r->flush_seq_run, "r%d: flush callback %llu ran, %llu was next", r->id,
+             (unsigned long long)f->seq, (unsigned long long)r->flush_seq_run);
+    r->flush_seq_run++;
+    r->flush_pending--;
+    crest_conn_info_t in;
+    crest_conn_get_info(c, &in);
+    int st = crest_conn_state(c);
+    ch_trace("r%d flush callback %llu: %d (out %llu, asked at %llu)", r->id,
+             (unsigned long long)f->seq, status, (unsigned long long)in.bytes_out,
+             (unsigned long long)f->tx_at);
+    if (status == 0) {
+        CH_CHECK(in.bytes_out >= f->tx_at, "r%d: flush status 0 with %llu bytes sent of %llu",
+                 r->id, (unsigned long long)in.bytes_out, (unsigned long long)f->tx_at);
+        CH_CHECK(st != CREST_CONN_CLOSED, "r%d: flush callback in state CLOSED", r->id);
+    } else {
+        CH_CHECK(status < 0 && status > -4096, "r%d: flush status %d", r->id, status);
+        CH_CHECK(st == CREST_CONN_CLOSING, "r%d: flush status %d in state %d", r->id, status, st);
+    }
+    free(f);
+    if (!G.winding && status == 0)
+        ch_ops(CTX_FLUSH, r, 2);
+    ch_cb_leave();
+}
+
+static void ch_flush_notify(struct ch_conn *r, enum ch_ctx ctx) {
+    struct ch_flush *f = malloc(sizeof *f);
+    CH_CHECK(f != NULL, "out of memory");
+    *f = (struct ch_flush){r, r->flush_seq_asked, r->tx_off};
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    CH_API("crest_conn_flush_notify", rc = crest_conn_flush_notify(r->c, ch_flush_cb, f));
+    ch_trace("r%d %s flush_notify %llu (state %d, tx %llu): %d", r->id, ch_ctx_names[ctx],
+             (unsigned long long)f->seq, st, (unsigned long long)r->tx_off, rc);
+    if (asked)
+        CH_CHECK(rc == -ENOTCONN, "r%d: flush_notify after a close request: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0 || (rc == -ENOTCONN && st == CREST_CONN_CLOSING),
+                 "r%d: flush_notify in state %d: %d", r->id, st, rc);
+    if (rc != 0) {
+        free(f);
+        return;
+    }
+    r->flush_seq_asked++;
+    r->flush_pending++;
+    G.flush_asked++;
+}
+
+static void ch_on_flushed(crest_conn_t *c) {
+    struct ch_conn *r = ch_event_cb(c, "on_flushed");
+    ch_cb_enter("on_flushed", r);
+    CH_CHECK(!r->close_called && !r->abort_called, "r%d: on_flushed after a close was requested",
+             r->id);
+    G.flushed++;
+    ch_trace("r%d on_flushed (%zu queued)", r->id, crest_conn_output_bytes(c));
+    if (!G.winding)
+        ch_ops(CTX_DRAIN, r, 1);
+    ch_cb_leave();
+}
+
+/* crest_conn_set_opts(): a cap a burst can reach (either policy), a low
+ * high water, a small send buffer, timeouts on or off; then, sometimes, a
+ * burst of writes past the cap. */
+static void ch_set_opts(struct ch_conn *r, enum ch_ctx ctx) {
+    crest_conn_opts_t o;
+    int rc = crest_conn_get_opts(r->c, &o);
+    CH_CHECK(rc == 0, "r%d: get_opts: %d", r->id, rc);
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c);
+    if (ch_pick(2)) {
+        o.high_water = ch_pick(2) ? 1000 : 1 + ch_pick(8000);
+        o.low_water = o.high_water / 2;
+        o.max_output = o.high_water + ch_pick(20000);
+        o.output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
+    if (ch_chance(3))
+        o.sndbuf = 4096;
+    if (ch_chance(3))
+        o.idle_timeout_ms = ch_pick(2) ? 0 : 30 + ch_pick(50);
+    if (ch_chance(4))
+        o.write_timeout_ms = ch_pick(2) ? 0 : 40;
+    if (ch_chance(4))
+        o.read_timeout_ms = ch_pick(2) ? 0 : 30;
+    if (ch_chance(4))
+        o.input_idle_timeout_ms = ch_pick(2) ? 0 : 40;
+    CH_API("crest_conn_set_opts", rc = crest_conn_set_opts(r->c, &o));
+    ch_trace("r%d %s set_opts (high %zu, cap %zu %s, idle %u): %d", r->id, ch_ctx_names[ctx],
+             o.high_water, o.max_output, o.output_policy ? "refuse" : "close", o.idle_timeout_ms,
+             rc);
+    /* conn.h: CLOSING and CLOSED refuse; a connection closed gracefully
+     * while CONNECTING stays CONNECTING until the connect completes. */
+    if (asked && st != CREST_CONN_CONNECTING)
+        CH_CHECK(rc == -ENOTCONN, "r%d: set_opts after a close request: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0 || (rc == -ENOTCONN && st == CREST_CONN_CLOSING),
+                 "r%d: set_opts in state %d: %d", r->id, st, rc);
+    if (rc != 0)
+        return;
+    if (asked)
+        CH_CHECK(st == CREST_CONN_CONNECTING, "r%d: set_opts accepted in state %d after a close",
+                 r->id, st);
+    r->max_output = o.max_output;
+    r->policy = (int)o.output_policy;
+    r->high_water = o.high_water;
+    if (ch_pick(2))
+        return;
+    for (int i = 0; i < 40 && !r->close_called && !r->abort_called && !r->closed; i++) {
+        uint64_t before = r->tx_off, refused = G.cap_refused;
+        ch_write(r, ch_size(), ch_pick(3), ctx);
+        if (G.cap_refused != refused || r->tx_off == before)
+            break;
+    }
+}
+
+/* crest_loop_foreach_conn(): every connection the model holds open is
+ * visited once (the PROXY ones still waiting for their header are not
+ * the handler's); the callback closes, aborts and writes. */
+static int ch_foreach_cb(crest_conn_t *c, void *arg) {
+    unsigned stop_at = *(unsigned *)arg;
+    struct ch_conn *r = crest_conn_get_data(c);
+    CH_CHECK(r != NULL && r->c == c, "foreach_conn: a connection the handler never saw");
+    CH_CHECK(!r->closed, "r%d: foreach_conn visits it after on_close", r->id);
+    CH_CHECK(crest_conn_state(c) != CREST_CONN_CLOSED, "r%d: foreach_conn visits it CLOSED",
+             r->id);
+    G.fe_visits[r->id]++;
+    switch (ch_pick(10)) {
+    case 0: ch_close(r, CTX_FOREACH); break;
+    case 1: ch_abort(r, CTX_FOREACH); break;
+    case 2: case 3: ch_write(r, ch_size(), ch_pick(3), CTX_FOREACH); break;
+    case 4: {
+        struct ch_conn *o = ch_target(NULL);
+        if (o && !o->closed)
+            ch_close(o, CTX_FOREACH);
+        break;
+    }
+    default: break;
+    }
+    unsigned total = 0;
+    for (int i = 0; i < G.ncs; i++)
+        total += G.fe_visits[i];
+    return total == stop_at ? 7 : 0;
+}
+
+static void ch_foreach(enum ch_ctx ctx) {
+    if (G.in_foreach)
+        return;
+    memset(G.fe_visits, 0, sizeof G.fe_visits);
+    bool was_open[CH_MAX_CONNS];
+    for (int i = 0; i < G.ncs; i++)
+        was_open[i] = G.cs[i].c && !G.cs[i].closed;
+    unsigned stop_at = ch_chance(4) ? 1 + ch_pick(4) : 0;
+    int ncs = G.ncs, rc;
+    G.in_foreach = true;
+    G.foreach_runs++;
+    CH_API("crest_loop_foreach_conn",
+           rc = crest_loop_foreach_conn(G.loop, ch_foreach_cb, &stop_at));
+    G.in_foreach = false;
+    ch_trace("%s foreach_conn (stop at %u): %d", ch_ctx_names[ctx], stop_at, rc);
+    CH_CHECK(rc == 0 || (rc == 7 && stop_at), "foreach_conn: %d", rc);
+    for (int i = 0; i < ncs; i++) {
+        CH_CHECK(G.fe_visits[i] <= 1, "r%d: foreach_conn visited it %u times", i, G.fe_visits[i]);
+        if (rc == 0 && was_open[i])
+            CH_CHECK(G.fe_visits[i] == 1, "r%d: open (state %d), foreach_conn missed it", i,
+                     crest_conn_state(G.cs[i].c));
+    }
 }
 
 /* ---- listeners and connects ------------------------------------------------------ */
@@ -1484,6 +1776,12 @@ static void ch_listen(enum ch_ctx ctx) {
         co->read_timeout_ms = 30;
     if (ch_chance(4))
         co->sndbuf = 4096;
+    if (ch_chance(4)) { /* a cap a burst can reach */
+        co->max_output = co->high_water + ch_pick(30000);
+        co->output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
+    L->max_output = co->max_output;
+    L->policy = (int)co->output_policy;
     switch (ch_pick(4)) { /* the lingering close (conn.h): default, off, short */
     case 2: co->linger_ms = 0; break;
     case 3: co->linger_ms = 20; break;
@@ -1567,6 +1865,10 @@ static void ch_connect(enum ch_ctx ctx) {
     o.low_water = o.high_water / 4;
     if (ch_chance(16))
         o.connect_timeout_ms = 1;
+    if (ch_chance(4)) {
+        o.max_output = o.high_water + ch_pick(30000);
+        o.output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
     unsigned v = ch_pick(2);
     int kind = L ? L->kind : CH_RAW;
     ch_set_framing(&o, kind);
@@ -1584,6 +1886,8 @@ static void ch_connect(enum ch_ctx ctx) {
     r->expect_reason = -1;
     r->salt = ch_mix(G.o.seed * 7919 + 1000 + (uint64_t)r->id);
     r->tx_cap = (uint64_t)(200 * 1024) / G.o.scale;
+    r->max_output = o.max_output;
+    r->policy = (int)o.output_policy;
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     crest_conn_t *c = NULL;
@@ -1600,6 +1904,7 @@ static void ch_connect(enum ch_ctx ctx) {
     r->c = c;
     r->port = ch_local_port(crest_conn_fd(c));
     crest_conn_set_data(c, r);
+    ch_take_id(r);
     G.ncs++;
     G.nout++;
     G.created++;
@@ -1862,8 +2167,24 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
     G.ops++;
     bool in_destroy = G.destroying;
     unsigned k = ch_pick(64);
-    if (k == 0 || k >= 56)
+    if (k == 0 || k >= 62)
         return;
+    if (k >= 56) {
+        if (k == 56) {
+            ch_foreach(ctx);
+            return;
+        }
+        struct ch_conn *r = ch_target(self);
+        if (!r)
+            return;
+        if (k <= 58)
+            ch_flush_notify(r, ctx);
+        else if (k <= 60)
+            ch_set_opts(r, ctx);
+        else
+            ch_query(r);
+        return;
+    }
     if (k >= 37 && k <= 55) {
         /* not about one connection */
         if (k <= 42) {
@@ -2440,6 +2761,8 @@ static void chaos_run(const struct chaos_opts *o) {
              (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
     CH_CHECK(G.post_run == G.post_posted, "%llu of %llu posted callbacks ran by destroy",
              (unsigned long long)G.post_run, (unsigned long long)G.post_posted);
+    CH_CHECK(G.flush_run == G.flush_asked, "%llu of %llu flush callbacks ran by destroy",
+             (unsigned long long)G.flush_run, (unsigned long long)G.flush_asked);
     for (int i = 0; i < G.ncs; i++) {
         CH_CHECK(G.cs[i].closed, "r%d never got on_close", i);
         G.cs[i].gone = true;
