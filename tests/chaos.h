@@ -350,6 +350,8 @@ struct chaos {
     uint64_t flush_asked, flush_run, flushed, cap_refused, foreach_runs;
     unsigned fe_visits[CH_MAX_CONNS]; /* crest_loop_foreach_conn: visits */
     bool in_foreach;
+    bool shutting;             /* crest_loop_shutdown() under way */
+    unsigned shut_asked, shut_done;
 
     char trace[CH_TRACE][128];
     unsigned ntrace;
@@ -1727,6 +1729,86 @@ static void ch_foreach(enum ch_ctx ctx) {
     }
 }
 
+/* crest_conn_set_handler() / crest_conn_upgrade(): another variant of the
+ * same framing (on_eof on or off; on_high_water/on_drain kept, so the
+ * model's alternation holds), or a handler lacking the framing's
+ * callback (-EINVAL, nothing changes). */
+static void ch_set_handler(struct ch_conn *r, enum ch_ctx ctx) {
+    if (r->role != CH_SERVER)
+        return;
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    bool bad = ch_chance(4), upgrade = ch_pick(2);
+    unsigned v = (r->has_hw ? 2u : 0u) | ch_pick(2);
+    const crest_handler_t *h = &ch_server_handlers[bad ? r->kind == CH_RAW : r->kind != CH_RAW][v];
+    if (upgrade)
+        CH_API("crest_conn_upgrade", rc = crest_conn_upgrade(r->c, h, r->l, NULL));
+    else
+        CH_API("crest_conn_set_handler", rc = crest_conn_set_handler(r->c, h, r->l));
+    ch_trace("r%d %s %s variant %u%s: %d", r->id, ch_ctx_names[ctx],
+             upgrade ? "upgrade" : "set_handler", v, bad ? " (wrong framing)" : "", rc);
+    if (asked || st == CREST_CONN_CLOSING || st == CREST_CONN_CLOSED)
+        CH_CHECK(rc == -ENOTCONN || (bad && rc == -EINVAL),
+                 "r%d: set_handler after a close: %d", r->id, rc);
+    else if (bad)
+        CH_CHECK(rc == -EINVAL, "r%d: set_handler with the wrong framing's handler: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0, "r%d: set_handler in state %d: %d", r->id, st, rc);
+    if (rc == 0)
+        r->has_eof = v & 1;
+    CH_CHECK(crest_conn_handler_ctx(r->c) == (void *)r->l, "r%d: handler ctx changed", r->id);
+}
+
+/* crest_loop_shutdown(): listeners closed now, every connection asked to
+ * close (SHUTDOWN, or the reason already asked for); done runs once, from
+ * the loop, after every on_close; until then connects and listens say
+ * -ESHUTDOWN. */
+static void ch_shutdown_done(crest_loop_t *loop, void *arg) {
+    CH_CHECK(loop == G.loop && arg == &G, "shutdown done: wrong arguments");
+    ch_cb_enter("shutdown_done", NULL);
+    CH_CHECK(G.shutting, "shutdown done without a shutdown under way");
+    for (int i = 0; i < G.ncs; i++)
+        CH_CHECK(G.cs[i].closed, "shutdown done before r%d's on_close", i);
+    G.shutting = false;
+    G.shut_done++;
+    ch_trace("shutdown done");
+    ch_cb_leave();
+}
+
+static void ch_loop_shutdown(enum ch_ctx ctx) {
+    bool was = G.shutting;
+    for (int i = 0; i < G.ncs; i++) {
+        struct ch_conn *r = &G.cs[i];
+        if (was || !ch_live(r) || r->closed)
+            continue;
+        int st = crest_conn_state(r->c);
+        if (st != CREST_CONN_CONNECTING)
+            ch_expect(r, st, CREST_CLOSE_SHUTDOWN);
+        if (st == CREST_CONN_CONNECTING && (r->tx_off || r->shutdown_called))
+            r->closed_connecting = true;
+        r->close_called = true;
+    }
+    int rc;
+    CH_API("crest_loop_shutdown",
+           rc = crest_loop_shutdown(G.loop, 10 + ch_pick(200), ch_shutdown_done, &G));
+    ch_trace("%s loop_shutdown: %d", ch_ctx_names[ctx], rc);
+    if (G.destroying) {
+        CH_CHECK(rc == -ESHUTDOWN, "crest_loop_shutdown during destroy: %d", rc);
+        return;
+    }
+    if (was) {
+        CH_CHECK(rc == -EALREADY, "crest_loop_shutdown twice: %d", rc);
+        return;
+    }
+    CH_CHECK(rc == 0, "crest_loop_shutdown: %d", rc);
+    G.shutting = true;
+    G.shut_asked++;
+    for (int i = 0; i < G.nls; i++) {
+        G.ls[i].open = false; /* closed by the call: the pointers are gone */
+        G.ls[i].l = NULL;
+    }
+}
+
 /* ---- listeners and connects ------------------------------------------------------ */
 
 static void ch_set_framing(crest_conn_opts_t *co, int kind) {
@@ -1799,8 +1881,8 @@ static void ch_listen(enum ch_ctx ctx) {
     CH_API("crest_listen", rc = crest_listen(G.loop, "127.0.0.1:0", &o,
                                              &ch_server_handlers[L->kind != CH_RAW][v], L,
                                              &L->l));
-    if (G.destroying) {
-        CH_CHECK(rc == -ESHUTDOWN, "crest_listen during crest_loop_destroy: %d", rc);
+    if (G.destroying || G.shutting) {
+        CH_CHECK(rc == -ESHUTDOWN, "crest_listen during crest_loop_destroy/shutdown: %d", rc);
         ch_trace("%s listen during destroy: %d", ch_ctx_names[ctx], rc);
         return;
     }
@@ -1894,9 +1976,10 @@ static void ch_connect(enum ch_ctx ctx) {
     int rc;
     CH_API("crest_connect",
            rc = crest_connect(G.loop, addr, &o, &ch_out_handlers[kind != CH_RAW][v], NULL, &c));
-    if (G.destroying) {
-        /* loop.h: nothing new starts while crest_loop_destroy() runs. */
-        CH_CHECK(rc == -ESHUTDOWN, "crest_connect during crest_loop_destroy: %d", rc);
+    if (G.destroying || G.shutting) {
+        /* loop.h: nothing new starts while crest_loop_destroy() or
+         * crest_loop_shutdown() runs. */
+        CH_CHECK(rc == -ESHUTDOWN, "crest_connect during crest_loop_destroy/shutdown: %d", rc);
         ch_trace("%s connect during destroy: %d", ch_ctx_names[ctx], rc);
         return;
     }
@@ -2179,8 +2262,12 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
             return;
         if (k <= 58)
             ch_flush_notify(r, ctx);
-        else if (k <= 60)
+        else if (k <= 59)
             ch_set_opts(r, ctx);
+        else if (k == 60)
+            ch_set_handler(r, ctx);
+        else if (ch_chance(24) && !in_destroy)
+            ch_loop_shutdown(ctx);
         else
             ch_query(r);
         return;
@@ -2761,6 +2848,8 @@ static void chaos_run(const struct chaos_opts *o) {
              (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
     CH_CHECK(G.post_run == G.post_posted, "%llu of %llu posted callbacks ran by destroy",
              (unsigned long long)G.post_run, (unsigned long long)G.post_posted);
+    CH_CHECK(G.shut_done == G.shut_asked, "%u of %u shutdown done callbacks ran by destroy",
+             G.shut_done, G.shut_asked);
     CH_CHECK(G.flush_run == G.flush_asked, "%llu of %llu flush callbacks ran by destroy",
              (unsigned long long)G.flush_run, (unsigned long long)G.flush_asked);
     for (int i = 0; i < G.ncs; i++) {
