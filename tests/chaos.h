@@ -251,6 +251,10 @@ struct ch_conn {
     int policy;                   /* CREST_OUTPUT_CLOSE or _REFUSE */
     unsigned flush_pending;       /* flush_notify callbacks owed */
     uint64_t flush_seq_asked, flush_seq_run; /* their order */
+    bool raw_parse;               /* server of a framed stream switched to RAW
+                                     (crest_conn_upgrade): the stream's bytes
+                                     now come to on_data as they are */
+    struct ch_cursor rcur, tcur;  /* raw_parse: where rx_off, tx_off are */
     int expect_reason;            /* from the first close request; -1: none */
     int reason, err;
     unsigned opened_iter, close_iter;
@@ -347,7 +351,7 @@ struct chaos {
     bool destroy_close_seen;   /* ... an on_close */
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
-    uint64_t flush_asked, flush_run, flushed, cap_refused, foreach_runs;
+    uint64_t flush_asked, flush_run, flushed, cap_refused, foreach_runs, reframes;
     unsigned fe_visits[CH_MAX_CONNS]; /* crest_loop_foreach_conn: visits */
     bool in_foreach;
     bool shutting;             /* crest_loop_shutdown() under way */
@@ -711,7 +715,7 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
         struct ch_client *cl = r->peer_cli;
         CH_CHECK(cl->shut_wr || cl->done, "%s r%d: EOF, but client c%d never shut down", where,
                  r->id, cl->id);
-        uint64_t sent = ch_sent_whole(cl);
+        uint64_t sent = r->raw_parse ? cl->tx_off : ch_sent_whole(cl);
         CH_CHECK(r->offered_hi == sent,
                  "%s r%d: EOF after %llu bytes offered, client c%d sent %llu", where, r->id,
                  (unsigned long long)r->offered_hi, cl->id, (unsigned long long)sent);
@@ -822,12 +826,18 @@ static struct ch_conn *ch_data_cb(crest_conn_t *c, const char *name, const uint8
     CH_CHECK(!r->paused, "r%d: %s while paused", r->id, name);
     CH_CHECK(!(r->hw && !r->keep_reading), "r%d: %s above high water", r->id, name);
     CH_CHECK(len > 0, "r%d: %s with 0 bytes", r->id, name);
-    size_t bad = ch_mismatch(r->salt, r->rx_off, data, len);
+    /* (A cursor only moves forward: a copy reads past rx_off, which an
+     * offer not taken whole is offered again from.) */
+    struct ch_cursor cur = r->rcur;
+    size_t bad = r->raw_parse ? ch_smismatch(r->salt, r->kind, &cur, r->rx_off, data, len)
+                              : ch_mismatch(r->salt, r->rx_off, data, len);
     CH_CHECK(bad == len, "r%d: %s: byte %llu of the stream is wrong (offered %zu bytes at %llu)",
              r->id, name, (unsigned long long)(r->rx_off + bad), len,
              (unsigned long long)r->rx_off);
     if (r->rx_off + len > r->offered_hi)
         r->offered_hi = r->rx_off + len;
+    if (r->raw_parse)
+        ch_seek(r->salt, r->kind, &r->rcur, r->rx_off);
     return r;
 }
 
@@ -857,6 +867,7 @@ static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len
     CH_CHECK(!r->paused, "r%d: %s while paused", r->id, name);
     CH_CHECK(!(r->hw && !r->keep_reading), "r%d: %s above high water", r->id, name);
     CH_CHECK(r->kind != CH_RAW, "r%d: on_message on a RAW connection", r->id);
+    CH_CHECK(!r->raw_parse, "r%d: on_message after the switch to RAW", r->id);
     CH_CHECK(!r->partial_last, "r%d: a message after the last partial line", r->id);
     size_t plen = ch_plen(r->salt, r->kind, r->rx_msg);
     /* A last line can be whole but for its "\n" (the client closed just
@@ -1324,7 +1335,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
 static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx ctx) {
     if (r->in_write)
         return; /* a callback inside r's own write: the stream offset is not settled */
-    if (r->kind != CH_RAW) {
+    if (r->kind != CH_RAW && !r->raw_parse) {
         ch_write_frames(r, want, how, ctx);
         return;
     }
@@ -1347,7 +1358,13 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
         CH_CHECK(st == CREST_CONN_CLOSED, "r%d: state %d after on_close", r->id, st);
     uint8_t *p = malloc(k ? k : 1);
     CH_CHECK(p != NULL, "out of memory");
-    ch_fill(p, r->salt, r->tx_off, k);
+    if (r->raw_parse) {
+        ch_seek(r->salt, r->kind, &r->tcur, r->tx_off);
+        struct ch_cursor cur = r->tcur;
+        ch_sfill(r->salt, r->kind, &cur, r->tx_off, p, k);
+    }
+    else
+        ch_fill(p, r->salt, r->tx_off, k);
     int rc = 0;
     size_t q = crest_conn_output_bytes(r->c);
     r->in_write = true;
@@ -1498,7 +1515,7 @@ static void ch_query(struct ch_conn *r) {
              in.output_bytes, crest_conn_output_bytes(c));
     static const crest_framing_kind_t fk[] = {CREST_FRAMING_RAW, CREST_FRAMING_LINE,
                                               CREST_FRAMING_LENGTH};
-    CH_CHECK(in.framing == fk[r->kind], "r%d: info framing %d, model %d", r->id, (int)in.framing,
+    CH_CHECK(in.framing == fk[r->raw_parse ? CH_RAW : r->kind], "r%d: info framing %d, model %d", r->id, (int)in.framing,
              r->kind);
     /* Every byte a write accepted is sent or still queued, unless a close
      * dropped the queue (abortive, or the socket failed: CLOSING). */
@@ -1740,7 +1757,8 @@ static void ch_set_handler(struct ch_conn *r, enum ch_ctx ctx) {
     int st = crest_conn_state(r->c), rc;
     bool bad = ch_chance(4), upgrade = ch_pick(2);
     unsigned v = (r->has_hw ? 2u : 0u) | ch_pick(2);
-    const crest_handler_t *h = &ch_server_handlers[bad ? r->kind == CH_RAW : r->kind != CH_RAW][v];
+    bool framed = r->kind != CH_RAW && !r->raw_parse;
+    const crest_handler_t *h = &ch_server_handlers[bad ? !framed : framed][v];
     if (upgrade)
         CH_API("crest_conn_upgrade", rc = crest_conn_upgrade(r->c, h, r->l, NULL));
     else
@@ -1757,6 +1775,35 @@ static void ch_set_handler(struct ch_conn *r, enum ch_ctx ctx) {
     if (rc == 0)
         r->has_eof = v & 1;
     CH_CHECK(crest_conn_handler_ctx(r->c) == (void *)r->l, "r%d: handler ctx changed", r->id);
+}
+
+/* A framing change: a server of a LINE or LENGTH stream upgrades to RAW
+ * (crest_conn_upgrade with framing RAW and the RAW handler).  From the
+ * next byte after the last message delivered, the stream's bytes (frame
+ * headers, line ends and a partial message already buffered included)
+ * come to on_data as they are, and the echo goes on byte for byte. */
+static void ch_reframe(struct ch_conn *r, enum ch_ctx ctx) {
+    if (r->role != CH_SERVER || r->kind == CH_RAW || r->raw_parse)
+        return;
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    crest_conn_opts_t o;
+    CH_CHECK(crest_conn_get_opts(r->c, &o) == 0, "r%d: get_opts", r->id);
+    o.framing.kind = CREST_FRAMING_RAW;
+    unsigned v = (r->has_hw ? 2u : 0u) | (r->has_eof ? 1u : 0u);
+    CH_API("crest_conn_upgrade",
+           rc = crest_conn_upgrade(r->c, &ch_server_handlers[0][v], r->l, &o));
+    ch_trace("r%d %s upgrade to RAW at %llu (message %llu): %d", r->id, ch_ctx_names[ctx],
+             (unsigned long long)r->rx_off, (unsigned long long)r->rx_msg, rc);
+    if (asked || st == CREST_CONN_CLOSING || st == CREST_CONN_CLOSED)
+        CH_CHECK(rc == -ENOTCONN, "r%d: upgrade after a close: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0, "r%d: upgrade to RAW in state %d: %d", r->id, st, rc);
+    if (rc != 0)
+        return;
+    r->raw_parse = true;
+    G.reframes++;
+    r->rcur = r->tcur = (struct ch_cursor){0, 0};
 }
 
 /* crest_loop_shutdown(): listeners closed now, every connection asked to
@@ -2265,7 +2312,7 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
         else if (k <= 59)
             ch_set_opts(r, ctx);
         else if (k == 60)
-            ch_set_handler(r, ctx);
+            ch_pick(2) ? ch_set_handler(r, ctx) : ch_reframe(r, ctx);
         else if (ch_chance(24) && !in_destroy)
             ch_loop_shutdown(ctx);
         else
