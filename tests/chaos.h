@@ -725,9 +725,17 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
         bool final = p->shutdown_called || p->close_called || p->abort_called || p->closed ||
                      (ch_live(p) && crest_conn_state(p->c) == CREST_CONN_CLOSING);
         CH_CHECK(final, "%s r%d: EOF, but its peer r%d can still write", where, r->id, p->id);
-        CH_CHECK(r->offered_hi == p->tx_off,
+        /* A peer switched to RAW may have echoed part of a LENGTH frame:
+         * only whole frames are delivered. */
+        uint64_t sent = p->tx_off;
+        if (p->raw_parse && r->kind == CH_LEN) {
+            struct ch_cursor cur = {0, 0};
+            ch_seek(p->salt, p->kind, &cur, sent);
+            sent = cur.start;
+        }
+        CH_CHECK(r->offered_hi == sent,
                  "%s r%d: EOF after %llu bytes offered, peer r%d had %llu accepted", where, r->id,
-                 (unsigned long long)r->offered_hi, p->id, (unsigned long long)p->tx_off);
+                 (unsigned long long)r->offered_hi, p->id, (unsigned long long)sent);
         ch_totals.eof_complete++;
     } else {
         ch_fail(__FILE__, __LINE__, "%s r%d: EOF from a peer never paired", where, r->id);
@@ -871,20 +879,28 @@ static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len
     CH_CHECK(!r->partial_last, "r%d: a message after the last partial line", r->id);
     size_t plen = ch_plen(r->salt, r->kind, r->rx_msg);
     /* A last line can be whole but for its "\n" (the client closed just
-     * before it): it ends where the client's stream ends. */
-    bool partial = r->kind == CH_LINE && r->peer_cli && r->peer_cli->done &&
-                   r->rx_off + ch_flen(r->kind, plen) > r->peer_cli->tx_off;
+     * before it, or a server switched to RAW echoed part of one, then
+     * closed): it ends where the sender's stream ends. */
+    bool ended = false;
+    uint64_t end = 0;
+    if (r->peer_cli && r->peer_cli->done) {
+        ended = true;
+        end = r->peer_cli->tx_off;
+    } else if (r->peer && r->peer->raw_parse) {
+        ended = true;
+        end = r->peer->tx_off;
+    }
+    bool partial = r->kind == CH_LINE && ended && r->rx_off + ch_flen(r->kind, plen) > end;
     if (len != plen) {
-        const struct ch_client *cl = r->peer_cli;
-        CH_CHECK(r->kind == CH_LINE && len < plen && cl && cl->done,
+        CH_CHECK(r->kind == CH_LINE && len < plen && ended,
                  "r%d: message %llu has %zu bytes, it was sent with %zu", r->id,
                  (unsigned long long)r->rx_msg, len, plen);
         partial = true;
     }
     if (partial)
-        CH_CHECK(r->rx_off + len == r->peer_cli->tx_off,
-                 "r%d: a last line of %zu bytes at %llu, the client sent %llu", r->id, len,
-                 (unsigned long long)r->rx_off, (unsigned long long)r->peer_cli->tx_off);
+        CH_CHECK(r->rx_off + len == end,
+                 "r%d: a last line of %zu bytes at %llu, the sender sent %llu", r->id, len,
+                 (unsigned long long)r->rx_off, (unsigned long long)end);
     for (size_t i = 0; i < len; i++)
         CH_CHECK(msg[i] == ch_pbyte(r->salt, r->kind, r->rx_msg, i),
                  "r%d: message %llu: byte %zu of %zu is wrong", r->id,
