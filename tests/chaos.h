@@ -43,6 +43,24 @@
  *     model's, each listener's counters too, every timer's active state
  *     (and none fires more than twice, one per timer pass), deferred and
  *     posted callbacks ran once each, in order;
+ *   - issue 12's calls: a write refused with -ENOBUFS exactly when the
+ *     output before it plus the write passes max_output (CLOSE: on_close
+ *     OUTPUT_LIMIT; REFUSE: open, the stream whole), set by the listener,
+ *     the connect or crest_conn_set_opts (with a burst of writes after
+ *     it; timeouts on and off); write_messagev; crest_conn_flush_notify
+ *     callbacks once each, in order, before on_close, status 0 only once
+ *     every byte accepted before the call was sent (bytes_out), else an
+ *     error in CLOSING; on_flushed never after a close request;
+ *     crest_conn_get_info (id, state, fd, framing, output_bytes; bytes_out
+ *     + output_bytes = bytes accepted by writes; bytes_in between what was
+ *     offered and what the peer sent; messages_in = messages delivered)
+ *     and crest_conn_get_opts; ids unique; crest_loop_foreach_conn visits
+ *     every open connection once, with closes, aborts and writes inside;
+ *     crest_conn_set_handler/crest_conn_upgrade (a wrong framing's
+ *     handler: -EINVAL), a LINE/LENGTH server upgraded to RAW gets the
+ *     stream's bytes from the end of the last message delivered;
+ *     crest_loop_shutdown: done once, after every on_close, connects and
+ *     listens -ESHUTDOWN until then (a second call -EALREADY);
  *   - at the end: every connection closed, the buffer pool's in_use back
  *     to 0, crest_loop_destroy() reports 0 fds leaked, and the fd
  *     registry's open count and /proc/self/fd are back to where they were.
