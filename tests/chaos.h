@@ -43,6 +43,24 @@
  *     model's, each listener's counters too, every timer's active state
  *     (and none fires more than twice, one per timer pass), deferred and
  *     posted callbacks ran once each, in order;
+ *   - issue 12's calls: a write refused with -ENOBUFS exactly when the
+ *     output before it plus the write passes max_output (CLOSE: on_close
+ *     OUTPUT_LIMIT; REFUSE: open, the stream whole), set by the listener,
+ *     the connect or crest_conn_set_opts (with a burst of writes after
+ *     it; timeouts on and off); write_messagev; crest_conn_flush_notify
+ *     callbacks once each, in order, before on_close, status 0 only once
+ *     every byte accepted before the call was sent (bytes_out), else an
+ *     error in CLOSING; on_flushed never after a close request;
+ *     crest_conn_get_info (id, state, fd, framing, output_bytes; bytes_out
+ *     + output_bytes = bytes accepted by writes; bytes_in between what was
+ *     offered and what the peer sent; messages_in = messages delivered)
+ *     and crest_conn_get_opts; ids unique; crest_loop_foreach_conn visits
+ *     every open connection once, with closes, aborts and writes inside;
+ *     crest_conn_set_handler/crest_conn_upgrade (a wrong framing's
+ *     handler: -EINVAL), a LINE/LENGTH server upgraded to RAW gets the
+ *     stream's bytes from the end of the last message delivered;
+ *     crest_loop_shutdown: done once, after every on_close, connects and
+ *     listens -ESHUTDOWN until then (a second call -EALREADY);
  *   - at the end: every connection closed, the buffer pool's in_use back
  *     to 0, crest_loop_destroy() reports 0 fds leaked, and the fd
  *     registry's open count and /proc/self/fd are back to where they were.
@@ -215,6 +233,8 @@ struct ch_listener {
     bool proxy;        /* expects a PROXY v1 header first */
     unsigned accepted; /* on_open calls of its connections */
     unsigned unopened; /* closed before their PROXY header was in */
+    size_t max_output; /* its connections' cap (0: none) */
+    int policy;
 };
 
 struct ch_conn {
@@ -244,6 +264,15 @@ struct ch_conn {
                                      output to deliver first */
     bool in_write;
     bool in_close;                /* inside its on_close: the socket is open */
+    uint64_t cid;                 /* crest_conn_id(), taken at creation */
+    size_t max_output;            /* the cap as set (0: none short of 4 GiB) */
+    int policy;                   /* CREST_OUTPUT_CLOSE or _REFUSE */
+    unsigned flush_pending;       /* flush_notify callbacks owed */
+    uint64_t flush_seq_asked, flush_seq_run; /* their order */
+    bool raw_parse;               /* server of a framed stream switched to RAW
+                                     (crest_conn_upgrade): the stream's bytes
+                                     now come to on_data as they are */
+    struct ch_cursor rcur, tcur;  /* raw_parse: where rx_off, tx_off are */
     int expect_reason;            /* from the first close request; -1: none */
     int reason, err;
     unsigned opened_iter, close_iter;
@@ -280,10 +309,13 @@ enum ch_ctx {
     CTX_CLOSE,
     CTX_TIMER,
     CTX_DEFER,
+    CTX_FLUSH,
+    CTX_FOREACH,
 };
 
 static const char *const ch_ctx_names[] = {"outside", "on_open",  "on_data", "on_eof",  "on_hw",
-                                           "on_drain", "on_close", "timer",   "deferred"};
+                                           "on_drain", "on_close", "timer",   "deferred",
+                                           "flush_cb", "foreach"};
 
 struct chaos_opts {
     uint64_t seed;           /* seeded mode: the generator's seed */
@@ -337,6 +369,11 @@ struct chaos {
     bool destroy_close_seen;   /* ... an on_close */
     unsigned long ops, callbacks;
     uint64_t bytes_echoed;
+    uint64_t flush_asked, flush_run, flushed, cap_refused, foreach_runs, reframes;
+    unsigned fe_visits[CH_MAX_CONNS]; /* crest_loop_foreach_conn: visits */
+    bool in_foreach;
+    bool shutting;             /* crest_loop_shutdown() under way */
+    unsigned shut_asked, shut_done;
 
     char trace[CH_TRACE][128];
     unsigned ntrace;
@@ -675,6 +712,8 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
 static void ch_close(struct ch_conn *r, enum ch_ctx ctx);
 static void ch_shutdown(struct ch_conn *r, enum ch_ctx ctx);
 static void ch_nested_loop_call(enum ch_ctx ctx);
+static struct ch_conn *ch_target(struct ch_conn *self);
+static void ch_on_flushed(crest_conn_t *c);
 
 /* ---- checks at an EOF ----------------------------------------------------------- */
 
@@ -694,7 +733,7 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
         struct ch_client *cl = r->peer_cli;
         CH_CHECK(cl->shut_wr || cl->done, "%s r%d: EOF, but client c%d never shut down", where,
                  r->id, cl->id);
-        uint64_t sent = ch_sent_whole(cl);
+        uint64_t sent = r->raw_parse ? cl->tx_off : ch_sent_whole(cl);
         CH_CHECK(r->offered_hi == sent,
                  "%s r%d: EOF after %llu bytes offered, client c%d sent %llu", where, r->id,
                  (unsigned long long)r->offered_hi, cl->id, (unsigned long long)sent);
@@ -704,9 +743,17 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
         bool final = p->shutdown_called || p->close_called || p->abort_called || p->closed ||
                      (ch_live(p) && crest_conn_state(p->c) == CREST_CONN_CLOSING);
         CH_CHECK(final, "%s r%d: EOF, but its peer r%d can still write", where, r->id, p->id);
-        CH_CHECK(r->offered_hi == p->tx_off,
+        /* A peer switched to RAW may have echoed part of a LENGTH frame:
+         * only whole frames are delivered. */
+        uint64_t sent = p->tx_off;
+        if (p->raw_parse && r->kind == CH_LEN) {
+            struct ch_cursor cur = {0, 0};
+            ch_seek(p->salt, p->kind, &cur, sent);
+            sent = cur.start;
+        }
+        CH_CHECK(r->offered_hi == sent,
                  "%s r%d: EOF after %llu bytes offered, peer r%d had %llu accepted", where, r->id,
-                 (unsigned long long)r->offered_hi, p->id, (unsigned long long)p->tx_off);
+                 (unsigned long long)r->offered_hi, p->id, (unsigned long long)sent);
         ch_totals.eof_complete++;
     } else {
         ch_fail(__FILE__, __LINE__, "%s r%d: EOF from a peer never paired", where, r->id);
@@ -714,6 +761,15 @@ static void ch_check_peer_eof(struct ch_conn *r, const char *where) {
 }
 
 /* ---- the echo server's handler ------------------------------------------------ */
+
+/* crest_conn_id(): nonzero, unique among every connection of the run. */
+static void ch_take_id(struct ch_conn *r) {
+    r->cid = crest_conn_id(r->c);
+    CH_CHECK(r->cid > 0, "r%d: crest_conn_id 0", r->id);
+    for (int i = 0; i < G.ncs; i++)
+        CH_CHECK(&G.cs[i] == r || G.cs[i].cid != r->cid, "r%d: crest_conn_id %llu, as r%d's",
+                 r->id, (unsigned long long)r->cid, i);
+}
 
 static void ch_pair(struct ch_conn *r) {
     /* The address accept4 returned: the socket may be reset already. */
@@ -763,7 +819,10 @@ static void s_on_open(crest_conn_t *c) {
     r->expect_reason = -1;
     r->opened = true;
     r->opened_iter = G.iter;
+    r->max_output = L->max_output;
+    r->policy = L->policy;
     crest_conn_set_data(c, r);
+    ch_take_id(r);
     G.created++;
     L->accepted++;
     ch_cb_enter("on_open", r);
@@ -793,12 +852,18 @@ static struct ch_conn *ch_data_cb(crest_conn_t *c, const char *name, const uint8
     CH_CHECK(!r->paused, "r%d: %s while paused", r->id, name);
     CH_CHECK(!(r->hw && !r->keep_reading), "r%d: %s above high water", r->id, name);
     CH_CHECK(len > 0, "r%d: %s with 0 bytes", r->id, name);
-    size_t bad = ch_mismatch(r->salt, r->rx_off, data, len);
+    /* (A cursor only moves forward: a copy reads past rx_off, which an
+     * offer not taken whole is offered again from.) */
+    struct ch_cursor cur = r->rcur;
+    size_t bad = r->raw_parse ? ch_smismatch(r->salt, r->kind, &cur, r->rx_off, data, len)
+                              : ch_mismatch(r->salt, r->rx_off, data, len);
     CH_CHECK(bad == len, "r%d: %s: byte %llu of the stream is wrong (offered %zu bytes at %llu)",
              r->id, name, (unsigned long long)(r->rx_off + bad), len,
              (unsigned long long)r->rx_off);
     if (r->rx_off + len > r->offered_hi)
         r->offered_hi = r->rx_off + len;
+    if (r->raw_parse)
+        ch_seek(r->salt, r->kind, &r->rcur, r->rx_off);
     return r;
 }
 
@@ -828,23 +893,32 @@ static struct ch_conn *ch_msg_cb(crest_conn_t *c, const uint8_t *msg, size_t len
     CH_CHECK(!r->paused, "r%d: %s while paused", r->id, name);
     CH_CHECK(!(r->hw && !r->keep_reading), "r%d: %s above high water", r->id, name);
     CH_CHECK(r->kind != CH_RAW, "r%d: on_message on a RAW connection", r->id);
+    CH_CHECK(!r->raw_parse, "r%d: on_message after the switch to RAW", r->id);
     CH_CHECK(!r->partial_last, "r%d: a message after the last partial line", r->id);
     size_t plen = ch_plen(r->salt, r->kind, r->rx_msg);
     /* A last line can be whole but for its "\n" (the client closed just
-     * before it): it ends where the client's stream ends. */
-    bool partial = r->kind == CH_LINE && r->peer_cli && r->peer_cli->done &&
-                   r->rx_off + ch_flen(r->kind, plen) > r->peer_cli->tx_off;
+     * before it, or a server switched to RAW echoed part of one, then
+     * closed): it ends where the sender's stream ends. */
+    bool ended = false;
+    uint64_t end = 0;
+    if (r->peer_cli && r->peer_cli->done) {
+        ended = true;
+        end = r->peer_cli->tx_off;
+    } else if (r->peer && r->peer->raw_parse) {
+        ended = true;
+        end = r->peer->tx_off;
+    }
+    bool partial = r->kind == CH_LINE && ended && r->rx_off + ch_flen(r->kind, plen) > end;
     if (len != plen) {
-        const struct ch_client *cl = r->peer_cli;
-        CH_CHECK(r->kind == CH_LINE && len < plen && cl && cl->done,
+        CH_CHECK(r->kind == CH_LINE && len < plen && ended,
                  "r%d: message %llu has %zu bytes, it was sent with %zu", r->id,
                  (unsigned long long)r->rx_msg, len, plen);
         partial = true;
     }
     if (partial)
-        CH_CHECK(r->rx_off + len == r->peer_cli->tx_off,
-                 "r%d: a last line of %zu bytes at %llu, the client sent %llu", r->id, len,
-                 (unsigned long long)r->rx_off, (unsigned long long)r->peer_cli->tx_off);
+        CH_CHECK(r->rx_off + len == end,
+                 "r%d: a last line of %zu bytes at %llu, the sender sent %llu", r->id, len,
+                 (unsigned long long)r->rx_off, (unsigned long long)end);
     for (size_t i = 0; i < len; i++)
         CH_CHECK(msg[i] == ch_pbyte(r->salt, r->kind, r->rx_msg, i),
                  "r%d: message %llu: byte %zu of %zu is wrong", r->id,
@@ -1063,6 +1137,8 @@ static void ch_on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         ch_fail(__FILE__, __LINE__,
                 "r%d: reset by r%d, which was closed gracefully while connecting (%s)", srv->id,
                 out->id, crest_close_reason_key((crest_close_reason_t)out->reason));
+    CH_CHECK(r->flush_pending == 0, "r%d: on_close with %u flush callbacks still owed", r->id,
+             r->flush_pending);
     r->in_close = true;
     if (!G.winding)
         ch_ops(CTX_CLOSE, r, 3);
@@ -1077,18 +1153,18 @@ static const crest_handler_t ch_server_handlers[2][4] = {
         {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
         {.on_open = s_on_open, .on_data = s_on_data, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_data = s_on_data, .on_eof = ch_on_eof,
-         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
     },
     {
         {.on_open = s_on_open, .on_message = s_on_message, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = s_on_open, .on_message = s_on_message, .on_eof = ch_on_eof,
-         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_high_water = ch_on_high_water, .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
     },
 };
 
@@ -1160,13 +1236,13 @@ static int o_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
 static const crest_handler_t ch_out_handlers[2][2] = {
     {
         {.on_open = o_on_open, .on_data = o_on_data, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = o_on_open, .on_data = o_on_data, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
     },
     {
         {.on_open = o_on_open, .on_message = o_on_message, .on_high_water = ch_on_high_water,
-         .on_drain = ch_on_drain, .on_close = ch_on_close},
+         .on_drain = ch_on_drain, .on_flushed = ch_on_flushed, .on_close = ch_on_close},
         {.on_open = o_on_open, .on_message = o_on_message, .on_eof = ch_on_eof,
          .on_close = ch_on_close},
     },
@@ -1175,9 +1251,25 @@ static const crest_handler_t ch_out_handlers[2][2] = {
 /* ---- operations on a connection ----------------------------------------------- */
 
 /* A write's result against what the model knows from before the call. */
-static void ch_write_rc(struct ch_conn *r, int rc, size_t k, bool refused, int st) {
-    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM,
+static void ch_write_rc(struct ch_conn *r, int rc, size_t k, bool refused, int st, size_t q) {
+    CH_CHECK(rc == 0 || rc == -ENOTCONN || rc == -EPIPE || rc == -ENOMEM || rc == -ENOBUFS,
              "r%d: write returned %d", r->id, rc);
+    /* max_output: refused whole when output before it plus the write
+     * would pass the cap; CLOSE closes abortively, REFUSE stays open. */
+    size_t cap = r->max_output ? r->max_output : (size_t)UINT32_MAX;
+    bool over = k > 0 && (q > cap || k > cap - q);
+    if (rc == -ENOBUFS) {
+        CH_CHECK(over, "r%d: -ENOBUFS for %zu bytes with %zu queued, cap %zu", r->id, k, q, cap);
+        G.cap_refused++;
+        if (r->policy == CREST_OUTPUT_CLOSE) {
+            ch_expect(r, st, CREST_CLOSE_OUTPUT_LIMIT);
+            r->close_called = r->abort_called = true;
+        }
+        return;
+    }
+    if (rc == 0 && k > 0)
+        CH_CHECK(!over, "r%d: a write of %zu bytes with %zu queued accepted past the cap %zu",
+                 r->id, k, q, cap);
     if (k > 0) {
         if (refused)
             CH_CHECK(rc < 0, "r%d: a write was accepted after close or shutdown", r->id);
@@ -1211,6 +1303,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
         return;
     }
     int rc = 0;
+    size_t q = crest_conn_output_bytes(r->c);
     r->in_write = true;
     if (how == 2) {
         /* One write_message per message; each counts on its own. */
@@ -1221,8 +1314,20 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
             /* A callback inside the last call may have closed it. */
             refused = r->closed || r->close_called || r->abort_called || r->shutdown_called;
             st = crest_conn_state(r->c);
-            CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, payload, pl));
-            ch_write_rc(r, rc, fl, refused, st);
+            size_t q1 = crest_conn_output_bytes(r->c);
+            if (ch_pick(2)) {
+                CH_API("crest_conn_write_message",
+                       rc = crest_conn_write_message(r->c, payload, pl));
+            } else {
+                struct iovec iov[3];
+                size_t a = pl ? ch_pick((uint32_t)pl + 1) : 0, b = a + ch_pick((uint32_t)(pl - a) + 1);
+                iov[0] = (struct iovec){(void *)payload, a};
+                iov[1] = (struct iovec){(void *)(payload + a), b - a};
+                iov[2] = (struct iovec){(void *)(payload + b), pl - b};
+                CH_API("crest_conn_write_messagev",
+                       rc = crest_conn_write_messagev(r->c, iov, 3));
+            }
+            ch_write_rc(r, rc, fl, refused, st, q1);
             if (rc < 0)
                 break;
             r->tx_msg++;
@@ -1244,7 +1349,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
             }
             CH_API("crest_conn_writev", rc = crest_conn_writev(r->c, iov, cnt));
         }
-        ch_write_rc(r, rc, len, refused, st);
+        ch_write_rc(r, rc, len, refused, st, q);
         if (rc == 0) {
             r->tx_msg += m;
             r->tx_off += len;
@@ -1264,7 +1369,7 @@ static void ch_write_frames(struct ch_conn *r, size_t want, unsigned how, enum c
 static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx ctx) {
     if (r->in_write)
         return; /* a callback inside r's own write: the stream offset is not settled */
-    if (r->kind != CH_RAW) {
+    if (r->kind != CH_RAW && !r->raw_parse) {
         ch_write_frames(r, want, how, ctx);
         return;
     }
@@ -1287,8 +1392,15 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
         CH_CHECK(st == CREST_CONN_CLOSED, "r%d: state %d after on_close", r->id, st);
     uint8_t *p = malloc(k ? k : 1);
     CH_CHECK(p != NULL, "out of memory");
-    ch_fill(p, r->salt, r->tx_off, k);
+    if (r->raw_parse) {
+        ch_seek(r->salt, r->kind, &r->tcur, r->tx_off);
+        struct ch_cursor cur = r->tcur;
+        ch_sfill(r->salt, r->kind, &cur, r->tx_off, p, k);
+    }
+    else
+        ch_fill(p, r->salt, r->tx_off, k);
     int rc = 0;
+    size_t q = crest_conn_output_bytes(r->c);
     r->in_write = true;
     switch (how) {
     case 0:
@@ -1308,14 +1420,22 @@ static void ch_write(struct ch_conn *r, size_t want, unsigned how, enum ch_ctx c
         break;
     }
     default:
-        CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, p, k));
+        if (ch_pick(2)) {
+            CH_API("crest_conn_write_message", rc = crest_conn_write_message(r->c, p, k));
+        } else {
+            struct iovec iov[2];
+            size_t a = ch_pick((uint32_t)k + 1);
+            iov[0] = (struct iovec){p, a};
+            iov[1] = (struct iovec){p + a, k - a};
+            CH_API("crest_conn_write_messagev", rc = crest_conn_write_messagev(r->c, iov, 2));
+        }
         break;
     }
     r->in_write = false;
     free(p);
     ch_trace("r%d %s write%s %zu at %llu: %d", r->id, ch_ctx_names[ctx],
              how == 0 ? "" : how == 1 ? "v" : "_message", k, (unsigned long long)r->tx_off, rc);
-    ch_write_rc(r, rc, k, refused, st);
+    ch_write_rc(r, rc, k, refused, st, q);
     if (rc == 0) {
         r->tx_off += k;
         if (r->role == CH_SERVER)
@@ -1417,6 +1537,49 @@ static void ch_query(struct ch_conn *r) {
                  r->peer_cli->id, r->peer_cli->port, r->peer_cli->src_port);
     CH_CHECK(crest_conn_get_data(c) == r, "r%d: data pointer changed", r->id);
     CH_CHECK(crest_conn_loop(c) == G.loop, "r%d: wrong loop", r->id);
+    /* crest_conn_get_info(): what the model counted. */
+    crest_conn_info_t in;
+    crest_conn_get_info(c, &in);
+    CH_CHECK(in.id == r->cid && crest_conn_id(c) == r->cid, "r%d: id %llu / %llu, was %llu",
+             r->id, (unsigned long long)in.id, (unsigned long long)crest_conn_id(c),
+             (unsigned long long)r->cid);
+    CH_CHECK((int)in.state == st, "r%d: info state %d, state %d", r->id, (int)in.state, st);
+    CH_CHECK(in.fd == crest_conn_fd(c), "r%d: info fd %d, fd %d", r->id, in.fd, crest_conn_fd(c));
+    CH_CHECK(in.output_bytes == crest_conn_output_bytes(c), "r%d: info output %zu, %zu", r->id,
+             in.output_bytes, crest_conn_output_bytes(c));
+    static const crest_framing_kind_t fk[] = {CREST_FRAMING_RAW, CREST_FRAMING_LINE,
+                                              CREST_FRAMING_LENGTH};
+    CH_CHECK(in.framing == fk[r->raw_parse ? CH_RAW : r->kind], "r%d: info framing %d, model %d", r->id, (int)in.framing,
+             r->kind);
+    /* Every byte a write accepted is sent or still queued, unless a close
+     * dropped the queue (abortive, or the socket failed: CLOSING). */
+    if (!r->closed && !r->close_called && !r->abort_called && st != CREST_CONN_CLOSING)
+        CH_CHECK(in.bytes_out + in.output_bytes == r->tx_off,
+                 "r%d: bytes_out %llu + output %zu, writes accepted %llu", r->id,
+                 (unsigned long long)in.bytes_out, in.output_bytes,
+                 (unsigned long long)r->tx_off);
+    else
+        CH_CHECK(in.bytes_out <= r->tx_off, "r%d: bytes_out %llu, writes accepted %llu", r->id,
+                 (unsigned long long)in.bytes_out, (unsigned long long)r->tx_off);
+    uint64_t peer_tx = r->peer_cli ? (r->peer_cli->proxy ? UINT64_MAX : r->peer_cli->tx_off)
+                       : r->peer   ? r->peer->tx_off
+                                   : 0;
+    CH_CHECK(in.bytes_in >= r->offered_hi && in.bytes_in <= peer_tx,
+             "r%d: bytes_in %llu, offered %llu, the peer sent %llu", r->id,
+             (unsigned long long)in.bytes_in, (unsigned long long)r->offered_hi,
+             (unsigned long long)peer_tx);
+    CH_CHECK(in.messages_in == (r->kind == CH_RAW ? 0 : r->rx_msg + r->partial_last),
+             "r%d: messages_in %llu, the model %llu", r->id, (unsigned long long)in.messages_in,
+             (unsigned long long)r->rx_msg);
+    if (r->closed && !r->in_close)
+        CH_CHECK(in.fd == -1 && in.output_bytes == 0 && in.input_bytes == 0,
+                 "r%d: info after on_close: fd %d output %zu input %zu", r->id, in.fd,
+                 in.output_bytes, in.input_bytes);
+    crest_conn_opts_t co;
+    CH_CHECK(crest_conn_get_opts(c, &co) == 0, "r%d: get_opts failed", r->id);
+    CH_CHECK(co.max_output == r->max_output && (int)co.output_policy == r->policy,
+             "r%d: get_opts max_output %zu policy %d, set %zu %d", r->id, co.max_output,
+             (int)co.output_policy, r->max_output, r->policy);
     CH_CHECK(crest_conn_handler_ctx(c) == (r->role == CH_SERVER ? (void *)r->l : NULL),
              "r%d: wrong handler context", r->id);
 }
@@ -1433,6 +1596,298 @@ static void ch_sockopt(struct ch_conn *r, enum ch_ctx ctx) {
         CH_CHECK(rc == -ENOTCONN, "r%d: socket option on a closed connection: %d", r->id, rc);
     else
         CH_CHECK(rc >= 0 || rc == -EINVAL, "r%d: socket option %d failed: %d", r->id, what, rc);
+}
+
+/* crest_conn_flush_notify(): its callback runs exactly once, from the
+ * loop, in the order asked, before on_close; 0 only once every byte
+ * accepted before the call has been handed to the kernel. */
+struct ch_flush {
+    struct ch_conn *r;
+    uint64_t seq, tx_at;
+};
+
+static void ch_flush_cb(crest_conn_t *c, int status, void *arg) {
+    struct ch_flush *f = arg;
+    struct ch_conn *r = f->r;
+    CH_CHECK(r->c == c, "flush callback: wrong connection");
+    ch_cb_enter("flush_cb", r);
+    G.flush_run++;
+    CH_CHECK(!r->closed, "r%d: flush callback %llu after on_close", r->id,
+             (unsigned long long)f->seq);
+    CH_CHECK(f->seq == r->flush_seq_run, "r%d: flush callback %llu ran, %llu was next", r->id,
+             (unsigned long long)f->seq, (unsigned long long)r->flush_seq_run);
+    r->flush_seq_run++;
+    r->flush_pending--;
+    crest_conn_info_t in;
+    crest_conn_get_info(c, &in);
+    int st = crest_conn_state(c);
+    ch_trace("r%d flush callback %llu: %d (out %llu, asked at %llu)", r->id,
+             (unsigned long long)f->seq, status, (unsigned long long)in.bytes_out,
+             (unsigned long long)f->tx_at);
+    if (status == 0) {
+        CH_CHECK(in.bytes_out >= f->tx_at, "r%d: flush status 0 with %llu bytes sent of %llu",
+                 r->id, (unsigned long long)in.bytes_out, (unsigned long long)f->tx_at);
+        CH_CHECK(st != CREST_CONN_CLOSED, "r%d: flush callback in state CLOSED", r->id);
+    } else {
+        CH_CHECK(status < 0 && status > -4096, "r%d: flush status %d", r->id, status);
+        CH_CHECK(st == CREST_CONN_CLOSING, "r%d: flush status %d in state %d", r->id, status, st);
+    }
+    free(f);
+    if (!G.winding && status == 0)
+        ch_ops(CTX_FLUSH, r, 2);
+    ch_cb_leave();
+}
+
+static void ch_flush_notify(struct ch_conn *r, enum ch_ctx ctx) {
+    struct ch_flush *f = malloc(sizeof *f);
+    CH_CHECK(f != NULL, "out of memory");
+    *f = (struct ch_flush){r, r->flush_seq_asked, r->tx_off};
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    CH_API("crest_conn_flush_notify", rc = crest_conn_flush_notify(r->c, ch_flush_cb, f));
+    ch_trace("r%d %s flush_notify %llu (state %d, tx %llu): %d", r->id, ch_ctx_names[ctx],
+             (unsigned long long)f->seq, st, (unsigned long long)r->tx_off, rc);
+    if (asked)
+        CH_CHECK(rc == -ENOTCONN, "r%d: flush_notify after a close request: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0 || (rc == -ENOTCONN && st == CREST_CONN_CLOSING),
+                 "r%d: flush_notify in state %d: %d", r->id, st, rc);
+    if (rc != 0) {
+        free(f);
+        return;
+    }
+    r->flush_seq_asked++;
+    r->flush_pending++;
+    G.flush_asked++;
+}
+
+static void ch_on_flushed(crest_conn_t *c) {
+    struct ch_conn *r = ch_event_cb(c, "on_flushed");
+    ch_cb_enter("on_flushed", r);
+    CH_CHECK(!r->close_called && !r->abort_called, "r%d: on_flushed after a close was requested",
+             r->id);
+    G.flushed++;
+    ch_trace("r%d on_flushed (%zu queued)", r->id, crest_conn_output_bytes(c));
+    if (!G.winding)
+        ch_ops(CTX_DRAIN, r, 1);
+    ch_cb_leave();
+}
+
+/* crest_conn_set_opts(): a cap a burst can reach (either policy), a low
+ * high water, a small send buffer, timeouts on or off; then, sometimes, a
+ * burst of writes past the cap. */
+static void ch_set_opts(struct ch_conn *r, enum ch_ctx ctx) {
+    crest_conn_opts_t o;
+    int rc = crest_conn_get_opts(r->c, &o);
+    CH_CHECK(rc == 0, "r%d: get_opts: %d", r->id, rc);
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c);
+    if (ch_pick(2)) {
+        o.high_water = ch_pick(2) ? 1000 : 1 + ch_pick(8000);
+        o.low_water = o.high_water / 2;
+        o.max_output = o.high_water + ch_pick(20000);
+        o.output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
+    if (ch_chance(3))
+        o.sndbuf = 4096;
+    if (ch_chance(3))
+        o.idle_timeout_ms = ch_pick(2) ? 0 : 30 + ch_pick(50);
+    if (ch_chance(4))
+        o.write_timeout_ms = ch_pick(2) ? 0 : 40;
+    if (ch_chance(4))
+        o.read_timeout_ms = ch_pick(2) ? 0 : 30;
+    if (ch_chance(4))
+        o.input_idle_timeout_ms = ch_pick(2) ? 0 : 40;
+    CH_API("crest_conn_set_opts", rc = crest_conn_set_opts(r->c, &o));
+    ch_trace("r%d %s set_opts (high %zu, cap %zu %s, idle %u): %d", r->id, ch_ctx_names[ctx],
+             o.high_water, o.max_output, o.output_policy ? "refuse" : "close", o.idle_timeout_ms,
+             rc);
+    /* conn.h: CLOSING and CLOSED refuse; a connection closed gracefully
+     * while CONNECTING stays CONNECTING until the connect completes. */
+    if (asked && st != CREST_CONN_CONNECTING)
+        CH_CHECK(rc == -ENOTCONN, "r%d: set_opts after a close request: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0 || (rc == -ENOTCONN && st == CREST_CONN_CLOSING),
+                 "r%d: set_opts in state %d: %d", r->id, st, rc);
+    if (rc != 0)
+        return;
+    if (asked)
+        CH_CHECK(st == CREST_CONN_CONNECTING, "r%d: set_opts accepted in state %d after a close",
+                 r->id, st);
+    r->max_output = o.max_output;
+    r->policy = (int)o.output_policy;
+    r->high_water = o.high_water;
+    if (ch_pick(2))
+        return;
+    for (int i = 0; i < 40 && !r->close_called && !r->abort_called && !r->closed; i++) {
+        uint64_t before = r->tx_off, refused = G.cap_refused;
+        ch_write(r, ch_size(), ch_pick(3), ctx);
+        if (G.cap_refused != refused || r->tx_off == before)
+            break;
+    }
+}
+
+/* crest_loop_foreach_conn(): every connection the model holds open is
+ * visited once (the PROXY ones still waiting for their header are not
+ * the handler's); the callback closes, aborts and writes. */
+static int ch_foreach_cb(crest_conn_t *c, void *arg) {
+    unsigned stop_at = *(unsigned *)arg;
+    struct ch_conn *r = crest_conn_get_data(c);
+    CH_CHECK(r != NULL && r->c == c, "foreach_conn: a connection the handler never saw");
+    CH_CHECK(!r->closed, "r%d: foreach_conn visits it after on_close", r->id);
+    CH_CHECK(crest_conn_state(c) != CREST_CONN_CLOSED, "r%d: foreach_conn visits it CLOSED",
+             r->id);
+    G.fe_visits[r->id]++;
+    switch (ch_pick(10)) {
+    case 0: ch_close(r, CTX_FOREACH); break;
+    case 1: ch_abort(r, CTX_FOREACH); break;
+    case 2: case 3: ch_write(r, ch_size(), ch_pick(3), CTX_FOREACH); break;
+    case 4: {
+        struct ch_conn *o = ch_target(NULL);
+        if (o && !o->closed)
+            ch_close(o, CTX_FOREACH);
+        break;
+    }
+    default: break;
+    }
+    unsigned total = 0;
+    for (int i = 0; i < G.ncs; i++)
+        total += G.fe_visits[i];
+    return total == stop_at ? 7 : 0;
+}
+
+static void ch_foreach(enum ch_ctx ctx) {
+    if (G.in_foreach)
+        return;
+    memset(G.fe_visits, 0, sizeof G.fe_visits);
+    bool was_open[CH_MAX_CONNS];
+    for (int i = 0; i < G.ncs; i++)
+        was_open[i] = G.cs[i].c && !G.cs[i].closed;
+    unsigned stop_at = ch_chance(4) ? 1 + ch_pick(4) : 0;
+    int ncs = G.ncs, rc;
+    G.in_foreach = true;
+    G.foreach_runs++;
+    CH_API("crest_loop_foreach_conn",
+           rc = crest_loop_foreach_conn(G.loop, ch_foreach_cb, &stop_at));
+    G.in_foreach = false;
+    ch_trace("%s foreach_conn (stop at %u): %d", ch_ctx_names[ctx], stop_at, rc);
+    CH_CHECK(rc == 0 || (rc == 7 && stop_at), "foreach_conn: %d", rc);
+    for (int i = 0; i < ncs; i++) {
+        CH_CHECK(G.fe_visits[i] <= 1, "r%d: foreach_conn visited it %u times", i, G.fe_visits[i]);
+        if (rc == 0 && was_open[i])
+            CH_CHECK(G.fe_visits[i] == 1, "r%d: open (state %d), foreach_conn missed it", i,
+                     crest_conn_state(G.cs[i].c));
+    }
+}
+
+/* crest_conn_set_handler() / crest_conn_upgrade(): another variant of the
+ * same framing (on_eof on or off; on_high_water/on_drain kept, so the
+ * model's alternation holds), or a handler lacking the framing's
+ * callback (-EINVAL, nothing changes). */
+static void ch_set_handler(struct ch_conn *r, enum ch_ctx ctx) {
+    if (r->role != CH_SERVER)
+        return;
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    bool bad = ch_chance(4), upgrade = ch_pick(2);
+    unsigned v = (r->has_hw ? 2u : 0u) | ch_pick(2);
+    bool framed = r->kind != CH_RAW && !r->raw_parse;
+    const crest_handler_t *h = &ch_server_handlers[bad ? !framed : framed][v];
+    if (upgrade)
+        CH_API("crest_conn_upgrade", rc = crest_conn_upgrade(r->c, h, r->l, NULL));
+    else
+        CH_API("crest_conn_set_handler", rc = crest_conn_set_handler(r->c, h, r->l));
+    ch_trace("r%d %s %s variant %u%s: %d", r->id, ch_ctx_names[ctx],
+             upgrade ? "upgrade" : "set_handler", v, bad ? " (wrong framing)" : "", rc);
+    if (asked || st == CREST_CONN_CLOSING || st == CREST_CONN_CLOSED)
+        CH_CHECK(rc == -ENOTCONN || (bad && rc == -EINVAL),
+                 "r%d: set_handler after a close: %d", r->id, rc);
+    else if (bad)
+        CH_CHECK(rc == -EINVAL, "r%d: set_handler with the wrong framing's handler: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0, "r%d: set_handler in state %d: %d", r->id, st, rc);
+    if (rc == 0)
+        r->has_eof = v & 1;
+    CH_CHECK(crest_conn_handler_ctx(r->c) == (void *)r->l, "r%d: handler ctx changed", r->id);
+}
+
+/* A framing change: a server of a LINE or LENGTH stream upgrades to RAW
+ * (crest_conn_upgrade with framing RAW and the RAW handler).  From the
+ * next byte after the last message delivered, the stream's bytes (frame
+ * headers, line ends and a partial message already buffered included)
+ * come to on_data as they are, and the echo goes on byte for byte. */
+static void ch_reframe(struct ch_conn *r, enum ch_ctx ctx) {
+    if (r->role != CH_SERVER || r->kind == CH_RAW || r->raw_parse)
+        return;
+    bool asked = r->closed || r->close_called || r->abort_called;
+    int st = crest_conn_state(r->c), rc;
+    crest_conn_opts_t o;
+    CH_CHECK(crest_conn_get_opts(r->c, &o) == 0, "r%d: get_opts", r->id);
+    o.framing.kind = CREST_FRAMING_RAW;
+    unsigned v = (r->has_hw ? 2u : 0u) | (r->has_eof ? 1u : 0u);
+    CH_API("crest_conn_upgrade",
+           rc = crest_conn_upgrade(r->c, &ch_server_handlers[0][v], r->l, &o));
+    ch_trace("r%d %s upgrade to RAW at %llu (message %llu): %d", r->id, ch_ctx_names[ctx],
+             (unsigned long long)r->rx_off, (unsigned long long)r->rx_msg, rc);
+    if (asked || st == CREST_CONN_CLOSING || st == CREST_CONN_CLOSED)
+        CH_CHECK(rc == -ENOTCONN, "r%d: upgrade after a close: %d", r->id, rc);
+    else
+        CH_CHECK(rc == 0, "r%d: upgrade to RAW in state %d: %d", r->id, st, rc);
+    if (rc != 0)
+        return;
+    r->raw_parse = true;
+    G.reframes++;
+    r->rcur = r->tcur = (struct ch_cursor){0, 0};
+}
+
+/* crest_loop_shutdown(): listeners closed now, every connection asked to
+ * close (SHUTDOWN, or the reason already asked for); done runs once, from
+ * the loop, after every on_close; until then connects and listens say
+ * -ESHUTDOWN. */
+static void ch_shutdown_done(crest_loop_t *loop, void *arg) {
+    CH_CHECK(loop == G.loop && arg == &G, "shutdown done: wrong arguments");
+    ch_cb_enter("shutdown_done", NULL);
+    CH_CHECK(G.shutting, "shutdown done without a shutdown under way");
+    for (int i = 0; i < G.ncs; i++)
+        CH_CHECK(G.cs[i].closed, "shutdown done before r%d's on_close", i);
+    G.shutting = false;
+    G.shut_done++;
+    ch_trace("shutdown done");
+    ch_cb_leave();
+}
+
+static void ch_loop_shutdown(enum ch_ctx ctx) {
+    bool was = G.shutting;
+    for (int i = 0; i < G.ncs; i++) {
+        struct ch_conn *r = &G.cs[i];
+        if (was || !ch_live(r) || r->closed)
+            continue;
+        int st = crest_conn_state(r->c);
+        if (st != CREST_CONN_CONNECTING)
+            ch_expect(r, st, CREST_CLOSE_SHUTDOWN);
+        if (st == CREST_CONN_CONNECTING && (r->tx_off || r->shutdown_called))
+            r->closed_connecting = true;
+        r->close_called = true;
+    }
+    int rc;
+    CH_API("crest_loop_shutdown",
+           rc = crest_loop_shutdown(G.loop, 10 + ch_pick(200), ch_shutdown_done, &G));
+    ch_trace("%s loop_shutdown: %d", ch_ctx_names[ctx], rc);
+    if (G.destroying) {
+        CH_CHECK(rc == -ESHUTDOWN, "crest_loop_shutdown during destroy: %d", rc);
+        return;
+    }
+    if (was) {
+        CH_CHECK(rc == -EALREADY, "crest_loop_shutdown twice: %d", rc);
+        return;
+    }
+    CH_CHECK(rc == 0, "crest_loop_shutdown: %d", rc);
+    G.shutting = true;
+    G.shut_asked++;
+    for (int i = 0; i < G.nls; i++) {
+        G.ls[i].open = false; /* closed by the call: the pointers are gone */
+        G.ls[i].l = NULL;
+    }
 }
 
 /* ---- listeners and connects ------------------------------------------------------ */
@@ -1484,6 +1939,12 @@ static void ch_listen(enum ch_ctx ctx) {
         co->read_timeout_ms = 30;
     if (ch_chance(4))
         co->sndbuf = 4096;
+    if (ch_chance(4)) { /* a cap a burst can reach */
+        co->max_output = co->high_water + ch_pick(30000);
+        co->output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
+    L->max_output = co->max_output;
+    L->policy = (int)co->output_policy;
     switch (ch_pick(4)) { /* the lingering close (conn.h): default, off, short */
     case 2: co->linger_ms = 0; break;
     case 3: co->linger_ms = 20; break;
@@ -1501,8 +1962,8 @@ static void ch_listen(enum ch_ctx ctx) {
     CH_API("crest_listen", rc = crest_listen(G.loop, "127.0.0.1:0", &o,
                                              &ch_server_handlers[L->kind != CH_RAW][v], L,
                                              &L->l));
-    if (G.destroying) {
-        CH_CHECK(rc == -ESHUTDOWN, "crest_listen during crest_loop_destroy: %d", rc);
+    if (G.destroying || G.shutting) {
+        CH_CHECK(rc == -ESHUTDOWN, "crest_listen during crest_loop_destroy/shutdown: %d", rc);
         ch_trace("%s listen during destroy: %d", ch_ctx_names[ctx], rc);
         return;
     }
@@ -1567,6 +2028,10 @@ static void ch_connect(enum ch_ctx ctx) {
     o.low_water = o.high_water / 4;
     if (ch_chance(16))
         o.connect_timeout_ms = 1;
+    if (ch_chance(4)) {
+        o.max_output = o.high_water + ch_pick(30000);
+        o.output_policy = ch_pick(2) ? CREST_OUTPUT_REFUSE : CREST_OUTPUT_CLOSE;
+    }
     unsigned v = ch_pick(2);
     int kind = L ? L->kind : CH_RAW;
     ch_set_framing(&o, kind);
@@ -1584,15 +2049,18 @@ static void ch_connect(enum ch_ctx ctx) {
     r->expect_reason = -1;
     r->salt = ch_mix(G.o.seed * 7919 + 1000 + (uint64_t)r->id);
     r->tx_cap = (uint64_t)(200 * 1024) / G.o.scale;
+    r->max_output = o.max_output;
+    r->policy = (int)o.output_policy;
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     crest_conn_t *c = NULL;
     int rc;
     CH_API("crest_connect",
            rc = crest_connect(G.loop, addr, &o, &ch_out_handlers[kind != CH_RAW][v], NULL, &c));
-    if (G.destroying) {
-        /* loop.h: nothing new starts while crest_loop_destroy() runs. */
-        CH_CHECK(rc == -ESHUTDOWN, "crest_connect during crest_loop_destroy: %d", rc);
+    if (G.destroying || G.shutting) {
+        /* loop.h: nothing new starts while crest_loop_destroy() or
+         * crest_loop_shutdown() runs. */
+        CH_CHECK(rc == -ESHUTDOWN, "crest_connect during crest_loop_destroy/shutdown: %d", rc);
         ch_trace("%s connect during destroy: %d", ch_ctx_names[ctx], rc);
         return;
     }
@@ -1600,6 +2068,7 @@ static void ch_connect(enum ch_ctx ctx) {
     r->c = c;
     r->port = ch_local_port(crest_conn_fd(c));
     crest_conn_set_data(c, r);
+    ch_take_id(r);
     G.ncs++;
     G.nout++;
     G.created++;
@@ -1862,8 +2331,28 @@ static void ch_op(enum ch_ctx ctx, struct ch_conn *self) {
     G.ops++;
     bool in_destroy = G.destroying;
     unsigned k = ch_pick(64);
-    if (k == 0 || k >= 56)
+    if (k == 0 || k >= 62)
         return;
+    if (k >= 56) {
+        if (k == 56) {
+            ch_foreach(ctx);
+            return;
+        }
+        struct ch_conn *r = ch_target(self);
+        if (!r)
+            return;
+        if (k <= 58)
+            ch_flush_notify(r, ctx);
+        else if (k <= 59)
+            ch_set_opts(r, ctx);
+        else if (k == 60)
+            ch_pick(2) ? ch_set_handler(r, ctx) : ch_reframe(r, ctx);
+        else if (ch_chance(24) && !in_destroy)
+            ch_loop_shutdown(ctx);
+        else
+            ch_query(r);
+        return;
+    }
     if (k >= 37 && k <= 55) {
         /* not about one connection */
         if (k <= 42) {
@@ -2440,6 +2929,10 @@ static void chaos_run(const struct chaos_opts *o) {
              (unsigned long long)G.defer_run, (unsigned long long)G.defer_posted);
     CH_CHECK(G.post_run == G.post_posted, "%llu of %llu posted callbacks ran by destroy",
              (unsigned long long)G.post_run, (unsigned long long)G.post_posted);
+    CH_CHECK(G.shut_done == G.shut_asked, "%u of %u shutdown done callbacks ran by destroy",
+             G.shut_done, G.shut_asked);
+    CH_CHECK(G.flush_run == G.flush_asked, "%llu of %llu flush callbacks ran by destroy",
+             (unsigned long long)G.flush_run, (unsigned long long)G.flush_asked);
     for (int i = 0; i < G.ncs; i++) {
         CH_CHECK(G.cs[i].closed, "r%d never got on_close", i);
         G.cs[i].gone = true;

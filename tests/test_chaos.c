@@ -53,6 +53,8 @@ int main(void) {
     unsigned long runs = 0;
     unsigned long ops = 0, callbacks = 0, conns = 0;
     unsigned long long echoed = 0;
+    unsigned long long flushes = 0, flushed = 0, capped = 0, walks = 0, shutdowns = 0,
+                       reframes = 0;
     signal(SIGALRM, SIG_DFL);
 
     /* "N": seeds 1..N; "A-B": A..B; "A,B,C": those. */
@@ -82,6 +84,12 @@ int main(void) {
         callbacks += G.callbacks;
         conns += (unsigned long)G.created;
         echoed += G.bytes_echoed;
+        flushes += G.flush_run;
+        flushed += G.flushed;
+        capped += G.cap_refused;
+        walks += G.foreach_runs;
+        shutdowns += G.shut_done;
+        reframes += G.reframes;
     }
     printf("chaos: %lu EOFs with every byte accounted for; closes:", ch_totals.eof_complete);
     for (int i = 0; i < CREST_CLOSE_REASON_COUNT; i++)
@@ -93,6 +101,9 @@ int main(void) {
     printf("chaos: %lu seeds x %u steps: %lu operations, %lu callbacks, %lu connections, "
            "%llu bytes echoed; no failure\n",
            runs, steps, ops, callbacks, conns, echoed);
+    printf("chaos: issue 12: %llu flush callbacks, %llu on_flushed, %llu writes refused at "
+           "the cap, %llu foreach walks, %llu loop shutdowns done, %llu LINE/LENGTH to RAW\n",
+           flushes, flushed, capped, walks, shutdowns, reframes);
     if (ex) {
         printf("chaos: left out for known bugs:");
         for (int i = 0; i < CH_BUG_COUNT; i++)
