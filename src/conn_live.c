@@ -126,7 +126,10 @@ static bool same_framing(const crest_framing_t *a, const crest_framing_t *b) {
  * is not NULL), checked together. */
 static int change(struct crest_conn *c, const crest_handler_t *handler, void *ctx,
                   const crest_conn_opts_t *opts) {
-    if (c->state == CREST_CONN_CLOSING || c->state == CREST_CONN_CLOSED)
+    /* As crest_conn_flush_notify() and the writes: once a close is asked
+     * for (a close asked for while CONNECTING leaves the state as it is). */
+    if (c->state == CREST_CONN_CLOSING || c->state == CREST_CONN_CLOSED ||
+        (c->flags & CREST__C_CLOSE_REQUESTED))
         return -ENOTCONN;
     const crest_handler_t *h = handler ? handler : &c->ep->handler;
     crest_conn_opts_t o;

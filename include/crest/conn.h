@@ -566,7 +566,8 @@ int crest_conn_get_opts(const crest_conn_t *c, crest_conn_opts_t *out);
  *     buffer as it is: the kernel's autotuning, once off, stays off).
  * Returns 0; -EINVAL if opts is NULL or invalid (the handler lacks the
  * callback the new framing needs, a negative buffer size or keepalive
- * timing, a bad framing), -ENOTCONN on a CLOSING or CLOSED connection,
+ * timing, a bad framing), -ENOTCONN once a close was requested (CLOSING,
+ * CLOSED, or closed while CONNECTING),
  * -ENOMEM, or the -errno of a socket option the kernel refused (those
  * applied before it are set back). */
 int crest_conn_set_opts(crest_conn_t *c, const crest_conn_opts_t *opts);
@@ -579,7 +580,8 @@ int crest_conn_set_opts(crest_conn_t *c, const crest_conn_opts_t *opts);
  * on_close) are the new handler's.  Its on_open is not called.  0;
  * -EINVAL if handler is NULL or lacks the callback the connection's
  * framing needs (on_data for RAW, on_message for LINE/LENGTH);
- * -ENOTCONN on a CLOSING or CLOSED connection; -ENOMEM. */
+ * -ENOTCONN once a close was requested (CLOSING, CLOSED, or closed while
+ * CONNECTING); -ENOMEM. */
 int crest_conn_set_handler(crest_conn_t *c, const crest_handler_t *handler, void *ctx);
 
 /* Both at once, checked together: for an upgrade whose new handler has
