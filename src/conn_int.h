@@ -178,6 +178,7 @@ int crest__conn_check_opts(const crest_handler_t *handler, const crest_conn_opts
                            bool outbound, crest_conn_opts_t *out, size_t *max_buffered);
 size_t crest__conn_max_output(const crest_conn_opts_t *o);
 void crest__conn_set_oobinline(int fd);
+int crest__check_adoptable(int fd, bool want_listening); /* connect.c */
 
 /* conn_io.c */
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);

@@ -120,10 +120,13 @@ int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t 
 
 /* ---- adopting a connected socket ----------------------------------------- */
 
-/* Is fd a connected stream socket crest may take?  Only reads: nothing is
- * changed before every check has passed.  0 or -errno (conn.h). */
-static int check_adoptable(crest_loop_t *loop, int fd, struct sockaddr_storage *peer,
-                           socklen_t *peer_len) {
+/* Is fd a stream socket crest may take, listening or not as asked?  Only
+ * reads: nothing is changed before every check has passed.  0, -EBADF,
+ * -ENOTSOCK, -EINVAL (not SOCK_STREAM, or listening when it should not
+ * be, or the reverse), -EEXIST (crest owns it: the registry knows every fd
+ * crest owns, this loop's or another's).  Shared with
+ * crest_listener_adopt(). */
+int crest__check_adoptable(int fd, bool want_listening) {
     if (fd < 0 || fcntl(fd, F_GETFD) < 0)
         return -EBADF;
     int type = 0, listening = 0;
@@ -135,15 +138,10 @@ static int check_adoptable(crest_loop_t *loop, int fd, struct sockaddr_storage *
     len = sizeof listening;
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
         return -errno;
-    if (listening)
-        return -EINVAL; /* crest_listener_adopt() is for those */
-    *peer_len = sizeof *peer;
-    if (getpeername(fd, (struct sockaddr *)peer, peer_len) < 0)
-        return -errno; /* ENOTCONN */
-    /* The registry knows every fd crest owns, this loop's or another's. */
+    if ((listening != 0) != want_listening)
+        return -EINVAL; /* the other adopt call is for it */
     if (crest_fd_lookup(fd, NULL, NULL, NULL) == 0)
         return -EEXIST;
-    CREST__UNUSED(loop);
     return 0;
 }
 
@@ -154,10 +152,12 @@ int crest_conn_adopt(crest_loop_t *loop, int fd, const crest_conn_opts_t *opts,
     int rc = crest__loop_may_start(loop);
     if (rc < 0)
         return rc;
-    struct sockaddr_storage peer;
-    socklen_t peer_len;
-    if ((rc = check_adoptable(loop, fd, &peer, &peer_len)) < 0)
+    if ((rc = crest__check_adoptable(fd, false)) < 0)
         return rc;
+    struct sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) < 0)
+        return -errno; /* ENOTCONN */
     struct crest__endpoint *ep;
     if ((rc = crest__endpoint_new(handler, ctx, opts, true, &ep)) < 0)
         return rc;

@@ -376,18 +376,8 @@ int crest_listener_adopt(crest_loop_t *loop, int fd, const crest_listen_opts_t *
     if (rc < 0)
         return rc;
     /* Checks first, changing nothing. */
-    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
-        return -EBADF;
-    int type = 0, listening = 0;
-    socklen_t len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return -errno; /* ENOTSOCK */
-    len = sizeof listening;
-    if (type != SOCK_STREAM ||
-        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening)
-        return -EINVAL;
-    if (crest_fd_lookup(fd, NULL, NULL, NULL) == 0)
-        return -EEXIST; /* crest owns it already */
+    if ((rc = crest__check_adoptable(fd, true)) < 0)
+        return rc;
     crest_listen_opts_t o;
     if (opts)
         o = *opts;
