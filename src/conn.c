@@ -300,6 +300,7 @@ void crest__conn_open(struct crest_conn *c) {
 void crest__conn_notify_open(struct crest_conn *c) {
     if (c->ep->handler.on_open) {
         c->depth++;
+        CREST__WHAT(c->io.loop, CREST__WHAT_ON_OPEN);
         c->ep->handler.on_open(c);
         c->depth--;
     }
@@ -459,6 +460,7 @@ static void finish_close(struct crest_conn *c) {
      * crest_conn_fd() work there; nothing more can be read or written. */
     if (c->ep->handler.on_close) {
         c->depth++;
+        CREST__WHAT(c->io.loop, CREST__WHAT_ON_CLOSE);
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }

@@ -127,20 +127,25 @@ static void notify_run(struct crest_conn *c) {
                       !((f & CREST__C_DRAIN_PENDING) && (f & CREST__C_PAUSED_HIGH));
             c->flags &= hw ? ~CREST__C_HW_PENDING : ~CREST__C_DRAIN_PENDING;
             void (*cb)(crest_conn_t *) = hw ? h->on_high_water : h->on_drain;
-            if (cb)
+            if (cb) {
+                CREST__WHAT(c->io.loop, hw ? CREST__WHAT_ON_HIGH_WATER : CREST__WHAT_ON_DRAIN);
                 cb(c);
+            }
             continue;
         }
         if ((f & CREST__C_FLUSH_WAIT) && flush_wait_due(c)) {
             struct crest__flush_wait w = flush_wait_pop(c);
+            CREST__WHAT(c->io.loop, CREST__WHAT_FLUSH_NOTIFY);
             w.cb(c, 0, w.arg);
             continue;
         }
         if (f & CREST__C_FLUSHED_PENDING) {
             c->flags &= ~CREST__C_FLUSHED_PENDING;
             /* More may have been queued since: its own flush will tell. */
-            if (c->out_bytes == 0 && h->on_flushed)
+            if (c->out_bytes == 0 && h->on_flushed) {
+                CREST__WHAT(c->io.loop, CREST__WHAT_ON_FLUSHED);
                 h->on_flushed(c);
+            }
             continue;
         }
         break;
@@ -168,6 +173,7 @@ void crest__conn_flush_waits_end(struct crest_conn *c) {
     while (c->flags & CREST__C_FLUSH_WAIT) {
         bool done = flush_wait_due(c);
         struct crest__flush_wait w = flush_wait_pop(c);
+        CREST__WHAT(c->io.loop, CREST__WHAT_FLUSH_NOTIFY);
         w.cb(c, done ? 0 : err, w.arg);
     }
     c->depth--;
@@ -791,6 +797,7 @@ static CREST__INLINE size_t deliver_raw(struct crest_conn *c, const uint8_t *p, 
     size_t used = 0;
     while (used < len && keep_delivering(c)) {
         size_t left = len - used;
+        CREST__WHAT(c->io.loop, CREST__WHAT_ON_DATA);
         ssize_t r = c->ep->handler.on_data(c, p + used, left);
         if (r < 0) {
             reject(c, r, left);
@@ -830,6 +837,7 @@ static size_t deliver_framed(struct crest_conn *c, const uint8_t *p, size_t len)
         }
         loop->conn_stats.messages_in++;
         c->messages_in++;
+        CREST__WHAT(c->io.loop, CREST__WHAT_ON_MESSAGE);
         int r = c->ep->handler.on_message(c, p + used + fr.offset, fr.length);
         used += fr.consumed;
         c->read_started = 0; /* a message completed: the next one starts now */
@@ -897,6 +905,7 @@ static void deliver_last_line(struct crest_conn *c) {
     c->io.loop->conn_stats.messages_in++;
     c->messages_in++;
     c->flags |= CREST__C_GATHER;
+    CREST__WHAT(c->io.loop, CREST__WHAT_ON_MESSAGE);
     int r = c->ep->handler.on_message(c, line, len);
     c->flags &= (uint32_t)~(CREST__C_GATHER | CREST__C_REFRAMED);
     if (c->io.loop->gather_owner == c)
@@ -1042,6 +1051,7 @@ static void take_eof(struct crest_conn *c) {
     c->state = CREST_CONN_HALF_CLOSED;
     if (c->ep->handler.on_eof) {
         c->depth++;
+        CREST__WHAT(c->io.loop, CREST__WHAT_ON_EOF);
         c->ep->handler.on_eof(c);
         c->depth--;
     } else {

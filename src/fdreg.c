@@ -453,3 +453,11 @@ int crest__fd_report_owner(const void *owner, const char *what) {
         crest_log(CREST_LOG_INFO, "%s: 0 fds leaked", what);
     return n;
 }
+
+/* fd growth per origin, sampled once per insight period (insight.h).
+ * (Skeleton: filled in with its own change.) */
+void crest__fd_growth_sample(crest_insight_t *fig, uint64_t now_ns, bool count_proc) {
+    CREST__UNUSED(fig);
+    CREST__UNUSED(now_ns);
+    CREST__UNUSED(count_proc);
+}

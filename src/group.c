@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -214,4 +215,23 @@ crest_loop_t *crest_group_loop(crest_group_t *g, unsigned index) {
     crest_loop_t *loop = g->workers[index].loop;
     pthread_mutex_unlock(&g->lock);
     return loop;
+}
+
+int crest_group_get_insight(crest_group_t *g, crest_insight_t *out) {
+    if (!g || !out)
+        return -EINVAL;
+    crest_insight_t *one = malloc(sizeof *one);
+    if (!one)
+        return -ENOMEM;
+    memset(out, 0, sizeof *out);
+    /* Under the lock no worker can destroy its loop while it is read. */
+    pthread_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < g->n; i++) {
+        crest_loop_t *loop = g->workers[i].loop;
+        if (loop && crest_loop_read_insight(loop, one) == 0)
+            crest_insight_add(out, one);
+    }
+    pthread_mutex_unlock(&g->lock);
+    free(one);
+    return 0;
 }

@@ -20,6 +20,7 @@
 
 #include "crest/crest.h"
 #include "buf.h"
+#include "insight_int.h"
 #include "timer_int.h"
 
 #define CREST__UNUSED(x) ((void)(x))
@@ -136,6 +137,12 @@ struct crest_loop {
 
     void *data;
     crest_loop_stats_t stats;
+    /* Latency insight (insight.c): phases, callback timing, the sampler.
+     * track: a callback is to be timed or published (per-callback timing
+     * on, or the watchdog running); otherwise a callback costs one test. */
+    bool track;
+    const struct crest_io *last_io; /* the io callback that ran last */
+    struct crest__insight ins;
 
     /* Connection scratch (conn_io.c).  Input is read into `rbuf` and handed
      * to the handler in place; replies written from on_data/on_message
@@ -212,5 +219,65 @@ static inline int crest__loop_may_start(const crest_loop_t *loop) {
 
 /* Logging */
 bool crest__log_enabled(crest_log_level_t level);
+
+/* Insight hot path (insight.c has the rest) */
+static inline unsigned crest__hist_index(uint64_t v) {
+    if (v < CREST_HIST_SUB_COUNT)
+        return (unsigned)v;
+    unsigned k = 63u - (unsigned)__builtin_clzll(v);
+    if (k >= CREST_HIST_MAX_BITS)
+        return CREST_HIST_BUCKETS - 1;
+    unsigned shift = k - CREST_HIST_SUB_BITS;
+    return (shift << CREST_HIST_SUB_BITS) + (unsigned)(v >> shift);
+}
+
+static inline void crest__hist_record(crest_hist_t *h, uint64_t v) {
+    if (h->count == 0 || v < h->min)
+        h->min = v;
+    if (v > h->max)
+        h->max = v;
+    h->buckets[crest__hist_index(v)]++;
+    h->count++;
+    h->sum += v;
+}
+
+/* Around each callback the loop makes (obj: its io, timer or function). */
+void crest__insight_cb_enter(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
+void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
+#define CREST__CB_ENTER(loop, kind, obj)                    \
+    do {                                                    \
+        if (CREST__UNLIKELY((loop)->track))                 \
+            crest__insight_cb_enter((loop), (kind), (obj)); \
+    } while (0)
+#define CREST__CB_LEAVE(loop, kind, obj)                    \
+    do {                                                    \
+        if (CREST__UNLIKELY((loop)->track))                 \
+            crest__insight_cb_leave((loop), (kind), (obj)); \
+    } while (0)
+/* A phase of the iteration begins at `mark` (per-callback timing chains
+ * from it); one ends: its time is added, the clock read is returned. */
+static inline void crest__phase_begin(crest_loop_t *loop, uint64_t mark) {
+    loop->ins.cb_start_ns = mark;
+}
+static inline uint64_t crest__phase_end(crest_loop_t *loop, crest_phase_t phase, uint64_t mark) {
+    uint64_t now = crest__clock_ns();
+    loop->ins.fig.phase_ns[phase] += now - mark;
+    return now;
+}
+/* The end of an iteration: histograms, the slow check (insight.c). */
+void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, uint64_t io_ns,
+                              uint64_t end_ns);
+/* A callback timed by its caller (posted ones): counted, and recorded if
+ * slow. */
+void crest__insight_timed(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj,
+                          uint64_t ns);
+/* io callbacks of the library's own watchers, for naming */
+void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg);
+void crest__signal_on_io(crest_io_t *io, unsigned events, void *arg);
+struct crest_listener;
+const crest_handler_t *crest__listener_handler(const struct crest_listener *l);
+const crest_addr_t *crest__listener_addr(const struct crest_listener *l);
+/* The handler callback a connection runs next (for naming a slow one). */
+#define CREST__WHAT(loop, w) ((loop)->ins.cur_what = (uint8_t)(w))
 
 #endif

@@ -125,7 +125,7 @@ static void unrecorded(struct crest_listener *l, int fd, int err) {
               "connection dropped", where, fd, crest_strerror(err));
 }
 
-static void on_acceptable(crest_io_t *io, unsigned events, void *arg) {
+void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg) {
     CREST__UNUSED(io);
     CREST__UNUSED(events);
     struct crest_listener *l = arg;
@@ -322,7 +322,7 @@ static int listener_start(struct crest_listener *l, int fd) {
     crest_loop_t *loop = l->loop;
     int rc;
     if ((rc = open_reserve(l)) < 0 ||
-        (rc = crest__io_init(loop, &l->io, fd, CREST_IO_READABLE, on_acceptable, l, true)) < 0)
+        (rc = crest__io_init(loop, &l->io, fd, CREST_IO_READABLE, crest__listener_on_io, l, true)) < 0)
         return rc;
     /* crest_io_stop() then frees the listener (l->io is its first member):
      * at once, or after the iteration when closed from a callback. */
@@ -489,4 +489,19 @@ int crest_listener_rcvbuf(const crest_listener_t *l) {
 
 void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out) {
     *out = l->ep->lstats;
+}
+
+/* The accept path, sampled once per insight period (insight.h).
+ * (Skeleton: filled in with its own change.) */
+void crest__listeners_sample(crest_loop_t *loop, crest_insight_t *fig) {
+    CREST__UNUSED(loop);
+    CREST__UNUSED(fig);
+}
+
+const crest_handler_t *crest__listener_handler(const struct crest_listener *l) {
+    return &l->ep->handler;
+}
+
+const crest_addr_t *crest__listener_addr(const struct crest_listener *l) {
+    return &l->addr;
 }

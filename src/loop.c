@@ -73,6 +73,11 @@ int crest_loop_create(crest_loop_t **loopp) {
     loop->base_ns = crest__clock_ns();
     crest__loop_set_now(loop, loop->base_ns);
     crest__shutdown_init(loop);
+    if (crest__insight_init(loop) < 0) {
+        pthread_mutex_destroy(&loop->post_lock);
+        free(loop);
+        return -ENOMEM;
+    }
 
     int rc = crest__epoll_create(loop);
     if (rc < 0)
@@ -97,6 +102,7 @@ int crest_loop_create(crest_loop_t **loopp) {
     *loopp = loop;
     return 0;
 fail:
+    crest__insight_destroy(loop);
     if (loop->wakefd >= 0)
         crest_fd_close(loop->wakefd);
     if (loop->epfd >= 0)
@@ -129,6 +135,7 @@ int crest_loop_destroy(crest_loop_t *loop) {
     crest__conns_destroy(loop);
     crest__shutdown_finish(loop);
     crest__signals_destroy(loop);
+    crest__insight_destroy(loop);
     crest__timers_destroy(loop);
     crest__io_close(&loop->wake_io);
     crest__io_destroy_all(loop);
@@ -206,7 +213,10 @@ static void run_deferred(crest_loop_t *loop) {
     for (size_t i = 0; i < n; i++) {
         loop->stats.deferred_run++;
         loop->stats.callbacks++;
+        const void *fn = (const void *)(uintptr_t)batch[i].cb;
+        CREST__CB_ENTER(loop, CREST_CB_DEFERRED, fn);
         batch[i].cb(loop, batch[i].arg);
+        CREST__CB_LEAVE(loop, CREST_CB_DEFERRED, fn);
     }
 }
 
@@ -233,36 +243,81 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
         return -EBUSY;
     crest__event_t events[MAX_EVENTS];
     loop->running = true;
+    struct crest__insight *ins = &loop->ins;
+    bool watched = atomic_load_explicit(&crest__watchdog_on, memory_order_relaxed);
+    loop->track = ins->time_each || watched;
 
+    /* Each phase that ran reads the clock once as it ends; a phase with
+     * nothing to do costs no read. */
     uint64_t t0 = crest__clock_ns();
     crest__loop_set_now(loop, t0);
-    loop->stats.timers_fired += crest__timers_run(loop, true);
+    if (watched)
+        crest__watchdog_busy(loop, t0);
+    uint64_t mark = t0;
+    crest__phase_begin(loop, mark);
+    unsigned fired = crest__timers_run(loop, true);
+    if (fired) {
+        loop->stats.timers_fired += fired;
+        mark = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+    }
     /* Work queued before this iteration runs now, and the poll below does
      * not block for it (what it queues in turn waits for the next one). */
     bool had_work = has_pending(loop);
-    crest__io_run_ready(loop);
-    run_deferred(loop);
+    if (loop->ready_len) {
+        crest__phase_begin(loop, mark);
+        crest__io_run_ready(loop);
+        mark = crest__phase_end(loop, CREST_PHASE_READY, mark);
+    }
+    if (loop->defer_len) {
+        crest__phase_begin(loop, mark);
+        run_deferred(loop);
+        mark = crest__phase_end(loop, CREST_PHASE_DEFERRED, mark);
+    }
 
     int timeout = poll_timeout(loop, timeout_ms, had_work);
-    uint64_t t1 = crest__clock_ns();
+    uint64_t t1 = mark;
+    if (watched)
+        crest__watchdog_busy(loop, 0);
     int n = crest__epoll_wait(loop->epfd, events, MAX_EVENTS, timeout);
     uint64_t t2 = crest__clock_ns();
     crest__loop_set_now(loop, t2);
+    if (watched)
+        crest__watchdog_busy(loop, t2);
     loop->stats.iterations++;
     loop->stats.wait_ns += t2 - t1;
+    ins->fig.phase_ns[CREST_PHASE_WAIT] += t2 - t1;
 
-    if (n > 0)
+    mark = t2;
+    uint64_t io_ns = 0;
+    if (n > 0) {
+        ins->posted_ns = 0;
+        crest__phase_begin(loop, mark);
         crest__io_dispatch(loop, events, n);
+        uint64_t t3 = crest__clock_ns();
+        io_ns = t3 - mark - ins->posted_ns;
+        ins->fig.phase_ns[CREST_PHASE_IO] += io_ns;
+        ins->fig.phase_ns[CREST_PHASE_POSTED] += ins->posted_ns;
+        mark = t3;
+    }
     /* Timers that came due while we waited fire in this iteration (not
      * those the first pass armed: they wait for the next one). */
-    loop->stats.timers_fired += crest__timers_run(loop, false);
+    crest__phase_begin(loop, mark);
+    fired = crest__timers_run(loop, false);
+    if (fired) {
+        loop->stats.timers_fired += fired;
+        mark = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+    }
     /* A shutdown under way: done runs once nothing is left, after every
      * on_close of this iteration. */
     if (CREST__UNLIKELY(loop->shutting_down))
         crest__shutdown_check(loop);
     crest__io_free_stopped(loop);
     crest__conns_reap(loop);
-    loop->stats.run_ns += (t1 - t0) + (crest__clock_ns() - t2);
+    uint64_t end = crest__phase_end(loop, CREST_PHASE_OTHER, mark);
+    uint64_t busy = (t1 - t0) + (end - t2);
+    loop->stats.run_ns += busy;
+    if (CREST__LIKELY(ins->on))
+        crest__insight_iteration(loop, busy, n, io_ns, end);
     loop->running = false;
     if (n < 0)
         return n;

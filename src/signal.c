@@ -58,7 +58,7 @@ static void deliver(struct crest__signals *s, int signo) {
     }
 }
 
-static void on_signalfd(crest_io_t *io, unsigned events, void *arg) {
+void crest__signal_on_io(crest_io_t *io, unsigned events, void *arg) {
     CREST__UNUSED(io);
     CREST__UNUSED(events);
     struct crest__signals *s = arg;
@@ -101,7 +101,7 @@ static int signals_init(crest_loop_t *loop) {
         free(s);
         return rc;
     }
-    rc = crest__io_init(loop, &s->io, s->fd, CREST_IO_READABLE, on_signalfd, s, false);
+    rc = crest__io_init(loop, &s->io, s->fd, CREST_IO_READABLE, crest__signal_on_io, s, false);
     if (rc < 0) {
         crest_fd_close(s->fd);
         free(s);

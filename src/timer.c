@@ -248,7 +248,9 @@ unsigned crest__timers_run(struct crest_loop *loop, bool first) {
         fired++;
         loop->stats.callbacks++;
         t->in_callback = true;
+        CREST__CB_ENTER(loop, CREST_CB_TIMER, t);
         t->cb(t, t->arg);
+        CREST__CB_LEAVE(loop, CREST_CB_TIMER, t);
         t->in_callback = false;
         if (t->destroy_pending && t->heap_owned)
             free(t);

@@ -192,6 +192,10 @@ typedef struct crest_handler {
      * from the loop like on_drain (never inside a call; not once a close
      * has been requested).  Per write: crest_conn_flush_notify(). */
     void (*on_flushed)(crest_conn_t *c);
+    /* A name for the handler ("echo", "http"), static storage: it names
+     * the handler's slow callbacks in logs, the doctor and /debug pages
+     * (insight.h).  NULL: the symbol of on_data/on_message is used. */
+    const char *name;
 } crest_handler_t;
 
 /* What a write that would take the queued output past max_output does

@@ -17,5 +17,8 @@
 #include "listener.h"
 #include "group.h"
 #include "activation.h"
+#include "hist.h"
+#include "insight.h"
+#include "doctor.h"
 
 #endif

@@ -79,6 +79,11 @@ int crest_group_post(crest_group_t *group, unsigned index, crest_cb cb, void *ar
  * use crest_group_post(). */
 crest_loop_t *crest_group_loop(crest_group_t *group, unsigned index);
 
+/* The figures of every loop of the group, summed (insight.h: each loop's
+ * snapshot published at its last sample).  Any thread.  0 or -EINVAL. */
+struct crest_insight;
+int crest_group_get_insight(crest_group_t *group, struct crest_insight *out);
+
 #ifdef __cplusplus
 }
 #endif
