@@ -81,8 +81,11 @@ typedef enum crest_timing {
 } crest_timing_t;
 
 typedef struct crest_insight_opts {
-    bool enabled;               /* default true; false: no figures at all
-                                   (the cost floor bench/run compares to) */
+    bool enabled;               /* default true; false: no histograms, no
+                                   slow-callback detection, no sampler (the
+                                   cost floor bench/run compares to); the
+                                   phase times, a few additions per
+                                   iteration, still count */
     crest_timing_t timing;      /* default CREST_TIMING_AUTO */
     uint32_t slow_callback_us;  /* default 1000: a callback (or a batch)
                                    longer than this is slow */
