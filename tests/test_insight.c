@@ -9,6 +9,11 @@
 
 #include <math.h>
 
+/* The slow-callback threshold of these tests, and how long a slow
+ * callback spins: far above what valgrind makes of a fast callback. */
+#define SLOW_US (RUNNING_ON_VALGRIND ? 50000u : 1000u)
+#define SPIN_US (4 * SLOW_US)
+
 static void spin_us(unsigned us) {
     uint64_t end = tu_mono_ns() + (uint64_t)us * 1000u;
     while (tu_mono_ns() < end) {
@@ -113,8 +118,8 @@ void insight_test_spin_timer(crest_timer_t *t, void *arg) {
 
 static void test_phases_add_up(void **state) {
     (void)state;
-    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, 1000);
-    struct spin_ctx s = {.us = 3000, .left = 3};
+    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, SLOW_US);
+    struct spin_ctx s = {.us = SPIN_US, .left = 3};
     crest_timer_t *t;
     assert_int_equal(crest_timer_create(loop, insight_test_spin_timer, &s, &t), 0);
     assert_int_equal(crest_timer_start(t, 1, 5), 0);
@@ -125,7 +130,7 @@ static void test_phases_add_up(void **state) {
     assert_int_equal(f->iterations, st.iterations);
     assert_int_equal(f->iteration_busy.count, f->iterations);
     /* the timers' time is where the spinning went: at least 3 x 3 ms */
-    assert_true(f->phase_ns[CREST_PHASE_TIMERS] >= 9000000u);
+    assert_true(f->phase_ns[CREST_PHASE_TIMERS] >= 3 * SPIN_US * 1000ull);
     assert_int_equal(f->phase_ns[CREST_PHASE_WAIT], st.wait_ns);
     uint64_t busy = 0;
     for (int p = 0; p < CREST_PHASE_COUNT; p++)
@@ -133,16 +138,16 @@ static void test_phases_add_up(void **state) {
             busy += f->phase_ns[p];
     assert_int_equal(busy, st.run_ns); /* the phases are the busy time, exactly */
     assert_true(f->slow_iterations >= 3);
-    assert_true(f->iteration_busy.max >= 3000000u);
+    assert_true(f->iteration_busy.max >= SPIN_US * 1000ull);
     /* each firing was a batch of one: all three are named */
     assert_int_equal(f->slow_by_kind[CREST_CB_TIMER], 3);
     assert_int_equal(f->slow_ring_len, 3);
     for (unsigned i = 0; i < 3; i++) {
         assert_int_equal(f->slow_ring[i].kind, CREST_CB_TIMER);
         assert_string_equal(f->slow_ring[i].name, "insight_test_spin_timer");
-        assert_true(f->slow_ring[i].duration_ns >= 3000000u);
+        assert_true(f->slow_ring[i].duration_ns >= SPIN_US * 1000ull);
     }
-    assert_true(tu_log_line_has("slow callback", "timer insight_test_spin_timer", "threshold 1.0 ms"));
+    assert_true(tu_log_line_has("slow callback", "timer insight_test_spin_timer", "threshold"));
     free(f);
     crest_timer_destroy(t);
     tu_destroy_loop(loop);
@@ -200,7 +205,7 @@ static void echo_rounds(struct srv *s, int fd, int rounds) {
 
 static void test_slow_handler_named(void **state) {
     (void)state;
-    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, 1000);
+    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, SLOW_US);
     struct srv s = {.loop = loop};
     assert_int_equal(crest_listen(loop, "127.0.0.1:0", NULL, &slowpoke, &s, &s.l), 0);
     assert_true(crest_listener_address(s.l, s.addr, sizeof s.addr) > 0);
@@ -209,7 +214,7 @@ static void test_slow_handler_named(void **state) {
     echo_rounds(&s, fd, 2); /* fast */
     crest_insight_t *before = snap(loop);
     assert_int_equal(before->slow_callbacks, 0);
-    s.spin_us = 4000;
+    s.spin_us = SPIN_US;
     echo_rounds(&s, fd, 3);
     s.spin_us = 0;
     crest_insight_t *f = snap(loop);
@@ -222,7 +227,7 @@ static void test_slow_handler_named(void **state) {
     char peer[CREST_ADDR_STRLEN];
     assert_true(crest_conn_peer(s.conn, peer, sizeof peer) > 0);
     assert_string_equal(r->peer, peer);
-    assert_true(r->duration_ns >= 4000000u);
+    assert_true(r->duration_ns >= SPIN_US * 1000ull);
     assert_true(tu_log_line_has("slow callback: conn slowpoke on_data", "conn #", "took"));
     /* The window holds the three slow ones, not the fast rounds before. */
     crest_insight_t *w = malloc(sizeof *w);
@@ -258,7 +263,7 @@ void insight_test_slow_defer(crest_loop_t *loop, void *arg) {
     (void)loop;
     struct many *m = arg;
     m->n++;
-    spin_us(3000);
+    spin_us(SPIN_US);
 }
 
 static void batch_with_one_slow(crest_loop_t *loop, struct many *m) {
@@ -270,7 +275,7 @@ static void batch_with_one_slow(crest_loop_t *loop, struct many *m) {
 
 static void test_timing_always_names_in_a_batch(void **state) {
     (void)state;
-    crest_loop_t *loop = insight_loop(CREST_TIMING_ALWAYS, 1000);
+    crest_loop_t *loop = insight_loop(CREST_TIMING_ALWAYS, SLOW_US);
     struct many m = {0};
     batch_with_one_slow(loop, &m);
     assert_int_equal(m.n, 3);
@@ -286,7 +291,7 @@ static void test_timing_always_names_in_a_batch(void **state) {
 
 static void test_timing_off_counts_unnamed(void **state) {
     (void)state;
-    crest_loop_t *loop = insight_loop(CREST_TIMING_OFF, 1000);
+    crest_loop_t *loop = insight_loop(CREST_TIMING_OFF, SLOW_US);
     struct many m = {0};
     for (int i = 0; i < 2; i++)
         batch_with_one_slow(loop, &m);
@@ -303,7 +308,7 @@ static void test_timing_off_counts_unnamed(void **state) {
  * is named; a second of fast iterations turns it off again. */
 static void test_timing_auto_hysteresis(void **state) {
     (void)state;
-    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, 1000);
+    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, SLOW_US);
     struct many m = {0};
     batch_with_one_slow(loop, &m);
     crest_insight_t *f = snap(loop);
@@ -354,7 +359,7 @@ static void test_disabled_and_bad_opts(void **state) {
     assert_int_equal(f->iteration_busy.count, 0);
     assert_int_equal(f->slow_iterations, 0);
     assert_int_equal(f->slow_unnamed, 0);
-    assert_true(f->phase_ns[CREST_PHASE_DEFERRED] >= 3000000u); /* phases still count */
+    assert_true(f->phase_ns[CREST_PHASE_DEFERRED] >= SPIN_US * 1000ull); /* phases still count */
     free(f);
     crest_insight_opts_t got;
     crest_loop_get_insight_opts(loop, &got);
