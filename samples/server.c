@@ -584,6 +584,17 @@ static uint64_t doctor_period_ms(const struct config *cfg) {
     return cfg->doctor_ms ? cfg->doctor_ms : 1000;
 }
 
+/* The loops' sample period.  The windows read the snapshot each loop
+ * publishes at its sample: with windows, sample four times a window (at
+ * most once a second, crest's default) so that a window's edges are
+ * within a quarter of its period. */
+static uint32_t sample_ms(const struct config *cfg) {
+    if (!doctor_windows(cfg))
+        return 1000;
+    uint64_t ms = doctor_period_ms(cfg) / 4;
+    return (uint32_t)(ms < 10 ? 10 : ms > 1000 ? 1000 : ms);
+}
+
 /* The insight options of every worker loop, set before its listener
  * exists (rx_timestamps applies to connections opened from then on). */
 static int apply_insight(const struct config *cfg, crest_loop_t *loop) {
@@ -598,13 +609,7 @@ static int apply_insight(const struct config *cfg, crest_loop_t *loop) {
     if (cfg->slow_us)
         o.slow_callback_us = cfg->slow_us;
     o.rx_timestamps = cfg->timestamps;
-    if (doctor_windows(cfg)) {
-        /* The windows read the snapshot each loop publishes at its sample:
-         * sample four times a window (at most once a second, as crest's
-         * default) so that a window is within a quarter of its period. */
-        uint64_t ms = doctor_period_ms(cfg) / 4;
-        o.sample_ms = (uint32_t)(ms < 10 ? 10 : ms > 1000 ? 1000 : ms);
-    }
+    o.sample_ms = sample_ms(cfg);
     return crest_loop_set_insight(loop, &o);
 }
 
@@ -1221,10 +1226,11 @@ static void print_insight_report(const struct server *srv, const struct run_insi
                cfg->watchdog_ms, f->blocked, fmt_ns(a, sizeof a, f->blocked_max_ns));
     else
         printf("%s  blocked (watchdog): not watched (--watchdog MS)\n", prefix);
-    printf("%s  run-queue wait: %s in total, worst sample period %s (%" PRIu64
+    printf("%s  run-queue wait: %s in total, worst %s period %s (%" PRIu64
            " involuntary context switches)\n",
-           prefix, fmt_ns(a, sizeof a, f->runq_wait_ns), fmt_ns(b, sizeof b, f->runq_wait_max_ns),
-           f->nivcsw);
+           prefix, fmt_ns(a, sizeof a, f->runq_wait_ns),
+           fmt_ns(c, sizeof c, (uint64_t)sample_ms(cfg) * 1000000u),
+           fmt_ns(b, sizeof b, f->runq_wait_max_ns), f->nivcsw);
     if (cfg->timestamps)
         printf("%s  rx dwell: p50 %s, p99 %s over %" PRIu64 " reads\n", prefix,
                fmt_ns(a, sizeof a, crest_hist_percentile(&f->rx_dwell, 50)),
