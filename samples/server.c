@@ -1702,6 +1702,19 @@ static void setup_failed(const struct server *srv, int rc) {
 static int serve(struct server *srv) {
     const struct config *cfg = &srv->cfg;
     int rc;
+    /* What can fail for a reason the user can fix comes first, before
+     * anything else exists. */
+    if (json_open(srv, srv->report_fd < 0) < 0)
+        return SERVER_EXIT_ERROR;
+    if (cfg->watchdog_ms) {
+        crest_watchdog_opts_t wo;
+        crest_watchdog_opts_init(&wo);
+        wo.threshold_ms = cfg->watchdog_ms;
+        if ((rc = crest_watchdog_start(&wo)) < 0) {
+            json_close(srv);
+            return fail(srv, "crest_watchdog_start", rc);
+        }
+    }
     if ((rc = crest_loop_create(&srv->loop)) < 0)
         return fail(srv, "crest_loop_create", rc);
     /* A worker process listens to the supervisor only (SIGTERM). */
@@ -1725,18 +1738,6 @@ static int serve(struct server *srv) {
         srv->workers[i].srv = srv;
         srv->workers[i].index = i;
         pthread_mutex_init(&srv->workers[i].post_lock, NULL);
-    }
-
-    if (json_open(srv, srv->report_fd < 0) < 0)
-        return SERVER_EXIT_ERROR;
-    if (cfg->watchdog_ms) {
-        crest_watchdog_opts_t wo;
-        crest_watchdog_opts_init(&wo);
-        wo.threshold_ms = cfg->watchdog_ms;
-        if ((rc = crest_watchdog_start(&wo)) < 0) {
-            json_close(srv);
-            return fail(srv, "crest_watchdog_start", rc);
-        }
     }
 
     /* Every thread creates its loop and listener, concurrently; this
