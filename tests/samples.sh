@@ -11,6 +11,10 @@
 # is driven by Python clients (below): every line reaches every other
 # client, on one loop and across two, never its sender; a client that never
 # reads is closed at --max-output while the server's RSS stays bounded.
+# The latency insight options: --doctor prints "doctor: no latency problem
+# found" for an idle server, --doctor-json writes JSON lines (each with a
+# "findings" array) readable while the server runs, --work 5000 makes the
+# report count slow callbacks and name "echo", --no-insight still serves.
 # No timing thresholds: every check is on counts and text.
 #
 # Run by `make check`; by hand: abs_top_builddir=. bash tests/samples.sh
