@@ -144,6 +144,7 @@ static void test_phases_add_up(void **state) {
     assert_int_equal(f->slow_ring_len, 3);
     for (unsigned i = 0; i < 3; i++) {
         assert_int_equal(f->slow_ring[i].kind, CREST_CB_TIMER);
+        assert_int_equal(f->slow_ring[i].batch, 1);
         assert_string_equal(f->slow_ring[i].name, "insight_test_spin_timer");
         assert_true(f->slow_ring[i].duration_ns >= SPIN_US * 1000ull);
     }
@@ -300,6 +301,14 @@ static void test_timing_off_counts_unnamed(void **state) {
     assert_int_equal(f->slow_callbacks, 0);
     assert_int_equal(f->slow_unnamed, 2); /* a slow batch of three, twice */
     assert_true(f->slow_iterations >= 2);
+    /* the ring keeps them, as batches: how long, not who */
+    assert_int_equal(f->slow_ring_len, 2);
+    assert_int_equal(f->slow_ring[1].batch, 3);
+    assert_int_equal(f->slow_ring[1].kind, CREST_CB_DEFERRED);
+    assert_string_equal(f->slow_ring[1].name, "batch of 3 callbacks");
+    assert_true(f->slow_ring[1].duration_ns >= SPIN_US * 1000ull);
+    assert_true(tu_log_line_has("slow batch: 3 deferred callbacks took", "not timed one by one",
+                                "threshold"));
     free(f);
     tu_destroy_loop(loop);
 }
