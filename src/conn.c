@@ -422,14 +422,16 @@ void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
 
 /* TCP health at close (insight.h, "TCP health"): one getsockopt(TCP_INFO)
  * per TCP connection, while its socket is still open, whatever the reason
- * (aborts and failed connects included).  A socket that never sent a
- * segment (no SYN even) has nothing to tell and is skipped; the RTT is
+ * (aborts and failed connects included).  A socket that never sent or
+ * received a segment (a connect refused before its SYN left) has nothing
+ * to tell and is skipped; the RTT is
  * recorded only where the kernel measured one (a connect that failed has
  * none, though its SYN retransmits count). */
 static void sample_tcp_at_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     struct crest__tcpi ti;
-    if (!loop->ins.on || crest__tcp_info(c->io.fd, &ti) < 0 || ti.segs_out == 0)
+    if (!loop->ins.on || crest__tcp_info(c->io.fd, &ti) < 0 ||
+        (ti.segs_out == 0 && ti.segs_in == 0))
         return;
     crest_insight_t *fig = &loop->ins.fig;
     fig->tcp_samples++;

@@ -192,7 +192,7 @@ struct crest__tcpi {
     uint32_t rtt_us, rttvar_us, snd_mss, snd_cwnd;
     uint32_t unacked;             /* listener: accept queue length */
     uint32_t sacked;              /* listener: its backlog */
-    uint32_t total_retrans, segs_out, notsent_bytes, min_rtt_us;
+    uint32_t total_retrans, segs_out, segs_in, notsent_bytes, min_rtt_us;
     uint64_t delivery_rate, busy_us, rwnd_limited_us, sndbuf_limited_us;
 };
 int crest__tcp_info(int fd, struct crest__tcpi *out);

@@ -37,6 +37,7 @@ int crest__tcp_info(int fd, struct crest__tcpi *out) {
     out->sacked = ti.tcpi_sacked;
     out->total_retrans = ti.tcpi_total_retrans;
     out->segs_out = ti.tcpi_segs_out;
+    out->segs_in = ti.tcpi_segs_in;
     out->notsent_bytes = ti.tcpi_notsent_bytes;
     out->min_rtt_us = ti.tcpi_min_rtt;
     out->delivery_rate = ti.tcpi_delivery_rate;
