@@ -396,6 +396,31 @@ static void test_accept_queue(void **state) {
     srv_end(&s, l);
 }
 
+/* A refused connect: its SYN went out and an RST came back, so TCP_INFO
+ * is read at the close, but no RTT was measured and none is recorded. */
+static void test_connect_refused(void **state) {
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    /* A port nothing listens on: bind one, learn it, close it. */
+    int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sin;
+    assert_int_equal(bind(probe, (struct sockaddr *)&sin, sizeof sin), 0);
+    assert_int_equal(getsockname(probe, (struct sockaddr *)&sin, &sl), 0);
+    close(probe);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", ntohs(sin.sin_port));
+    struct srv s = {.loop = loop};
+    crest_conn_t *c = NULL;
+    assert_int_equal(crest_connect(loop, addr, NULL, &srv_handler, &s, &c), 0);
+    RUN_UNTIL(loop, s.closed == 1);
+    crest_insight_t *f = figures(loop);
+    assert_int_equal(f->tcp_samples, 1); /* its SYN went out */
+    assert_int_equal(f->rtt.count, 0);
+    assert_int_equal(f->rttvar_sum_ns, 0);
+    tu_finish_conns(loop);
+}
+
 /* Insight disabled: no figures, no syscalls for them. */
 static void test_disabled(void **state) {
     (void)state;
@@ -435,6 +460,7 @@ int main(void) {
         tu_test(test_nagle),
         tu_test(test_nagle_set_nodelay),
         tu_test(test_accept_queue),
+        tu_test(test_connect_refused),
         tu_test(test_disabled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
