@@ -191,11 +191,6 @@ static void describe(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, 
         }
         break;
     }
-    case CREST_CB_TIMER: {
-        const struct crest_timer *t = obj;
-        name_function(r->name, sizeof r->name, FN(t->cb));
-        break;
-    }
     default:
         name_function(r->name, sizeof r->name, obj);
         break;

@@ -242,7 +242,8 @@ static inline void crest__hist_record(crest_hist_t *h, uint64_t v) {
     h->sum += v;
 }
 
-/* Around each callback the loop makes (obj: its io, timer or function). */
+/* Around each callback the loop makes (obj: its io watcher, or for timers,
+ * deferred and posted callbacks the function). */
 void crest__insight_cb_enter(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
 void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
 #define CREST__CB_ENTER(loop, kind, obj)                    \
