@@ -114,13 +114,15 @@ static void stop_watchdog(void) {
     assert_false(crest_watchdog_running());
 }
 
-/* Busy for ms of wall-clock time, on the CPU (what a stuck callback
- * does).  Not inlined, so that it is a frame of its own. */
+/* Stuck for ms of wall-clock time, as a callback that spins or blocks
+ * (on a lock, a synchronous call) is.  It sleeps in 1 ms steps rather than
+ * spinning only so that the other threads get the CPU on a loaded machine
+ * and under valgrind (which runs one thread at a time): to the loop it is
+ * the same.  Not inlined, so that it is a frame of its own. */
 __attribute__((noinline)) void watchdog_test_spin(unsigned ms) {
     uint64_t until = tu_mono_ns() + (uint64_t)ms * 1000000u;
-    volatile uint64_t x = 0;
     while (tu_mono_ns() < until)
-        x = x + 1;
+        tu_sleep_ms(1);
 }
 
 /* ---- 1: a connection's handler spinning in on_data ---- */
