@@ -117,13 +117,16 @@ void crest__watchdog_enter(struct crest_loop *loop, crest_cb_kind_t kind, const 
 void crest__watchdog_iteration_end(struct crest_loop *loop, uint64_t busy_ns);
 /* wd_kind between callbacks (the loop's own work: timers heap, reaping) */
 #define CREST__WD_NONE CREST_CB_KIND_COUNT
-/* Writer side of wd_seq (the loop thread only): fields stored relaxed
- * between begin and end are seen whole by a reader that checks the count
- * (a sequence lock; on x86 these are plain moves). */
+/* Writer side of wd_seq (the loop thread only): a sequence lock.  The
+ * count goes odd, the fields are stored with release (each ordered after
+ * the odd count), the count goes even with release; a reader loads the
+ * count with acquire, the fields with acquire, and the count again, and
+ * keeps what it read if the two counts are equal and even (Boehm's
+ * fence-free form: ThreadSanitizer does not model fences).  On x86 all of
+ * these are plain moves. */
 static inline uint64_t crest__wd_write_begin(struct crest__insight *ins) {
     uint64_t s = atomic_load_explicit(&ins->wd_seq, memory_order_relaxed);
     atomic_store_explicit(&ins->wd_seq, s + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
     return s + 2;
 }
 static inline void crest__wd_write_end(struct crest__insight *ins, uint64_t s) {
@@ -134,7 +137,7 @@ static inline void crest__wd_write_end(struct crest__insight *ins, uint64_t s) {
 static inline void crest__wd_busy(struct crest__insight *ins, uint64_t t) {
     if (t) {
         uint64_t s = crest__wd_write_begin(ins);
-        atomic_store_explicit(&ins->wd_kind, CREST__WD_NONE, memory_order_relaxed);
+        atomic_store_explicit(&ins->wd_kind, CREST__WD_NONE, memory_order_release);
         crest__wd_write_end(ins, s);
     }
     atomic_store_explicit(&ins->wd_iter_start_ns, t, memory_order_relaxed);
