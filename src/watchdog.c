@@ -576,6 +576,8 @@ static void atfork_child(void) {
     pthread_mutex_unlock(&ctl_mu);
     tl_tid = 0; /* the child thread has its own id */
     if (atomic_load(&wd_running)) {
+        /* A stray backtrace signal in the child writes nowhere. */
+        atomic_store(&bt_wfd, -1);
         atomic_store(&crest__watchdog_on, false);
         atomic_store(&wd_running, false);
         atomic_store(&in_child, true);

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #define SPIN_MS 300
 
@@ -375,6 +376,39 @@ static void test_signal_taken(void **state) {
     log_end();
 }
 
+/* A fork child has no watchdog thread: not running there, and it can start
+ * (and stop) its own. */
+static void test_fork_child(void **state) {
+    (void)state;
+    log_begin();
+    start_watchdog(100);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int rc = 0;
+        if (crest_watchdog_running())
+            rc |= 1;
+        crest_watchdog_opts_t o;
+        crest_watchdog_opts_init(&o);
+        if (crest_watchdog_start(&o) != 0)
+            rc |= 2;
+        if (!crest_watchdog_running())
+            rc |= 4;
+        crest_watchdog_stop();
+        if (crest_watchdog_running())
+            rc |= 8;
+        _exit(rc);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(crest_watchdog_running()); /* the parent's is untouched */
+    stop_watchdog();
+    tu_assert_nothing_open();
+    log_end();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_conn_handler_stall),
@@ -382,6 +416,7 @@ int main(void) {
         tu_test(test_healthy_loop_quiet),
         tu_test(test_start_stop),
         tu_test(test_signal_taken),
+        tu_test(test_fork_child),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
