@@ -248,6 +248,7 @@ unsigned crest__timers_run(struct crest_loop *loop, bool first) {
         fired++;
         loop->stats.callbacks++;
         t->in_callback = true;
+        loop->last_cb = t;
         CREST__CB_ENTER(loop, CREST_CB_TIMER, t);
         t->cb(t, t->arg);
         CREST__CB_LEAVE(loop, CREST_CB_TIMER, t);
