@@ -113,6 +113,10 @@ enum {
     CREST__C_FLUSH_WAIT = 1u << 18,     /* crest_conn_flush_notify() callbacks
                                            wait (extra->flush) */
     CREST__C_FLUSHED_PENDING = 1u << 19, /* on_flushed to run */
+    CREST__C_RX_TSTAMP = 1u << 30,      /* SO_TIMESTAMPING is on: reads go
+                                           through crest__rx_read
+                                           (insight_rx.c), which records
+                                           receive-queue dwell */
 };
 
 #define CREST__C_NOTIFY                                                         \
@@ -155,6 +159,11 @@ struct crest__deadlines {
 #define CREST__MAX_BUFFERED (1u << 30)
 
 /* conn.c */
+/* Receive-queue dwell (insight_rx.c): turn timestamps on for a new
+ * connection (the loop's rx_timestamps is on), and its reads then. */
+void crest__rx_timestamps_on(struct crest_conn *c);
+ssize_t crest__rx_read(struct crest_conn *c, void *dst, size_t space);
+
 struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
                                       crest_conn_state_t state);
 void crest__conn_open(struct crest_conn *c);
