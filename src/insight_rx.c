@@ -55,11 +55,11 @@ static uint64_t rx_stamp_ns(struct msghdr *msg) {
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPING ||
             cm->cmsg_len < CMSG_LEN(sizeof(struct scm_timestamping)))
             continue;
-        struct scm_timestamping ts;
+        struct timespec ts; /* ts[0] of struct scm_timestamping: software */
         memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-        if (ts.ts[0].tv_sec <= 0 && ts.ts[0].tv_nsec == 0)
+        if (ts.tv_sec <= 0)
             return 0;
-        return (uint64_t)ts.ts[0].tv_sec * 1000000000u + (uint64_t)ts.ts[0].tv_nsec;
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     }
     return 0;
 }
