@@ -668,9 +668,16 @@ static int finish(out_t *o) {
     return o->pos > INT_MAX ? -EOVERFLOW : (int)o->pos;
 }
 
-/* Text from a finding's fixed-size fields, never past their end (a
- * diagnosis may come from elsewhere, unterminated). */
-#define FIELD(f) (int)strnlen((f), sizeof(f)), (f)
+/* Text for people stays one line per finding: a control character that
+ * came with an application's name or peer is shown as '?'. */
+static void put_line_text(out_t *o, const char *s, size_t max) {
+    for (size_t i = 0; i < max && s[i]; i++) {
+        char ch = s[i];
+        if ((unsigned char)ch < 0x20 || ch == 0x7f)
+            ch = '?';
+        put(o, &ch, 1);
+    }
+}
 
 int crest_diagnosis_text(const crest_diagnosis_t *dx, char *buf, size_t len) {
     if (!dx || (!buf && len > 0))
@@ -679,8 +686,11 @@ int crest_diagnosis_text(const crest_diagnosis_t *dx, char *buf, size_t len) {
     unsigned n = dx->n < CREST_FINDINGS_MAX ? dx->n : CREST_FINDINGS_MAX;
     for (unsigned i = 0; i < n; i++) {
         const crest_finding_t *f = &dx->findings[i];
-        putf(&o, "%s %s: %.*s; advice: %.*s\n", crest_cause_key(f->cause),
-             crest_severity_name(f->severity), FIELD(f->evidence), FIELD(f->advice));
+        putf(&o, "%s %s: ", crest_cause_key(f->cause), crest_severity_name(f->severity));
+        put_line_text(&o, f->evidence, sizeof f->evidence);
+        puts_(&o, "; advice: ");
+        put_line_text(&o, f->advice, sizeof f->advice);
+        puts_(&o, "\n");
     }
     if (n == 0) {
         putf(&o, "no latency problem found (window %s: %s iterations, p99 iteration %s, max %s, "
