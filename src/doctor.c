@@ -236,21 +236,29 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
     bool p99 = w->iterations && w->slow_iterations * 100 >= w->iterations;
     crest_finding_t *f = add(dx, CREST_CAUSE_SLOW_CALLBACK,
                              p99 ? CREST_SEVERITY_CRITICAL : CREST_SEVERITY_WARNING);
-    char kinds[96] = "";
+    /* Per kind, the blocked ones of the ring taken out. */
+    uint64_t by_kind[CREST_CB_KIND_COUNT];
+    memcpy(by_kind, w->slow_by_kind, sizeof by_kind);
+    for (unsigned i = 0; i < w->slow_ring_len && i < CREST_SLOW_RING; i++) {
+        const crest_slow_cb_t *r = &w->slow_ring[i];
+        if (r->duration_ns >= c->blocked_ns && (unsigned)r->kind < CREST_CB_KIND_COUNT &&
+            by_kind[r->kind] > 0)
+            by_kind[r->kind]--;
+    }
+    char kinds[128] = "";
     size_t k = 0;
     for (unsigned i = 0; i < CREST_CB_KIND_COUNT && k < sizeof kinds; i++) {
-        if (!w->slow_by_kind[i])
+        if (!by_kind[i])
             continue;
         int m = snprintf(kinds + k, sizeof kinds - k, "%s%s %s", k ? ", " : "",
-                         crest_cb_kind_name((crest_cb_kind_t)i), num(w->slow_by_kind[i]).s);
+                         crest_cb_kind_name((crest_cb_kind_t)i), num(by_kind[i]).s);
         if (m < 0)
             break;
         k += (size_t)m;
     }
-    char unnamed[64] = "";
-    if (w->slow_unnamed)
-        snprintf(unnamed, sizeof unnamed, ", %s unnamed slow batch%s", num(w->slow_unnamed).s,
-                 w->slow_unnamed == 1 ? "" : "es");
+    if (w->slow_unnamed && k < sizeof kinds)
+        snprintf(kinds + k, sizeof kinds - k, "%s%s in unnamed batches", k ? "; " : "",
+                 num(w->slow_unnamed).s);
     if (!worst)
         worst = worst_any; /* every one in the ring was a blocked one */
     char who[224] = "";
@@ -259,12 +267,12 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
                  crest_cb_kind_name(worst->kind), worst->name, worst->what[0] ? " " : "",
                  worst->what, worst->peer[0] ? " " : "", worst->peer, dur(worst->duration_ns).s);
     char pct[48] = "";
-    if (w->iterations)
-        snprintf(pct, sizeof pct, " (%.2g%% of iterations slow)",
+    if (w->iterations && w->slow_iterations)
+        snprintf(pct, sizeof pct, ", %.2g%% of iterations slow",
                  100.0 * ratio(w->slow_iterations, w->iterations));
-    evidence(f, "%s slow callback%s over %s%s%s%s%s%s%s", num(n).s, n == 1 ? "" : "s",
+    evidence(f, "%s slow callback%s over %s%s%s%s%s%s", num(n).s, n == 1 ? "" : "s",
              dur(w->slow_threshold_ns ? w->slow_threshold_ns : MS(1)).s, kinds[0] ? " (" : "",
-             kinds, kinds[0] ? ")" : "", unnamed, pct, who);
+             kinds, kinds[0] ? ")" : "", pct, who);
     if (w->slow_callbacks == 0)
         advice(f, "Set timing = CREST_TIMING_ALWAYS to name the slow callbacks, then move their "
                   "slow work to a worker thread or split it into smaller steps.");
@@ -347,9 +355,14 @@ static void rule_accept_queue(const ctx_t *c, crest_diagnosis_t *dx) {
                            : w->accept_queue_full > 0 ? CREST_SEVERITY_WARNING
                                                       : CREST_SEVERITY_INFO;
     crest_finding_t *f = add(dx, CREST_CAUSE_ACCEPT_QUEUE, sev);
-    evidence(f, "%s listen overflows and %s drops (network namespace), %s samples with a full "
-                "accept queue, longest queue %s of backlog %s, %s accepted in %s wakeups",
-             num(w->listen_overflows).s, num(w->listen_drops).s, num(w->accept_queue_full).s,
+    char drops_s[128] = "", full_s[96] = "";
+    if (drops)
+        snprintf(drops_s, sizeof drops_s, "%s listen overflows and %s drops (network namespace), ",
+                 num(w->listen_overflows).s, num(w->listen_drops).s);
+    if (w->accept_queue_full)
+        snprintf(full_s, sizeof full_s, "%s samples with a full accept queue, ",
+                 num(w->accept_queue_full).s);
+    evidence(f, "%s%slongest queue %s of backlog %s, %s accepted in %s wakeups", drops_s, full_s,
              num(w->accept_queue_peak).s, num(w->accept_queue_max).s, num(w->accepted).s,
              num(w->accept_wakeups).s);
     advice(f, "Accept faster or queue more: raise the listener backlog (and net.core.somaxconn),"
