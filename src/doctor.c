@@ -479,9 +479,12 @@ static void rule_network(const ctx_t *c, crest_diagnosis_t *dx) {
 }
 
 /* fd_growth: an origin whose open fds keep rising.  A ramp-up is not a
- * leak: the rule asks that the origin's fds from before the window are
- * still open (open > net growth in the window) while it opened
- * fd_growth_min more than it closed in the window. */
+ * leak: the rule asks, of an origin that opened fd_growth_min more than it
+ * closed in the window, either that its fds from before the window are
+ * still open (open > net growth: it keeps rising), or that its growth is
+ * more than the connections accepted in the window can explain (net >
+ * accepted + fd_growth_min: fds that are not the clients of a server
+ * ramping up, e.g. a pipe per message). */
 static void rule_fd_growth(const ctx_t *c, crest_diagnosis_t *dx) {
     const crest_insight_t *w = c->w;
     const crest_doctor_opts_t *o = c->o;
@@ -494,7 +497,11 @@ static void rule_fd_growth(const ctx_t *c, crest_diagnosis_t *dx) {
         if (g->opened <= g->closed)
             continue;
         uint64_t net = g->opened - g->closed;
-        if (net < o->fd_growth_min || net == 0 || g->open <= net)
+        if (net < o->fd_growth_min || net == 0 || g->open == 0)
+            continue;
+        bool rising = g->open > net;
+        bool unexplained = net - o->fd_growth_min > w->accepted;
+        if (!rising && !unexplained)
             continue;
         growing++;
         if (net > worst_net) {
