@@ -124,7 +124,7 @@ typedef struct crest_slow_cb {
                                   address; else "" */
 } crest_slow_cb_t;
 
-/* A loop's figures.  Large (about 60 KiB): allocate it. */
+/* A loop's figures.  Large (about 40 KiB): allocate it. */
 typedef struct crest_insight {
     uint64_t taken_ns;           /* loop clock (CLOCK_MONOTONIC) of this
                                     snapshot */
