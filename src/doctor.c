@@ -233,15 +233,25 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
         return;
     /* Busy time is wall time: an iteration preempted for a few ms looks
      * slow though no callback was.  When the slow ones are rare (under
-     * 0.1% of iterations) and the window's CPU figures account for every
-     * one of them (enough involuntary switches landing in busy time,
-     * nivcsw x utilization; each of them long, a mean wait of half a
-     * threshold or more; and run-queue wait of a threshold for each), they
-     * are not blamed on a callback: cpu_starved judges the CPU. */
+     * 0.1% of iterations) and the window's CPU figures could account for
+     * every one of them (at least one involuntary switch each, landing in
+     * busy time: nivcsw x utilization; and run-queue wait as long as all
+     * of them together, each counted at least a threshold), they are not
+     * blamed on a callback: cpu_starved judges the CPU.  A slow callback
+     * that is frequent, or on a loop that was not kept off its CPU that
+     * long, is reported. */
     uint64_t thr = w->slow_threshold_ns ? w->slow_threshold_ns : MS(1);
+    uint64_t slow_sum = 0, in_ring = 0;
+    for (unsigned i = 0; i < w->slow_ring_len && i < CREST_SLOW_RING; i++) {
+        if (w->slow_ring[i].duration_ns < c->blocked_ns) {
+            slow_sum += w->slow_ring[i].duration_ns;
+            in_ring++;
+        }
+    }
+    if (n > in_ring)
+        slow_sum += (n - in_ring) * thr; /* fell out of the ring */
     if (w->iterations && w->slow_iterations * 1000 < w->iterations && w->nivcsw > 0 &&
-        (double)n <= (double)w->nivcsw * c->util && w->runq_wait_ns / w->nivcsw >= thr / 2 &&
-        w->runq_wait_ns / thr >= n)
+        (double)n <= (double)w->nivcsw * c->util && w->runq_wait_ns >= slow_sum)
         return;
     /* Critical when at least 1% of iterations ran slow: the p99 of the
      * loop's iteration time is itself slow. */
