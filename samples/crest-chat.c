@@ -583,7 +583,8 @@ static server_proto_t chat_proto = {
     .report = chat_report,
     .conn_opts = chat_conn_opts,
     .framing = {.kind = CREST_FRAMING_LINE, .max_message = CREST_FRAMING_DEFAULT_MAX},
-    .handler = {.on_open = chat_open, .on_message = chat_line, .on_close = chat_close},
+    .handler = {.on_open = chat_open, .on_message = chat_line, .on_close = chat_close,
+                .name = "chat"},
     .message_unit = "lines",
 };
 

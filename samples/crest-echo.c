@@ -70,6 +70,7 @@ static int echo_option(server_proto_t *p, int id, const char *arg) {
         p->framing.line_cr_counts = true; /* as Go's bufio.Scanner */
         p->handler.on_data = NULL;
         p->handler.on_message = echo_line;
+        p->handler.name = "echo-line";
         return 0;
     case OPT_MAX_LINE:
         max_line_given = true;
@@ -110,7 +111,7 @@ static server_proto_t echo = {
     .parse_option = echo_option,
     .configured = echo_configured,
     .framing = {.kind = CREST_FRAMING_RAW, .max_message = CREST_FRAMING_DEFAULT_MAX},
-    .handler = {.on_data = echo_bytes},
+    .handler = {.on_data = echo_bytes, .name = "echo"},
     .message_unit = "lines",
 };
 

@@ -55,7 +55,7 @@ static server_proto_t framed = {
         "                          default 1M)\n",
     .parse_option = framed_option,
     .framing = {.kind = CREST_FRAMING_LENGTH, .header_bytes = 4, .max_message = 1u << 20},
-    .handler = {.on_message = echo_frame},
+    .handler = {.on_message = echo_frame, .name = "framed"},
     .message_unit = "frames",
 };
 

@@ -65,7 +65,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -90,6 +92,21 @@ struct config {
     uint32_t idle_timeout_ms;
     uint32_t read_timeout_ms;
     uint64_t stats_ms;            /* 0: no --stats line */
+
+    /* Latency insight (insight.h, doctor.h) */
+    uint64_t doctor_ms;           /* --doctor: window period; 0: none */
+    const char *doctor_json;      /* --doctor-json PATH, or NULL */
+    bool timestamps;              /* --timestamps: rx_timestamps */
+    bool no_insight;              /* --no-insight: enabled = false */
+    int timing;                   /* --timing: CREST_TIMING_*, -1: default */
+    uint32_t slow_us;             /* --slow-us; 0: crest's default */
+    uint32_t watchdog_ms;         /* --watchdog; 0: not started */
+    /* Knobs that make a slow or leaky handler (--work, --work-once,
+     * --fd-leak): the skeleton wraps on_data/on_message only when one is
+     * set, so they cost nothing otherwise. */
+    uint64_t work_us;
+    uint64_t work_once_us;
+    bool fd_leak;
 };
 
 /* One worker's counters, copied out of its loop on its own thread. */
@@ -156,6 +173,9 @@ struct worker {
      * or after crest_group_join() (final). */
     struct figures snap;          /* for --stats */
     struct figures final;
+    crest_insight_t *ins_final;   /* the loop's figures for the whole run,
+                                     taken by group_fini (NULL if out of
+                                     memory); freed by serve() */
 
     /* The main thread may post to this worker's loop only while
      * accepting_posts is set: group_fini clears it, under the lock, before
@@ -198,6 +218,15 @@ struct server {
     struct figures prev;
     uint64_t prev_ms;
     uint64_t started_ms;
+
+    /* --doctor / --doctor-json: the control loop's timer reads the group's
+     * summed snapshot (crest_group_get_insight) every window; ins_prev is
+     * the start of the next window.  json_fd: the --doctor-json file
+     * (O_APPEND: every line is one write()), registered, or -1. */
+    crest_timer_t *doctor_timer;
+    crest_insight_t *ins_prev, *ins_cur, *ins_win;
+    crest_slow_cb_t worst;        /* the slowest callback seen in any window */
+    int json_fd;
 };
 
 /* ------------------------------------------------------------------------
@@ -307,6 +336,93 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         else
             printf("%s closed: %s\n", name, crest_close_reason_name(reason));
     }
+}
+
+/* --work, --work-once, --fd-leak: knobs that make the handler slow or
+ * leaky on purpose, to show what the insight figures and the doctor say
+ * about it.  Installed around the protocol's on_data/on_message only when
+ * one is given. */
+
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Burn CPU for us microseconds: a handler doing work, not sleeping (a
+ * sleeping thread would show as waiting, not as a busy loop). */
+static void spin_us(uint64_t us) {
+    uint64_t end = mono_ns() + us * 1000u;
+    while (mono_ns() < end) {
+    }
+}
+
+static atomic_bool work_once_done;
+
+/* --fd-leak: the pipes leaked so far (both ends), in slots taken with one
+ * atomic add; closed at exit so that the report stays readable. */
+#define FD_LEAK_MAX 4000
+static int leak_fds[FD_LEAK_MAX];
+static atomic_uint leak_slots;    /* slots taken (may pass leak_cap) */
+static unsigned leak_cap;         /* FD_LEAK_MAX, or less under a low fd limit */
+static atomic_bool leak_stopped;
+static char leak_origin[64];      /* "crest-echo fd-leak": static, the
+                                     registry keeps the pointer */
+
+static void leak_pipe(void) {
+    if (atomic_load_explicit(&leak_stopped, memory_order_relaxed))
+        return;
+    unsigned slot = atomic_fetch_add(&leak_slots, 2);
+    if (slot + 2 > leak_cap) {
+        atomic_store(&leak_stopped, true);
+        return;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        atomic_store(&leak_stopped, true); /* out of fds: keep serving */
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (crest_fd_register_at(p[i], CREST_FD_PIPE, leak_origin) < 0) {
+            close(p[i]);
+            p[i] = -1;
+        }
+        leak_fds[slot + (unsigned)i] = p[i];
+    }
+}
+
+/* The leaked pipes, closed at exit; returns how many fds there were. */
+static unsigned leak_close_all(void) {
+    unsigned n = 0;
+    for (unsigned i = 0; i < leak_cap; i++) {
+        if (leak_fds[i] >= 0) {
+            crest_fd_close(leak_fds[i]);
+            leak_fds[i] = -1;
+            n++;
+        }
+    }
+    return n;
+}
+
+static void message_work(const struct config *cfg) {
+    if (cfg->work_once_us && !atomic_exchange(&work_once_done, true))
+        spin_us(cfg->work_once_us);
+    if (cfg->work_us)
+        spin_us(cfg->work_us);
+    if (cfg->fd_leak)
+        leak_pipe();
+}
+
+static ssize_t work_on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    struct worker *w = crest_conn_handler_ctx(c);
+    message_work(&w->srv->cfg);
+    return w->srv->proto->handler.on_data(c, data, len);
+}
+
+static int work_on_message(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    struct worker *w = crest_conn_handler_ctx(c);
+    message_work(&w->srv->cfg);
+    return w->srv->proto->handler.on_message(c, msg, len);
 }
 
 /* ------------------------------------------------------------------------
@@ -459,12 +575,57 @@ static int worker_setup(struct worker *w) {
     return 0;
 }
 
+static bool doctor_windows(const struct config *cfg) {
+    return cfg->doctor_ms || cfg->doctor_json;
+}
+
+/* The window period: --doctor's, or 1 s for --doctor-json alone. */
+static uint64_t doctor_period_ms(const struct config *cfg) {
+    return cfg->doctor_ms ? cfg->doctor_ms : 1000;
+}
+
+/* The loops' sample period.  The windows read the snapshot each loop
+ * publishes at its sample: with windows, sample four times a window (at
+ * most once a second, crest's default) so that a window's edges are
+ * within a quarter of its period. */
+static uint32_t sample_ms(const struct config *cfg) {
+    if (!doctor_windows(cfg))
+        return 1000;
+    uint64_t ms = doctor_period_ms(cfg) / 4;
+    return (uint32_t)(ms < 10 ? 10 : ms > 1000 ? 1000 : ms);
+}
+
+/* The insight options of every worker loop, set before its listener
+ * exists (rx_timestamps applies to connections opened from then on). */
+static int apply_insight(const struct config *cfg, crest_loop_t *loop) {
+    if (!cfg->no_insight && cfg->timing < 0 && !cfg->slow_us && !cfg->timestamps &&
+        !doctor_windows(cfg))
+        return 0; /* crest's defaults */
+    crest_insight_opts_t o;
+    crest_insight_opts_init(&o);
+    o.enabled = !cfg->no_insight;
+    if (cfg->timing >= 0)
+        o.timing = (crest_timing_t)cfg->timing;
+    if (cfg->slow_us)
+        o.slow_callback_us = cfg->slow_us;
+    o.rx_timestamps = cfg->timestamps;
+    o.sample_ms = sample_ms(cfg);
+    return crest_loop_set_insight(loop, &o);
+}
+
 /* crest_group init: on worker thread index, before its loop runs. */
 static int group_init(crest_loop_t *loop, unsigned index, void *arg) {
     struct server *srv = arg;
     struct worker *w = &srv->workers[index];
     w->loop = loop;
     server_proto_t *p = srv->proto;
+    int irc = apply_insight(&srv->cfg, loop);
+    if (irc < 0) {
+        w->setup_rc = irc;
+        w->setup_step = "setting the insight options of";
+        w->loop = NULL;
+        return irc;
+    }
     w->setup_rc = p->loop_init ? p->loop_init(p, loop, index) : 0;
     if (w->setup_rc < 0) {
         w->setup_step = "setting up the protocol on";
@@ -508,6 +669,13 @@ static void group_fini(crest_loop_t *loop, unsigned index, void *arg) {
     if (w->proto_ready && srv->proto->loop_fini)
         srv->proto->loop_fini(srv->proto, loop, index);
     take_figures(w, &w->final);
+    /* The whole run's figures, live (the published snapshot may be up to
+     * a sample period old). */
+    w->ins_final = malloc(sizeof *w->ins_final);
+    if (w->ins_final && crest_loop_get_insight(loop, w->ins_final) < 0) {
+        free(w->ins_final);
+        w->ins_final = NULL;
+    }
     crest_timer_destroy(w->grace);
     w->grace = NULL;
     pthread_mutex_lock(&w->post_lock);
@@ -588,6 +756,10 @@ static void on_signal(crest_signal_t *sig, int signo, void *arg) {
                    srv->proto->name, name, GRACE_MS / 1000.0);
         if (srv->stats_timer)
             crest_timer_stop(srv->stats_timer);
+        /* Loops leave the group as they finish draining: a window across
+         * that would be a difference of unlike sums. */
+        if (srv->doctor_timer)
+            crest_timer_stop(srv->doctor_timer);
         for (unsigned i = 0; i < srv->running; i++)
             worker_post(&srv->workers[i], worker_shutdown);
     } else {
@@ -600,6 +772,8 @@ static void on_signal(crest_signal_t *sig, int signo, void *arg) {
 
 static void on_worker_done(crest_loop_t *loop, void *arg) {
     struct worker *w = arg;
+    if (w->srv->doctor_timer)
+        crest_timer_stop(w->srv->doctor_timer);
     if (++w->srv->done == w->srv->running)
         crest_loop_stop(loop);
 }
@@ -815,6 +989,276 @@ static void send_msg(const struct server *srv, struct wmsg *m) {
 }
 
 /* ------------------------------------------------------------------------
+ * Latency insight: the doctor's windows and the whole run (main thread)
+ * ------------------------------------------------------------------------ */
+
+/* "850 ns", "12.3 us", "4.56 ms", "1.20 s". */
+static const char *fmt_ns(char *buf, size_t size, uint64_t ns) {
+    if (ns < 1000)
+        snprintf(buf, size, "%" PRIu64 " ns", ns);
+    else if (ns < 1000000)
+        snprintf(buf, size, "%.1f us", (double)ns / 1e3);
+    else if (ns < 1000000000)
+        snprintf(buf, size, "%.2f ms", (double)ns / 1e6);
+    else
+        snprintf(buf, size, "%.2f s", (double)ns / 1e9);
+    return buf;
+}
+
+/* Keep the slowest callback of a ring (a window's, or a loop's at the end). */
+static void note_worst(crest_slow_cb_t *worst, const crest_insight_t *f) {
+    for (unsigned i = 0; i < f->slow_ring_len && i < CREST_SLOW_RING; i++)
+        if (f->slow_ring[i].duration_ns > worst->duration_ns)
+            *worst = f->slow_ring[i];
+}
+
+/* Print text (one or more lines) with every line prefixed. */
+static void print_prefixed(const char *prefix, const char *text) {
+    while (*text) {
+        const char *nl = strchr(text, '\n');
+        int n = nl ? (int)(nl - text) : (int)strlen(text);
+        printf("%s%.*s\n", prefix, n, text);
+        text += n + (nl ? 1 : 0);
+    }
+}
+
+/* One line of --doctor-json: crest_diagnosis_json()'s object, with
+ * "scope" ("window" or "run") and, in a worker process, "worker" put in
+ * first; one write() on an O_APPEND file, so that worker processes
+ * sharing the file never interleave within a line. */
+static void write_json(const struct server *srv, const crest_diagnosis_t *dx, const char *scope) {
+    if (srv->json_fd < 0)
+        return;
+    static char body[32768];
+    char line[sizeof body + 96];
+    int n = crest_diagnosis_json(dx, body, sizeof body);
+    if (n < 0 || (size_t)n >= sizeof body || body[0] != '{')
+        return; /* cannot happen with the documented output; write nothing
+                   rather than a line that does not parse */
+    while (n > 0 && (body[n - 1] == '\n' || body[n - 1] == ' '))
+        body[--n] = '\0';
+    int len;
+    if (srv->report_fd >= 0)
+        len = snprintf(line, sizeof line, "{\"scope\":\"%s\",\"worker\":%u,%s\n", scope,
+                       srv->proc_index, body + 1);
+    else
+        len = snprintf(line, sizeof line, "{\"scope\":\"%s\",%s\n", scope, body + 1);
+    if (strcmp(body, "{}") == 0) /* no members: no comma after ours */
+        len = snprintf(line, sizeof line, "{\"scope\":\"%s\"}\n", scope);
+    const char *p = line;
+    while (len > 0) {
+        ssize_t w = write(srv->json_fd, p, (size_t)len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            fprintf(stderr, "%s%s: --doctor-json: %s\n", srv->tag, srv->proto->name,
+                    crest_strerror(w < 0 ? -errno : -EIO));
+            return;
+        }
+        p += w;
+        len -= (int)w;
+    }
+}
+
+/* Every window: the group's summed figures now, minus the last window's. */
+static void on_doctor_tick(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct server *srv = arg;
+    if (crest_group_get_insight(srv->group, srv->ins_cur) < 0)
+        return;
+    if (srv->ins_cur->loops != srv->ins_prev->loops) {
+        /* A loop came or went (a failed one): no honest window; start
+         * again from here. */
+        crest_insight_t *tmp = srv->ins_prev;
+        srv->ins_prev = srv->ins_cur;
+        srv->ins_cur = tmp;
+        return;
+    }
+    crest_insight_window(srv->ins_win, srv->ins_cur, srv->ins_prev);
+    note_worst(&srv->worst, srv->ins_win);
+    crest_diagnosis_t dx;
+    if (crest_doctor_diagnose(srv->ins_win, NULL, &dx) == 0) {
+        if (srv->cfg.doctor_ms) {
+            static char text[32768];
+            char prefix[64];
+            snprintf(prefix, sizeof prefix, "%sdoctor: ", srv->tag);
+            if (crest_diagnosis_text(&dx, text, sizeof text) >= 0)
+                print_prefixed(prefix, text);
+            fflush(stdout);
+        }
+        write_json(srv, &dx, "window");
+    }
+    crest_insight_t *tmp = srv->ins_prev;
+    srv->ins_prev = srv->ins_cur;
+    srv->ins_cur = tmp;
+}
+
+/* Start the windows: after crest_group_start(), on the main thread. */
+static int doctor_start(struct server *srv) {
+    const struct config *cfg = &srv->cfg;
+    if (!doctor_windows(cfg))
+        return 0;
+    srv->ins_prev = calloc(1, sizeof *srv->ins_prev);
+    srv->ins_cur = calloc(1, sizeof *srv->ins_cur);
+    srv->ins_win = calloc(1, sizeof *srv->ins_win);
+    if (!srv->ins_prev || !srv->ins_cur || !srv->ins_win)
+        return -ENOMEM;
+    int rc = crest_group_get_insight(srv->group, srv->ins_prev);
+    if (rc < 0)
+        return rc;
+    if ((rc = crest_timer_create(srv->loop, on_doctor_tick, srv, &srv->doctor_timer)) < 0)
+        return rc;
+    uint64_t ms = doctor_period_ms(cfg);
+    crest_timer_start(srv->doctor_timer, ms, ms);
+    return 0;
+}
+
+static void doctor_free(struct server *srv) {
+    crest_timer_destroy(srv->doctor_timer);
+    srv->doctor_timer = NULL;
+    free(srv->ins_prev);
+    free(srv->ins_cur);
+    free(srv->ins_win);
+    srv->ins_prev = srv->ins_cur = srv->ins_win = NULL;
+}
+
+static char json_origin[64]; /* "crest-echo --doctor-json", for the fd registry */
+
+/* --doctor-json: truncated by the process that starts first (the
+ * supervisor, or the only process), appended to by every process. */
+static int json_open(struct server *srv, bool truncate) {
+    srv->json_fd = -1;
+    if (!srv->cfg.doctor_json)
+        return 0;
+    int fd = open(srv->cfg.doctor_json,
+                  O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0), 0644);
+    if (fd < 0) {
+        int rc = -errno;
+        fprintf(stderr, "%s%s: --doctor-json %s: %s\n", srv->tag, srv->proto->name,
+                srv->cfg.doctor_json, crest_strerror(rc));
+        return rc;
+    }
+    snprintf(json_origin, sizeof json_origin, "%s --doctor-json", srv->proto->name);
+    crest_fd_register_at(fd, CREST_FD_USER, json_origin);
+    srv->json_fd = fd;
+    return 0;
+}
+
+static void json_close(struct server *srv) {
+    if (srv->json_fd >= 0)
+        crest_fd_close(srv->json_fd);
+    srv->json_fd = -1;
+}
+
+/* The whole run's figures of this process: each loop's, taken as it
+ * finished, summed.  wall_ns: the sum of each loop's span (for the
+ * utilization); worst: the slowest callback of any window or ring.
+ * false if there are none (out of memory). */
+struct run_insight {
+    crest_insight_t *sum;
+    uint64_t wall_ns;
+    crest_slow_cb_t worst;
+    crest_diagnosis_t dx;
+    bool dx_ok;
+    unsigned leaked_on_purpose;   /* --fd-leak's pipes, closed at exit */
+};
+
+static bool collect_insight(const struct server *srv, struct run_insight *r) {
+    r->worst = srv->worst;
+    r->sum = calloc(1, sizeof *r->sum);
+    if (!r->sum)
+        return false;
+    bool any = false;
+    for (unsigned i = 0; i < srv->running; i++) {
+        const crest_insight_t *f = srv->workers[i].ins_final;
+        if (!f)
+            continue;
+        crest_insight_add(r->sum, f);
+        r->wall_ns += f->taken_ns - f->since_ns;
+        note_worst(&r->worst, f);
+        any = true;
+    }
+    r->dx_ok = any && crest_doctor_diagnose(r->sum, NULL, &r->dx) == 0;
+    return any;
+}
+
+/* The lines the final report gains, after its usual ones (tests and
+ * bench/run parse those: they stay as they were).  prefix: "" or, in a
+ * worker process, "worker 2: ". */
+static void print_insight_report(const struct server *srv, const struct run_insight *r,
+                                 const char *prefix) {
+    const struct config *cfg = &srv->cfg;
+    const crest_insight_t *f = r->sum;
+    char a[32], b[32], c[32];
+    if (cfg->no_insight) {
+        printf("%s  insight: off (--no-insight)\n", prefix);
+        return;
+    }
+    if (!f || !r->wall_ns) {
+        printf("%s  insight: no figures (out of memory)\n", prefix);
+        return;
+    }
+    uint64_t busy = 0;
+    for (int p = 0; p < CREST_PHASE_COUNT; p++)
+        if (p != CREST_PHASE_WAIT)
+            busy += f->phase_ns[p];
+    printf("%s  loop: %" PRIu64 " iterations, utilization %.1f%% over the run, iteration "
+           "busy p50 %s, p99 %s, max %s\n",
+           prefix, f->iterations, 100.0 * (double)busy / (double)r->wall_ns,
+           fmt_ns(a, sizeof a, crest_hist_percentile(&f->iteration_busy, 50)),
+           fmt_ns(b, sizeof b, crest_hist_percentile(&f->iteration_busy, 99)),
+           fmt_ns(c, sizeof c, f->iteration_busy.max));
+    printf("%s  slow callbacks: %" PRIu64 " over %s (%" PRIu64 " slow batches unnamed)", prefix,
+           f->slow_callbacks, fmt_ns(a, sizeof a, f->slow_threshold_ns), f->slow_unnamed);
+    if (r->worst.duration_ns) {
+        const crest_slow_cb_t *w = &r->worst;
+        printf(", worst %s in \"%s\"", fmt_ns(b, sizeof b, w->duration_ns), w->name);
+        if (w->what[0])
+            printf(" %s", w->what);
+        if (w->conn_id)
+            printf(" (conn #%" PRIu64 "%s%s)", w->conn_id, w->peer[0] ? ", " : "", w->peer);
+        else
+            printf(" (%s%s%s)", crest_cb_kind_name(w->kind), w->peer[0] ? ", " : "", w->peer);
+    }
+    printf("\n");
+    if (cfg->watchdog_ms)
+        printf("%s  blocked (watchdog, over %u ms): %" PRIu64 ", longest %s\n", prefix,
+               cfg->watchdog_ms, f->blocked, fmt_ns(a, sizeof a, f->blocked_max_ns));
+    else
+        printf("%s  blocked (watchdog): not watched (--watchdog MS)\n", prefix);
+    printf("%s  run-queue wait: %s in total, worst %s period %s (%" PRIu64
+           " involuntary context switches)\n",
+           prefix, fmt_ns(a, sizeof a, f->runq_wait_ns),
+           fmt_ns(c, sizeof c, (uint64_t)sample_ms(cfg) * 1000000u),
+           fmt_ns(b, sizeof b, f->runq_wait_max_ns), f->nivcsw);
+    if (cfg->timestamps)
+        printf("%s  rx dwell: p50 %s, p99 %s over %" PRIu64 " reads\n", prefix,
+               fmt_ns(a, sizeof a, crest_hist_percentile(&f->rx_dwell, 50)),
+               fmt_ns(b, sizeof b, crest_hist_percentile(&f->rx_dwell, 99)), f->rx_dwell.count);
+    printf("%s  tcp: rtt p99 %s over %" PRIu64 " samples (connections closed), %" PRIu64
+           " retransmits\n",
+           prefix, fmt_ns(a, sizeof a, crest_hist_percentile(&f->rtt, 99)), f->tcp_samples,
+           f->retransmits);
+    printf("%s  write stalls: %" PRIu64 ", p99 %s\n", prefix, f->write_stalls,
+           fmt_ns(a, sizeof a, crest_hist_percentile(&f->write_stall, 99)));
+    printf("%s  accept queue: peak %" PRIu32 ", %" PRIu64 " listen overflows, %" PRIu64
+           " listen drops\n",
+           prefix, f->accept_queue_peak, f->listen_overflows, f->listen_drops);
+    if (cfg->fd_leak)
+        printf("%s  fd-leak: %u pipe fds leaked on purpose (--fd-leak), closed at exit\n",
+               prefix, r->leaked_on_purpose);
+    printf("%s  doctor (whole run):\n", prefix);
+    if (r->dx_ok) {
+        static char text[32768];
+        char pre[64];
+        snprintf(pre, sizeof pre, "%s    ", prefix);
+        if (crest_diagnosis_text(&r->dx, text, sizeof text) >= 0)
+            print_prefixed(pre, text);
+    }
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------------------
  * Options
  * ------------------------------------------------------------------------ */
 
@@ -832,7 +1276,17 @@ enum {
     OPT_STATS,
     OPT_WORKERS,
     OPT_PROXY,
-    OPT_BACKLOG
+    OPT_BACKLOG,
+    OPT_DOCTOR,
+    OPT_DOCTOR_JSON,
+    OPT_TIMESTAMPS,
+    OPT_WATCHDOG,
+    OPT_WORK,
+    OPT_WORK_ONCE,
+    OPT_SLOW_US,
+    OPT_NO_INSIGHT,
+    OPT_TIMING,
+    OPT_FD_LEAK
 };
 
 static const struct option common_options[] = {
@@ -852,6 +1306,16 @@ static const struct option common_options[] = {
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"read-timeout", required_argument, NULL, OPT_READ_TIMEOUT},
     {"stats", required_argument, NULL, OPT_STATS},
+    {"doctor", required_argument, NULL, OPT_DOCTOR},
+    {"doctor-json", required_argument, NULL, OPT_DOCTOR_JSON},
+    {"timestamps", no_argument, NULL, OPT_TIMESTAMPS},
+    {"watchdog", required_argument, NULL, OPT_WATCHDOG},
+    {"work", required_argument, NULL, OPT_WORK},
+    {"work-once", required_argument, NULL, OPT_WORK_ONCE},
+    {"slow-us", required_argument, NULL, OPT_SLOW_US},
+    {"no-insight", no_argument, NULL, OPT_NO_INSIGHT},
+    {"timing", required_argument, NULL, OPT_TIMING},
+    {"fd-leak", no_argument, NULL, OPT_FD_LEAK},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -898,14 +1362,40 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "      --read-timeout SECONDS  close a connection whose message (a line or a\n"
             "                          frame) is still unfinished this long after its\n"
             "                          first byte came (default %u; 0: never)\n"
+            "      --work USEC         the handler spins USEC microseconds of CPU per\n"
+            "                          message (per read with raw framing, per line or\n"
+            "                          frame otherwise): a slow handler, on purpose\n"
+            "      --work-once USEC    spin USEC once, on the first message of the run\n"
+            "                          (of each process): one blocked loop\n"
+            "      --fd-leak           the handler opens a pipe per message and never\n"
+            "                          closes it (registered as \"%s fd-leak\"),\n"
+            "                          up to 4000 fds; they are closed at exit\n"
             "Output:\n"
             "      --stats SECONDS     print live figures every SECONDS\n"
+            "      --doctor SECONDS    every SECONDS print the doctor's findings for\n"
+            "                          that window (\"doctor: \" lines, even with -q); the\n"
+            "                          final report adds the whole run's.  With\n"
+            "                          --workers each worker process prints its own,\n"
+            "                          as \"worker N: doctor: \" (not merged)\n"
+            "      --doctor-json PATH  also write each window's findings as one JSON\n"
+            "                          line to PATH (flushed per line), and a last one\n"
+            "                          for the whole run (\"scope\": \"window\" or \"run\";\n"
+            "                          \"worker\": N with --workers); windows every\n"
+            "                          --doctor SECONDS, or 1 s without it\n"
+            "      --timestamps        measure receive-queue dwell (kernel receive\n"
+            "                          timestamps on every connection)\n"
+            "      --watchdog MS       log a loop stuck in one iteration over MS\n"
+            "                          milliseconds, while it is stuck\n"
+            "      --slow-us N         a callback over N microseconds is slow (default 1000)\n"
+            "      --timing always|auto|off  time every callback, only while iterations\n"
+            "                          run slow (the default), or batches only\n"
+            "      --no-insight        no latency figures at all (the cost floor)\n"
             "  -q, --quiet             no per-connection or stats lines (the final report\n"
             "                          still prints)\n"
             "  -h, --help              this help\n"
             "  -V, --version           the server's and crest's version\n",
             proto->name, proto->summary, proto->default_port, DEFAULT_IDLE_TIMEOUT_MS / 1000,
-            DEFAULT_READ_TIMEOUT_MS / 1000);
+            DEFAULT_READ_TIMEOUT_MS / 1000, proto->name);
     if (proto->options_help)
         fprintf(out, "%s:\n%s", proto->name, proto->options_help);
     fprintf(out,
@@ -992,7 +1482,7 @@ static int parse_options(struct server *srv, int argc, char **argv) {
     *cfg = (struct config){
         .host = "127.0.0.1", .port = proto->default_port, .threads = 1, .workers = 1,
         .nodelay = true, .idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS,
-        .read_timeout_ms = DEFAULT_READ_TIMEOUT_MS};
+        .read_timeout_ms = DEFAULT_READ_TIMEOUT_MS, .timing = -1};
 
     /* getopt_long wants one table: the common options, then the protocol's. */
     struct option all[N_COMMON + MAX_PROTO_OPTIONS + 1];
@@ -1086,6 +1576,55 @@ static int parse_options(struct server *srv, int argc, char **argv) {
                 return SERVER_EXIT_USAGE;
             cfg->stats_ms = ms;
             break;
+        case OPT_DOCTOR:
+            if (parse_seconds("doctor", optarg, 86400000, &ms) < 0)
+                return SERVER_EXIT_USAGE;
+            if (ms == 0) {
+                bad_value("doctor", optarg, "must be more than 0");
+                return SERVER_EXIT_USAGE;
+            }
+            cfg->doctor_ms = ms;
+            break;
+        case OPT_DOCTOR_JSON:
+            cfg->doctor_json = optarg;
+            break;
+        case OPT_TIMESTAMPS:
+            cfg->timestamps = true;
+            break;
+        case OPT_WATCHDOG:
+            if (parse_uint("watchdog", optarg, 1, 3600000, &u) < 0)
+                return SERVER_EXIT_USAGE;
+            cfg->watchdog_ms = (uint32_t)u;
+            break;
+        case OPT_WORK:
+        case OPT_WORK_ONCE:
+            if (parse_uint(opt == OPT_WORK ? "work" : "work-once", optarg, 0, 60000000, &u) < 0)
+                return SERVER_EXIT_USAGE;
+            *(opt == OPT_WORK ? &cfg->work_us : &cfg->work_once_us) = u;
+            break;
+        case OPT_SLOW_US:
+            if (parse_uint("slow-us", optarg, 1, 60000000, &u) < 0)
+                return SERVER_EXIT_USAGE;
+            cfg->slow_us = (uint32_t)u;
+            break;
+        case OPT_NO_INSIGHT:
+            cfg->no_insight = true;
+            break;
+        case OPT_TIMING:
+            if (strcmp(optarg, "always") == 0)
+                cfg->timing = CREST_TIMING_ALWAYS;
+            else if (strcmp(optarg, "auto") == 0)
+                cfg->timing = CREST_TIMING_AUTO;
+            else if (strcmp(optarg, "off") == 0)
+                cfg->timing = CREST_TIMING_OFF;
+            else {
+                bad_value("timing", optarg, "always, auto or off");
+                return SERVER_EXIT_USAGE;
+            }
+            break;
+        case OPT_FD_LEAK:
+            cfg->fd_leak = true;
+            break;
         case 'q':
             cfg->quiet = true;
             break;
@@ -1117,6 +1656,12 @@ static int parse_options(struct server *srv, int argc, char **argv) {
     if (cfg->unix_path && (cfg->threads > 1 || cfg->workers > 1)) {
         /* SO_REUSEPORT does not share a Unix socket path between listeners. */
         fprintf(stderr, "%s: --unix works with one thread and one process only\n", proto->name);
+        return SERVER_EXIT_USAGE;
+    }
+    if (cfg->no_insight && (doctor_windows(cfg) || cfg->timestamps || cfg->slow_us ||
+                            cfg->timing >= 0)) {
+        fprintf(stderr, "%s: --no-insight turns off what --doctor, --doctor-json, "
+                "--timestamps, --slow-us and --timing need\n", proto->name);
         return SERVER_EXIT_USAGE;
     }
     proto->threads = cfg->threads;
@@ -1157,6 +1702,19 @@ static void setup_failed(const struct server *srv, int rc) {
 static int serve(struct server *srv) {
     const struct config *cfg = &srv->cfg;
     int rc;
+    /* What can fail for a reason the user can fix comes first, before
+     * anything else exists. */
+    if (json_open(srv, srv->report_fd < 0) < 0)
+        return SERVER_EXIT_ERROR;
+    if (cfg->watchdog_ms) {
+        crest_watchdog_opts_t wo;
+        crest_watchdog_opts_init(&wo);
+        wo.threshold_ms = cfg->watchdog_ms;
+        if ((rc = crest_watchdog_start(&wo)) < 0) {
+            json_close(srv);
+            return fail(srv, "crest_watchdog_start", rc);
+        }
+    }
     if ((rc = crest_loop_create(&srv->loop)) < 0)
         return fail(srv, "crest_loop_create", rc);
     /* A worker process listens to the supervisor only (SIGTERM). */
@@ -1205,6 +1763,9 @@ static int serve(struct server *srv) {
             announce(srv, w0->address, w0->sndbuf, w0->rcvbuf);
         }
         srv->started_ms = srv->prev_ms = crest_loop_now(srv->loop);
+        if ((rc = doctor_start(srv)) < 0) /* the server still serves */
+            fprintf(stderr, "%s%s: --doctor: %s: no windows\n", srv->tag, srv->proto->name,
+                    crest_strerror(rc));
         rc = crest_loop_run(srv->loop); /* until every worker is done */
         if (rc < 0) {
             code = fail(srv, "control loop", rc);
@@ -1221,6 +1782,20 @@ static int serve(struct server *srv) {
     crest_signal_stop(srv->sigint);
     crest_signal_stop(srv->sigterm);
     crest_timer_destroy(srv->stats_timer);
+    doctor_free(srv);
+    if (cfg->watchdog_ms)
+        crest_watchdog_stop();
+
+    /* The whole run's figures and findings; the --doctor-json file and
+     * --fd-leak's pipes are closed before the fds are counted. */
+    struct run_insight ri = {0};
+    bool have_insight = code == SERVER_EXIT_OK && collect_insight(srv, &ri);
+    if (have_insight && ri.dx_ok)
+        write_json(srv, &ri.dx, "run");
+    json_close(srv);
+    if (cfg->fd_leak)
+        ri.leaked_on_purpose = leak_close_all();
+
     int main_leaked = crest_loop_destroy(srv->loop);
     if (code == SERVER_EXIT_OK) {
         struct totals t;
@@ -1231,16 +1806,24 @@ static int serve(struct server *srv) {
                 printf("%s%s: fds still open at exit:\n", srv->tag, srv->proto->name);
                 crest_fd_report(stdout);
             }
+            /* Not summed by the supervisor: each worker prints its own. */
+            printf("%s%s: latency insight of this worker process:\n", srv->tag,
+                   srv->proto->name);
+            print_insight_report(srv, &ri, srv->tag);
             struct wmsg m = {.type = MSG_REPORT};
             m.u.totals = t;
             send_msg(srv, &m);
             code = (int)t.exit_code;
         } else {
             code = print_report(srv, &t, uptime_ms);
+            print_insight_report(srv, &ri, "");
         }
     }
-    for (unsigned i = 0; i < cfg->threads; i++)
+    free(ri.sum);
+    for (unsigned i = 0; i < cfg->threads; i++) {
+        free(srv->workers[i].ins_final);
         pthread_mutex_destroy(&srv->workers[i].post_lock);
+    }
     free(srv->workers);
     srv->workers = NULL;
     return code;
@@ -1413,6 +1996,18 @@ static int supervise(struct server *srv) {
         return SERVER_EXIT_ERROR;
     }
 
+    if (cfg->doctor_json) { /* the workers append to it */
+        int fd = open(cfg->doctor_json, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            fprintf(stderr, "%s: --doctor-json %s: %s\n", name, cfg->doctor_json,
+                    crest_strerror(-errno));
+            free(sup.kids);
+            release_port(srv);
+            return SERVER_EXIT_ERROR;
+        }
+        close(fd);
+    }
+
     /* Fork every worker before this process creates any crest loop. */
     fflush(stdout);
     fflush(stderr);
@@ -1519,6 +2114,7 @@ static int supervise(struct server *srv) {
         if (sup.failed && !t.failed)
             t.failed = 1;
         code = print_report(srv, &t, uptime_ms);
+        printf("  latency insight: per worker process, as each printed it above (not summed)\n");
     } else if (code == SERVER_EXIT_OK) {
         code = SERVER_EXIT_ERROR; /* a worker failed to start: it said why */
     }
@@ -1530,11 +2126,33 @@ static int supervise(struct server *srv) {
  * main
  * ------------------------------------------------------------------------ */
 
+/* --fd-leak: room for FD_LEAK_MAX fds (the soft limit raised as far as
+ * the hard one allows), and 256 spare so that the server keeps serving. */
+static void fd_leak_init(const server_proto_t *proto) {
+    snprintf(leak_origin, sizeof leak_origin, "%s fd-leak", proto->name);
+    for (unsigned i = 0; i < FD_LEAK_MAX; i++)
+        leak_fds[i] = -1;
+    struct rlimit rl;
+    leak_cap = FD_LEAK_MAX;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < FD_LEAK_MAX + 256) {
+            rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > FD_LEAK_MAX + 256
+                              ? FD_LEAK_MAX + 256
+                              : rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < FD_LEAK_MAX + 256)
+            leak_cap = rl.rlim_cur > 256 ? (unsigned)(rl.rlim_cur - 256) & ~1u : 0;
+    }
+}
+
 int server_main(int argc, char **argv, server_proto_t *proto) {
     static struct server srv; /* zeroed; outlives every thread */
     srv.proto = proto;
     srv.report_fd = -1;
     srv.reserve_fd = -1;
+    srv.json_fd = -1;
     /* One line at a time even into a pipe: tests read "listening on" and
      * the report as they come. */
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1566,6 +2184,15 @@ int server_main(int argc, char **argv, server_proto_t *proto) {
     srv.handler = proto->handler;
     srv.handler.on_open = on_open;
     srv.handler.on_close = on_close;
+    const struct config *cfg = &srv.cfg;
+    if (cfg->work_us || cfg->work_once_us || cfg->fd_leak) {
+        if (proto->handler.on_data)
+            srv.handler.on_data = work_on_data;
+        if (proto->handler.on_message)
+            srv.handler.on_message = work_on_message;
+    }
+    if (cfg->fd_leak)
+        fd_leak_init(proto);
 
     /* Block SIGINT and SIGTERM before any thread or worker process starts,
      * so that every thread inherits the mask and the signals reach only

@@ -28,6 +28,7 @@ struct crest__chunk *crest__chunk_get(struct crest__pool *pool, size_t min_cap) 
         pool->st.allocated += footprint(cap);
     }
     c->next = NULL;
+    c->stall_ns = c->pause_ns = 0;
     c->start = c->end = 0;
     pool->st.in_use += footprint(c->cap);
     if (pool->st.in_use > pool->st.peak)

@@ -18,6 +18,12 @@
 
 struct crest__chunk {
     struct crest__chunk *next;
+    /* The head chunk of a connection's output queue carries the queue's
+     * waits (the loop's clock, 0: none), handed on to the next chunk as it
+     * is consumed (conn_io.c): memory only while output waits, none in the
+     * connection itself. */
+    uint64_t stall_ns;  /* the socket left output queued: since */
+    uint64_t pause_ns;  /* reading paused above high water: since */
     uint32_t start;   /* first byte not yet consumed */
     uint32_t end;     /* one past the last byte held */
     uint32_t cap;     /* bytes in data[] */

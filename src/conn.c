@@ -420,9 +420,42 @@ void crest__conn_linger_io(struct crest_conn *c, unsigned events) {
     }
 }
 
+/* TCP health at close (insight.h, "TCP health"): one getsockopt(TCP_INFO)
+ * per TCP connection, while its socket is still open, whatever the reason
+ * (aborts and failed connects included).  A socket that never sent or
+ * received a segment (a connect refused before its SYN left) has nothing
+ * to tell and is skipped; the RTT is
+ * recorded only where the kernel measured one (a connect that failed has
+ * none, though its SYN retransmits count). */
+static void sample_tcp_at_close(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    struct crest__tcpi ti;
+    if (!loop->ins.on || crest__tcp_info(c->io.fd, &ti) < 0 ||
+        (ti.segs_out == 0 && ti.segs_in == 0))
+        return;
+    crest_insight_t *fig = &loop->ins.fig;
+    fig->tcp_samples++;
+    if (ti.rtt_us) {
+        crest__hist_record(&fig->rtt, (uint64_t)ti.rtt_us * 1000u);
+        fig->rttvar_sum_ns += (uint64_t)ti.rttvar_us * 1000u;
+    }
+    fig->retransmits += ti.total_retrans;
+    fig->segs_out += ti.segs_out;
+    fig->tcp_busy_ns += ti.busy_us * 1000u;
+    fig->rwnd_limited_ns += ti.rwnd_limited_us * 1000u;
+    fig->sndbuf_limited_ns += ti.sndbuf_limited_us * 1000u;
+}
+
 static void finish_close(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     int fd = c->io.fd;
+    if (c->flags & CREST__C_TCP)
+        sample_tcp_at_close(c);
+    /* A high-water pause the close ends: its start is in the queue. */
+    if ((c->flags & CREST__C_PAUSED_HIGH) && c->out_head) {
+        crest__conn_pause_ended(c, c->out_head->pause_ns);
+        c->out_head->pause_ns = 0;
+    }
     /* Flush waiters first: they may still abort (no linger then). */
     if (c->flags & CREST__C_FLUSH_WAIT)
         crest__conn_flush_waits_end(c);
@@ -637,7 +670,45 @@ void crest_conn_resume(crest_conn_t *c) {
 }
 
 int crest_conn_set_nodelay(crest_conn_t *c, bool on) {
-    return c->state == CREST_CONN_CLOSED ? -ENOTCONN : crest_sockopt_set_nodelay(c->io.fd, on);
+    if (c->state == CREST_CONN_CLOSED)
+        return -ENOTCONN;
+    int rc = crest_sockopt_set_nodelay(c->io.fd, on);
+    if (rc >= 0 && (c->flags & CREST__C_TCP))
+        crest__conn_set_nagle(c, !on);
+    return rc;
+}
+
+int crest_conn_get_tcp_info(const crest_conn_t *c, crest_conn_tcp_info_t *out) {
+    if (!c || !out)
+        return -EINVAL;
+    int fd = crest_conn_fd(c);
+    if (fd < 0)
+        return -ENOTCONN;
+    if (!(c->flags & CREST__C_TCP))
+        return -EOPNOTSUPP;
+    struct crest__tcpi ti;
+    int rc = crest__tcp_info(fd, &ti);
+    if (rc < 0)
+        return rc;
+    int unsent = crest__sock_unsent(fd);
+    if (unsent < 0)
+        return unsent;
+    memset(out, 0, sizeof *out);
+    out->rtt_us = ti.rtt_us;
+    out->rttvar_us = ti.rttvar_us;
+    out->min_rtt_us = ti.min_rtt_us;
+    out->retransmits = ti.retransmits;
+    out->total_retrans = ti.total_retrans;
+    out->snd_cwnd = ti.snd_cwnd;
+    out->snd_mss = ti.snd_mss;
+    out->unacked = ti.unacked;
+    out->notsent_bytes = ti.notsent_bytes;
+    out->unsent_bytes = (uint32_t)unsent;
+    out->busy_us = ti.busy_us;
+    out->rwnd_limited_us = ti.rwnd_limited_us;
+    out->sndbuf_limited_us = ti.sndbuf_limited_us;
+    out->delivery_rate = ti.delivery_rate;
+    return 0;
 }
 
 int crest_conn_set_sndbuf(crest_conn_t *c, int bytes) {
@@ -728,6 +799,13 @@ void crest_conn_get_info(const crest_conn_t *c, crest_conn_info_t *out) {
 /* ---- peer addresses ------------------------------------------------------ */
 
 void crest__conn_set_peer(struct crest_conn *c, const struct sockaddr *sa, socklen_t len) {
+    /* Every connection gets here once, at its creation: crest's streams
+     * are TCP or Unix. */
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        c->flags |= CREST__C_TCP;
+        if (!c->ep->opts.nodelay)
+            c->flags |= CREST__C_NAGLE;
+    }
     if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         c->peer.v4.addr = in->sin_addr.s_addr;

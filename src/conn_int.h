@@ -113,6 +113,11 @@ enum {
     CREST__C_FLUSH_WAIT = 1u << 18,     /* crest_conn_flush_notify() callbacks
                                            wait (extra->flush) */
     CREST__C_FLUSHED_PENDING = 1u << 19, /* on_flushed to run */
+    CREST__C_TCP = 1u << 20,            /* a TCP socket (not Unix): TCP_INFO
+                                           is read at its close */
+    CREST__C_NAGLE = 1u << 21,          /* TCP_NODELAY off: small writes are
+                                           sampled for Nagle delays (tested
+                                           with FLUSH_WAIT in wrote()) */
 };
 
 #define CREST__C_NOTIFY                                                         \
@@ -180,6 +185,22 @@ size_t crest__conn_max_output(const crest_conn_opts_t *o);
 void crest__conn_set_oobinline(int fd);
 int crest__check_adoptable(int fd, bool want_listening); /* connect.c */
 
+/* tcp_info.c: the kernel's TCP_INFO, as crest reads it (fields past the
+ * end of an older kernel's struct read 0).  0 or -errno. */
+struct crest__tcpi {
+    uint8_t state, retransmits;
+    uint32_t rtt_us, rttvar_us, snd_mss, snd_cwnd;
+    uint32_t unacked;             /* listener: accept queue length */
+    uint32_t sacked;              /* listener: its backlog */
+    uint32_t total_retrans, segs_out, segs_in, notsent_bytes, min_rtt_us;
+    uint64_t delivery_rate, busy_us, rwnd_limited_us, sndbuf_limited_us;
+};
+int crest__tcp_info(int fd, struct crest__tcpi *out);
+/* Bytes in the send queue not yet sent (SIOCOUTQNSD), or -errno. */
+int crest__sock_unsent(int fd);
+/* listener.c: TcpExt ListenOverflows/ListenDrops of /proc/net/netstat. */
+int crest__netstat_listen(uint64_t *overflows, uint64_t *drops);
+
 /* conn_io.c */
 void crest__conn_on_io(crest_io_t *io, unsigned events, void *arg);
 void crest__conn_linger_io(struct crest_conn *c, unsigned events); /* conn.c */
@@ -191,6 +212,15 @@ size_t crest__conn_input_bytes(const struct crest_conn *c);
 bool crest__conn_paused(const struct crest_conn *c);
 void crest__conn_notify(struct crest_conn *c);
 void crest__conn_flush_waits_end(struct crest_conn *c);
+void crest__conn_pause_ended(struct crest_conn *c, uint64_t since_ns);
+
+/* TCP_NODELAY is off (on): sample small writes for Nagle (or not). */
+static inline void crest__conn_set_nagle(struct crest_conn *c, bool nagle) {
+    if (nagle)
+        c->flags |= CREST__C_NAGLE;
+    else
+        c->flags &= (uint32_t)~CREST__C_NAGLE;
+}
 
 static inline bool crest__conn_can_write(const struct crest_conn *c) {
     return c->state == CREST_CONN_OPEN || c->state == CREST_CONN_HALF_CLOSED ||

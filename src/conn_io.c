@@ -210,10 +210,27 @@ int crest_conn_flush_notify(crest_conn_t *c, crest_conn_flush_cb cb, void *arg) 
     return 0;
 }
 
-static void check_low_water(struct crest_conn *c) {
+/* A high-water pause ended (resumed, or the connection closed): counted,
+ * with how long it lasted, if it was timed. */
+void crest__conn_pause_ended(struct crest_conn *c, uint64_t since_ns) {
+    crest_loop_t *loop = c->io.loop;
+    if (!since_ns || !loop->ins.on)
+        return;
+    loop->ins.fig.hw_pauses++;
+    crest__hist_record(&loop->ins.fig.hw_pause, loop->now_ns - since_ns);
+}
+
+/* pause_ns: the pause's start if the flush emptied the queue (the chunk
+ * that carried it is gone), else 0. */
+static void check_low_water(struct crest_conn *c, uint64_t pause_ns) {
     if (!(c->flags & CREST__C_PAUSED_HIGH) || c->out_bytes > c->ep->opts.low_water)
         return;
     c->flags &= (uint32_t)~CREST__C_PAUSED_HIGH;
+    if (c->out_head) {
+        pause_ns = c->out_head->pause_ns;
+        c->out_head->pause_ns = 0;
+    }
+    crest__conn_pause_ended(c, pause_ns);
     if (c->ep->handler.on_drain)
         note_crossing(c, false);
     crest__conn_resume_input(c);
@@ -227,13 +244,15 @@ static void check_high_water(struct crest_conn *c) {
         return;
     c->flags |= CREST__C_PAUSED_HIGH;
     c->io.loop->conn_stats.paused++;
+    if (c->out_head) /* out_bytes is over high water: there is a queue */
+        c->out_head->pause_ns = c->io.loop->now_ns;
     if (!c->ep->opts.keep_reading)
         c->read_started = 0; /* not waiting for the peer now: see settle_input */
     if (c->ep->handler.on_high_water)
         note_crossing(c, true);
 }
 
-static void after_progress(struct crest_conn *c) {
+static void after_progress(struct crest_conn *c, uint64_t pause_ns) {
     crest_loop_t *loop = c->io.loop;
     c->last_active = loop->now_ms;
     if (c->out_bytes == 0) {
@@ -248,7 +267,32 @@ static void after_progress(struct crest_conn *c) {
         /* A stall is measured from the last progress. */
         c->write_stalled = loop->now_ms;
     }
-    check_low_water(c);
+    check_low_water(c, pause_ns);
+}
+
+/* Nagle sampling (connections with TCP_NODELAY off): a write smaller
+ * than a full segment may be held back by the kernel until the data in
+ * flight is acknowledged (RFC 896), which with the peer's delayed ACK
+ * costs up to 40 ms (Linux's delayed-ACK bound; 200 ms elsewhere).  Right
+ * after such a send, TCP_INFO tells: bytes not yet sent (tcpi_notsent_bytes)
+ * though the congestion window had room (tcpi_unacked < tcpi_snd_cwnd) were
+ * held for Nagle.  Every small write is sampled while the loop has made
+ * fewer than NAGLE_ALWAYS checks, then one write in 8 (by the loop's write
+ * count): one getsockopt per sample.  Connections with TCP_NODELAY on
+ * (the default) never get here. */
+#define NAGLE_SMALL 1448u /* bytes: an Ethernet MSS with timestamps */
+#define NAGLE_ALWAYS 64u
+static void nagle_sample(struct crest_conn *c) {
+    crest_loop_t *loop = c->io.loop;
+    crest_insight_t *fig = &loop->ins.fig;
+    if (!loop->ins.on || (fig->nagle_checks >= NAGLE_ALWAYS && (loop->conn_stats.writes & 7)))
+        return;
+    struct crest__tcpi ti;
+    if (crest__tcp_info(c->io.fd, &ti) < 0)
+        return;
+    fig->nagle_checks++;
+    if (ti.notsent_bytes > 0 && ti.unacked < ti.snd_cwnd)
+        fig->nagle_held++;
 }
 
 /* Account for a write syscall's result (sent: bytes, or -errno) of total
@@ -260,8 +304,14 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
         loop->conn_stats.bytes_out += (uint64_t)sent;
         c->bytes_out += (uint64_t)sent;
         c->last_active = loop->now_ms;
-        if (CREST__UNLIKELY(c->flags & CREST__C_FLUSH_WAIT) && sent > 0)
-            notify_later(c); /* a waiter's bytes may all have left */
+        /* One test for both rare cases: flush waiters, and TCP_NODELAY
+         * off (the Nagle sample). */
+        if (CREST__UNLIKELY(c->flags & (CREST__C_FLUSH_WAIT | CREST__C_NAGLE)) && sent > 0) {
+            if (c->flags & CREST__C_FLUSH_WAIT)
+                notify_later(c); /* a waiter's bytes may all have left */
+            if ((c->flags & CREST__C_NAGLE) && total < NAGLE_SMALL)
+                nagle_sample(c);
+        }
         if ((size_t)sent < total)
             c->flags &= (uint32_t)~CREST__C_WRITABLE;
         return (size_t)sent;
@@ -281,6 +331,7 @@ static size_t wrote(struct crest_conn *c, ssize_t sent, size_t total) {
 int crest__conn_flush(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     bool had_queue = c->out_bytes != 0;
+    uint64_t stall_ns = 0, pause_ns = 0; /* the last chunk's, once consumed */
     while (c->out_head && (c->flags & (CREST__C_WRITABLE | CREST__C_DEAD)) == CREST__C_WRITABLE) {
         struct iovec iov[IOV_BATCH];
         int n = 0;
@@ -308,6 +359,13 @@ int crest__conn_flush(struct crest_conn *c) {
             }
             left -= len;
             c->out_head = k->next;
+            if (k->next) { /* the queue's waits go on with its new head */
+                k->next->stall_ns = k->stall_ns;
+                k->next->pause_ns = k->pause_ns;
+            } else {
+                stall_ns = k->stall_ns;
+                pause_ns = k->pause_ns;
+            }
             crest__chunk_put(&loop->pool, k);
         }
         if (!c->out_head)
@@ -318,9 +376,17 @@ int crest__conn_flush(struct crest_conn *c) {
         c->flags |= CREST__C_FLUSHED_PENDING;
         notify_later(c);
     }
+    if (c->out_bytes == 0) {
+        if (stall_ns && loop->ins.on) { /* a write stall is over */
+            loop->ins.fig.write_stalls++;
+            crest__hist_record(&loop->ins.fig.write_stall, loop->now_ns - stall_ns);
+        }
+    } else if (!(c->flags & CREST__C_WRITABLE) && !c->out_head->stall_ns) {
+        c->out_head->stall_ns = loop->now_ns; /* the socket left some: a stall */
+    }
     if (c->out_bytes == 0 || !(c->flags & CREST__C_WRITABLE)) {
         bool stalled_before = c->write_stalled != 0;
-        after_progress(c);
+        after_progress(c, pause_ns);
         if (c->out_bytes && !stalled_before && c->ep->opts.write_timeout_ms)
             crest__conn_arm_timer(c);
     }
@@ -401,6 +467,8 @@ static int queue_output(struct crest_conn *c, const uint8_t *p, size_t len) {
 /* Output was queued because the socket is full: the write timeout counts
  * from now (not while the handler batches or corks). */
 static void output_waits(struct crest_conn *c, bool was_empty) {
+    if (c->out_head && !c->out_head->stall_ns)
+        c->out_head->stall_ns = c->io.loop->now_ns; /* a write stall begins */
     if (was_empty && c->out_bytes) {
         c->write_stalled = c->io.loop->now_ms;
         if (c->ep->opts.write_timeout_ms)
@@ -451,8 +519,10 @@ void crest__conn_commit_gathered(struct crest_conn *c) {
 static inline void commit_gathered(struct crest_conn *c) {
     crest_loop_t *loop = c->io.loop;
     size_t len = loop->gather_len;
+    /* TCP_NODELAY off (NAGLE) takes the slow way, where wrote() samples
+     * it: in the same mask, at no cost to the others. */
     if (CREST__LIKELY((c->flags & (CREST__C_WRITABLE | CREST__C_CORKED | CREST__C_ABORTING |
-                                   CREST__C_DEAD)) == CREST__C_WRITABLE &&
+                                   CREST__C_DEAD | CREST__C_NAGLE)) == CREST__C_WRITABLE &&
                       !c->out_head)) {
         ssize_t sent = crest__sys_send(c->io.fd, loop->wbuf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (CREST__LIKELY(sent == (ssize_t)len)) {

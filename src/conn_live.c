@@ -150,6 +150,8 @@ static int change(struct crest_conn *c, const crest_handler_t *handler, void *ct
 
     bool reframed = handler || !same_framing(&o.framing, &ep->opts.framing);
     bool was_paused = crest__conn_paused(c);
+    if (opts && o.nodelay != ep->opts.nodelay && (c->flags & CREST__C_TCP))
+        crest__conn_set_nagle(c, !o.nodelay); /* insight's Nagle sample */
     ep->opts = o;
     ep->max_buffered = max_buffered;
     ep->max_output = crest__conn_max_output(&o);

@@ -3,7 +3,7 @@
  * the sampler that publishes a snapshot for other threads.
  *
  * Cost on the per-message path: a callback costs one test of loop->track
- * and one store (last_io); an iteration adds two histogram records and a
+ * and one store (last_cb); an iteration adds two histogram records and a
  * compare.  Clock reads: one per phase that ran, as before this module.
  * Per-callback timing (AUTO while iterations run slow, or ALWAYS) adds
  * one clock read per callback: the previous callback's end is the next
@@ -191,11 +191,6 @@ static void describe(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, 
         }
         break;
     }
-    case CREST_CB_TIMER: {
-        const struct crest_timer *t = obj;
-        name_function(r->name, sizeof r->name, FN(t->cb));
-        break;
-    }
     default:
         name_function(r->name, sizeof r->name, obj);
         break;
@@ -213,17 +208,24 @@ static void fmt_ns(char *buf, size_t len, uint64_t ns) {
 
 /* A slow callback: counted, kept in the ring, logged at most once a
  * second (with how many were not logged since). */
-static void record_slow(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, uint64_t ns) {
+static void record_slow(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, uint64_t ns,
+                        uint64_t batch) {
     struct crest__insight *ins = &loop->ins;
     crest_insight_t *f = &ins->fig;
     crest_slow_cb_t r;
     memset(&r, 0, sizeof r);
-    describe(loop, kind, obj, &r);
+    r.batch = batch > UINT32_MAX ? UINT32_MAX : (uint32_t)batch;
+    if (batch == 1) {
+        describe(loop, kind, obj, &r);
+        f->slow_callbacks++;
+        f->slow_by_kind[r.kind]++;
+    } else {
+        r.kind = kind;
+        snprintf(r.name, sizeof r.name, "batch of %" PRIu64 " callbacks", batch);
+        f->slow_unnamed++;
+    }
     r.duration_ns = ns;
     r.at_ns = crest__clock_ns();
-    f->slow_callbacks++;
-    f->slow_by_kind[r.kind]++;
-    ins->slow_in_iteration++;
     if (f->slow_ring_len == CREST_SLOW_RING) {
         memmove(&f->slow_ring[0], &f->slow_ring[1], (CREST_SLOW_RING - 1) * sizeof r);
         f->slow_ring[CREST_SLOW_RING - 1] = r;
@@ -245,9 +247,16 @@ static void record_slow(crest_loop_t *loop, crest_cb_kind_t kind, const void *ob
         snprintf(who, sizeof who, " conn #%" PRIu64 " %s", r.conn_id, r.peer);
     else if (r.peer[0])
         snprintf(who, sizeof who, " %s", r.peer);
-    crest_log(CREST_LOG_WARN, "slow callback: %s %s%s%s%s took %s (threshold %s)%s",
-              crest_cb_kind_name(r.kind), r.name, r.what[0] ? " " : "", r.what, who, took, limit,
-              more);
+    if (batch == 1)
+        crest_log(CREST_LOG_WARN, "slow callback: %s %s%s%s%s took %s (threshold %s)%s",
+                  crest_cb_kind_name(r.kind), r.name, r.what[0] ? " " : "", r.what, who, took,
+                  limit, more);
+    else
+        crest_log(CREST_LOG_WARN,
+                  "slow batch: %" PRIu64 " %s callbacks took %s together (threshold %s; not "
+                  "timed one by one%s)%s",
+                  batch, crest_cb_kind_name(r.kind), took, limit,
+                  ins->opts.timing == CREST_TIMING_AUTO ? ": timing each from now on" : "", more);
     ins->last_log_ns = r.at_ns;
     ins->log_suppressed = 0;
 }
@@ -267,7 +276,7 @@ void crest__insight_timed(crest_loop_t *loop, crest_cb_kind_t kind, const void *
     ins->fig.timed_callbacks++;
     crest__hist_record(&ins->fig.callback_time, ns);
     if (CREST__UNLIKELY(ns >= ins->slow_ns))
-        record_slow(loop, kind, obj, ns);
+        record_slow(loop, kind, obj, ns, 1);
 }
 
 void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj) {
@@ -284,8 +293,17 @@ void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const voi
 
 /* ---- per iteration ---- */
 
-void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, uint64_t io_ns,
-                              uint64_t end_ns) {
+void crest__insight_slow_batch(crest_loop_t *loop, crest_cb_kind_t kind, uint64_t callbacks,
+                               uint64_t ns) {
+    struct crest__insight *ins = &loop->ins;
+    if (!ins->on || ins->time_each || callbacks == 0)
+        return; /* timed one by one already, or nothing ran */
+    if (callbacks == 1 && !loop->last_cb)
+        return; /* cannot happen: each phase sets it */
+    record_slow(loop, kind, loop->last_cb, ns, callbacks);
+}
+
+void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, uint64_t end_ns) {
     struct crest__insight *ins = &loop->ins;
     crest_insight_t *f = &ins->fig;
     f->iterations++;
@@ -296,14 +314,8 @@ void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, 
     crest__hist_record(&f->iteration_busy, busy_ns);
     if (CREST__UNLIKELY(busy_ns >= ins->slow_ns)) {
         f->slow_iterations++;
-        if (ins->slow_in_iteration == 0) {
-            /* Not timed one by one: a batch of one io callback is that
-             * callback; a bigger batch stays unnamed. */
-            if (events == 1 && io_ns >= ins->slow_ns && loop->last_io)
-                record_slow(loop, CREST_CB_IO, loop->last_io, io_ns);
-            else
-                f->slow_unnamed++;
-        }
+        /* HAProxy's hysteresis: time every callback while iterations run
+         * slow, so that the next slow one is named even in a batch. */
         if (!ins->time_each && ins->opts.timing == CREST_TIMING_AUTO) {
             ins->time_each = true;
             ins->timing_since_ns = end_ns;
@@ -317,8 +329,7 @@ void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, 
             f->timing_on_ns += end_ns - ins->timing_since_ns;
         }
     }
-    ins->slow_in_iteration = 0;
-    loop->last_io = NULL;
+    loop->last_cb = NULL;
     if (atomic_load_explicit(&crest__watchdog_on, memory_order_relaxed))
         crest__watchdog_iteration_end(loop, busy_ns);
 }

@@ -47,7 +47,6 @@ struct crest__insight {
                                    (taken out of the io phase) */
     uint64_t last_log_ns;       /* slow-callback log: once a second */
     uint64_t log_suppressed;
-    unsigned slow_in_iteration; /* slow callbacks named in this iteration */
 
     /* Sampler (insight.c drives it; each module samples its own part) */
     struct crest_timer sample_timer;

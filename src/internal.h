@@ -141,7 +141,8 @@ struct crest_loop {
      * track: a callback is to be timed or published (per-callback timing
      * on, or the watchdog running); otherwise a callback costs one test. */
     bool track;
-    const struct crest_io *last_io; /* the io callback that ran last */
+    const void *last_cb;        /* the callback that ran last: its io, timer
+                                   or function (naming a batch of one) */
     struct crest__insight ins;
 
     /* Connection scratch (conn_io.c).  Input is read into `rbuf` and handed
@@ -241,7 +242,8 @@ static inline void crest__hist_record(crest_hist_t *h, uint64_t v) {
     h->sum += v;
 }
 
-/* Around each callback the loop makes (obj: its io, timer or function). */
+/* Around each callback the loop makes (obj: its io watcher, or for timers,
+ * deferred and posted callbacks the function). */
 void crest__insight_cb_enter(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
 void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj);
 #define CREST__CB_ENTER(loop, kind, obj)                    \
@@ -259,14 +261,22 @@ void crest__insight_cb_leave(crest_loop_t *loop, crest_cb_kind_t kind, const voi
 static inline void crest__phase_begin(crest_loop_t *loop, uint64_t mark) {
     loop->ins.cb_start_ns = mark;
 }
+void crest__insight_slow_batch(crest_loop_t *loop, crest_cb_kind_t kind, uint64_t callbacks,
+                               uint64_t ns);
 static inline uint64_t crest__phase_end(crest_loop_t *loop, crest_phase_t phase, uint64_t mark) {
     uint64_t now = crest__clock_ns();
     loop->ins.fig.phase_ns[phase] += now - mark;
     return now;
 }
+/* A phase's batch of callbacks took ns: a slow batch not timed callback by
+ * callback is named if it was a single callback (loop->last_cb). */
+static inline void crest__phase_check(crest_loop_t *loop, crest_cb_kind_t kind,
+                                      uint64_t callbacks, uint64_t ns) {
+    if (CREST__UNLIKELY(ns >= loop->ins.slow_ns))
+        crest__insight_slow_batch(loop, kind, callbacks, ns);
+}
 /* The end of an iteration: histograms, the slow check (insight.c). */
-void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, uint64_t io_ns,
-                              uint64_t end_ns);
+void crest__insight_iteration(crest_loop_t *loop, uint64_t busy_ns, int events, uint64_t end_ns);
 /* A callback timed by its caller (posted ones): counted, and recorded if
  * slow. */
 void crest__insight_timed(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj,

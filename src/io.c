@@ -183,7 +183,7 @@ void crest__io_dispatch(crest_loop_t *loop, const crest__event_t *evs, int n) {
         io->fed = 0;
         loop->stats.io_events++;
         loop->stats.callbacks++;
-        loop->last_io = io;
+        loop->last_cb = io;
         CREST__CB_ENTER(loop, CREST_CB_IO, io);
         io->cb(io, events, io->arg);
         CREST__CB_LEAVE(loop, CREST_CB_IO, io);
@@ -211,7 +211,7 @@ void crest__io_run_ready(crest_loop_t *loop) {
         unsigned events = io->fed;
         io->fed = 0;
         loop->stats.callbacks++;
-        loop->last_io = io;
+        loop->last_cb = io;
         CREST__CB_ENTER(loop, CREST_CB_IO, io);
         io->cb(io, events, io->arg);
         CREST__CB_LEAVE(loop, CREST_CB_IO, io);

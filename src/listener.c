@@ -133,6 +133,7 @@ void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg) {
     struct crest__endpoint *ep = l->ep;
     if (CREST__UNLIKELY(l->reserve_fd < 0))
         (void)open_reserve(l); /* lost at an EMFILE: fds may be back */
+    loop->ins.fig.accept_wakeups += loop->ins.on;
     for (unsigned n = 0; n < l->accept_batch; n++) {
         struct sockaddr_storage peer;
         socklen_t peer_len = sizeof peer;
@@ -160,6 +161,7 @@ void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg) {
                 return;
             }
         }
+        loop->ins.fig.accepted += loop->ins.on; /* taken from the queue */
         int rc = crest__fd_register(fd, CREST_FD_ACCEPTED, loop, CREST_HERE);
         if (CREST__UNLIKELY(rc < 0)) {
             unrecorded(l, fd, rc);
@@ -318,6 +320,8 @@ static void listener_free(struct crest_listener *l) {
 }
 
 /* Watch the listening socket fd and link the listener into the loop. */
+static void netstat_base(crest_loop_t *loop);
+
 static int listener_start(struct crest_listener *l, int fd) {
     crest_loop_t *loop = l->loop;
     int rc;
@@ -327,6 +331,10 @@ static int listener_start(struct crest_listener *l, int fd) {
     /* crest_io_stop() then frees the listener (l->io is its first member):
      * at once, or after the iteration when closed from a callback. */
     l->io.heap_owned = true;
+    /* The accept path's netstat counters count from the loop's first
+     * listener (or the first sample after a reset). */
+    if (l->tcp && loop->ins.on && !loop->ins.netstat_base_set)
+        netstat_base(loop);
     l->next = loop->listeners;
     if (loop->listeners)
         loop->listeners->prev = l;
@@ -491,11 +499,116 @@ void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t 
     *out = l->ep->lstats;
 }
 
-/* The accept path, sampled once per insight period (insight.h).
- * (Skeleton: filled in with its own change.) */
+/* ---- the accept path, sampled once per insight period (insight.h) ---- */
+
+/* TcpExt ListenOverflows and ListenDrops from /proc/net/netstat (the
+ * network namespace's, since boot): 0, or -errno if the file cannot be
+ * read or lacks them.  The columns are found by name in the header line
+ * ("TcpExt: SyncookiesSent ... ListenOverflows ListenDrops ..."), the
+ * values in the line after it.  One open, read and close: the fd lives for
+ * three syscalls and is never registered. */
+int crest__netstat_listen(uint64_t *overflows, uint64_t *drops) {
+    char buf[16384];
+    int fd = open("/proc/net/netstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (len == sizeof buf - 1)
+            break; /* TcpExt comes first: what matters is in */
+    }
+    close(fd); /* never registered: see above */
+    buf[len] = '\0';
+    const char *hdr = strstr(buf, "TcpExt:");
+    const char *val = hdr ? strchr(hdr, '\n') : NULL;
+    if (!val || strncmp(val + 1, "TcpExt:", 7) != 0)
+        return -ENOENT;
+    val += 1 + 7;
+    hdr += 7;
+    int found = 0;
+    for (;;) {
+        while (*hdr == ' ')
+            hdr++;
+        while (*val == ' ')
+            val++;
+        if (*hdr == '\n' || !*hdr || *val == '\n' || !*val)
+            break;
+        size_t nlen = strcspn(hdr, " \n");
+        char *end;
+        unsigned long long v = strtoull(val, &end, 10);
+        if (end == val)
+            break;
+        if (nlen == 15 && memcmp(hdr, "ListenOverflows", 15) == 0) {
+            *overflows = v;
+            found |= 1;
+        } else if (nlen == 11 && memcmp(hdr, "ListenDrops", 11) == 0) {
+            *drops = v;
+            found |= 2;
+        }
+        hdr += nlen;
+        val = end;
+    }
+    return found == 3 ? 0 : -ENOENT;
+}
+
+static void netstat_base(crest_loop_t *loop) {
+    uint64_t o, d;
+    if (crest__netstat_listen(&o, &d) < 0)
+        return;
+    loop->ins.netstat_base_overflows = o;
+    loop->ins.netstat_base_drops = d;
+    loop->ins.netstat_base_set = true;
+}
+
+/* For each TCP listener of the loop, one getsockopt(TCP_INFO) on the
+ * listening socket: for a socket in LISTEN the kernel reports the accept
+ * queue's length in tcpi_unacked and its backlog in tcpi_sacked (man 7
+ * tcp; net/ipv4/tcp.c, tcp_get_info()).  A queue at or past its backlog
+ * is counted as full: the kernel drops (or answers with a cookie) what
+ * comes next.  Then one read of /proc/net/netstat for the loop. */
 void crest__listeners_sample(crest_loop_t *loop, crest_insight_t *fig) {
-    CREST__UNUSED(loop);
-    CREST__UNUSED(fig);
+    uint32_t len = 0, max = 0;
+    bool any = false;
+    for (struct crest_listener *l = loop->listeners; l; l = l->next) {
+        struct crest__tcpi ti;
+        if (!l->tcp || l->closed || crest__tcp_info(l->io.fd, &ti) < 0)
+            continue;
+        any = true;
+        crest_listener_stats_t *st = &l->ep->lstats;
+        st->queue_len = ti.unacked;
+        st->queue_max = ti.sacked;
+        if (ti.unacked > st->queue_peak)
+            st->queue_peak = ti.unacked;
+        len += ti.unacked;
+        max += ti.sacked;
+        if (ti.sacked && ti.unacked >= ti.sacked)
+            fig->accept_queue_full++;
+    }
+    fig->accept_queue_len = len;
+    fig->accept_queue_max = max;
+    if (len > fig->accept_queue_peak)
+        fig->accept_queue_peak = len;
+    if (!any)
+        return; /* no TCP listener: no reason to read netstat */
+    struct crest__insight *ins = &loop->ins;
+    uint64_t o, d;
+    if (crest__netstat_listen(&o, &d) < 0)
+        return;
+    if (!ins->netstat_base_set) {
+        ins->netstat_base_overflows = o;
+        ins->netstat_base_drops = d;
+        ins->netstat_base_set = true;
+    }
+    /* The counters are the namespace's and only grow; a base above them
+     * (a namespace change cannot happen under a running process) reads 0. */
+    fig->listen_overflows = o >= ins->netstat_base_overflows ? o - ins->netstat_base_overflows : 0;
+    fig->listen_drops = d >= ins->netstat_base_drops ? d - ins->netstat_base_drops : 0;
 }
 
 const crest_handler_t *crest__listener_handler(const struct crest_listener *l) {

@@ -214,6 +214,7 @@ static void run_deferred(crest_loop_t *loop) {
         loop->stats.deferred_run++;
         loop->stats.callbacks++;
         const void *fn = (const void *)(uintptr_t)batch[i].cb;
+        loop->last_cb = fn;
         CREST__CB_ENTER(loop, CREST_CB_DEFERRED, fn);
         batch[i].cb(loop, batch[i].arg);
         CREST__CB_LEAVE(loop, CREST_CB_DEFERRED, fn);
@@ -253,25 +254,33 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     crest__loop_set_now(loop, t0);
     if (watched)
         crest__watchdog_busy(loop, t0);
-    uint64_t mark = t0;
+    uint64_t mark = t0, cbs = loop->stats.callbacks;
     crest__phase_begin(loop, mark);
     unsigned fired = crest__timers_run(loop, true);
     if (fired) {
         loop->stats.timers_fired += fired;
-        mark = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+        uint64_t t = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+        crest__phase_check(loop, CREST_CB_TIMER, loop->stats.callbacks - cbs, t - mark);
+        mark = t;
     }
     /* Work queued before this iteration runs now, and the poll below does
      * not block for it (what it queues in turn waits for the next one). */
     bool had_work = has_pending(loop);
     if (loop->ready_len) {
+        cbs = loop->stats.callbacks;
         crest__phase_begin(loop, mark);
         crest__io_run_ready(loop);
-        mark = crest__phase_end(loop, CREST_PHASE_READY, mark);
+        uint64_t t = crest__phase_end(loop, CREST_PHASE_READY, mark);
+        crest__phase_check(loop, CREST_CB_IO, loop->stats.callbacks - cbs, t - mark);
+        mark = t;
     }
     if (loop->defer_len) {
+        cbs = loop->stats.callbacks;
         crest__phase_begin(loop, mark);
         run_deferred(loop);
-        mark = crest__phase_end(loop, CREST_PHASE_DEFERRED, mark);
+        uint64_t t = crest__phase_end(loop, CREST_PHASE_DEFERRED, mark);
+        crest__phase_check(loop, CREST_CB_DEFERRED, loop->stats.callbacks - cbs, t - mark);
+        mark = t;
     }
 
     int timeout = poll_timeout(loop, timeout_ms, had_work);
@@ -288,24 +297,28 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     ins->fig.phase_ns[CREST_PHASE_WAIT] += t2 - t1;
 
     mark = t2;
-    uint64_t io_ns = 0;
     if (n > 0) {
         ins->posted_ns = 0;
+        cbs = loop->stats.callbacks;
         crest__phase_begin(loop, mark);
         crest__io_dispatch(loop, events, n);
         uint64_t t3 = crest__clock_ns();
-        io_ns = t3 - mark - ins->posted_ns;
+        uint64_t io_ns = t3 - mark - ins->posted_ns;
         ins->fig.phase_ns[CREST_PHASE_IO] += io_ns;
         ins->fig.phase_ns[CREST_PHASE_POSTED] += ins->posted_ns;
+        crest__phase_check(loop, CREST_CB_IO, loop->stats.callbacks - cbs, io_ns);
         mark = t3;
     }
     /* Timers that came due while we waited fire in this iteration (not
      * those the first pass armed: they wait for the next one). */
+    cbs = loop->stats.callbacks;
     crest__phase_begin(loop, mark);
     fired = crest__timers_run(loop, false);
     if (fired) {
         loop->stats.timers_fired += fired;
-        mark = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+        uint64_t t = crest__phase_end(loop, CREST_PHASE_TIMERS, mark);
+        crest__phase_check(loop, CREST_CB_TIMER, loop->stats.callbacks - cbs, t - mark);
+        mark = t;
     }
     /* A shutdown under way: done runs once nothing is left, after every
      * on_close of this iteration. */
@@ -317,7 +330,7 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     uint64_t busy = (t1 - t0) + (end - t2);
     loop->stats.run_ns += busy;
     if (CREST__LIKELY(ins->on))
-        crest__insight_iteration(loop, busy, n, io_ns, end);
+        crest__insight_iteration(loop, busy, n, end);
     loop->running = false;
     if (n < 0)
         return n;

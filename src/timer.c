@@ -248,9 +248,13 @@ unsigned crest__timers_run(struct crest_loop *loop, bool first) {
         fired++;
         loop->stats.callbacks++;
         t->in_callback = true;
-        CREST__CB_ENTER(loop, CREST_CB_TIMER, t);
+        /* Timers are named by their function: the timer itself may be
+         * freed before a slow batch is described. */
+        const void *fn = (const void *)(uintptr_t)t->cb;
+        loop->last_cb = fn;
+        CREST__CB_ENTER(loop, CREST_CB_TIMER, fn);
         t->cb(t, t->arg);
-        CREST__CB_LEAVE(loop, CREST_CB_TIMER, t);
+        CREST__CB_LEAVE(loop, CREST_CB_TIMER, fn);
         t->in_callback = false;
         if (t->destroy_pending && t->heap_owned)
             free(t);

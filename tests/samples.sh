@@ -11,6 +11,10 @@
 # is driven by Python clients (below): every line reaches every other
 # client, on one loop and across two, never its sender; a client that never
 # reads is closed at --max-output while the server's RSS stays bounded.
+# The latency insight options: --doctor prints "doctor: no latency problem
+# found" for an idle server, --doctor-json writes JSON lines (each with a
+# "findings" array) readable while the server runs, --work 5000 makes the
+# report count slow callbacks and name "echo", --no-insight still serves.
 # No timing thresholds: every check is on counts and text.
 #
 # Run by `make check`; by hand: abs_top_builddir=. bash tests/samples.sh
@@ -136,6 +140,79 @@ if start crest-framed --quiet --max-frame 1000; then
         "framed: crest logged reason 'too large', detail 'frame too large'"
     log_has crest-framed 'close reasons:.*too large 1' \
         "framed: one connection closed for 'too large'"
+fi
+
+# --- latency insight: the doctor's windows, its JSON, a slow handler --------
+# (No thresholds on speed: an idle server is healthy; a handler that spins
+# 5 ms per read against the 1 ms threshold is slow by 5x.)
+py=${PYTHON3:-$(command -v python3)}
+# wait_for SERVER ERE COUNT: wait (bounded, 10 s) until SERVER's log has
+# COUNT lines matching ERE.
+wait_for() {
+    for _ in $(seq 1 200); do
+        [ "$(grep -Ec "$2" "$work/$1.log")" -ge "$3" ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+# json_check FILE MIN WHAT: every line of FILE parses as JSON with a
+# "findings" array, at least MIN lines; with "run" the last is the whole
+# run's ("scope": "run").
+json_check() {
+    "$py" - "$@" <<'PYEOF'
+import json, sys
+path, need, last = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path) as f:
+    lines = f.read().splitlines()
+try:
+    objs = [json.loads(l) for l in lines]
+except ValueError as e:
+    print("FAIL a line of %s is not JSON (%s): %r" % (path, e, lines))
+    sys.exit(1)
+bad = [o for o in objs if not isinstance(o.get("findings"), list)]
+if len(objs) < need or bad:
+    print("FAIL %d lines (want %d), %d without a findings array: %r" % (len(objs), need, len(bad), lines[:3]))
+    sys.exit(1)
+if last == "run" and objs[-1].get("scope") != "run":
+    print("FAIL the last line is not the whole run's: %r" % lines[-1])
+    sys.exit(1)
+print("ok   %d lines, each with a findings array%s" % (len(objs), ", the last the whole run's" if last == "run" else ""))
+PYEOF
+}
+if [ -z "$py" ]; then
+    echo "insight: skipped: no python3"
+elif start crest-echo --quiet --threads 2 --doctor 0.5 --doctor-json "$work/doctor.json"; then
+    if wait_for crest-echo '^doctor: no latency problem found' 2; then
+        pass "echo --doctor 0.5 --threads 2 -q: an idle server prints 'doctor: no latency problem found' each window"
+    else
+        fail "echo --doctor: no two 'doctor: no latency problem found' lines"; cat "$work/crest-echo.log"
+    fi
+    bench ok "echo --doctor --doctor-json: serves" -c 4 -n 100 "$addr"
+    # Read while the server runs: each line is flushed as it is written.
+    out=$(json_check "$work/doctor.json" 2 window); rc=$?
+    [ "$rc" -eq 0 ] && pass "echo --doctor-json while running: ${out#ok   }" ||
+        { fail "echo --doctor-json while running: ${out#FAIL }"; }
+    stop crest-echo
+    out=$(json_check "$work/doctor.json" 3 run); rc=$?
+    [ "$rc" -eq 0 ] && pass "echo --doctor-json at exit: ${out#ok   }" ||
+        { fail "echo --doctor-json at exit: ${out#FAIL }"; }
+    log_has crest-echo '^  loop: [1-9][0-9]* iterations, utilization' \
+        "echo --doctor: the report gains the loop's iterations and utilization"
+    log_has crest-echo '^  doctor \(whole run\):' "echo --doctor: the report gains the whole run's findings"
+fi
+# --work 5000: every read spins 5 ms, over the 1 ms threshold: the report
+# counts slow callbacks and names the handler (the doctor's rule is not
+# asserted here: its figures are).
+if start crest-echo --quiet --work 5000; then
+    bench ok "echo --work 5000: serves" -c 1 -n 5 "$addr"
+    stop crest-echo
+    log_has crest-echo '^  slow callbacks: [1-9][0-9]* over .*worst [0-9.]+ ms in "echo" on_data' \
+        "echo --work 5000: the report counts slow callbacks and names \"echo\" on_data"
+fi
+if start crest-echo --quiet --no-insight; then
+    bench ok "echo --no-insight: serves" -c 4 -n 100 "$addr"
+    stop crest-echo
+    log_has crest-echo '^  insight: off \(--no-insight\)' "echo --no-insight: the report says insight is off"
 fi
 
 # --- safe defaults: a slowloris line is closed by the default read timeout --

@@ -499,6 +499,40 @@ typedef struct crest_conn_info {
  * last values, fd is -1 and output_bytes/input_bytes are 0. */
 void crest_conn_get_info(const crest_conn_t *c, crest_conn_info_t *out);
 
+/* The kernel's view of a TCP connection now (TCP_INFO, man 7 tcp, and the
+ * SIOCOUTQNSD ioctl): for a look at one connection on demand (a debug
+ * endpoint, a slow request), never per message (two syscalls).  Times in
+ * microseconds as the kernel keeps them; fields an older kernel does not
+ * report read 0. */
+typedef struct crest_conn_tcp_info {
+    uint32_t rtt_us;             /* smoothed round-trip time (tcpi_rtt) */
+    uint32_t rttvar_us;          /* its variation (tcpi_rttvar) */
+    uint32_t min_rtt_us;         /* the lowest seen (tcpi_min_rtt) */
+    uint32_t retransmits;        /* unrecovered retransmits now
+                                    (tcpi_retransmits) */
+    uint32_t total_retrans;      /* segments retransmitted, in all
+                                    (tcpi_total_retrans) */
+    uint32_t snd_cwnd;           /* congestion window, segments */
+    uint32_t snd_mss;            /* sending MSS, bytes */
+    uint32_t unacked;            /* segments sent, not yet acknowledged */
+    uint32_t notsent_bytes;      /* in the send buffer, not yet sent
+                                    (tcpi_notsent_bytes) */
+    uint32_t unsent_bytes;       /* the same, by ioctl SIOCOUTQNSD */
+    uint64_t busy_us;            /* time spent with data to send
+                                    (tcpi_busy_time) */
+    uint64_t rwnd_limited_us;    /* ... of it stalled on the peer's receive
+                                    window: the peer reads slowly */
+    uint64_t sndbuf_limited_us;  /* ... stalled on our send buffer */
+    uint64_t delivery_rate;      /* bytes per second, latest estimate */
+} crest_conn_tcp_info_t;
+
+/* Fill *out from the connection's socket.  The loop's thread (any callback
+ * of it, on_close included: the socket is still open there); no callback
+ * runs inside.  Errors: -EINVAL (NULL argument), -ENOTCONN (closed: after
+ * its on_close has returned), -EOPNOTSUPP (a Unix
+ * socket), or the -errno of getsockopt/ioctl. */
+int crest_conn_get_tcp_info(const crest_conn_t *c, crest_conn_tcp_info_t *out);
+
 /* Visit the loop's connections in fd order: every one that is not CLOSED,
  * outbound ones still CONNECTING included, except those the handler has
  * not heard of (accepted, awaiting a PROXY header).  No per-connection

@@ -81,8 +81,11 @@ typedef enum crest_timing {
 } crest_timing_t;
 
 typedef struct crest_insight_opts {
-    bool enabled;               /* default true; false: no figures at all
-                                   (the cost floor bench/run compares to) */
+    bool enabled;               /* default true; false: no histograms, no
+                                   slow-callback detection, no sampler (the
+                                   cost floor bench/run compares to); the
+                                   phase times, a few additions per
+                                   iteration, still count */
     crest_timing_t timing;      /* default CREST_TIMING_AUTO */
     uint32_t slow_callback_us;  /* default 1000: a callback (or a batch)
                                    longer than this is slow */
@@ -106,6 +109,10 @@ typedef struct crest_slow_cb {
     uint64_t at_ns;            /* crest_loop_now_ns() when it returned */
     uint64_t duration_ns;
     uint64_t conn_id;          /* CONN: crest_conn_id(); else 0 */
+    uint32_t batch;            /* 1: one callback; N > 1: a slow batch of N
+                                  callbacks of this kind that were not timed
+                                  one by one (counted in slow_unnamed, not
+                                  slow_callbacks; name says "batch") */
     crest_cb_kind_t kind;
     char name[48];             /* the handler's name (crest_handler_t.name),
                                   else the callback's symbol (dladdr), else
@@ -140,7 +147,8 @@ typedef struct crest_insight {
     uint64_t slow_callbacks;     /* named slow callbacks (all kinds) */
     uint64_t slow_by_kind[CREST_CB_KIND_COUNT];
     uint64_t slow_unnamed;       /* slow batches whose callbacks were not
-                                    timed one by one */
+                                    timed one by one (in the ring too, with
+                                    batch > 1) */
     uint64_t timed_callbacks;    /* callbacks timed one by one */
     uint64_t timing_on_ns;       /* time spent with per-callback timing on */
     crest_hist_t callback_time;  /* durations of the callbacks timed */

@@ -109,6 +109,13 @@ typedef struct crest_listener_stats {
     uint64_t accept_errors;   /* other accept4 failures, and accepted fds
                                  the fd registry could not record (out of
                                  memory: closed at once, logged) */
+    /* The kernel's accept queue (TCP listeners; TCP_INFO of the listening
+     * socket), as the insight sampler last saw it (insight.h: every
+     * sample_ms while insight is enabled; 0 before the first sample and
+     * for Unix listeners). */
+    uint32_t queue_len;       /* connections waiting to be accepted */
+    uint32_t queue_max;       /* the backlog the kernel applies */
+    uint32_t queue_peak;      /* the longest queue sampled */
 } crest_listener_stats_t;
 
 void crest_listener_get_stats(const crest_listener_t *l, crest_listener_stats_t *out);
