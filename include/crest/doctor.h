@@ -1,7 +1,8 @@
 /* doctor.h: turn a window of a loop's figures (insight.h) into findings:
  * why latency is high, with the evidence in numbers and one sentence of
  * advice.  The doctor only reads snapshots; it never reaches into a loop
- * or a connection.  Rules and thresholds: docs/latency.md.
+ * or a connection.  Rules and thresholds: docs/latency.md (the doctor's
+ * section: docs/latency-doctor.md).
  *
  * Each finding has a cause from a fixed vocabulary (its key is what the
  * text line begins with and the JSON "cause" carries):
@@ -74,7 +75,9 @@ typedef struct crest_diagnosis {
     crest_finding_t findings[CREST_FINDINGS_MAX]; /* most severe first */
 } crest_diagnosis_t;
 
-/* Thresholds of the rules (docs/latency.md says what each one means). */
+/* Thresholds of the rules (docs/latency-doctor.md says what each one
+ * means and why its default is what it is).  Fill with
+ * crest_doctor_opts_init(), then change what you need. */
 typedef struct crest_doctor_opts {
     uint32_t slow_callback_min;      /* slow callbacks in the window to
                                         report (default 1) */
@@ -90,18 +93,61 @@ typedef struct crest_doctor_opts {
     double retrans_fraction;         /* retransmits / segments (default 0.01) */
     uint32_t rtt_p99_ms;             /* p99 rtt (default 50) */
     uint32_t fd_growth_min;          /* net growth per origin (default 64) */
+    /* Added with the rules: */
+    uint32_t min_window_ms;          /* loop_saturated and cpu_starved speak
+                                        only on a window at least this long
+                                        (default 1000) */
+    uint32_t saturated_busy_p99_us;  /* loop_saturated: the latency it must
+                                        cost, as p99 iteration busy time or
+                                        p99 receive dwell (default 1000) */
+    double accept_queue_fraction;    /* accept_queue (info): the longest
+                                        sampled queue against its backlog
+                                        (default 0.75) */
+    uint32_t tcp_busy_min_ms;        /* slow_reader, sndbuf_limited: sending
+                                        time (tcpi_busy_time, summed) needed
+                                        to judge (default 100) */
+    uint32_t write_stall_p99_ms;     /* slow_reader without TCP_INFO: p99
+                                        write stall (default 100) ... */
+    uint32_t write_stalls_min;       /* ... over at least this many stalls
+                                        (default 8) */
+    uint32_t nagle_checks_min;       /* nagle: sampled writes needed
+                                        (default 20) */
+    uint32_t network_samples_min;    /* network: TCP_INFO samples (closed
+                                        connections) needed (default 10) */
+    uint32_t network_segs_min;       /* network: segments sent needed for
+                                        the retransmit rate (default 1000) */
+    uint32_t fd_unregistered_max;    /* fd_growth (info): fds the registry
+                                        does not know (default 1024) */
 } crest_doctor_opts_t;
 
+/* The defaults above.  Any thread. */
 void crest_doctor_opts_init(crest_doctor_opts_t *opts);
+
 /* Findings of one window (crest_insight_window) or of a whole run (a
- * snapshot as it is).  opts NULL: the defaults.  0, or -EINVAL. */
+ * snapshot as it is, or a group's sum: loops > 1 counts each loop's wall
+ * time).  At most one finding per cause, most severe first (ties in the
+ * order of crest_cause_t); out->n == 0 for a healthy window.  Every rule
+ * needs enough data to speak (a window too short, too few samples: no
+ * finding).  opts NULL: the defaults.
+ * Returns 0, or -EINVAL: window or out NULL, or a fraction in opts
+ * negative or NaN.  Any thread; no callbacks; no allocation. */
 int crest_doctor_diagnose(const crest_insight_t *window, const crest_doctor_opts_t *opts,
                           crest_diagnosis_t *out);
-/* Text for people: one line per finding, beginning with its cause key; or
- * "no latency problem found" with the headline figures.  JSON for
- * machines: {"findings":[{"cause":...,"severity":...,"evidence":...,
- * "advice":...}],"headline":{...}}.  Both return what snprintf returns
- * (the length the whole text needs), or -EINVAL. */
+
+/* Text for people: one line per finding,
+ *     "<cause> <severity>: <evidence>; advice: <advice>\n"
+ * or, with none, one line "no latency problem found (window 10.0 s:
+ * ...headline figures...)\n".
+ * JSON for machines, one line: {"findings":[{"cause":...,"severity":...,
+ * "evidence":...,"advice":...}],"headline":{"window_ns":...,
+ * "iterations":...,"busy_p99_ns":...,"busy_max_ns":...,"utilization":...,
+ * "rx_dwell_p99_ns":...,"rtt_p99_ns":...}} (strings escaped: quotes,
+ * backslashes, control characters; bytes of 0x80 and above as they are).
+ * Both write at most len bytes, NUL included, and always NUL-terminate
+ * when len > 0 (buf may be NULL when len is 0); they return what snprintf
+ * returns: the length the whole text needs, without the NUL (so a return
+ * >= len means it was cut).  -EINVAL: dx NULL, or buf NULL with len > 0;
+ * -EOVERFLOW: the text would exceed INT_MAX.  Any thread. */
 int crest_diagnosis_text(const crest_diagnosis_t *dx, char *buf, size_t len);
 int crest_diagnosis_json(const crest_diagnosis_t *dx, char *buf, size_t len);
 
