@@ -276,6 +276,8 @@ struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__
         return NULL;
     }
     ep->refs++;
+    if (CREST__UNLIKELY(loop->ins.opts.rx_timestamps) && loop->ins.on)
+        crest__rx_timestamps_on(c);
     /* Relaxed: only uniqueness matters, not an order between threads. */
     c->id = atomic_fetch_add_explicit(&next_conn_id, 1, memory_order_relaxed);
     loop->conn_stats.opened++;

@@ -118,6 +118,10 @@ enum {
     CREST__C_NAGLE = 1u << 21,          /* TCP_NODELAY off: small writes are
                                            sampled for Nagle delays (tested
                                            with FLUSH_WAIT in wrote()) */
+    CREST__C_RX_TSTAMP = 1u << 30,      /* SO_TIMESTAMPING is on: reads go
+                                           through crest__rx_read
+                                           (insight_rx.c), which records
+                                           receive-queue dwell */
 };
 
 #define CREST__C_NOTIFY                                                         \
@@ -160,6 +164,11 @@ struct crest__deadlines {
 #define CREST__MAX_BUFFERED (1u << 30)
 
 /* conn.c */
+/* Receive-queue dwell (insight_rx.c): turn timestamps on for a new
+ * connection (the loop's rx_timestamps is on), and its reads then. */
+void crest__rx_timestamps_on(struct crest_conn *c);
+ssize_t crest__rx_read(struct crest_conn *c, void *dst, size_t space);
+
 struct crest_conn *crest__conn_create(crest_loop_t *loop, int fd, struct crest__endpoint *ep,
                                       crest_conn_state_t state);
 void crest__conn_open(struct crest_conn *c);

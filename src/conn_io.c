@@ -1171,7 +1171,11 @@ static CREST__INLINE ssize_t read_once(struct crest_conn *c) {
         dst = c->in->data + c->in->end;
         space = crest__chunk_space(c->in);
     }
-    ssize_t n = crest__sys_read(c->io.fd, dst, space);
+    /* Receive timestamps (opt-in) take recvmsg; everyone else the plain
+     * read, behind this one test. */
+    ssize_t n = CREST__UNLIKELY(c->flags & CREST__C_RX_TSTAMP)
+                    ? crest__rx_read(c, dst, space)
+                    : crest__sys_read(c->io.fd, dst, space);
     loop->conn_stats.reads++;
     if (n <= 0)
         return n;

@@ -54,10 +54,17 @@ struct crest__insight {
     uint64_t sample_busy_prev;  /* busy ns at the previous sample */
     uint64_t busy_total_ns;     /* all phases but wait, since the start */
     unsigned sample_count;
-    /* CPU (insight_cpu.c): the previous readings */
+    /* CPU (insight_cpu.c): the previous readings, so that each sample
+     * adds deltas to the figures (which crest_loop_insight_reset zeroes) */
     uint64_t cpu_prev_runq_ns;
     int schedstat_fd;           /* /proc/thread-self/schedstat of the loop
                                    thread, opened on its first sample; -1 */
+    int cpu_tid;                /* the thread the readings are of (gettid);
+                                   0: none yet */
+    bool cpu_have_prev;         /* the prev readings below are valid */
+    bool schedstat_missing;     /* no schedstat here (said once) */
+    uint64_t cpu_prev_cpu_ns;
+    uint64_t cpu_prev_nivcsw, cpu_prev_nvcsw;
     /* Accept path (listener.c): ListenOverflows/Drops at the start */
     uint64_t netstat_base_overflows, netstat_base_drops;
     bool netstat_base_set;

@@ -1,5 +1,6 @@
-/* The syscalls of a connection's byte path: read(2), send(2) and
- * sendmsg(2), returning the result or -errno.
+/* The syscalls of a connection's byte path: read(2), send(2),
+ * sendmsg(2), and recvmsg(2) (receive timestamps only), returning the
+ * result or -errno.
  *
  * Why not glibc's wrappers: in a process with more than one thread (every
  * crest_group, and any application that runs its loop off the main thread)
@@ -74,6 +75,10 @@ static inline ssize_t crest__sys_sendmsg(int fd, const struct msghdr *msg, int f
     return crest__syscall6(SYS_sendmsg, fd, (long)msg, flags, 0, 0, 0);
 }
 
+static inline ssize_t crest__sys_recvmsg(int fd, struct msghdr *msg, int flags) {
+    return crest__syscall6(SYS_recvmsg, fd, (long)msg, flags, 0, 0, 0);
+}
+
 #else /* glibc's wrappers */
 
 static inline ssize_t crest__sys_read(int fd, void *buf, size_t len) {
@@ -88,6 +93,11 @@ static inline ssize_t crest__sys_send(int fd, const void *buf, size_t len, int f
 
 static inline ssize_t crest__sys_sendmsg(int fd, const struct msghdr *msg, int flags) {
     ssize_t n = sendmsg(fd, msg, flags);
+    return n < 0 ? -errno : n;
+}
+
+static inline ssize_t crest__sys_recvmsg(int fd, struct msghdr *msg, int flags) {
+    ssize_t n = recvmsg(fd, msg, flags);
     return n < 0 ? -errno : n;
 }
 

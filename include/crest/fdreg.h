@@ -84,6 +84,18 @@ int crest_fd_counts(crest_fd_kind_t kind, crest_fd_counts_t *out);
 /* Number of fds the registry holds open. */
 uint64_t crest_fd_open_count(void);
 
+/* fd growth: the origins with the most fds open now, best first (more
+ * open, then more opened), each with its open, opened and closed counts
+ * (since the process's first registration; closed includes releases) and
+ * the age at now_ns (CLOCK_MONOTONIC; 0: now) of its oldest fd still open
+ * (0 if none).  Origins with the same text count as one; NULL origins and
+ * those past the registry's 65,534 count as "?".  Fills at most max (and at
+ * most 64) of out (struct crest_fd_origin_growth: crest/insight.h); returns
+ * how many, or -EINVAL for a NULL out with max > 0.  Any thread; O(origins)
+ * under the registry's lock, no fd is walked. */
+struct crest_fd_origin_growth;
+int crest_fd_origins(struct crest_fd_origin_growth *out, unsigned max, uint64_t now_ns);
+
 /* "epoll", "eventfd", ... */
 const char *crest_fd_kind_name(crest_fd_kind_t kind);
 
