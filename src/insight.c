@@ -262,8 +262,7 @@ static void record_slow(crest_loop_t *loop, crest_cb_kind_t kind, const void *ob
 }
 
 void crest__insight_cb_enter(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj) {
-    struct crest__insight *ins = &loop->ins;
-    ins->cur_what = CREST__WHAT_NONE;
+    CREST__WHAT(loop, CREST__WHAT_NONE);
     if (atomic_load_explicit(&crest__watchdog_on, memory_order_relaxed))
         crest__watchdog_enter(loop, kind, obj);
 }

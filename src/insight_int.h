@@ -36,8 +36,9 @@ struct crest__insight {
     bool on;                    /* opts.enabled */
     bool time_each;             /* time every callback now (AUTO: while
                                    iterations run slow; ALWAYS) */
-    uint8_t cur_what;           /* enum crest__what: the connection's handler
-                                   callback that ran last */
+    _Atomic uint8_t cur_what;   /* enum crest__what: the connection's handler
+                                   callback that ran last (relaxed stores,
+                                   CREST__WHAT: the watchdog reads it) */
     uint64_t slow_ns;           /* opts.slow_callback_us in ns */
     uint64_t fast_since_ns;     /* AUTO with time_each: the first of the
                                    current run of fast iterations */
@@ -69,17 +70,31 @@ struct crest__insight {
     uint64_t netstat_base_overflows, netstat_base_drops;
     bool netstat_base_set;
 
-    /* The watchdog (watchdog.c) reads these from its thread: relaxed
-     * atomics, stored by the loop only while the watchdog runs. */
-    _Atomic uint64_t wd_iter_start_ns;  /* busy since (0: waiting in epoll) */
-    _Atomic uint64_t wd_seq;            /* bumped per callback */
-    _Atomic uint32_t wd_kind;           /* crest_cb_kind_t of the callback */
-    _Atomic(const void *) wd_obj;       /* its io, timer, or function */
-    _Atomic uint64_t wd_conn_id;
-    _Atomic int wd_fd;
-    _Atomic(const char *) wd_name;      /* a handler name (static string) */
-    _Atomic uint64_t wd_tid;            /* the loop thread (gettid) */
-    uint64_t wd_blocked_reported;       /* loop thread: stalls counted */
+    /* The watchdog (watchdog.c).  What the loop is running, published by
+     * the loop thread (only while the watchdog runs) with relaxed stores
+     * under a sequence count, read by the watchdog thread under its
+     * registry lock (so that the loop cannot be freed meanwhile); the
+     * watchdog never follows these pointers into loop-owned memory. */
+    _Atomic uint64_t wd_iter_start_ns;  /* busy since (0: waiting in epoll,
+                                           or not inside an iteration) */
+    _Atomic uint64_t wd_seq;            /* odd while being written; +2 per
+                                           callback (and per busy start) */
+    _Atomic uint32_t wd_kind;           /* crest_cb_kind_t of the callback,
+                                           CREST__WD_NONE between them */
+    _Atomic(const void *) wd_fn;        /* the function it runs (a handler's
+                                           on_data/on_message for a conn) */
+    _Atomic(const char *) wd_name;      /* the handler's name (static), or
+                                           NULL */
+    _Atomic uint64_t wd_conn_id;        /* 0 unless a connection */
+    _Atomic int wd_fd;                  /* the watcher's fd, or -1 */
+    _Atomic int wd_tid;                 /* the loop thread (gettid), set by
+                                           the first callback on a thread */
+    /* The watchdog thread's own view of this loop (under its lock). */
+    uint64_t wd_seen_seq;               /* wd_seq at the previous tick */
+    uint64_t wd_seen_ns;                /* when that seq was first seen */
+    uint64_t wd_stall_start;            /* the stall reported (its
+                                           wd_iter_start_ns), or 0 */
+    uint64_t wd_next_report_ns;         /* report it again at this length */
     struct crest_loop *wd_next;         /* the watchdog's list of loops */
 
     crest_insight_t fig;        /* the live figures */
@@ -106,8 +121,33 @@ extern _Atomic uint64_t crest__watchdog_threshold_ns;
  * ends, on the loop thread. */
 void crest__watchdog_enter(struct crest_loop *loop, crest_cb_kind_t kind, const void *obj);
 void crest__watchdog_iteration_end(struct crest_loop *loop, uint64_t busy_ns);
-/* The loop is busy since t (0: waiting in epoll_wait), for the watchdog. */
-#define crest__watchdog_busy(loop, t) \
-    atomic_store_explicit(&(loop)->ins.wd_iter_start_ns, (t), memory_order_relaxed)
+/* wd_kind between callbacks (the loop's own work: timers heap, reaping) */
+#define CREST__WD_NONE CREST_CB_KIND_COUNT
+/* Writer side of wd_seq (the loop thread only): a sequence lock.  The
+ * count goes odd, the fields are stored with release (each ordered after
+ * the odd count), the count goes even with release; a reader loads the
+ * count with acquire, the fields with acquire, and the count again, and
+ * keeps what it read if the two counts are equal and even (Boehm's
+ * fence-free form: ThreadSanitizer does not model fences).  On x86 all of
+ * these are plain moves. */
+static inline uint64_t crest__wd_write_begin(struct crest__insight *ins) {
+    uint64_t s = atomic_load_explicit(&ins->wd_seq, memory_order_relaxed);
+    atomic_store_explicit(&ins->wd_seq, s + 1, memory_order_relaxed);
+    return s + 2;
+}
+static inline void crest__wd_write_end(struct crest__insight *ins, uint64_t s) {
+    atomic_store_explicit(&ins->wd_seq, s, memory_order_release);
+}
+/* The loop is busy since t (0: waiting in epoll_wait, or the iteration is
+ * over); a busy start is between callbacks until one begins. */
+static inline void crest__wd_busy(struct crest__insight *ins, uint64_t t) {
+    if (t) {
+        uint64_t s = crest__wd_write_begin(ins);
+        atomic_store_explicit(&ins->wd_kind, CREST__WD_NONE, memory_order_release);
+        crest__wd_write_end(ins, s);
+    }
+    atomic_store_explicit(&ins->wd_iter_start_ns, t, memory_order_relaxed);
+}
+#define crest__watchdog_busy(loop, t) crest__wd_busy(&(loop)->ins, (t))
 
 #endif

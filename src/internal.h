@@ -288,6 +288,8 @@ struct crest_listener;
 const crest_handler_t *crest__listener_handler(const struct crest_listener *l);
 const crest_addr_t *crest__listener_addr(const struct crest_listener *l);
 /* The handler callback a connection runs next (for naming a slow one). */
-#define CREST__WHAT(loop, w) ((loop)->ins.cur_what = (uint8_t)(w))
+/* A relaxed store (a plain byte move): the watchdog thread reads it. */
+#define CREST__WHAT(loop, w) \
+    atomic_store_explicit(&(loop)->ins.cur_what, (uint8_t)(w), memory_order_relaxed)
 
 #endif

@@ -331,6 +331,10 @@ int crest_loop_run_once(crest_loop_t *loop, int timeout_ms) {
     loop->stats.run_ns += busy;
     if (CREST__LIKELY(ins->on))
         crest__insight_iteration(loop, busy, n, end);
+    /* The watchdog: out of the iteration (what the application does
+     * between iterations is not the loop being blocked). */
+    if (watched)
+        crest__watchdog_busy(loop, 0);
     loop->running = false;
     if (n < 0)
         return n;

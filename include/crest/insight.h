@@ -241,22 +241,71 @@ void crest_insight_window(crest_insight_t *out, const crest_insight_t *newer,
 void crest_insight_add(crest_insight_t *dst, const crest_insight_t *src);
 
 /* The blocked-loop watchdog: one thread per process that watches every
- * loop (created before or after the start).  A loop inside one iteration
- * for longer than threshold_ms is logged at WARN while it is still stuck:
- * which callback is running (kind, handler name or symbol, connection id,
- * fd and peer) and for how long; with backtrace, the stuck thread's stack
- * too (taken by a signal to that thread: SIGRTMIN+3 unless told).  Logged
- * again each time the stall doubles.  The loop counts the stall in
- * `blocked` once it returns.  Any thread.  -EALREADY if running. */
+ * loop (created before or after the start) and reports a loop stuck
+ * inside one iteration WHILE it is still stuck, at WARN through crest_log
+ * (from the watchdog's thread: the log hook must be thread-safe):
+ *
+ *   loop blocked for 110 ms in a callback: conn handler spinner on_data
+ *   conn #1 fd 11 peer 127.0.0.1:46396 (running 105 ms, thread 32607)
+ *
+ * what runs (kind; the handler's name, else the symbol of the function
+ * by dladdr(); the handler callback; the connection's id, fd and peer),
+ * how long the loop has been busy, how long the current callback has run
+ * (as the watchdog saw it: up to one period short, see below) and the
+ * loop thread's id.  Logged again each time the stall doubles (100, 200,
+ * 400 ms... with a 100 ms threshold), not at every tick.  With backtrace,
+ * the first report of a stall is followed by the stuck thread's stack
+ * ("  #3 ./app(parse_request+0x5b)[0x...]"), taken by sending it
+ * opts.signal: its handler writes backtrace_symbols_fd() into a pipe the
+ * watchdog reads.  Once the iteration ends, the loop counts it in the
+ * `blocked` and `blocked_max_ns` figures above (busy time at or past the
+ * threshold; insight enabled).
+ *
+ * The thread wakes every threshold/4 (at least 5 ms, at most 50 ms): that
+ * is the resolution of both times it reports.  Callbacks are timed by
+ * neither clock reads nor syscalls on the loop thread: while the watchdog
+ * runs, each callback publishes what it is (a few relaxed stores, about
+ * 55 instructions for a connection callback on x86-64); while it is off,
+ * nothing (docs/latency.md).
+ *
+ * The signal (default SIGRTMIN+3) is only used if its disposition is
+ * SIG_DFL at the start: a handler is installed (SA_RESTART) and the old
+ * disposition restored at the stop.  If the application handles or
+ * ignores it, there are no backtraces (said once, at INFO).  A system call
+ * the stuck callback is in when the signal comes is restarted where Linux
+ * restarts it with SA_RESTART; others (nanosleep, poll, epoll_wait...)
+ * return EINTR.  If the stuck thread blocks the signal, the watchdog says
+ * so after 1 s and takes no more backtraces in this run (and leaves its
+ * handler installed at the stop, so that the still pending signal cannot
+ * kill the process).
+ *
+ * A fork child does not inherit the watchdog: its thread is not there,
+ * crest_watchdog_running() is false in the child, and the child may start
+ * its own (the parent's pipe is released then, or at a stop).
+ */
 typedef struct crest_watchdog_opts {
-    uint32_t threshold_ms;      /* default 100 */
-    bool backtrace;             /* default true */
-    int signal;                 /* default 0: SIGRTMIN+3 */
+    uint32_t threshold_ms;      /* a loop busy this long is blocked:
+                                   default 100, at least 1 */
+    bool backtrace;             /* take the stuck thread's stack: default
+                                   true */
+    int signal;                 /* for the stack: default 0 = SIGRTMIN+3;
+                                   not SIGKILL, SIGSTOP */
 } crest_watchdog_opts_t;
 
+/* The defaults above.  Any thread. */
 void crest_watchdog_opts_init(crest_watchdog_opts_t *opts);
+/* Start the watchdog thread (opts NULL: the defaults).  Any thread;
+ * loops need not exist yet, and need no call of their own.  Runs no
+ * callback.  0; -EALREADY if running; -EINVAL for threshold_ms 0 or a
+ * signal out of range, SIGKILL or SIGSTOP; with backtrace, -errno of
+ * pipe2() or sigaction() or crest_fd_register's; pthread_create()'s error
+ * negated (-EAGAIN). */
 int crest_watchdog_start(const crest_watchdog_opts_t *opts);
-void crest_watchdog_stop(void); /* joins the thread; any thread */
+/* Stop it: the loops stop publishing, the thread is joined, the pipe
+ * closed, the signal's disposition restored.  Safe when not running.  Any
+ * thread but the watchdog's own (a log hook it calls: logged, ignored). */
+void crest_watchdog_stop(void);
+/* Any thread. */
 bool crest_watchdog_running(void);
 
 #ifdef __cplusplus
