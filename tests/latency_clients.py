@@ -224,14 +224,18 @@ def cmd_doctor(a):
     # windows.  If the server did not exit cleanly, every line is a window.
     named = []
     for i, obj in enumerate(lines):
-        where = "whole run" if (i == len(lines) - 1 and a.exited) else "window %d" % (i + 1)
+        scope = obj.get("scope")
+        if scope is None:  # an older server: the last line after a clean exit
+            scope = "run" if (i == len(lines) - 1 and a.exited) else "window"
+        where = "whole run" if scope == "run" else "window %d" % (i + 1)
         for f in obj.get("findings", []):
             named.append((where, f))
     if a.none:
         if not named:
-            print("no finding in %d window%s nor the whole run" %
-                  (len(lines) - (1 if a.exited else 0),
-                   "" if len(lines) == 2 else "s"))
+            runs = sum(1 for o in lines if o.get("scope") == "run")
+            print("no finding in %d window%s%s" %
+                  (len(lines) - runs, "" if len(lines) - runs == 1 else "s",
+                   " nor the whole run" if runs else ""))
             return 0
         for where, f in named:
             print("unexpected finding (%s): %s %s: %s" %
