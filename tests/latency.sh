@@ -112,7 +112,8 @@ stop_server() {
 # kept in $bench_line.
 bench() {
     local out=$work/$case.bench
-    "$bin/crest-bench" --quiet --warmup 0.2 "$@" "127.0.0.1:$port" >"$out" 2>&1
+    ${bench_pinned[@]+"${bench_pinned[@]}"} "$bin/crest-bench" --quiet --warmup 0.2 "$@" \
+        "127.0.0.1:$port" >"$out" 2>&1
     bench_rc=$?
     brief_bench "$out"
 }
@@ -179,6 +180,7 @@ check_named() {
 }
 
 results=()
+bench_pinned=() # a taskset prefix for crest-bench, or nothing
 # result PASS|FAIL|SKIP TEXT: the outcome of the current case.
 result() {
     local what=$1
@@ -186,6 +188,15 @@ result() {
     results+=("$what $case")
     printf '%s %s: %s\n' "$what" "$case" "$(printf '%s\n' "$*" | head -n 1)"
     printf '%s\n' "$*" | tail -n +2 | sed 's/^/    /'
+}
+
+# two_cpus: true if this process may use two CPUs and taskset is there;
+# sets $mine (the last CPU: the server's) and $other (the first: the load's).
+two_cpus() {
+    cpus=$("$py" -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
+    set -- $cpus
+    [ $# -ge 2 ] && command -v taskset >/dev/null || return 1
+    mine=${!#} other=$1
 }
 
 # ------------------------------------------------------------------- cases
@@ -245,14 +256,10 @@ case_cpu_starved() {
     say "== cpu_starved: a CPU hog pinned on the server's CPU"
     # Two CPUs this process may use: the server and the hog share the
     # last, crest-bench gets the first.
-    local cpus
-    cpus=$("$py" -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
-    set -- $cpus
-    if [ $# -lt 2 ] || ! command -v taskset >/dev/null; then
+    if ! two_cpus; then
         result SKIP "needs two CPUs and taskset (have: ${cpus:-?})"
         return
     fi
-    local mine=${!#} other=$1
     local srv=() load=(-c 8 -d 3)
     cmd "taskset -c $mine sh -c 'while :; do :; done' &"
     cmd "taskset -c $mine crest-echo --doctor 1"
@@ -349,15 +356,27 @@ case_network() {
 
 case_healthy() {
     say "== healthy: a loaded but unsaturated run must give no finding"
-    local srv=(-q) open=(-c 50 -r 20000 -d 3) closed=(-c 50 -P 1 -d 3)
-    cmd "crest-echo --doctor 1 ${srv[*]}"
-    cmd "crest-bench ${open[*]} 127.0.0.1:7000"
-    cmd "crest-bench ${closed[*]} 127.0.0.1:7000"
+    # The load generator gets a CPU of its own where there are two: sharing
+    # the server's would be CPU starvation, which the doctor rightly names.
+    local srv=(-q) open=(-c 50 -r 20000 -d 3) closed=(-c 50 -P 1 -d 3) pin=()
+    if two_cpus; then
+        pin=(taskset -c "$other")
+        cmd "taskset -c $mine crest-echo --doctor 1 ${srv[*]}"
+        cmd "taskset -c $other crest-bench ${open[*]} 127.0.0.1:7000"
+        cmd "taskset -c $other crest-bench ${closed[*]} 127.0.0.1:7000"
+    else
+        cmd "crest-echo --doctor 1 ${srv[*]}"
+        cmd "crest-bench ${open[*]} 127.0.0.1:7000"
+        cmd "crest-bench ${closed[*]} 127.0.0.1:7000"
+    fi
     start_server crest-echo "${srv[@]}" || { result FAIL "server did not start"; return; }
+    [ ${#pin[@]} -eq 0 ] || taskset -pc "$mine" "$pid" >/dev/null
+    bench_pinned=("${pin[@]}")
     bench "${open[@]}"
     say "  open loop:   $bench_line"
     bench "${closed[@]}"
     say "  closed loop: $bench_line"
+    bench_pinned=()
     stop_server
     local verdict rc
     verdict=$("$py" "$clients" doctor "$json" --none $([ "$exited" = 1 ] && echo --exited) 2>&1)
