@@ -116,6 +116,7 @@ bench() {
         "127.0.0.1:$port" >"$out" 2>&1
     bench_rc=$?
     brief_bench "$out"
+    [ "$bench_rc" -eq 0 ] || bench_line="$bench_line (exit $bench_rc)"
 }
 
 # brief_bench FILE: $bench_line = the figures of crest-bench's key=value
@@ -167,8 +168,9 @@ show_doctor() {
 check_named() {
     local cause=$1 verdict rc
     shift
-    verdict=$("$py" "$clients" doctor "$json" --cause "$cause" \
-        $([ "$exited" = 1 ] && echo --exited) "$@" 2>&1)
+    local ex=()
+    [ "$exited" = 1 ] && ex=(--exited)
+    verdict=$("$py" "$clients" doctor "$json" --cause "$cause" ${ex[@]+"${ex[@]}"} "$@" 2>&1)
     rc=$?
     show_doctor "$cause"
     if [ $rc -eq 0 ]; then
@@ -379,7 +381,9 @@ case_healthy() {
     bench_pinned=()
     stop_server
     local verdict rc
-    verdict=$("$py" "$clients" doctor "$json" --none $([ "$exited" = 1 ] && echo --exited) 2>&1)
+    local ex=()
+    [ "$exited" = 1 ] && ex=(--exited)
+    verdict=$("$py" "$clients" doctor "$json" --none ${ex[@]+"${ex[@]}"} 2>&1)
     rc=$?
     local last
     last=$(grep -E '^doctor' "$log" | tail -n 1)
