@@ -231,6 +231,18 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
     uint64_t n = total > excluded ? total - excluded : 0;
     if (n == 0 || n < c->o->slow_callback_min)
         return;
+    /* Busy time is wall time: an iteration preempted for a few ms looks
+     * slow though no callback was.  When the slow ones are rare (under
+     * 0.1% of iterations) and the window's CPU figures account for every
+     * one of them (enough involuntary switches landing in busy time,
+     * nivcsw x utilization; each of them long, a mean wait of half a
+     * threshold or more; and run-queue wait of a threshold for each), they
+     * are not blamed on a callback: cpu_starved judges the CPU. */
+    uint64_t thr = w->slow_threshold_ns ? w->slow_threshold_ns : MS(1);
+    if (w->iterations && w->slow_iterations * 1000 < w->iterations && w->nivcsw > 0 &&
+        (double)n <= (double)w->nivcsw * c->util && w->runq_wait_ns / w->nivcsw >= thr / 2 &&
+        w->runq_wait_ns / thr >= n)
+        return;
     /* Critical when at least 1% of iterations ran slow: the p99 of the
      * loop's iteration time is itself slow. */
     bool p99 = w->iterations && w->slow_iterations * 100 >= w->iterations;

@@ -37,6 +37,13 @@
 #include "sys.h"
 
 void crest__rx_timestamps_on(struct crest_conn *c) {
+    /* Unix-domain stream sockets accept the option and never stamp: they
+     * keep the plain read. */
+    int domain = 0;
+    socklen_t len = sizeof domain;
+    if (getsockopt(c->io.fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 ||
+        (domain != AF_INET && domain != AF_INET6))
+        return;
     int flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
     if (setsockopt(c->io.fd, SOL_SOCKET, SO_TIMESTAMPING, &flags, sizeof flags) == 0) {
         c->flags |= CREST__C_RX_TSTAMP;

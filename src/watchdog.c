@@ -130,9 +130,7 @@ void crest__watchdog_enter(struct crest_loop *loop, crest_cb_kind_t kind, const 
     const char *name = NULL;
     uint64_t conn_id = 0;
     int fd = -1;
-    if (kind == CREST_CB_TIMER) {
-        fn = FN(((const struct crest_timer *)obj)->cb);
-    } else if (kind != CREST_CB_DEFERRED && kind != CREST_CB_POSTED) {
+    if (kind != CREST_CB_TIMER && kind != CREST_CB_DEFERRED && kind != CREST_CB_POSTED) {
         /* An io watcher: the connection, listener or signal ones are
          * named for what they are. */
         const struct crest_io *io = obj;

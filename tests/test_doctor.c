@@ -190,8 +190,14 @@ static void test_healthy_busy_window(void **state) {
     crest_hist_record_n(&w->hw_pause, US(500), 20);
     w->nagle_checks = 1000;
     w->nagle_held = 2;
-    w->runq_wait_ns = MS(50); /* 0.5% */
-    w->nivcsw = 3000;
+    /* Other processes want the CPU too: the loop was preempted 200 times
+     * and waited 300 ms (3%, 1.5 ms a time).  Three iterations of 2 ms
+     * among 100,000: preemption, not a slow callback. */
+    w->runq_wait_ns = MS(300);
+    w->nivcsw = 200;
+    w->slow_unnamed = 3;
+    w->slow_iterations = 3;
+    crest_hist_record_n(&w->iteration_busy, MS(2), 3);
     /* 200 connections opened in the window (the benchmark's clients), all
      * of them still open: a ramp-up, not a leak. */
     w->fd_origins_len = 1;
@@ -204,6 +210,7 @@ static void test_healthy_busy_window(void **state) {
     expect_none(w, &dx);
     assert_true(dx.utilization > 0.96 && dx.utilization <= 1.0);
     assert_true(dx.busy_p99_ns >= US(20) && dx.busy_p99_ns < US(50));
+    assert_true(dx.busy_max_ns >= MS(2));
     assert_true(dx.rtt_p99_ns > 0 && dx.rtt_p99_ns < US(100));
     assert_int_equal(dx.window_ns, S(10));
     assert_int_equal(dx.iterations, 100000);
@@ -232,6 +239,19 @@ static void test_slow_callback(void **state) {
     assert_non_null(strstr(f->evidence, "worst: conn echo on_message 192.0.2.1:40000 5.0 ms"));
     /* 5 named + 2 unnamed. */
     assert_non_null(strstr(f->evidence, "7 slow callbacks"));
+    /* The same seven on a loop preempted 200 times, 1.5 ms each: the CPU
+     * figures account for them, so no callback is blamed (and 3% of
+     * the window is not enough for cpu_starved). */
+    w->nivcsw = 200;
+    w->runq_wait_ns = MS(300);
+    w->phase_ns[CREST_PHASE_WAIT] = S(6); /* 40% busy: 80 switches in busy time */
+    w->phase_ns[CREST_PHASE_IO] = S(4);
+    assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
+    assert_int_equal(dx.n, 0);
+    /* A hundred would be too many for them (82 switches in busy time). */
+    w->slow_unnamed = 95;
+    w->slow_iterations = 99;
+    expect_one(w, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
     free(w);
 }
 
@@ -583,8 +603,9 @@ static void test_order_and_lines(void **state) {
     w->accept_queue_max = 100; /* info */
     w->accept_queue_peak = 90;
     w->runq_wait_ns = S(4); /* critical */
-    w->slow_unnamed = 3; /* warning */
-    w->slow_iterations = 3;
+    w->slow_unnamed = 30; /* warning (more than 40 preemptions at 10%
+                             busy can explain) */
+    w->slow_iterations = 30;
     assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
     render(&dx);
     assert_int_equal(dx.n, 4);
@@ -719,7 +740,7 @@ static void test_truncation(void **state) {
     w->nagle_held = 100;
     w->runq_wait_ns = S(4);
     ring_add(w, CREST_CB_CONN, "q\"\\", "on_data", "192.0.2.1:9", MS(2));
-    w->slow_callbacks = 1;
+    w->slow_callbacks = 10;
     assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
     assert_int_equal(dx.n, 3);
     check_truncation(crest_diagnosis_text, &dx);

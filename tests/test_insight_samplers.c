@@ -186,6 +186,18 @@ static void rx_run(bool stamps, crest_insight_t *f) {
     int want = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
     assert_int_equal(flags & want, stamps ? want : 0);
 
+    /* An outbound connection of the same loop gets the option as well. */
+    struct rx cs = {0};
+    crest_conn_t *out_conn = NULL;
+    assert_int_equal(crest_connect(loop, addr, NULL, &rx_echo, &cs, &out_conn), 0);
+    RUN_UNTIL(loop, cs.opened == 1 && s.opened == 2);
+    flags = -1;
+    len = sizeof flags;
+    assert_int_equal(getsockopt(crest_conn_fd(out_conn), SOL_SOCKET, SO_TIMESTAMPING, &flags, &len), 0);
+    assert_int_equal(flags & want, stamps ? want : 0);
+    crest_conn_close(out_conn);
+    RUN_UNTIL(loop, cs.closed == 1 && s.closed == 1);
+
     /* The host's first enabling of timestamps goes through a work queue
      * (net_enable_timestamp): give it a moment, then try a few times. */
     tu_sleep_ms(20);
@@ -244,7 +256,7 @@ static void rx_run(bool stamps, crest_insight_t *f) {
     assert_int_equal(crest_loop_get_insight(loop, f), 0);
 
     close(cl);
-    RUN_UNTIL(loop, s.closed == 1);
+    RUN_UNTIL(loop, s.closed == 2);
     crest_listener_close(l);
     tu_finish_conns(loop);
 }

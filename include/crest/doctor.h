@@ -82,7 +82,7 @@ typedef struct crest_doctor_opts {
     uint32_t slow_callback_min;      /* slow callbacks in the window to
                                         report (default 1) */
     uint32_t blocked_ms;             /* a callback this long is a blocked
-                                        loop (default 100) */
+                                        loop (default 100; 0 means 100) */
     double saturated_utilization;    /* busy / wall (default 0.90) */
     double cpu_starved_fraction;     /* run-queue wait / wall (default 0.10) */
     uint32_t accept_drops_min;       /* ListenOverflows+Drops (default 1) */

@@ -124,7 +124,7 @@ typedef struct crest_slow_cb {
                                   address; else "" */
 } crest_slow_cb_t;
 
-/* A loop's figures.  Large (about 60 KiB): allocate it. */
+/* A loop's figures.  Large (about 40 KiB): allocate it. */
 typedef struct crest_insight {
     uint64_t taken_ns;           /* loop clock (CLOCK_MONOTONIC) of this
                                     snapshot */
@@ -208,7 +208,7 @@ typedef struct crest_insight {
     uint64_t nagle_held;         /* ... whose bytes the kernel held back
                                     though the window was open */
 
-    /* fd growth (process-wide; see crest_fd_growth in fdreg.h) */
+    /* fd growth (process-wide; see crest_fd_origins in fdreg.h) */
     uint64_t fds_open;           /* registered fds open at the sample */
     uint64_t fds_unregistered;   /* fds in /proc/self/fd the registry does
                                     not know (sampled every 10 periods) */
