@@ -378,8 +378,15 @@ int crest__conn_flush(struct crest_conn *c) {
     }
     if (c->out_bytes == 0) {
         if (stall_ns && loop->ins.on) { /* a write stall is over */
-            loop->ins.fig.write_stalls++;
-            crest__hist_record(&loop->ins.fig.write_stall, loop->now_ns - stall_ns);
+            crest_insight_t *fig = &loop->ins.fig;
+            fig->write_stalls++;
+            crest__hist_record(&fig->write_stall, loop->now_ns - stall_ns);
+            int sndbuf = c->ep->opts.sndbuf;
+            if (sndbuf > 0) {
+                fig->write_stalls_sndbuf++;
+                if (!fig->sndbuf_set_min || (uint32_t)sndbuf < fig->sndbuf_set_min)
+                    fig->sndbuf_set_min = (uint32_t)sndbuf;
+            }
         }
     } else if (!(c->flags & CREST__C_WRITABLE) && !c->out_head->stall_ns) {
         c->out_head->stall_ns = loop->now_ns; /* the socket left some: a stall */

@@ -111,6 +111,24 @@ static double ratio(uint64_t a, uint64_t b) {
     return b ? (double)a / (double)b : 0.0;
 }
 
+/* A percentage with two significant digits, never in exponent form. */
+typedef struct {
+    char s[24];
+} pct_t;
+
+static pct_t pct_text(double p) {
+    pct_t t;
+    if (p >= 10.0)
+        snprintf(t.s, sizeof t.s, "%.0f", p);
+    else if (p >= 1.0)
+        snprintf(t.s, sizeof t.s, "%.1f", p);
+    else if (p >= 0.001)
+        snprintf(t.s, sizeof t.s, "%.2g", p);
+    else
+        snprintf(t.s, sizeof t.s, "<0.001");
+    return t;
+}
+
 /* ---- the findings being built ---- */
 
 static crest_finding_t *add(crest_diagnosis_t *dx, crest_cause_t cause, crest_severity_t sev) {
@@ -290,8 +308,8 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
                  worst->what, worst->peer[0] ? " " : "", worst->peer, dur(worst->duration_ns).s);
     char pct[48] = "";
     if (w->iterations && w->slow_iterations)
-        snprintf(pct, sizeof pct, ", %.2g%% of iterations slow",
-                 100.0 * ratio(w->slow_iterations, w->iterations));
+        snprintf(pct, sizeof pct, ", %s%% of iterations slow",
+                 pct_text(100.0 * ratio(w->slow_iterations, w->iterations)).s);
     evidence(f, "%s slow callback%s over %s%s%s%s%s%s", num(n).s, n == 1 ? "" : "s",
              dur(w->slow_threshold_ns ? w->slow_threshold_ns : MS(1)).s, kinds[0] ? " (" : "",
              kinds, kinds[0] ? ")" : "", pct, who);
@@ -394,6 +412,19 @@ static void rule_accept_queue(const ctx_t *c, crest_diagnosis_t *dx) {
 /* slow_reader: our sending was held back by the peer's receive window
  * (tcpi_rwnd_limited of busy time), or, without enough TCP_INFO, output
  * waited long for EPOLLOUT. */
+/* Write stalls on connections whose send buffer the options fixed, with
+ * the peer's receive window not the limit: our own buffer held sending
+ * back.  (The kernel's tcpi_sndbuf_limited hardly ever counts over
+ * loopback, where ACKs come back at once.) */
+static bool stalls_by_fixed_sndbuf(const ctx_t *c, bool busy_enough, double rwnd_frac) {
+    const crest_insight_t *w = c->w;
+    const crest_doctor_opts_t *o = c->o;
+    return w->write_stalls_sndbuf > 0 && w->write_stalls_sndbuf >= o->write_stalls_min &&
+           w->write_stalls_sndbuf * 2 >= w->write_stalls &&
+           crest_hist_percentile(&w->write_stall, 99.0) >= MS(o->write_stall_p99_ms) &&
+           !(busy_enough && rwnd_frac >= o->slow_reader_fraction);
+}
+
 static void rule_slow_reader(const ctx_t *c, crest_diagnosis_t *dx) {
     const crest_insight_t *w = c->w;
     const crest_doctor_opts_t *o = c->o;
@@ -401,11 +432,13 @@ static void rule_slow_reader(const ctx_t *c, crest_diagnosis_t *dx) {
     double frac = ratio(w->rwnd_limited_ns, w->tcp_busy_ns);
     bool by_rwnd = busy_enough && w->rwnd_limited_ns > 0 && frac >= o->slow_reader_fraction;
     uint64_t stall99 = crest_hist_percentile(&w->write_stall, 99.0);
-    /* Stalls alone: only when TCP_INFO does not say the send buffer is to
-     * blame (then it is sndbuf_limited's). */
+    /* Stalls alone: only when nothing says the send buffer is to blame
+     * (then it is sndbuf_limited's): TCP_INFO, or stalls on connections
+     * with a fixed send buffer while the peers' window was open. */
     bool by_stall = w->write_stalls > 0 && w->write_stalls >= o->write_stalls_min &&
                     stall99 >= MS(o->write_stall_p99_ms) &&
-                    !(busy_enough && w->sndbuf_limited_ns > w->rwnd_limited_ns);
+                    !(busy_enough && w->sndbuf_limited_ns > w->rwnd_limited_ns) &&
+                    !stalls_by_fixed_sndbuf(c, busy_enough, frac);
     if (!by_rwnd && !by_stall)
         return;
     crest_severity_t sev = by_rwnd && frac >= 0.5 ? CREST_SEVERITY_CRITICAL
@@ -415,7 +448,7 @@ static void rule_slow_reader(const ctx_t *c, crest_diagnosis_t *dx) {
     if (w->hw_pauses)
         snprintf(pauses, sizeof pauses, ", %s high-water pauses of reading (p99 %s)",
                  num(w->hw_pauses).s, dur(crest_hist_percentile(&w->hw_pause, 99.0)).s);
-    if (busy_enough)
+    if (busy_enough && by_rwnd)
         evidence(f, "sending was limited by the peers' receive window %s of %s busy (%.0f%%, "
                     "%s connections), %s write stalls (p99 %s)%s",
                  dur(w->rwnd_limited_ns).s, dur(w->tcp_busy_ns).s, 100.0 * frac,
@@ -427,23 +460,33 @@ static void rule_slow_reader(const ctx_t *c, crest_diagnosis_t *dx) {
               "time out connections that do not drain, and check those clients.");
 }
 
-/* sndbuf_limited: our own send buffer, not the peer, held sending back. */
+/* sndbuf_limited: our own send buffer, not the peer, held sending back:
+ * TCP_INFO's tcpi_sndbuf_limited, or write stalls on connections whose
+ * SO_SNDBUF was fixed while the peers' window was open. */
 static void rule_sndbuf_limited(const ctx_t *c, crest_diagnosis_t *dx) {
     const crest_insight_t *w = c->w;
     const crest_doctor_opts_t *o = c->o;
-    if (w->tcp_busy_ns == 0 || w->tcp_busy_ns < MS(o->tcp_busy_min_ms) ||
-        w->sndbuf_limited_ns == 0)
-        return;
+    bool busy_enough = w->tcp_busy_ns >= MS(o->tcp_busy_min_ms) && w->tcp_busy_ns > 0;
     double frac = ratio(w->sndbuf_limited_ns, w->tcp_busy_ns);
-    if (frac < o->sndbuf_limited_fraction)
+    bool by_info = busy_enough && w->sndbuf_limited_ns > 0 && frac >= o->sndbuf_limited_fraction;
+    bool by_stall = stalls_by_fixed_sndbuf(c, busy_enough, ratio(w->rwnd_limited_ns, w->tcp_busy_ns));
+    if (!by_info && !by_stall)
         return;
     crest_finding_t *f = add(dx, CREST_CAUSE_SNDBUF_LIMITED,
-                             frac >= 0.5 ? CREST_SEVERITY_CRITICAL : CREST_SEVERITY_WARNING);
-    evidence(f, "sending was limited by our send buffer %s of %s busy (%.0f%%, %s connections), "
-                "%s write stalls (p99 %s)",
-             dur(w->sndbuf_limited_ns).s, dur(w->tcp_busy_ns).s, 100.0 * frac,
-             num(w->tcp_samples).s, num(w->write_stalls).s,
-             dur(crest_hist_percentile(&w->write_stall, 99.0)).s);
+                             by_info && frac >= 0.5 ? CREST_SEVERITY_CRITICAL
+                                                    : CREST_SEVERITY_WARNING);
+    uint64_t stall99 = crest_hist_percentile(&w->write_stall, 99.0);
+    if (by_info)
+        evidence(f, "sending was limited by our send buffer %s of %s busy (%.0f%%, %s connections), "
+                    "%s write stalls (p99 %s)",
+                 dur(w->sndbuf_limited_ns).s, dur(w->tcp_busy_ns).s, 100.0 * frac,
+                 num(w->tcp_samples).s, num(w->write_stalls).s, dur(stall99).s);
+    else
+        evidence(f, "%s write stalls (p99 %s) on connections whose SO_SNDBUF was set (smallest "
+                    "%s bytes asked), while the peers' receive window was not the limit (%s of %s "
+                    "busy)",
+                 num(w->write_stalls_sndbuf).s, dur(stall99).s, num(w->sndbuf_set_min).s,
+                 dur(w->rwnd_limited_ns).s, dur(w->tcp_busy_ns).s);
     advice(f, "Raise the send buffer (crest_conn_set_sndbuf, or sndbuf 0 to let the kernel "
               "autotune it) so a reply fits in it at the path's bandwidth-delay product.");
 }

@@ -438,6 +438,7 @@ void crest_insight_window(crest_insight_t *out, const crest_insight_t *newer,
     DIFF(rwnd_limited_ns);
     DIFF(sndbuf_limited_ns);
     DIFF(write_stalls);
+    DIFF(write_stalls_sndbuf);
     HWIN(write_stall);
     DIFF(hw_pauses);
     HWIN(hw_pause);
@@ -521,6 +522,9 @@ void crest_insight_add(crest_insight_t *dst, const crest_insight_t *src) {
     ADD(rwnd_limited_ns);
     ADD(sndbuf_limited_ns);
     ADD(write_stalls);
+    ADD(write_stalls_sndbuf);
+    if (src->sndbuf_set_min && (!dst->sndbuf_set_min || src->sndbuf_set_min < dst->sndbuf_set_min))
+        dst->sndbuf_set_min = src->sndbuf_set_min;
     HADD(write_stall);
     ADD(hw_pauses);
     HADD(hw_pause);

@@ -486,6 +486,23 @@ static void test_sndbuf_limited(void **state) {
     assert_non_null(strstr(f->evidence, "40%"));
     assert_non_null(strstr(f->advice, "sndbuf"));
     free(w);
+
+    /* Recorded from crest-echo --sndbuf 4096 with 256 KiB replies over
+     * loopback: TCP_INFO counts no sndbuf-limited time at all, the peers'
+     * window never limited, yet every reply stalled on a full buffer. */
+    w = healthy();
+    add_loopback_tcp(w);
+    w->tcp_busy_ns = MS(4640);
+    w->write_stalls = 30;
+    w->write_stalls_sndbuf = 30;
+    w->sndbuf_set_min = 4096;
+    crest_hist_record_n(&w->write_stall, MS(180), 30);
+    f = expect_one(w, CREST_CAUSE_SNDBUF_LIMITED, CREST_SEVERITY_WARNING, &dx);
+    assert_non_null(strstr(f->evidence, "4,096 bytes"));
+    /* ... but when the peers' window was the limit, it is a slow reader. */
+    w->rwnd_limited_ns = MS(4000);
+    expect_one(w, CREST_CAUSE_SLOW_READER, CREST_SEVERITY_CRITICAL, &dx);
+    free(w);
 }
 
 static void test_nagle(void **state) {

@@ -207,6 +207,14 @@ typedef struct crest_insight {
                                     TCP_NODELAY, sampled with TCP_INFO */
     uint64_t nagle_held;         /* ... whose bytes the kernel held back
                                     though the window was open */
+    uint64_t write_stalls_sndbuf; /* of write_stalls, on connections whose
+                                    SO_SNDBUF the options set (sndbuf > 0:
+                                    the kernel's autotuning is off): over
+                                    loopback tcpi_sndbuf_limited hardly
+                                    ever counts, these do */
+    uint32_t sndbuf_set_min;     /* the smallest such sndbuf option seen
+                                    (bytes asked; the kernel doubles it),
+                                    0 if none */
 
     /* fd growth (process-wide; see crest_fd_origins in fdreg.h) */
     uint64_t fds_open;           /* registered fds open at the sample */
