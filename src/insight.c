@@ -83,7 +83,6 @@ static void apply_opts(crest_loop_t *loop) {
 
 int crest__insight_init(crest_loop_t *loop) {
     struct crest__insight *ins = &loop->ins;
-    ins->schedstat_fd = -1;
     ins->published = calloc(1, sizeof *ins->published);
     if (!ins->published)
         return -ENOMEM;
@@ -106,10 +105,6 @@ void crest__insight_destroy(crest_loop_t *loop) {
         return; /* init failed before it began */
     crest__watchdog_remove(loop);
     crest_timer_stop(&ins->sample_timer);
-    if (ins->schedstat_fd >= 0) {
-        crest_fd_close(ins->schedstat_fd);
-        ins->schedstat_fd = -1;
-    }
     pthread_mutex_destroy(&ins->pub_lock);
     free(ins->published);
     ins->published = NULL;

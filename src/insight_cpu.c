@@ -3,8 +3,7 @@
  *
  * - /proc/thread-self/schedstat: "<ns on a CPU> <ns runnable, waiting on a
  *   run queue> <timeslices>" (kernel with CONFIG_SCHEDSTATS, as every
- *   distribution kernel has).  The file stays open and is pread from
- *   offset 0 each sample: one syscall, no path walk.
+ *   distribution kernel has), opened, read and closed each sample.
  * - getrusage(RUSAGE_THREAD): ru_nivcsw (preempted: the CPU was taken
  *   away) and ru_nvcsw (gave it up: blocked in epoll_wait, a lock, I/O).
  *
@@ -12,11 +11,11 @@
  * adds the differences, so crest_loop_insight_reset() (which zeroes the
  * figures) starts them again from zero without a base to fix.  A loop run
  * from another thread than the last sample's (crest_loop_run on a new
- * thread) is noticed by its thread id: the file is opened anew for that
- * thread, and that period's difference is dropped (the two threads'
+ * thread) is noticed by its thread id: that period's difference is dropped (the two threads'
  * counters have nothing to do with each other).
  *
- * Cost: gettid, pread and getrusage: three syscalls a sample period. */
+ * Cost: gettid, open, read, close and getrusage: five syscalls a sample
+ * period. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -32,16 +31,14 @@ static int current_tid(void) {
     return (int)syscall(SYS_gettid);
 }
 
-/* Open the calling thread's schedstat, registered to the loop.  -1 when
- * there is none (said once at DEBUG). */
-static int open_schedstat(crest_loop_t *loop) {
-    struct crest__insight *ins = &loop->ins;
-    if (ins->schedstat_fd >= 0) {
-        crest_fd_close(ins->schedstat_fd);
-        ins->schedstat_fd = -1;
-    }
+/* cpu and runq of the calling thread: true if read.  The file is opened
+ * and closed each time rather than kept open: an fd that appears at the
+ * first sample would change the process's fd count under applications
+ * (and tests) that compare it with a baseline, and would have to follow
+ * the loop from thread to thread.  A missing file is said once at DEBUG. */
+static bool read_schedstat(struct crest__insight *ins, uint64_t *cpu_ns, uint64_t *runq_ns) {
     if (ins->schedstat_missing)
-        return -1;
+        return false;
     int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         ins->schedstat_missing = true;
@@ -49,23 +46,11 @@ static int open_schedstat(crest_loop_t *loop) {
                   "insight: no /proc/thread-self/schedstat (%s): run-queue wait is not measured "
                   "(a kernel without CONFIG_SCHEDSTATS, or no /proc)",
                   crest_strerror(errno));
-        return -1;
+        return false;
     }
-    int rc = crest__fd_register(fd, CREST_FD_USER, loop, CREST_HERE);
-    if (rc < 0) {
-        close(fd); /* not registered: closed directly */
-        crest_log(CREST_LOG_DEBUG, "insight: schedstat fd not registered (%s); not measured",
-                  crest_strerror(-rc));
-        return -1;
-    }
-    ins->schedstat_fd = fd;
-    return fd;
-}
-
-/* cpu and runq from the open file: true if it parsed. */
-static bool read_schedstat(int fd, uint64_t *cpu_ns, uint64_t *runq_ns) {
     char buf[96];
-    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
     if (n <= 0)
         return false;
     buf[n] = '\0';
@@ -80,10 +65,9 @@ void crest__insight_sample_cpu(struct crest_loop *loop, crest_insight_t *fig, ui
         /* The first sample, or the loop now runs on another thread. */
         ins->cpu_tid = tid;
         ins->cpu_have_prev = false;
-        open_schedstat(loop);
     }
     uint64_t cpu = 0, runq = 0;
-    bool have_sched = ins->schedstat_fd >= 0 && read_schedstat(ins->schedstat_fd, &cpu, &runq);
+    bool have_sched = read_schedstat(ins, &cpu, &runq);
     struct rusage ru;
     bool have_ru = getrusage(RUSAGE_THREAD, &ru) == 0;
     uint64_t niv = have_ru ? (uint64_t)ru.ru_nivcsw : ins->cpu_prev_nivcsw;

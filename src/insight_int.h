@@ -58,8 +58,6 @@ struct crest__insight {
     /* CPU (insight_cpu.c): the previous readings, so that each sample
      * adds deltas to the figures (which crest_loop_insight_reset zeroes) */
     uint64_t cpu_prev_runq_ns;
-    int schedstat_fd;           /* /proc/thread-self/schedstat of the loop
-                                   thread, opened on its first sample; -1 */
     int cpu_tid;                /* the thread the readings are of (gettid);
                                    0: none yet */
     bool cpu_have_prev;         /* the prev readings below are valid */

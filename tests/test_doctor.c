@@ -113,7 +113,7 @@ static void check_json_valid(const char *s, const char *causes) {
 }
 
 /* Render both outputs; with CREST_TEST_VERBOSE set, print them (how the
- * examples in docs/latency-doctor.md were made). */
+ * examples in docs/latency.md were made). */
 static void render(const crest_diagnosis_t *dx) {
     int n = crest_diagnosis_text(dx, text, sizeof text);
     assert_true(n > 0 && (size_t)n < sizeof text);

@@ -267,7 +267,7 @@ static void test_sndbuf_limited_and_stalls(void **state) {
      * driven by an incoming ACK empties its write queue while the writer
      * waits for room (tcp_cwnd_validate()); over loopback, where every
      * byte goes out inside send(), that rarely happens: the figure is
-     * checked for consistency, not for a value (docs/latency-net.md). */
+     * checked for consistency, not for a value (docs/latency.md). */
     assert_true(f->sndbuf_limited_ns <= f->tcp_busy_ns);
     srv_end(&s, l);
 }

@@ -100,7 +100,7 @@ static unsigned count_lines(const char *needle) {
     return n;
 }
 
-/* WATCHDOG_TEST_SHOW=1: print what was logged (docs/latency-watchdog.md
+/* WATCHDOG_TEST_SHOW=1: print what was logged (docs/latency.md
  * quotes it). */
 static void show_log(void) {
     if (!getenv("WATCHDOG_TEST_SHOW"))

@@ -2,7 +2,7 @@
  * why latency is high, with the evidence in numbers and one sentence of
  * advice.  The doctor only reads snapshots; it never reaches into a loop
  * or a connection.  Rules and thresholds: docs/latency.md (the doctor's
- * section: docs/latency-doctor.md).
+ * section: docs/latency.md).
  *
  * Each finding has a cause from a fixed vocabulary (its key is what the
  * text line begins with and the JSON "cause" carries):
@@ -75,7 +75,7 @@ typedef struct crest_diagnosis {
     crest_finding_t findings[CREST_FINDINGS_MAX]; /* most severe first */
 } crest_diagnosis_t;
 
-/* Thresholds of the rules (docs/latency-doctor.md says what each one
+/* Thresholds of the rules (docs/latency.md says what each one
  * means and why its default is what it is).  Fill with
  * crest_doctor_opts_init(), then change what you need. */
 typedef struct crest_doctor_opts {
