@@ -356,6 +356,17 @@ case_network() {
     result SKIP "cannot be produced on loopback here (no netem in this kernel); the doctor's unit tests check the rule on recorded TCP_INFO values"
 }
 
+# Busy jiffies of a /proc/stat line (cpu, cpu0, ...): user nice system irq
+# softirq steal.
+cpu_busy() {
+    awk -v l="$1" '$1 == l { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# A process's utime + stime, in jiffies (all its threads).
+proc_cpu() {
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 case_healthy() {
     say "== healthy: a loaded but unsaturated run must give no finding"
     # The load generator gets a CPU of its own where there are two: sharing
@@ -373,12 +384,22 @@ case_healthy() {
     fi
     start_server crest-echo "${srv[@]}" || { result FAIL "server did not start"; return; }
     [ ${#pin[@]} -eq 0 ] || taskset -pc "$mine" "$pid" >/dev/null
+    local cpu_line=cpu
+    [ ${#pin[@]} -eq 0 ] || cpu_line=cpu$mine
+    local busy0 own0
+    busy0=$(cpu_busy "$cpu_line") own0=$(proc_cpu "$pid")
     bench_pinned=("${pin[@]}")
     bench "${open[@]}"
     say "  open loop:   $bench_line"
     bench "${closed[@]}"
     say "  closed loop: $bench_line"
     bench_pinned=()
+    # What other processes took of the server's CPU meanwhile: on a shared
+    # machine (or with other tests running) the loop really does wait for
+    # its CPU, and cpu_starved is then the right answer, not a false one.
+    local others_pct
+    others_pct=$(( ( $(cpu_busy "$cpu_line") - busy0 - ($(proc_cpu "$pid") - own0) ) * 100 /
+                   ( $(getconf CLK_TCK) * 6 ) ))
     stop_server
     local verdict rc
     local ex=()
@@ -390,6 +411,12 @@ case_healthy() {
     [ -n "$last" ] && say "  crest says:" && say "    $last"
     if [ $rc -eq 0 ]; then
         result PASS "$verdict"
+    elif [ "$others_pct" -ge 10 ] &&
+         ! grep 'unexpected finding' <<<"$verdict" | grep -qv 'cpu_starved'; then
+        # Only cpu_starved, and other processes did take the CPU.
+        result PASS "no finding but cpu_starved, which is true here: other processes took \
+about ${others_pct}% of the server's CPU during the run
+$verdict"
     else
         # A finding here is either a false positive or this machine's own
         # load (other processes competing for the CPUs): say which it had.
