@@ -481,12 +481,17 @@ static void rule_sndbuf_limited(const ctx_t *c, crest_diagnosis_t *dx) {
                     "%s write stalls (p99 %s)",
                  dur(w->sndbuf_limited_ns).s, dur(w->tcp_busy_ns).s, 100.0 * frac,
                  num(w->tcp_samples).s, num(w->write_stalls).s, dur(stall99).s);
-    else
+    else if (w->tcp_busy_ns)
         evidence(f, "%s write stalls (p99 %s) on connections whose SO_SNDBUF was set (smallest "
                     "%s bytes asked), while the peers' receive window was not the limit (%s of %s "
                     "busy)",
                  num(w->write_stalls_sndbuf).s, dur(stall99).s, num(w->sndbuf_set_min).s,
                  dur(w->rwnd_limited_ns).s, dur(w->tcp_busy_ns).s);
+    else
+        evidence(f, "%s write stalls (p99 %s) on connections whose SO_SNDBUF was set (smallest "
+                    "%s bytes asked); no connection closed yet to say whether the peers' window "
+                    "also limited",
+                 num(w->write_stalls_sndbuf).s, dur(stall99).s, num(w->sndbuf_set_min).s);
     advice(f, "Raise the send buffer (crest_conn_set_sndbuf, or sndbuf 0 to let the kernel "
               "autotune it) so a reply fits in it at the path's bandwidth-delay product.");
 }
