@@ -126,8 +126,11 @@ void crest_loop_get_insight_opts(const crest_loop_t *loop, crest_insight_opts_t 
 
 /* ---- naming a callback ---- */
 
-static void name_function(char *buf, size_t len, const void *fn) {
+/* A function's symbol (dladdr: exported symbols only), else its object
+ * and offset, else its address.  Any thread. */
+void crest__name_function(char *buf, size_t len, const void *fn) {
     Dl_info info;
+    memset(&info, 0, sizeof info);
     if (fn && dladdr(fn, &info) && info.dli_sname) {
         snprintf(buf, len, "%s", info.dli_sname);
     } else if (fn && info.dli_fname && info.dli_fbase) {
@@ -148,7 +151,7 @@ static void describe_conn(crest_loop_t *loop, struct crest_conn *c, crest_slow_c
     if (h->name)
         snprintf(r->name, sizeof r->name, "%s", h->name);
     else
-        name_function(r->name, sizeof r->name, h->on_message ? FN(h->on_message) : FN(h->on_data));
+        crest__name_function(r->name, sizeof r->name, h->on_message ? FN(h->on_message) : FN(h->on_data));
     snprintf(r->what, sizeof r->what, "%s", crest__what_name(loop->ins.cur_what));
     if (crest_conn_peer(c, r->peer, sizeof r->peer) < 0)
         snprintf(r->peer, sizeof r->peer, "fd %d", c->io.fd);
@@ -172,7 +175,7 @@ static void describe(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, 
             if (h->name)
                 snprintf(r->name, sizeof r->name, "%s", h->name);
             else
-                name_function(r->name, sizeof r->name,
+                crest__name_function(r->name, sizeof r->name,
                               h->on_message ? FN(h->on_message) : FN(h->on_data));
             snprintf(r->what, sizeof r->what, "%s", crest__what_name(loop->ins.cur_what));
             crest_addr_format(crest__listener_addr(l), r->peer, sizeof r->peer);
@@ -181,13 +184,13 @@ static void describe(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, 
             snprintf(r->name, sizeof r->name, "signal watchers");
         } else {
             r->kind = CREST_CB_IO;
-            name_function(r->name, sizeof r->name, FN(io->cb));
+            crest__name_function(r->name, sizeof r->name, FN(io->cb));
             snprintf(r->peer, sizeof r->peer, "fd %d", io->fd);
         }
         break;
     }
     default:
-        name_function(r->name, sizeof r->name, obj);
+        crest__name_function(r->name, sizeof r->name, obj);
         break;
     }
 }

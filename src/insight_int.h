@@ -30,6 +30,8 @@ enum crest__what {
 };
 
 const char *crest__what_name(unsigned what);
+/* A function's symbol, or object+offset, or address (insight.c). */
+void crest__name_function(char *buf, size_t len, const void *fn);
 
 struct crest__insight {
     crest_insight_opts_t opts;

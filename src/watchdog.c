@@ -376,20 +376,6 @@ static bool still_in(const struct stall *st) {
     return same;
 }
 
-static void name_function(char *buf, size_t len, const void *fn) {
-    Dl_info info;
-    memset(&info, 0, sizeof info);
-    if (fn && dladdr(fn, &info) && info.dli_sname) {
-        snprintf(buf, len, "%s", info.dli_sname);
-    } else if (fn && info.dli_fname && info.dli_fbase) {
-        const char *base = strrchr(info.dli_fname, '/');
-        snprintf(buf, len, "%s+0x%" PRIxPTR, base ? base + 1 : info.dli_fname,
-                 (uintptr_t)fn - (uintptr_t)info.dli_fbase);
-    } else {
-        snprintf(buf, len, "%p", fn);
-    }
-}
-
 /* The socket's peer (or, for a listener, its own address).  The fd is the
  * loop's: the loop may close it, and the number be reused, between the
  * read of wd_fd and this call.  That is accepted because the call only
@@ -482,7 +468,7 @@ static void report(const struct stall *st) {
     if (st->name)
         snprintf(fname, sizeof fname, "%s", st->name);
     else
-        name_function(fname, sizeof fname, st->fn);
+        crest__name_function(fname, sizeof fname, st->fn);
     switch (st->kind) {
     case CREST_CB_CONN:
         if (st->fd >= 0) {
