@@ -169,10 +169,12 @@ static void describe(crest_loop_t *loop, crest_cb_kind_t kind, const void *obj, 
         if (io->cb == crest__conn_on_io) {
             describe_conn(loop, CREST__CONTAINER_OF(io, struct crest_conn, io), r);
         } else if (io->cb == crest__listener_on_io) {
-            const struct crest_listener *l = io->arg;
+            const struct crest_listener *l = crest__listener_of_io(io);
             r->kind = CREST_CB_ACCEPT;
             const crest_handler_t *h = crest__listener_handler(l);
-            if (h->name)
+            if (!h)
+                snprintf(r->name, sizeof r->name, "closed listener");
+            else if (h->name)
                 snprintf(r->name, sizeof r->name, "%s", h->name);
             else
                 crest__name_function(r->name, sizeof r->name,

@@ -286,6 +286,7 @@ void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg);
 void crest__signal_on_io(crest_io_t *io, unsigned events, void *arg);
 struct crest_listener;
 const crest_handler_t *crest__listener_handler(const struct crest_listener *l);
+const struct crest_listener *crest__listener_of_io(const struct crest_io *io);
 const crest_addr_t *crest__listener_addr(const struct crest_listener *l);
 /* The handler callback a connection runs next (for naming a slow one). */
 /* A relaxed store (a plain byte move): the watchdog thread reads it. */

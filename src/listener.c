@@ -611,8 +611,17 @@ void crest__listeners_sample(crest_loop_t *loop, crest_insight_t *fig) {
     fig->listen_drops = d >= ins->netstat_base_drops ? d - ins->netstat_base_drops : 0;
 }
 
+/* The listener of its io watcher (io->arg is reused as the free-list link
+ * once the listener is closed during an iteration). */
+const struct crest_listener *crest__listener_of_io(const struct crest_io *io) {
+    return CREST__CONTAINER_OF(io, struct crest_listener, io);
+}
+
+/* NULL once the listener is closed (its memory stays until the iteration
+ * ends, its endpoint does not): a slow accept batch that closed its own
+ * listener is still described. */
 const crest_handler_t *crest__listener_handler(const struct crest_listener *l) {
-    return &l->ep->handler;
+    return l->ep ? &l->ep->handler : NULL;
 }
 
 const crest_addr_t *crest__listener_addr(const struct crest_listener *l) {

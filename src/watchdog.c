@@ -143,10 +143,12 @@ void crest__watchdog_enter(struct crest_loop *loop, crest_cb_kind_t kind, const 
             name = h->name;
             fn = h->on_message ? FN(h->on_message) : FN(h->on_data);
         } else if (io->cb == crest__listener_on_io) {
-            const crest_handler_t *h = crest__listener_handler(io->arg);
+            const crest_handler_t *h = crest__listener_handler(crest__listener_of_io(io));
             kind = CREST_CB_ACCEPT;
-            name = h->name;
-            fn = h->on_message ? FN(h->on_message) : FN(h->on_data);
+            if (h) { /* NULL: closed (by an earlier callback of the batch) */
+                name = h->name;
+                fn = h->on_message ? FN(h->on_message) : FN(h->on_data);
+            }
         } else {
             kind = io->cb == crest__signal_on_io ? CREST_CB_SIGNAL : CREST_CB_IO;
             fn = FN(io->cb);

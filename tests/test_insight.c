@@ -246,6 +246,48 @@ static void test_slow_handler_named(void **state) {
     tu_finish_conns(loop);
 }
 
+/* An accept batch that closes its own listener (from on_open) and runs
+ * slow: the listener's endpoint is gone when the batch is described. */
+static crest_listener_t *closing_l;
+static int closing_opened;
+
+static void close_listener_open(crest_conn_t *c) {
+    closing_opened++;
+    crest_listener_close(closing_l);
+    spin_us(SPIN_US);
+    crest_conn_close(c);
+}
+
+static ssize_t ignore_data(crest_conn_t *c, const uint8_t *d, size_t n) {
+    (void)c;
+    (void)d;
+    return (ssize_t)n;
+}
+
+static const crest_handler_t closes_listener = {
+    .on_open = close_listener_open, .on_data = ignore_data, .name = "closer"};
+
+static void test_slow_accept_that_closed_its_listener(void **state) {
+    (void)state;
+    crest_loop_t *loop = insight_loop(CREST_TIMING_AUTO, SLOW_US);
+    char addr[CREST_ADDR_STRLEN];
+    closing_opened = 0;
+    assert_int_equal(crest_listen(loop, "127.0.0.1:0", NULL, &closes_listener, NULL, &closing_l),
+                     0);
+    assert_true(crest_listener_address(closing_l, addr, sizeof addr) > 0);
+    int fd = tu_raw_connect(addr, 0);
+    RUN_UNTIL(loop, closing_opened == 1);
+    tu_spin(loop, 3);
+    crest_insight_t *f = snap(loop);
+    assert_int_equal(f->slow_by_kind[CREST_CB_ACCEPT], 1);
+    assert_string_equal(f->slow_ring[f->slow_ring_len - 1].name, "closed listener");
+    assert_string_equal(f->slow_ring[f->slow_ring_len - 1].what, "on_open");
+    assert_string_equal(f->slow_ring[f->slow_ring_len - 1].peer, addr);
+    free(f);
+    close(fd);
+    tu_finish_conns(loop);
+}
+
 /* ---- timing modes ---------------------------------------------------------- */
 
 struct many {
@@ -507,6 +549,7 @@ int main(void) {
         tu_test(test_hist_percentiles_window_add),
         tu_test(test_phases_add_up),
         tu_test(test_slow_handler_named),
+        tu_test(test_slow_accept_that_closed_its_listener),
         tu_test(test_timing_always_names_in_a_batch),
         tu_test(test_timing_off_counts_unnamed),
         tu_test(test_timing_auto_hysteresis),
