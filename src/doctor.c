@@ -250,8 +250,8 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
     if (n == 0 || n < c->o->slow_callback_min)
         return;
     /* Busy time is wall time: an iteration preempted for a few ms looks
-     * slow though no callback was.  When the slow ones are rare (under 1%
-     * of iterations) and the window's CPU figures could account for
+     * slow though no callback was.  When the slow ones are not the rule
+     * (under 10% of iterations) and the window's CPU figures could account for
      * every one of them (at least one involuntary switch each, landing in
      * busy time: nivcsw x utilization; and run-queue wait as long as all
      * of them together, each counted at least a threshold), they are not
@@ -268,7 +268,7 @@ static void rule_slow_callback(const ctx_t *c, crest_diagnosis_t *dx) {
     }
     if (n > in_ring)
         slow_sum += (n - in_ring) * thr; /* fell out of the ring */
-    if (w->iterations && w->slow_iterations * 100 < w->iterations && w->nivcsw > 0 &&
+    if (w->iterations && w->slow_iterations * 10 < w->iterations && w->nivcsw > 0 &&
         (double)n <= (double)w->nivcsw * c->util && w->runq_wait_ns >= slow_sum)
         return;
     /* Critical when at least 1% of iterations ran slow: the p99 of the

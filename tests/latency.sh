@@ -314,21 +314,21 @@ case_sndbuf_limited() {
 
 case_nagle() {
     say "== nagle: TCP_NODELAY off, a reply in two writes, the client delaying its ACKs"
-    # The client sends each request in two 16-byte parts 1 ms apart; the
-    # server spins 3 ms per message, so the second part arrives while it
-    # works on the first, and it answers with two writes in two
-    # iterations.  The first write goes out at once; the second finds it
+    # The client sends each request in two 16-byte parts 2 ms apart; the
+    # server spins 10 ms per message, so the second part arrives while it
+    # works on the first (with 8 ms to spare for a busy machine's
+    # scheduling), and it answers with two writes in two iterations.  The first write goes out at once; the second finds it
     # unacknowledged (the client, in delayed-ACK mode, has nothing to send)
     # and Nagle holds it until the client's delayed ACK, ~40 ms later.
-    local srv=(--no-nodelay --work 3000 --slow-us 100000)
+    local srv=(--no-nodelay --work 10000 --slow-us 100000)
     cmd "crest-echo --doctor 1 ${srv[*]}"
-    cmd "python3 tests/latency_clients.py nagle --port 7000 --rounds 20"
+    cmd "python3 tests/latency_clients.py nagle --port 7000 --rounds 20 --gap-ms 2"
     start_server crest-echo "${srv[@]}" || { result FAIL "server did not start"; return; }
-    client nagle --port "$port" --rounds 20 --gap-ms 1
+    client nagle --port "$port" --rounds 20 --gap-ms 2
     say "  client: $client_out"
     stop_server
     # The stall itself must have happened (a lower bound, with margin: a
-    # round without Nagle takes ~6 ms, with it ~45 ms).
+    # round without Nagle takes ~20 ms, with it ~50 ms).
     local stalled
     stalled=$(printf '%s' "$client_out" | "$py" -c 'import json,sys; print(json.loads(sys.stdin.read())["rounds_over_30ms"])' 2>/dev/null)
     if [ "${stalled:-0}" -lt 5 ]; then
