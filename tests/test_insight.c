@@ -8,6 +8,7 @@
 #include "crest_test.h"
 
 #include <math.h>
+#include <stdatomic.h>
 
 /* The slow-callback threshold of these tests, and how long a slow
  * callback spins: far above what valgrind makes of a fast callback. */
@@ -422,7 +423,7 @@ static void test_disabled_and_bad_opts(void **state) {
 
 struct reader {
     crest_loop_t *loop;
-    volatile bool stop;
+    atomic_bool stop;
     uint64_t seen_iterations;
     int reads;
 };
@@ -430,7 +431,7 @@ struct reader {
 static void *reader_main(void *arg) {
     struct reader *r = arg;
     crest_insight_t *s = malloc(sizeof *s);
-    while (!r->stop) {
+    while (!atomic_load(&r->stop)) {
         assert_int_equal(crest_loop_read_insight(r->loop, s), 0);
         assert_true(s->iterations >= r->seen_iterations); /* never goes back */
         r->seen_iterations = s->iterations;
@@ -463,7 +464,7 @@ static void test_published_snapshot(void **state) {
     RUN_UNTIL(loop, ticks >= 150);
     crest_timer_destroy(t);
     tu_sleep_ms(30);
-    r.stop = true;
+    atomic_store(&r.stop, true);
     pthread_join(th, NULL);
     assert_true(r.reads > 0);
     assert_true(r.seen_iterations > 0);
