@@ -20,5 +20,6 @@
 #include "hist.h"
 #include "insight.h"
 #include "doctor.h"
+#include "http.h"
 
 #endif
