@@ -216,6 +216,36 @@ static void test_methods(void **state) {
     }
 }
 
+/* Every byte value, as a method and as a field name: a token character
+ * (RFC 9110 5.6.2) or 400. */
+static void test_token_bytes(void **state) {
+    (void)state;
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    for (unsigned c = 0; c < 256; c++) {
+        bool t = (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ||
+                 (c != 0 && strchr(extra, (int)c) != NULL);
+        char s[64];
+        int n = snprintf(s, sizeof s, "M%c / HTTP/1.1\r\nHost: a\r\n\r\n", 'x');
+        s[1] = (char)c;
+        int rc = parse_lim(s, (size_t)n, NULL, &req, &used);
+        if (t) {
+            assert_int_equal(rc, 0);
+        } else {
+            assert_int_equal(rc, -EPROTO);
+            assert_int_equal(req.status, 400);
+        }
+        n = snprintf(s, sizeof s, "GET / HTTP/1.1\r\nHost: a\r\nX%c: b\r\n\r\n", 'x');
+        s[26] = (char)c;
+        rc = parse_lim(s, (size_t)n, NULL, &req, &used);
+        if (t || c == ':') {
+            assert_int_equal(rc, 0);
+        } else {
+            assert_int_equal(rc, -EPROTO);
+            assert_int_equal(req.status, 400);
+        }
+    }
+}
+
 static void test_bad_request_line(void **state) {
     (void)state;
     expect_status("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400);  /* two SP */
@@ -621,6 +651,7 @@ int main(void) {
         cmocka_unit_test(test_bare_lf),
         cmocka_unit_test(test_leading_empty_lines),
         cmocka_unit_test(test_methods),
+        cmocka_unit_test(test_token_bytes),
         cmocka_unit_test(test_bad_request_line),
         cmocka_unit_test(test_versions),
         cmocka_unit_test(test_fields),
