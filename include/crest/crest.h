@@ -21,5 +21,6 @@
 #include "insight.h"
 #include "doctor.h"
 #include "http.h"
+#include "admin.h"
 
 #endif

@@ -59,6 +59,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "conn.h"
+#include "listener.h"
+#include "loop.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -159,6 +163,183 @@ size_t crest_http_head_max(const crest_http_limits_t *lim);
 
 /* The reason phrase for a status ("Bad Request"), "" when unknown. */
 const char *crest_http_reason_phrase(int status);
+
+
+/* ---- chunked request bodies ----------------------------------------------
+ *
+ * A chunked body (RFC 9112 7.1) is decoded, not refused: chunk sizes in
+ * hex (at most 15 digits), chunk extensions skipped (";name=value", the
+ * size line limited to 1 KiB), each chunk's data followed by CRLF (a bare
+ * LF accepted, as on every other line), then the last chunk "0", trailer
+ * fields (read and dropped, limited like the header section) and the empty
+ * line.  A decoded size over max_body is 413; anything malformed is 400.
+ * The scanner is incremental and keeps its place in *st, so a body that
+ * arrives a byte at a time is scanned once, not once per read. */
+typedef struct crest_http_chunked {
+    uint64_t pos;        /* bytes of the encoded body scanned */
+    uint64_t size;       /* decoded bytes so far */
+    uint64_t left;       /* data bytes still due in the current chunk */
+    uint64_t line;       /* bytes of the current size or trailer line */
+    uint64_t trailer;    /* bytes of trailer fields so far */
+    int state;           /* where the scan stands (internal) */
+    int status;          /* on -EPROTO: 400 or 413 */
+    const char *reason;  /* ... and why (static) */
+} crest_http_chunked_t;
+
+/* Scan the encoded body at buf[0..len) (buf starts at the body's first
+ * byte, and holds every byte given to earlier calls: only buf[st->pos..len)
+ * is new).  Start from a zeroed *st.  Returns 1 when the body is whole
+ * (st->pos is its encoded length, st->size the decoded one), 0 when more
+ * is needed, -EPROTO with st->status and st->reason. */
+int crest_http_chunked_scan(const uint8_t *buf, size_t len, const crest_http_limits_t *lim,
+                            crest_http_chunked_t *st);
+
+/* Copy the decoded data of a whole body (crest_http_chunked_scan()
+ * returned 1 on buf[0..len)) into dst, which holds st->size bytes.
+ * Returns the bytes copied. */
+size_t crest_http_chunked_copy(const uint8_t *buf, size_t len, uint8_t *dst);
+
+/* ---- the server ----------------------------------------------------------
+ *
+ * A crest_http_server_t turns connections into requests and responses: it
+ * listens (crest_http_server_listen()), parses each request with the rules
+ * above, reads its body (Content-Length, or chunked, decoded), and calls
+ * on_request once per request with the head and the whole body.  The
+ * application answers with crest_http_respond(), inside on_request or
+ * later (an answer that needs a timer, a post to another thread, a walk
+ * over many iterations).
+ *
+ * Keep-alive: HTTP/1.1 keeps the connection by default; "Connection:
+ * close" or HTTP/1.0 without "Connection: keep-alive" closes it after the
+ * response (which then says "Connection: close").  Pipelined requests are
+ * answered in order: the server reads the next one only once the current
+ * one has its response; while it waits, reading is paused and the
+ * requests already read wait in the input buffer.  The responses to
+ * requests that arrived in one read go out with one send.
+ *
+ * Expect: 100-continue: when the head says so and the body is not yet
+ * there, the server writes "HTTP/1.1 100 Continue" before reading it (a
+ * request it refuses, 413 say, gets its final status instead).
+ *
+ * Refusals: a request the parser refuses is answered with its status
+ * (400, 413, 414, 417, 431, 501, 505; a body that says why), "Connection:
+ * close", and the connection closed gracefully with reason PROTOCOL_ERROR
+ * (TOO_LARGE for 413, 414 and 431) and a warning in crest's log naming
+ * the peer, the status and the reason.  Timeouts close without an answer
+ * (like nginx): a head not whole header_timeout_ms after its first byte, a
+ * body not whole header_timeout_ms + body_timeout_ms after it (reason
+ * READ_TIMEOUT), and a kept-alive connection idle for keepalive_timeout_ms
+ * (IDLE_TIMEOUT).  A slow client that sends a byte at a time costs one
+ * parse per line, not one per byte.
+ *
+ * Memory: the request is parsed where it was read; on_request gets
+ * pointers into the connection's input (no copy) when the request sits
+ * whole in it, which is the rule: the input buffer holds up to
+ * crest_http_head_max() + max_body bytes.  A chunked body is the
+ * exception: it is decoded into one allocation per request.  Per
+ * connection the server keeps about 100 bytes.
+ *
+ * Threads: a server belongs to its loop's thread; every call below is for
+ * that thread, except where said.  Callbacks (on_request, on_cancel) run
+ * from the loop, never inside a crest call. */
+typedef struct crest_http_server crest_http_server_t;
+/* One request and its response to come.  Valid from on_request until the
+ * response is written (crest_http_respond()) or on_cancel returns. */
+typedef struct crest_http_exchange crest_http_exchange_t;
+
+/* A request.  req and body point into the connection's input and are valid
+ * only during the call: copy what an answer given later needs.  body is
+ * the decoded body (body_len 0 and body non-NULL when there is none). */
+typedef void (*crest_http_request_cb)(crest_http_exchange_t *x, const crest_http_request_t *req,
+                                      const uint8_t *body, size_t body_len, void *ctx);
+/* The connection of an exchange still waiting for its response closed
+ * (peer gone, timeout, server destroyed): stop what would answer it.  x is
+ * invalid once this returns; crest_http_respond() must not be called from
+ * it. */
+typedef void (*crest_http_cancel_cb)(crest_http_exchange_t *x, void *ctx);
+
+typedef struct crest_http_server_opts {
+    crest_http_limits_t limits;    /* zeros: the defaults (above) */
+    uint32_t header_timeout_ms;    /* 0: 10 s (CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS) */
+    uint32_t body_timeout_ms;      /* 0: 30 s */
+    uint32_t keepalive_timeout_ms; /* 0: 75 s (nginx's keepalive_timeout) */
+    const char *server;            /* "Server:" value (static); NULL: none */
+    const char *name;              /* the handler's name in insight and
+                                      /debug pages; NULL: "http" */
+    crest_http_cancel_cb on_cancel; /* may be NULL if every response is
+                                      written inside on_request */
+} crest_http_server_opts_t;
+
+#define CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS 10000u
+#define CREST_HTTP_DEFAULT_BODY_TIMEOUT_MS 30000u
+#define CREST_HTTP_DEFAULT_KEEPALIVE_TIMEOUT_MS 75000u
+
+/* Every field zero but the timeouts' defaults filled in. */
+void crest_http_server_opts_init(crest_http_server_opts_t *opts);
+
+/* Make a server on loop.  opts may be NULL; it is copied.  0 and *out, or
+ * -EINVAL (on_request NULL, limits out of range), -ENOMEM. */
+int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                             crest_http_request_cb on_request, void *ctx,
+                             crest_http_server_t **out);
+
+/* Listen on addr for this server (listener.h).  lopts may be NULL; its
+ * conn options are taken, except the ones the server sets: framing RAW,
+ * max_input (the head and body limits), read_timeout_ms and
+ * idle_timeout_ms (the timeouts above).  The listener is the server's: it
+ * closes with it.  0 and *lp if lp is not NULL, or crest_listen()'s
+ * -errno. */
+int crest_http_server_listen(crest_http_server_t *s, const char *addr,
+                             const crest_listen_opts_t *lopts, crest_listener_t **lp);
+
+/* Close the server's listeners and its connections (gracefully: responses
+ * already written are flushed; exchanges still waiting get on_cancel,
+ * from the loop, as their connections close), and free the server once
+ * the last connection has closed.  No callback runs inside the call. */
+void crest_http_server_destroy(crest_http_server_t *s);
+
+typedef struct crest_http_server_stats {
+    uint64_t connections;          /* accepted */
+    uint64_t requests;             /* handed to on_request */
+    uint64_t responses[6];         /* by class: [1] 1xx ... [5] 5xx, [0] other */
+    uint64_t refused;              /* requests refused by the parser */
+    uint64_t cancelled;            /* exchanges cancelled (on_cancel) */
+    uint64_t pending;              /* exchanges waiting for a response now */
+} crest_http_server_stats_t;
+
+void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server_stats_t *out);
+
+/* ---- responses ----------------------------------------------------------- */
+
+/* Write the response to x: the status line, Date, Server (if set),
+ * Content-Length, "Connection: close" when the connection will close, the
+ * caller's headers (names and values as given; they must not contain CR or
+ * LF), an empty line, then body unless the request was HEAD (or the status
+ * is 1xx, 204 or 304).  The connection then reads the next request, or
+ * closes after the response if the request or the status (400 and up
+ * from the parser) asked for it.  x is invalid after the call, whatever it
+ * returns.  From on_request or later, on the loop's thread; no callback
+ * runs inside.  0, -EINVAL (a NULL x, a status outside 100-999, a header
+ * with CR or LF), -EMSGSIZE (the head over 8 KiB), or the write's -errno
+ * (the connection is then closed). */
+int crest_http_respond(crest_http_exchange_t *x, int status, const crest_http_header_t *headers,
+                       size_t header_count, const void *body, size_t body_len);
+
+/* The same, closing the connection after the response whatever the
+ * request said. */
+int crest_http_respond_close(crest_http_exchange_t *x, int status,
+                             const crest_http_header_t *headers, size_t header_count,
+                             const void *body, size_t body_len);
+
+/* The exchange's connection (for crest_conn_peer(), crest_conn_id()). */
+crest_conn_t *crest_http_exchange_conn(const crest_http_exchange_t *x);
+/* The server's ctx, and a pointer of the application's for this exchange
+ * (NULL until set). */
+void *crest_http_exchange_ctx(const crest_http_exchange_t *x);
+void crest_http_exchange_set_data(crest_http_exchange_t *x, void *data);
+void *crest_http_exchange_get_data(const crest_http_exchange_t *x);
+/* The request's method (HEAD matters to a handler that builds a body). */
+crest_http_method_t crest_http_exchange_method(const crest_http_exchange_t *x);
 
 #ifdef __cplusplus
 }
