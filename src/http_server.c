@@ -1,2 +1,595 @@
-/* placeholder: filled in by the issue 14 work */
-typedef int crest__http_server_placeholder;
+/* The HTTP/1.1 server: connections in, requests to on_request, responses
+ * out (include/crest/http.h says what it promises).
+ *
+ * One connection, one exchange at a time.  Each request is parsed where it
+ * was read: while its head is incomplete on_data keeps every byte (returns
+ * 0), so the request, once whole, points into the connection's input and
+ * on_request gets it without a copy; crest offers the same bytes again with
+ * more after the next read.  The head parser is pure and starts from the
+ * first byte each time, so the server calls it only when a line has ended
+ * since the last try (or the buffer is full): a client that sends its head
+ * a byte at a time costs one parse per line.  A body is waited for the
+ * same way, counting bytes only.
+ *
+ * A response written later than on_request (an answer that waits for a
+ * timer or another thread) pauses reading meanwhile: the requests behind
+ * it stay in the input buffer, and are answered in order once reading
+ * resumes. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "crest/http.h"
+#include "crest/log.h"
+#include "http_int.h"
+#include "internal.h"
+
+enum http_conn_state {
+    HC_HEAD = 0, /* waiting for a request head */
+    HC_BODY,     /* head whole (head_len), waiting for its body */
+    HC_WAITING   /* on_request returned without a response: paused */
+};
+
+struct crest_http_exchange {
+    struct http_conn *hc;
+    void *data;
+    crest_http_method_t method;
+    bool active;      /* on_request has it, no response yet */
+    bool keep_alive;  /* the request allows another after it */
+    bool http10;
+};
+
+struct http_conn {
+    crest_conn_t *c;
+    crest_http_server_t *srv;
+    struct http_conn *prev, *next; /* the server's connections */
+    crest_http_exchange_t x;
+    uint32_t scanned;        /* HC_HEAD: bytes searched for a line end */
+    uint32_t head_len;       /* HC_BODY: the head's length */
+    uint64_t content_length; /* HC_BODY: Content-Length */
+    uint8_t state;           /* enum http_conn_state */
+    bool chunked;            /* HC_BODY: the body is chunked */
+    bool expect_continue;    /* HC_BODY: 100 Continue is due */
+    bool continue_sent;
+    bool deadline_extended;  /* the read timeout covers the body now */
+    bool peer_eof;           /* the client shut down its side */
+    crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
+};
+
+struct crest_http_server {
+    crest_loop_t *loop;
+    crest_http_server_opts_t opts; /* limits normalised */
+    size_t head_max;               /* crest_http_head_max() */
+    crest_http_request_cb on_request;
+    void *ctx;
+    crest_handler_t handler;
+    crest_listener_t **listeners;
+    unsigned nlisteners;
+    struct http_conn *conns;       /* open connections */
+    unsigned nconns;
+    bool destroyed;                /* freed when the last connection goes */
+    crest_http_server_stats_t stats;
+    uint64_t date_sec;             /* loop clock second of date[] */
+    char date[40];                 /* "Fri, 04 Dec 2026 19:10:20 GMT" */
+};
+
+/* ---- options -------------------------------------------------------------- */
+
+void crest_http_server_opts_init(crest_http_server_opts_t *opts) {
+    if (!opts)
+        return;
+    memset(opts, 0, sizeof *opts);
+    opts->header_timeout_ms = CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS;
+    opts->body_timeout_ms = CREST_HTTP_DEFAULT_BODY_TIMEOUT_MS;
+    opts->keepalive_timeout_ms = CREST_HTTP_DEFAULT_KEEPALIVE_TIMEOUT_MS;
+}
+
+static void normalise(crest_http_server_opts_t *o) {
+    crest_http_limits_t *l = &o->limits;
+    if (!l->max_request_line)
+        l->max_request_line = CREST_HTTP_DEFAULT_MAX_REQUEST_LINE;
+    if (!l->max_header_bytes)
+        l->max_header_bytes = CREST_HTTP_DEFAULT_MAX_HEADER_BYTES;
+    if (!l->max_headers)
+        l->max_headers = CREST_HTTP_DEFAULT_MAX_HEADERS;
+    if (!l->max_body)
+        l->max_body = CREST_HTTP_DEFAULT_MAX_BODY;
+    if (!o->header_timeout_ms)
+        o->header_timeout_ms = CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS;
+    if (!o->body_timeout_ms)
+        o->body_timeout_ms = CREST_HTTP_DEFAULT_BODY_TIMEOUT_MS;
+    if (!o->keepalive_timeout_ms)
+        o->keepalive_timeout_ms = CREST_HTTP_DEFAULT_KEEPALIVE_TIMEOUT_MS;
+    if (!o->name)
+        o->name = "http";
+}
+
+/* The input a connection may hold: a whole head and a whole body.  A
+ * chunked body's encoding may take more than the data: twice max_body,
+ * plus room for the chunk lines of a small body. */
+static size_t max_input(const crest_http_server_t *s) {
+    uint64_t body = s->opts.limits.max_body;
+    uint64_t total = (uint64_t)s->head_max + 2 * body + 65536;
+    return total > (uint64_t)SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)total;
+}
+
+/* ---- responses ------------------------------------------------------------ */
+
+/* The Date header's value, formatted once per second of the loop clock. */
+static const char *http_date(crest_http_server_t *s) {
+    uint64_t sec = crest_loop_now(s->loop) / 1000;
+    if (s->date[0] == '\0' || sec != s->date_sec) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(s->date, sizeof s->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        s->date_sec = sec;
+    }
+    return s->date;
+}
+
+struct head_writer {
+    char *p;
+    size_t len, cap;
+    bool over;
+};
+
+static void hw_put(struct head_writer *w, const char *s, size_t n) {
+    if (w->over || n > w->cap - w->len) {
+        w->over = true;
+        return;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void hw_puts(struct head_writer *w, const char *s) {
+    hw_put(w, s, strlen(s));
+}
+
+static bool has_crlf(crest_http_str_t s) {
+    return s.len && (memchr(s.ptr, '\r', s.len) || memchr(s.ptr, '\n', s.len));
+}
+
+static bool bodyless_status(int status) {
+    return status < 200 || status == 204 || status == 304;
+}
+
+#define HEAD_MAX 8192
+
+/* Write a response on hc's connection; "Connection: close" if
+ * close_after (the caller closes).  Returns 0 or -errno. */
+static int write_response(struct http_conn *hc, int status, bool head_only, bool http10,
+                          bool close_after, bool keep_alive_10, const crest_http_header_t *headers,
+                          size_t header_count, const void *body, size_t body_len) {
+    crest_http_server_t *s = hc->srv;
+    char buf[HEAD_MAX];
+    struct head_writer w = {buf, 0, sizeof buf, false};
+    char line[64];
+    const char *phrase = crest_http_reason_phrase(status);
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, phrase);
+    hw_put(&w, line, (size_t)n);
+    hw_puts(&w, "Date: ");
+    hw_puts(&w, http_date(s));
+    hw_puts(&w, "\r\n");
+    if (s->opts.server) {
+        hw_puts(&w, "Server: ");
+        hw_puts(&w, s->opts.server);
+        hw_puts(&w, "\r\n");
+    }
+    if (!bodyless_status(status)) {
+        n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", body_len);
+        hw_put(&w, line, (size_t)n);
+    }
+    if (close_after)
+        hw_puts(&w, "Connection: close\r\n");
+    else if (http10 && keep_alive_10)
+        hw_puts(&w, "Connection: keep-alive\r\n");
+    for (size_t i = 0; i < header_count; i++) {
+        hw_put(&w, headers[i].name.ptr, headers[i].name.len);
+        hw_put(&w, ": ", 2);
+        hw_put(&w, headers[i].value.ptr, headers[i].value.len);
+        hw_put(&w, "\r\n", 2);
+    }
+    hw_put(&w, "\r\n", 2);
+    if (w.over)
+        return -EMSGSIZE;
+    struct iovec iov[2] = {{buf, w.len}, {(void *)(uintptr_t)body, body_len}};
+    int iovcnt = (head_only || bodyless_status(status) || body_len == 0) ? 1 : 2;
+    int rc = crest_conn_writev(hc->c, iov, iovcnt);
+    unsigned cls = (unsigned)status / 100;
+    s->stats.responses[cls <= 5 ? cls : 0]++;
+    return rc < 0 ? rc : 0;
+}
+
+/* Refuse a request the parser (or the body scanner) rejected: its status,
+ * why, and close. */
+static void refuse(struct http_conn *hc, int status, const char *reason) {
+    char body[256];
+    int n = snprintf(body, sizeof body, "%d %s: %s\n", status, crest_http_reason_phrase(status),
+                     reason ? reason : "refused");
+    static const crest_http_header_t ctype = {{"Content-Type", 12}, {"text/plain", 10}};
+    hc->srv->stats.refused++;
+    write_response(hc, status, false, false, true, false, &ctype, 1, body,
+                   (size_t)n < sizeof body ? (size_t)n : sizeof body - 1);
+    bool too_large = status == 413 || status == 414 || status == 431;
+    crest_conn_fail(hc->c, too_large ? CREST_CLOSE_TOO_LARGE : CREST_CLOSE_PROTOCOL_ERROR,
+                    "http %d %s: %s", status, crest_http_reason_phrase(status),
+                    reason ? reason : "refused");
+}
+
+static int respond(crest_http_exchange_t *x, int status, bool force_close,
+                   const crest_http_header_t *headers, size_t header_count, const void *body,
+                   size_t body_len) {
+    if (!x || !x->active || status < 100 || status > 999 || (body_len && !body))
+        return -EINVAL;
+    for (size_t i = 0; i < header_count; i++)
+        if (has_crlf(headers[i].name) || has_crlf(headers[i].value) || !headers[i].name.len)
+            return -EINVAL;
+    struct http_conn *hc = x->hc;
+    crest_http_server_t *s = hc->srv;
+    bool was_waiting = hc->state == HC_WAITING;
+    x->active = false;
+    s->stats.pending--;
+    bool close_after = force_close || !x->keep_alive || hc->peer_eof;
+    int rc = write_response(hc, status, x->method == CREST_HTTP_HEAD, x->http10, close_after,
+                            x->keep_alive, headers, header_count, body, body_len);
+    if (rc == -EMSGSIZE) /* the caller's head did not fit: do not leave the client waiting */
+        write_response(hc, 500, false, x->http10, true, false, NULL, 0, NULL, 0);
+    if (rc < 0 || close_after)
+        crest_conn_close(hc->c);
+    if (was_waiting) {
+        hc->state = HC_HEAD;
+        if (crest_conn_state(hc->c) < CREST_CONN_CLOSING)
+            crest_conn_resume(hc->c); /* the requests behind it */
+    }
+    return rc;
+}
+
+int crest_http_respond(crest_http_exchange_t *x, int status, const crest_http_header_t *headers,
+                       size_t header_count, const void *body, size_t body_len) {
+    return respond(x, status, false, headers, header_count, body, body_len);
+}
+
+int crest_http_respond_close(crest_http_exchange_t *x, int status,
+                             const crest_http_header_t *headers, size_t header_count,
+                             const void *body, size_t body_len) {
+    return respond(x, status, true, headers, header_count, body, body_len);
+}
+
+crest_conn_t *crest_http_exchange_conn(const crest_http_exchange_t *x) {
+    return x ? x->hc->c : NULL;
+}
+
+void *crest_http_exchange_ctx(const crest_http_exchange_t *x) {
+    return x ? x->hc->srv->ctx : NULL;
+}
+
+void crest_http_exchange_set_data(crest_http_exchange_t *x, void *data) {
+    if (x)
+        x->data = data;
+}
+
+void *crest_http_exchange_get_data(const crest_http_exchange_t *x) {
+    return x ? x->data : NULL;
+}
+
+crest_http_method_t crest_http_exchange_method(const crest_http_exchange_t *x) {
+    return x ? x->method : CREST_HTTP_OTHER;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+/* The read timeout counts from the request's first byte: the head gets
+ * header_timeout_ms, head and body together that plus body_timeout_ms. */
+static void extend_deadline(struct http_conn *hc, bool extend) {
+    if (hc->deadline_extended == extend)
+        return;
+    crest_conn_opts_t o;
+    if (crest_conn_get_opts(hc->c, &o) < 0)
+        return;
+    const crest_http_server_opts_t *so = &hc->srv->opts;
+    uint64_t ms = (uint64_t)so->header_timeout_ms + (extend ? so->body_timeout_ms : 0);
+    o.read_timeout_ms = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+    if (crest_conn_set_opts(hc->c, &o) == 0)
+        hc->deadline_extended = extend;
+}
+
+/* Hand a whole request to the application.  Returns false if the
+ * connection should take no more input now (closing, or waiting). */
+static bool dispatch(struct http_conn *hc, const crest_http_request_t *req, const uint8_t *body,
+                     size_t body_len) {
+    crest_http_server_t *s = hc->srv;
+    crest_http_exchange_t *x = &hc->x;
+    x->data = NULL;
+    x->method = req->method;
+    x->keep_alive = req->keep_alive;
+    x->http10 = req->version_minor == 0;
+    x->active = true;
+    s->stats.requests++;
+    s->stats.pending++;
+    static const uint8_t empty[1];
+    s->on_request(x, req, body ? body : empty, body_len, s->ctx);
+    if (crest_conn_state(hc->c) >= CREST_CONN_CLOSING) {
+        if (x->active) { /* closed by the application without a response */
+            x->active = false;
+            s->stats.pending--;
+        }
+        return false;
+    }
+    if (x->active) {
+        hc->state = HC_WAITING;
+        crest_conn_pause(hc->c);
+        return false;
+    }
+    return true;
+}
+
+/* Start of a new request: forget the last one's body state. */
+static void next_request(struct http_conn *hc) {
+    hc->state = HC_HEAD;
+    hc->scanned = 0;
+    hc->head_len = 0;
+    hc->content_length = 0;
+    hc->chunked = false;
+    hc->expect_continue = false;
+    hc->continue_sent = false;
+    memset(&hc->chunk, 0, sizeof hc->chunk);
+}
+
+static void send_continue(struct http_conn *hc) {
+    if (!hc->expect_continue || hc->continue_sent)
+        return;
+    hc->continue_sent = true;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    crest_conn_write(hc->c, cont, sizeof cont - 1);
+}
+
+/* Is the body of the request whose head is in data[0..head_len) whole?
+ * 1 yes (*total: bytes of head and body), 0 not yet, -1 refused. */
+static int body_ready(struct http_conn *hc, const uint8_t *data, size_t len, size_t *total) {
+    if (hc->chunked) {
+        const uint8_t *b = data + hc->head_len;
+        int rc = crest_http_chunked_scan(b, len - hc->head_len, &hc->srv->opts.limits, &hc->chunk);
+        if (rc < 0) {
+            refuse(hc, hc->chunk.status ? hc->chunk.status : 400, hc->chunk.reason);
+            return -1;
+        }
+        if (rc == 0)
+            return 0;
+        *total = hc->head_len + (size_t)hc->chunk.pos;
+        return 1;
+    }
+    if ((uint64_t)(len - hc->head_len) < hc->content_length)
+        return 0;
+    *total = hc->head_len + (size_t)hc->content_length;
+    return 1;
+}
+
+/* One request from data[0..len): returns the bytes it took (0: wait for
+ * more, or stop). */
+static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    struct http_conn *hc = crest_conn_get_data(c);
+    if (!hc || hc->state == HC_WAITING)
+        return 0;
+    crest_http_server_t *s = hc->srv;
+    crest_http_request_t req;
+    size_t head_len = 0;
+    if (hc->state == HC_HEAD) {
+        /* Parse the first bytes (garbage is refused at once), then only
+         * once a line has ended since the last try (the head ends with
+         * one), or once the buffer holds the longest head. */
+        if (hc->scanned && len < s->head_max) {
+            size_t from = hc->scanned < len ? hc->scanned : 0;
+            if (!memchr(data + from, '\n', len - from)) {
+                hc->scanned = (uint32_t)len;
+                return 0;
+            }
+        }
+        int rc = crest_http_parse_head(data, len, &s->opts.limits, &req, &head_len);
+        if (rc == -EAGAIN) {
+            hc->scanned = (uint32_t)len;
+            return 0;
+        }
+        if (rc < 0) {
+            refuse(hc, req.status ? req.status : 400, rc == -EPROTO ? req.reason : "bad request");
+            return 0;
+        }
+        hc->scanned = 0;
+        if (!req.chunked && req.content_length == 0) {
+            next_request(hc);
+            dispatch(hc, &req, NULL, 0);
+            return (ssize_t)head_len;
+        }
+        hc->state = HC_BODY;
+        hc->head_len = (uint32_t)head_len;
+        hc->content_length = req.content_length;
+        hc->chunked = req.chunked;
+        hc->expect_continue = req.expect_continue;
+    }
+    /* HC_BODY */
+    size_t total = 0;
+    int ready = body_ready(hc, data, len, &total);
+    if (ready < 0)
+        return 0;
+    if (ready == 0) {
+        send_continue(hc);
+        extend_deadline(hc, true);
+        return 0;
+    }
+    /* Whole: parse the head again (it is unchanged, and whole) to hand
+     * over pointers into this buffer. */
+    if (crest_http_parse_head(data, len, &s->opts.limits, &req, &head_len) != 0) {
+        refuse(hc, 500, "request head changed"); /* cannot happen */
+        return 0;
+    }
+    uint8_t *decoded = NULL;
+    const uint8_t *body = data + head_len;
+    size_t body_len = (size_t)req.content_length;
+    if (hc->chunked) {
+        body_len = (size_t)hc->chunk.size;
+        if (body_len) {
+            decoded = malloc(body_len);
+            if (!decoded) {
+                crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a %zu-byte body",
+                                body_len);
+                return 0;
+            }
+            crest_http_chunked_copy(data + head_len, total - head_len, decoded);
+        }
+        body = decoded;
+    }
+    extend_deadline(hc, false);
+    next_request(hc);
+    dispatch(hc, &req, body, body_len);
+    free(decoded);
+    return (ssize_t)total;
+}
+
+/* ---- the connection's life ----------------------------------------------- */
+
+static void on_open(crest_conn_t *c) {
+    crest_http_server_t *s = crest_conn_handler_ctx(c);
+    struct http_conn *hc = calloc(1, sizeof *hc);
+    if (!hc) {
+        crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a connection");
+        return;
+    }
+    hc->c = c;
+    hc->srv = s;
+    hc->x.hc = hc;
+    hc->next = s->conns;
+    if (s->conns)
+        s->conns->prev = hc;
+    s->conns = hc;
+    s->nconns++;
+    s->stats.connections++;
+    crest_conn_set_data(c, hc);
+}
+
+static void on_eof(crest_conn_t *c) {
+    struct http_conn *hc = crest_conn_get_data(c);
+    /* A client may shut down its side once its request is sent: answer
+     * a request still being worked on, then close. */
+    if (hc && hc->state == HC_WAITING) {
+        hc->peer_eof = true;
+        return;
+    }
+    crest_conn_close(c);
+}
+
+static void server_free(crest_http_server_t *s) {
+    free(s->listeners);
+    free(s);
+}
+
+static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
+    (void)reason;
+    (void)err;
+    struct http_conn *hc = crest_conn_get_data(c);
+    if (!hc)
+        return;
+    crest_http_server_t *s = hc->srv;
+    crest_conn_set_data(c, NULL);
+    if (hc->x.active) {
+        hc->x.active = false;
+        s->stats.pending--;
+        s->stats.cancelled++;
+        if (s->opts.on_cancel)
+            s->opts.on_cancel(&hc->x, s->ctx);
+    }
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        s->conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    s->nconns--;
+    free(hc);
+    if (s->destroyed && s->nconns == 0)
+        server_free(s);
+}
+
+/* ---- the server ---------------------------------------------------------- */
+
+int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                             crest_http_request_cb on_request, void *ctx,
+                             crest_http_server_t **out) {
+    if (!loop || !on_request || !out)
+        return -EINVAL;
+    crest_http_server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    if (opts)
+        s->opts = *opts;
+    else
+        crest_http_server_opts_init(&s->opts);
+    normalise(&s->opts);
+    s->head_max = crest_http_head_max(&s->opts.limits);
+    if (s->head_max == 0) {
+        free(s);
+        return -EINVAL;
+    }
+    s->loop = loop;
+    s->on_request = on_request;
+    s->ctx = ctx;
+    s->handler.on_open = on_open;
+    s->handler.on_data = on_data;
+    s->handler.on_eof = on_eof;
+    s->handler.on_close = on_close;
+    s->handler.name = s->opts.name;
+    *out = s;
+    return 0;
+}
+
+int crest_http_server_listen(crest_http_server_t *s, const char *addr,
+                             const crest_listen_opts_t *lopts, crest_listener_t **lp) {
+    if (!s || !addr || s->destroyed)
+        return -EINVAL;
+    crest_listen_opts_t o;
+    if (lopts)
+        o = *lopts;
+    else
+        crest_listen_opts_init(&o);
+    o.conn.framing.kind = CREST_FRAMING_RAW;
+    o.conn.max_input = max_input(s);
+    o.conn.read_timeout_ms = s->opts.header_timeout_ms;
+    o.conn.idle_timeout_ms = s->opts.keepalive_timeout_ms;
+    crest_listener_t **v = realloc(s->listeners, (s->nlisteners + 1) * sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    s->listeners = v;
+    crest_listener_t *l;
+    int rc = crest_listen(s->loop, addr, &o, &s->handler, s, &l);
+    if (rc < 0)
+        return rc;
+    s->listeners[s->nlisteners++] = l;
+    if (lp)
+        *lp = l;
+    return 0;
+}
+
+void crest_http_server_destroy(crest_http_server_t *s) {
+    if (!s || s->destroyed)
+        return;
+    s->destroyed = true;
+    for (unsigned i = 0; i < s->nlisteners; i++)
+        crest_listener_close(s->listeners[i]);
+    s->nlisteners = 0;
+    for (struct http_conn *hc = s->conns; hc; hc = hc->next)
+        crest_conn_close(hc->c);
+    if (s->nconns == 0)
+        server_free(s);
+}
+
+void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server_stats_t *out) {
+    if (!out)
+        return;
+    if (!s) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = s->stats;
+}

@@ -1,15 +1,634 @@
-/* placeholder: filled in by the issue 14 work */
+/* The HTTP/1.1 server over real loopback sockets: requests in, responses
+ * out, keep-alive, pipelining in order, Expect: 100-continue, bodies
+ * (Content-Length and chunked), answers given later, refusals with their
+ * status, timeouts, and nothing left open. */
+#include "crest_test.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
-static void test_placeholder(void **state) {
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crest/crest.h"
+
+/* ---- the application ----------------------------------------------------- */
+
+struct app {
+    crest_loop_t *loop;
+    crest_http_server_t *srv;
+    char addr[64];
+    unsigned requests;
+    unsigned cancelled;
+    crest_http_exchange_t *later[8]; /* exchanges answered from a timer */
+    unsigned nlater;
+    crest_timer_t *timer;
+    char last_target[256];
+    size_t last_body_len;
+};
+
+/* GET /x answers "target=/x"; POST answers "body=<body>"; /later answers
+ * from a timer; /close answers and closes. */
+static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req,
+                       const uint8_t *body, size_t body_len, void *ctx) {
+    struct app *a = ctx;
+    a->requests++;
+    snprintf(a->last_target, sizeof a->last_target, "%.*s", (int)req->target.len, req->target.ptr);
+    a->last_body_len = body_len;
+    if (req->target.len >= 6 && memcmp(req->target.ptr, "/later", 6) == 0) {
+        assert_true(a->nlater < 8);
+        a->later[a->nlater++] = x;
+        crest_timer_start(a->timer, 20, 0);
+        return;
+    }
+    char out[4096];
+    int n;
+    if (req->method == CREST_HTTP_POST)
+        n = snprintf(out, sizeof out, "body=%.*s", (int)body_len, (const char *)body);
+    else
+        n = snprintf(out, sizeof out, "target=%s", a->last_target);
+    static const crest_http_header_t ct = {{"Content-Type", 12}, {"text/plain", 10}};
+    if (strcmp(a->last_target, "/close") == 0)
+        assert_int_equal(crest_http_respond_close(x, 200, &ct, 1, out, (size_t)n), 0);
+    else
+        assert_int_equal(crest_http_respond(x, 200, &ct, 1, out, (size_t)n), 0);
+}
+
+static void on_cancel(crest_http_exchange_t *x, void *ctx) {
+    struct app *a = ctx;
+    a->cancelled++;
+    for (unsigned i = 0; i < a->nlater; i++)
+        if (a->later[i] == x)
+            a->later[i] = NULL;
+}
+
+static void answer_later(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct app *a = arg;
+    for (unsigned i = 0; i < a->nlater; i++) {
+        if (!a->later[i])
+            continue;
+        assert_int_equal(crest_http_respond(a->later[i], 200, NULL, 0, "later", 5), 0);
+    }
+    a->nlater = 0;
+}
+
+static void app_start_opts(struct app *a, crest_http_server_opts_t *o) {
+    memset(a, 0, sizeof *a);
+    a->loop = tu_loop();
+    o->on_cancel = on_cancel;
+    o->server = "crest-test";
+    assert_int_equal(crest_http_server_create(a->loop, o, on_request, a, &a->srv), 0);
+    crest_listener_t *l;
+    assert_int_equal(crest_http_server_listen(a->srv, "127.0.0.1:0", NULL, &l), 0);
+    snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", crest_listener_port(l));
+    assert_int_equal(crest_timer_create(a->loop, answer_later, a, &a->timer), 0);
+}
+
+static void app_start(struct app *a) {
+    crest_http_server_opts_t o;
+    crest_http_server_opts_init(&o);
+    app_start_opts(a, &o);
+}
+
+static void app_finish(struct app *a) {
+    crest_timer_destroy(a->timer);
+    crest_http_server_destroy(a->srv);
+    tu_spin(a->loop, 3);
+    tu_finish_conns(a->loop);
+}
+
+/* ---- the client: raw sockets, responses parsed here ------------------------ */
+
+struct client {
+    int fd;
+    char buf[65536];
+    size_t len;
+    bool eof;
+};
+
+struct response {
+    int status;
+    char head[4096];
+    char body[8192];
+    size_t body_len;
+};
+
+static void client_open(struct client *cl, const struct app *a) {
+    memset(cl, 0, sizeof *cl);
+    cl->fd = tu_raw_connect(a->addr, 0);
+}
+
+static void client_send(struct app *a, struct client *cl, const char *s, size_t n) {
+    tu_raw_send_all(a->loop, cl->fd, s, n);
+}
+
+/* Read more into cl->buf, running the loop; false on EOF or error. */
+static bool client_fill(struct app *a, struct client *cl) {
+    for (int i = 0; i < RUN_MAX_ITER; i++) {
+        ssize_t n = recv(cl->fd, cl->buf + cl->len, sizeof cl->buf - 1 - cl->len, 0);
+        if (n > 0) {
+            cl->len += (size_t)n;
+            cl->buf[cl->len] = '\0';
+            return true;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            cl->eof = true;
+            return false;
+        }
+        assert_true(crest_loop_run_once(a->loop, 10) >= 0);
+    }
+    tu_log_dump();
+    fail_msg("client: nothing to read");
+    return false;
+}
+
+/* One whole response (by its Content-Length) off the front of cl->buf. */
+static void client_response(struct app *a, struct client *cl, struct response *r, bool head_req) {
+    memset(r, 0, sizeof *r);
+    char *end;
+    while (!(end = strstr(cl->buf, "\r\n\r\n")))
+        assert_true(client_fill(a, cl));
+    size_t head_len = (size_t)(end - cl->buf) + 4;
+    assert_true(head_len < sizeof r->head);
+    memcpy(r->head, cl->buf, head_len);
+    assert_int_equal(sscanf(r->head, "HTTP/1.1 %d", &r->status), 1);
+    size_t clen = 0;
+    const char *h = strstr(r->head, "\r\nContent-Length: ");
+    if (h)
+        clen = strtoul(h + 18, NULL, 10);
+    if (head_req || r->status < 200 || r->status == 204 || r->status == 304)
+        clen = 0;
+    while (cl->len < head_len + clen)
+        assert_true(client_fill(a, cl));
+    assert_true(clen < sizeof r->body);
+    memcpy(r->body, cl->buf + head_len, clen);
+    r->body_len = clen;
+    memmove(cl->buf, cl->buf + head_len + clen, cl->len - head_len - clen);
+    cl->len -= head_len + clen;
+    cl->buf[cl->len] = '\0';
+}
+
+static void client_expect_eof(struct app *a, struct client *cl) {
+    while (client_fill(a, cl))
+        ;
+    assert_true(cl->eof);
+}
+
+static void client_close(struct client *cl) {
+    close(cl->fd);
+    cl->fd = -1;
+}
+
+#define SEND(a, cl, s) client_send((a), (cl), (s), strlen(s))
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static void test_get_keep_alive(void **state) {
     (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    struct response r;
+    for (int i = 0; i < 3; i++) {
+        SEND(&a, &cl, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+        client_response(&a, &cl, &r, false);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(r.body, "target=/hello");
+        assert_non_null(strstr(r.head, "\r\nDate: "));
+        assert_non_null(strstr(r.head, " GMT\r\n"));
+        assert_non_null(strstr(r.head, "\r\nServer: crest-test\r\n"));
+        assert_non_null(strstr(r.head, "\r\nContent-Type: text/plain\r\n"));
+        assert_null(strstr(r.head, "Connection:"));
+    }
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a.srv, &st);
+    assert_int_equal(st.connections, 1);
+    assert_int_equal(st.requests, 3);
+    assert_int_equal(st.responses[2], 3);
+    assert_int_equal(st.pending, 0);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+static void test_head_has_no_body(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "HEAD /abc HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, true);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.head, "\r\nContent-Length: 11\r\n")); /* "target=/abc" */
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/next");
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* Pipelined requests in one send are answered in order, the one answered
+ * from a timer included: the requests behind it wait. */
+static void test_pipelined_in_order(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl,
+         "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
+         "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+         "GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/a");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "later");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "body=hello");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/b");
+    assert_int_equal(a.requests, 4);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+static void test_connection_close_and_http10(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    struct response r;
+    /* HTTP/1.1 with Connection: close */
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    client_expect_eof(&a, &cl);
+    assert_int_equal(cl.len, 0); /* the second request was not answered */
+    client_close(&cl);
+    /* HTTP/1.0: closes by default */
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /3 HTTP/1.0\r\n\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/3");
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    /* HTTP/1.0 with keep-alive: stays open, says so */
+    client_open(&cl, &a);
+    for (int i = 0; i < 2; i++) {
+        SEND(&a, &cl, "GET /4 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        client_response(&a, &cl, &r, false);
+        assert_non_null(strstr(r.head, "\r\nConnection: keep-alive\r\n"));
+    }
+    client_close(&cl);
+    /* the application closes */
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /close HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* A request split at every byte boundary gets the same answer. */
+static void test_every_split(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    static const char req[] =
+        "POST /split HTTP/1.1\r\nHost: example\r\nContent-Length: 11\r\nX-A: b\r\n\r\nhello world";
+    size_t n = sizeof req - 1;
+    struct client cl;
+    client_open(&cl, &a);
+    for (size_t k = 1; k < n; k++) {
+        client_send(&a, &cl, req, k);
+        tu_spin(a.loop, 2);
+        client_send(&a, &cl, req + k, n - k);
+        struct response r;
+        client_response(&a, &cl, &r, false);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(r.body, "body=hello world");
+    }
+    /* and a byte at a time */
+    for (size_t k = 0; k < n; k++) {
+        client_send(&a, &cl, req + k, 1);
+        tu_spin(a.loop, 1);
+    }
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "body=hello world");
+    assert_int_equal(a.requests, n);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+static void test_chunked_body(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl,
+         "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+         "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "body=hello world");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/after");
+    /* a bad chunk: 400 and closed */
+    SEND(&a, &cl, "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* Expect: 100-continue: "100 Continue" before the body is read; none when
+ * the body is already there or the request is refused. */
+static void test_expect_continue(void **state) {
+    (void)state;
+    struct app a;
+    crest_http_server_opts_t o;
+    crest_http_server_opts_init(&o);
+    o.limits.max_body = 100;
+    app_start_opts(&a, &o);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 100);
+    assert_string_equal(r.head, "HTTP/1.1 100 Continue\r\n\r\n");
+    SEND(&a, &cl, "abc");
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "body=abc");
+    /* body sent with the head: no 100 */
+    SEND(&a, &cl, "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nxyz");
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "body=xyz");
+    /* too large: 413, never 100 */
+    SEND(&a, &cl, "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 413);
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+struct refusal {
+    const char *request;
+    int status;
+    crest_close_reason_t reason;
+};
+
+/* Each refusal: its status, "Connection: close", the connection closed
+ * with its reason and a warning in the log, while another client is
+ * answered. */
+static void test_refusals(void **state) {
+    (void)state;
+    static char many_headers[8192];
+    char *p = many_headers;
+    p += sprintf(p, "GET / HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 70; i++)
+        p += sprintf(p, "X-H%d: v\r\n", i);
+    sprintf(p, "\r\n");
+    static char long_line[9000];
+    memset(long_line, 'a', sizeof long_line);
+    memcpy(long_line, "GET /", 5);
+    strcpy(long_line + 8500, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    const struct refusal cases[] = {
+        {"GET / HTTP/1.1\r\n\r\n", 400, CREST_CLOSE_PROTOCOL_ERROR}, /* no Host */
+        {"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+         400, CREST_CLOSE_PROTOCOL_ERROR}, /* smuggling */
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400,
+         CREST_CLOSE_PROTOCOL_ERROR},
+        {"GET / HTTP/1.1\r\nHost: x\r\n Folded: y\r\n\r\n", 400, CREST_CLOSE_PROTOCOL_ERROR},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413,
+         CREST_CLOSE_TOO_LARGE},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         CREST_CLOSE_PROTOCOL_ERROR},
+        {"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, CREST_CLOSE_PROTOCOL_ERROR},
+        {"GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", 417, CREST_CLOSE_PROTOCOL_ERROR},
+        {"\x16\x03\x01\x02\x01\x01\xfc\x03\x03", 400, CREST_CLOSE_PROTOCOL_ERROR}, /* TLS */
+        {many_headers, 431, CREST_CLOSE_TOO_LARGE},
+        {long_line, 414, CREST_CLOSE_TOO_LARGE},
+    };
+    struct app a;
+    app_start(&a);
+    struct client good;
+    client_open(&good, &a);
+    uint64_t expect[CREST_CLOSE_REASON_COUNT] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tu_log_clear();
+        struct client cl;
+        client_open(&cl, &a);
+        SEND(&a, &cl, cases[i].request);
+        struct response r;
+        client_response(&a, &cl, &r, false);
+        if (r.status != cases[i].status)
+            fail_msg("case %zu: status %d, not %d", i, r.status, cases[i].status);
+        assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+        char want[16];
+        snprintf(want, sizeof want, "http %d", cases[i].status);
+        assert_true(strncmp(r.body, want + 5, 3) == 0); /* the body starts with the status */
+        client_expect_eof(&a, &cl);
+        client_close(&cl);
+        RUN_UNTIL(a.loop, tu_log_contains(want));
+        expect[cases[i].reason]++;
+        SEND(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n");
+        client_response(&a, &good, &r, false);
+        assert_string_equal(r.body, "target=/still");
+    }
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(a.loop, &cs);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_PROTOCOL_ERROR],
+                     expect[CREST_CLOSE_PROTOCOL_ERROR]);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_TOO_LARGE], expect[CREST_CLOSE_TOO_LARGE]);
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a.srv, &st);
+    assert_int_equal(st.refused, sizeof cases / sizeof cases[0]);
+    client_close(&good);
+    app_finish(&a);
+}
+
+/* A client that resets its connection while its answer is being
+ * prepared: on_cancel at once, and the timer's later answer finds nothing
+ * to answer.  (A FIN is not enough: it looks like a half-close, whose
+ * client still waits for the answer.) */
+static void test_cancel(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.requests == 1);
+    struct linger lg = {1, 0};
+    assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    client_close(&cl);
+    RUN_UNTIL(a.loop, a.cancelled == 1);
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a.srv, &st);
+    assert_int_equal(st.cancelled, 1);
+    assert_int_equal(st.pending, 0);
+    app_finish(&a);
+}
+
+/* Destroying the server with an answer pending cancels it and closes. */
+static void test_destroy_pending(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.requests == 1);
+    crest_timer_stop(a.timer);
+    crest_http_server_destroy(a.srv);
+    a.srv = NULL;
+    RUN_UNTIL(a.loop, a.cancelled == 1);
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    crest_timer_destroy(a.timer);
+    tu_spin(a.loop, 3);
+    tu_finish_conns(a.loop);
+}
+
+/* Slowloris: a head sent a byte every few ms never completes within the
+ * header timeout: closed (READ_TIMEOUT) while another client is served. */
+static void test_header_timeout(void **state) {
+    (void)state;
+    struct app a;
+    crest_http_server_opts_t o;
+    crest_http_server_opts_init(&o);
+    o.header_timeout_ms = 200;
+    app_start_opts(&a, &o);
+    struct client slow, good;
+    client_open(&slow, &a);
+    client_open(&good, &a);
+    const char *drip = "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    SEND(&a, &slow, drip);
+    crest_conn_stats_t cs;
+    for (int i = 0; i < 2000; i++) {
+        if (send(slow.fd, "a", 1, MSG_NOSIGNAL) < 0)
+            break;
+        tu_spin(a.loop, 1);
+        tu_sleep_ms(5);
+        crest_loop_conn_stats(a.loop, &cs);
+        if (cs.close_reasons[CREST_CLOSE_READ_TIMEOUT] == 1)
+            break;
+        if (i % 20 == 0) {
+            struct response r;
+            SEND(&a, &good, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n");
+            client_response(&a, &good, &r, false);
+            assert_string_equal(r.body, "target=/ok");
+        }
+    }
+    crest_loop_conn_stats(a.loop, &cs);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_READ_TIMEOUT], 1);
+    assert_int_equal(a.requests % 1000, a.requests); /* the slow one never became a request */
+    client_expect_eof(&a, &slow);
+    client_close(&slow);
+    client_close(&good);
+    app_finish(&a);
+}
+
+/* A body may take longer than the head's timeout (up to header + body
+ * timeout); a kept-alive connection left idle closes (IDLE_TIMEOUT). */
+static void test_body_and_keepalive_timeouts(void **state) {
+    (void)state;
+    struct app a;
+    crest_http_server_opts_t o;
+    crest_http_server_opts_init(&o);
+    o.header_timeout_ms = 150;
+    o.body_timeout_ms = 20000;
+    o.keepalive_timeout_ms = 800;
+    app_start_opts(&a, &o);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab");
+    uint64_t t0 = tu_mono_ns();
+    while (tu_mono_ns() - t0 < 400000000ull) /* past the header timeout */
+        assert_true(crest_loop_run_once(a.loop, 10) >= 0);
+    SEND(&a, &cl, "cd");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "body=abcd");
+    /* now idle: the keep-alive timeout closes it */
+    client_expect_eof(&a, &cl);
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(a.loop, &cs);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_IDLE_TIMEOUT], 1);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_READ_TIMEOUT], 0);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* A client that shuts down its side right after its request still gets
+ * the answer, even one given later. */
+static void test_half_close_client(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    shutdown(cl.fd, SHUT_WR);
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "later");
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+static void test_respond_errors(void **state) {
+    (void)state;
+    assert_int_equal(crest_http_respond(NULL, 200, NULL, 0, NULL, 0), -EINVAL);
+    crest_http_server_t *s;
+    assert_int_equal(crest_http_server_create(NULL, NULL, on_request, NULL, &s), -EINVAL);
+    crest_loop_t *loop = tu_loop();
+    crest_http_server_opts_t o;
+    crest_http_server_opts_init(&o);
+    o.limits.max_headers = CREST_HTTP_MAX_HEADERS + 1;
+    assert_int_equal(crest_http_server_create(loop, &o, on_request, NULL, &s), -EINVAL);
+    assert_int_equal(crest_http_server_create(loop, NULL, NULL, NULL, &s), -EINVAL);
+    tu_destroy_loop(loop);
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_placeholder)};
+    const struct CMUnitTest tests[] = {
+        tu_test(test_get_keep_alive),
+        tu_test(test_head_has_no_body),
+        tu_test(test_pipelined_in_order),
+        tu_test(test_connection_close_and_http10),
+        tu_test(test_every_split),
+        tu_test(test_chunked_body),
+        tu_test(test_expect_continue),
+        tu_test(test_refusals),
+        tu_test(test_cancel),
+        tu_test(test_destroy_pending),
+        tu_test(test_header_timeout),
+        tu_test(test_body_and_keepalive_timeouts),
+        tu_test(test_half_close_client),
+        tu_test(test_respond_errors),
+    };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
