@@ -70,6 +70,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #define GRACE_MS 2000     /* how long a shutdown waits for connections to drain */
@@ -96,6 +98,7 @@ struct config {
     /* Latency insight (insight.h, doctor.h) */
     uint64_t doctor_ms;           /* --doctor: window period; 0: none */
     const char *doctor_json;      /* --doctor-json PATH, or NULL */
+    const char *admin;            /* --admin HOST:PORT, or NULL */
     bool timestamps;              /* --timestamps: rx_timestamps */
     bool no_insight;              /* --no-insight: enabled = false */
     int timing;                   /* --timing: CREST_TIMING_*, -1: default */
@@ -224,6 +227,10 @@ struct server {
      * the start of the next window.  json_fd: the --doctor-json file
      * (O_APPEND: every line is one write()), registered, or -1. */
     crest_timer_t *doctor_timer;
+    /* --admin: the admin endpoint (admin.h), on the control loop,
+     * reporting every worker loop of this process; stopped at the first
+     * signal. */
+    crest_admin_t *admin;
     crest_insight_t *ins_prev, *ins_cur, *ins_win;
     crest_slow_cb_t worst;        /* the slowest callback seen in any window */
     int json_fd;
@@ -760,6 +767,9 @@ static void on_signal(crest_signal_t *sig, int signo, void *arg) {
          * that would be a difference of unlike sums. */
         if (srv->doctor_timer)
             crest_timer_stop(srv->doctor_timer);
+        /* Its connections close while the workers drain. */
+        crest_admin_stop(srv->admin);
+        srv->admin = NULL;
         for (unsigned i = 0; i < srv->running; i++)
             worker_post(&srv->workers[i], worker_shutdown);
     } else {
@@ -986,6 +996,56 @@ static void send_msg(const struct server *srv, struct wmsg *m) {
     do
         n = write(srv->report_fd, m, sizeof *m);
     while (n < 0 && errno == EINTR);
+}
+
+/* ------------------------------------------------------------------------
+ * The admin endpoint (--admin)
+ * ------------------------------------------------------------------------ */
+
+static void set_port(crest_addr_t *a, int port) {
+    if (a->ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)&a->ss)->sin_port = htons((uint16_t)port);
+}
+
+/* On the control loop, once the group runs: one endpoint for this
+ * process's loops; worker process i of --workers serves on PORT+i. */
+static int admin_start(struct server *srv) {
+    const struct config *cfg = &srv->cfg;
+    if (!cfg->admin)
+        return 0;
+    crest_addr_t a;
+    int rc = crest_addr_parse(cfg->admin, &a);
+    if (rc < 0)
+        return rc;
+    int port = crest_addr_port(&a);
+    if (srv->report_fd >= 0 && port > 0)
+        set_port(&a, port + (int)srv->proc_index);
+    char addr[CREST_ADDR_STRLEN];
+    if ((rc = crest_addr_format(&a, addr, sizeof addr)) < 0)
+        return rc;
+    crest_admin_opts_t ao;
+    crest_admin_opts_init(&ao);
+    ao.group = srv->group;
+    if ((rc = crest_admin_start(srv->loop, addr, &ao, &srv->admin)) < 0)
+        return rc;
+    set_port(&a, crest_admin_port(srv->admin));
+    crest_addr_format(&a, addr, sizeof addr);
+    printf("%s%s: admin endpoint on http://%s/\n", srv->tag, srv->proto->name, addr);
+    fflush(stdout);
+    return 0;
+}
+
+/* The endpoint if no signal stopped it (the workers failed): its
+ * connections close in a few more iterations of the control loop. */
+static void admin_free(struct server *srv) {
+    if (!srv->admin)
+        return;
+    crest_admin_stop(srv->admin);
+    srv->admin = NULL;
+    for (int i = 0; i < 3; i++)
+        crest_loop_run_once(srv->loop, 0);
 }
 
 /* ------------------------------------------------------------------------
@@ -1279,6 +1339,7 @@ enum {
     OPT_BACKLOG,
     OPT_DOCTOR,
     OPT_DOCTOR_JSON,
+    OPT_ADMIN,
     OPT_TIMESTAMPS,
     OPT_WATCHDOG,
     OPT_WORK,
@@ -1308,6 +1369,7 @@ static const struct option common_options[] = {
     {"stats", required_argument, NULL, OPT_STATS},
     {"doctor", required_argument, NULL, OPT_DOCTOR},
     {"doctor-json", required_argument, NULL, OPT_DOCTOR_JSON},
+    {"admin", required_argument, NULL, OPT_ADMIN},
     {"timestamps", no_argument, NULL, OPT_TIMESTAMPS},
     {"watchdog", required_argument, NULL, OPT_WATCHDOG},
     {"work", required_argument, NULL, OPT_WORK},
@@ -1382,6 +1444,10 @@ static void usage(const server_proto_t *proto, FILE *out) {
             "                          for the whole run (\"scope\": \"window\" or \"run\";\n"
             "                          \"worker\": N with --workers); windows every\n"
             "                          --doctor SECONDS, or 1 s without it\n"
+            "      --admin HOST:PORT   serve the admin pages there (/metrics for\n"
+            "                          Prometheus, /debug/crest/...; admin.h), for every\n"
+            "                          thread's loop; with --workers N, worker i serves\n"
+            "                          on PORT+i (PORT 0: each picks a free port)\n"
             "      --timestamps        measure receive-queue dwell (kernel receive\n"
             "                          timestamps on every connection)\n"
             "      --watchdog MS       log a loop stuck in one iteration over MS\n"
@@ -1588,6 +1654,15 @@ static int parse_options(struct server *srv, int argc, char **argv) {
         case OPT_DOCTOR_JSON:
             cfg->doctor_json = optarg;
             break;
+        case OPT_ADMIN: {
+            crest_addr_t a;
+            if (crest_addr_parse(optarg, &a) < 0 || a.ss.ss_family == AF_UNIX) {
+                bad_value("admin", optarg, "must be HOST:PORT");
+                return SERVER_EXIT_USAGE;
+            }
+            cfg->admin = optarg;
+            break;
+        }
         case OPT_TIMESTAMPS:
             cfg->timestamps = true;
             break;
@@ -1766,6 +1841,9 @@ static int serve(struct server *srv) {
         if ((rc = doctor_start(srv)) < 0) /* the server still serves */
             fprintf(stderr, "%s%s: --doctor: %s: no windows\n", srv->tag, srv->proto->name,
                     crest_strerror(rc));
+        if ((rc = admin_start(srv)) < 0) /* the server still serves */
+            fprintf(stderr, "%s%s: --admin %s: %s: no admin endpoint\n", srv->tag,
+                    srv->proto->name, cfg->admin, crest_strerror(rc));
         rc = crest_loop_run(srv->loop); /* until every worker is done */
         if (rc < 0) {
             code = fail(srv, "control loop", rc);
@@ -1783,6 +1861,7 @@ static int serve(struct server *srv) {
     crest_signal_stop(srv->sigterm);
     crest_timer_destroy(srv->stats_timer);
     doctor_free(srv);
+    admin_free(srv);
     if (cfg->watchdog_ms)
         crest_watchdog_stop();
 

@@ -12,6 +12,8 @@
 #include "crest/fdreg.h"
 #include "crest/insight.h"
 #include "crest/loop.h"
+#include "crest/group.h"
+#include "crest/timer.h"
 #include "strbuf.h"
 
 /* One loop's figures, taken on its thread at one moment. */
@@ -38,5 +40,72 @@ struct crest__admin_process_figures {
 void crest__metrics_render(struct crest__strbuf *out,
                            const struct crest__admin_loop_figures *loops, unsigned n,
                            bool labelled, const struct crest__admin_process_figures *proc);
+
+
+/* ---- the endpoint's requests (admin.c, admin_pages.c) ------------------ */
+
+enum crest__admin_page {
+    CREST__PAGE_INDEX = 0,
+    CREST__PAGE_METRICS,
+    CREST__PAGE_HEALTHZ,
+    CREST__PAGE_DOCTOR,
+    CREST__PAGE_FDS,
+    CREST__PAGE_CONNS,
+    CREST__PAGE_SLOW
+};
+
+#define CREST__CONNS_DEFAULT_LIMIT 100u
+#define CREST__CONNS_MAX_LIMIT 10000u
+#define CREST__CONNS_SLICE 256u
+
+struct crest_admin;
+struct crest_http_exchange;
+
+/* A request being answered.  Lives on the admin's loop; the parts sent to
+ * other loops (a round, a walk) are counted in outstanding and the request
+ * is freed only once they are all back. */
+struct crest__admin_req {
+    struct crest_admin *admin;        /* NULL once the admin stopped */
+    crest_loop_t *admin_loop;
+    crest_group_t *grp;               /* the admin's group, or NULL */
+    struct crest_http_exchange *x;    /* NULL once answered or cancelled */
+    struct crest__admin_req *prev, *next;
+    enum crest__admin_page page;
+    bool group;                       /* loop labels */
+    bool json;                        /* ?format=json */
+    unsigned seconds;                 /* ?seconds=N, 0: none */
+    unsigned limit;                   /* ?limit=N */
+    bool has_after;                   /* ?after=L.F */
+    unsigned after_loop;
+    int after_fd;
+    uint64_t start_time_s;
+    unsigned nloops;
+    /* A round: every loop runs per_loop, then on_round runs here. */
+    void (*on_round)(struct crest__admin_req *r);
+    unsigned round;                   /* rounds started */
+    bool round_open;
+    unsigned asked, answered, outstanding;
+    bool *got;                        /* per loop: answered this round */
+    struct crest__admin_loop_figures *figs; /* per loop */
+    crest_insight_t *first;           /* doctor ?seconds=: the start */
+    crest_timer_t *timer;             /* round timeout, doctor's wait */
+    struct crest__conns_walk *walk;   /* /debug/crest/conns */
+    struct crest__strbuf out;         /* the page */
+};
+
+/* admin.c */
+int crest__admin_round(struct crest__admin_req *r,
+                       void (*per_loop)(crest_loop_t *, unsigned, struct crest__admin_req *),
+                       void (*on_round)(struct crest__admin_req *));
+void crest__admin_collect(crest_loop_t *loop, unsigned index,
+                          struct crest__admin_loop_figures *f);
+void crest__admin_respond(struct crest__admin_req *r, int status, const char *ctype,
+                          const char *body, size_t len);
+void crest__admin_respond_out(struct crest__admin_req *r, const char *ctype);
+/* Free r if it is answered (or cancelled) and nothing is out on a loop. */
+void crest__admin_req_release(struct crest__admin_req *r);
+/* admin_pages.c */
+void crest__admin_page_start(struct crest__admin_req *r);
+void crest__conns_walk_free(struct crest__admin_req *r);
 
 #endif

@@ -573,11 +573,16 @@ int crest_loop_foreach_conn(crest_loop_t *loop, int (*cb)(crest_conn_t *c, void 
                             void *arg) {
     if (!loop || !cb)
         return -EINVAL;
+    return crest__loop_foreach_conn_from(loop, 0, cb, arg);
+}
+
+int crest__loop_foreach_conn_from(crest_loop_t *loop, int first_fd,
+                                  int (*cb)(crest_conn_t *c, void *arg), void *arg) {
     /* loop->ios and ios_cap are read again at each step: cb may open
      * connections (crest_connect), which may grow the table.  Nothing cb
      * can do frees a connection during the walk (closes complete from the
      * loop), so the one at the next fd is still valid when we get there. */
-    for (int fd = 0; fd < loop->ios_cap; fd++) {
+    for (int fd = first_fd > 0 ? first_fd : 0; fd < loop->ios_cap; fd++) {
         struct crest_conn *c = conn_at(loop, fd);
         if (!c || c->state == CREST_CONN_CLOSED || (c->flags & CREST__C_PROXY_WAIT))
             continue;

@@ -144,14 +144,18 @@ void crest__name_function(char *buf, size_t len, const void *fn) {
 
 #define FN(f) ((const void *)(uintptr_t)(f))
 
-static void describe_conn(crest_loop_t *loop, struct crest_conn *c, crest_slow_cb_t *r) {
+void crest__conn_handler_name(const struct crest_conn *c, char *buf, size_t len) {
     const crest_handler_t *h = &c->ep->handler;
+    if (h->name)
+        snprintf(buf, len, "%s", h->name);
+    else
+        crest__name_function(buf, len, h->on_message ? FN(h->on_message) : FN(h->on_data));
+}
+
+static void describe_conn(crest_loop_t *loop, struct crest_conn *c, crest_slow_cb_t *r) {
     r->kind = CREST_CB_CONN;
     r->conn_id = c->id;
-    if (h->name)
-        snprintf(r->name, sizeof r->name, "%s", h->name);
-    else
-        crest__name_function(r->name, sizeof r->name, h->on_message ? FN(h->on_message) : FN(h->on_data));
+    crest__conn_handler_name(c, r->name, sizeof r->name);
     snprintf(r->what, sizeof r->what, "%s", crest__what_name(loop->ins.cur_what));
     if (crest_conn_peer(c, r->peer, sizeof r->peer) < 0)
         snprintf(r->peer, sizeof r->peer, "fd %d", c->io.fd);

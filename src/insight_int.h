@@ -32,6 +32,10 @@ enum crest__what {
 const char *crest__what_name(unsigned what);
 /* A function's symbol, or object+offset, or address (insight.c). */
 void crest__name_function(char *buf, size_t len, const void *fn);
+/* The connection's handler's name (crest_handler_t.name), else the
+ * symbol of its on_message / on_data. */
+struct crest_conn;
+void crest__conn_handler_name(const struct crest_conn *c, char *buf, size_t len);
 
 struct crest__insight {
     crest_insight_opts_t opts;

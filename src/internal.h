@@ -206,6 +206,10 @@ int crest__fd_report_owner(const void *owner, const char *what);
  * iteration; tear everything down with the loop. */
 void crest__conns_reap(crest_loop_t *loop);
 void crest__conns_destroy(crest_loop_t *loop);
+/* crest_loop_foreach_conn() from fd first_fd on: the admin endpoint walks
+ * connections in slices, resuming where the last slice stopped. */
+int crest__loop_foreach_conn_from(crest_loop_t *loop, int first_fd,
+                                  int (*cb)(crest_conn_t *c, void *arg), void *arg);
 void crest__listeners_destroy(crest_loop_t *loop);
 
 /* Shutdown (shutdown.c): set up with the loop; checked at the end of each
