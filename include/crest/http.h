@@ -187,7 +187,8 @@ const char *crest_http_reason_phrase(int status);
  *     line-end.  line-end is CRLF or a bare LF (as on every other line of
  *     the request); a CR not followed by LF is 400.
  *   - chunk-size is 1 to 15 hex digits, either case (a 16th digit is 400,
- *     leading zeros included; 15 digits keep the sum far from overflow).
+ *     leading zeros included, unless the digits before it passed max_body
+ *     already: 413; 15 digits keep the sum far from overflow).
  *     Nothing else may stand before or after it, except the whitespace
  *     (SP or HTAB, BWS) before a ';' that the grammar allows.
  *   - chunk-ext: *( BWS ";" BWS name [ BWS "=" BWS value ] ), name a
