@@ -1,12 +1,15 @@
-/* Fuzz target: the HTTP/1.1 request-head parser (crest_http_parse_head).
+/* Fuzz target: the HTTP/1.1 request-head parser (crest_http_parse_head)
+ * and the chunked body scanner (crest_http_chunked_scan, _copy).
  *
  * Input: four bytes of settings, then the byte stream.
  *   byte 0    max_request_line: 0 (the default) or 1..255
- *   byte 1    max_header_bytes: 0 (the default) or 1..255
+ *   byte 1    max_header_bytes: 0 (the default) or 1..255 (the trailers' too)
  *   byte 2    max_headers: 0 (the default) or 1..64
- *   byte 3    max_body: 0 (the default) or 1..255
+ *   byte 3    max_body: 0 (the default) or 1..255 (the decoded size too)
  *   rest      the stream: heads parsed one after another, each followed by
- *             its Content-Length body when it fits, as a server would
+ *             its body (Content-Length, or chunked) when it is whole, as a
+ *             server would; and the stream itself, scanned as a chunked
+ *             body (so that a chunked seed is just the settings and a body)
  *
  * For every head it checks what must hold whatever the bytes:
  *   - the answer is 0, -EAGAIN or -EPROTO; consumed <= len, 0 unless 0;
@@ -18,7 +21,19 @@
  *   - the head alone (buf[0..consumed)) parses the same;
  *   - a prefix (the cut chosen by the input's last byte) answers -EAGAIN or
  *     exactly the same, at the same offsets: a head split across reads gets
- *     the answer a whole one gets. */
+ *     the answer a whole one gets.
+ * For every chunked body (check_chunked()):
+ *   - the answer is 1, 0 or -EPROTO; 0 has scanned everything (pos ==
+ *     len), 1 has pos <= len and size <= max_body, -EPROTO a status of
+ *     400, 413 or 431 and a reason; a second call says the same and
+ *     changes nothing;
+ *   - split at the cut, and fed a byte at a time through a buffer whose
+ *     scanned bytes and bytes still to come are junk, the answer is the
+ *     same (pos, size, status and reason): the scanner neither looks back
+ *     nor ahead;
+ *   - on 1, crest_http_chunked_copy() returns st->size, into another
+ *     buffer, in place, and from the body without what follows it, the
+ *     same bytes each time; on anything, it stays inside the buffer. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
@@ -98,7 +113,89 @@ static int checked_parse(const uint8_t *d, size_t len, const crest_http_limits_t
     return rc;
 }
 
+static void check_scan(int rc, const crest_http_chunked_t *st, size_t len,
+                       const crest_http_limits_t *lim) {
+    uint64_t max_body = lim->max_body ? lim->max_body : CREST_HTTP_DEFAULT_MAX_BODY;
+    FUZZ_CHECK(rc == 1 || rc == 0 || rc == -EPROTO);
+    FUZZ_CHECK(st->pos <= len && st->size <= st->pos && st->size <= max_body);
+    if (rc == 0)
+        FUZZ_CHECK(st->pos == len);
+    if (rc == -EPROTO) {
+        FUZZ_CHECK(st->status == 400 || st->status == 413 || st->status == 431);
+        FUZZ_CHECK(st->reason != NULL && st->pos < len);
+    } else {
+        FUZZ_CHECK(st->status == 0 && st->reason == NULL);
+    }
+}
+
+static void same_scan(int ra, const crest_http_chunked_t *a, int rb,
+                      const crest_http_chunked_t *b) {
+    FUZZ_CHECK(ra == rb && a->pos == b->pos && a->size == b->size);
+    FUZZ_CHECK(a->status == b->status);
+    FUZZ_CHECK((a->reason == NULL) == (b->reason == NULL));
+    if (a->reason)
+        FUZZ_CHECK(strcmp(a->reason, b->reason) == 0);
+}
+
+#define JUNK 0xa5 /* neither a hex digit nor a token character */
+
+/* Scan d[0..len) as a chunked body whole, split at cut, and a byte at a
+ * time; returns the answer, *out the state. */
+static int check_chunked(const uint8_t *d, size_t len, const crest_http_limits_t *lim,
+                         size_t cut, crest_http_chunked_t *out) {
+    memset(out, 0, sizeof *out);
+    int rc = crest_http_chunked_scan(d, len, lim, out);
+    check_scan(rc, out, len, lim);
+    crest_http_chunked_t st = *out;
+    FUZZ_CHECK(crest_http_chunked_scan(d, len, lim, &st) == rc);
+    FUZZ_CHECK(memcmp(&st, out, sizeof st) == 0);
+
+    /* split at the cut */
+    size_t k = len ? cut % (len + 1) : 0;
+    memset(&st, 0, sizeof st);
+    int r = crest_http_chunked_scan(d, k, lim, &st);
+    check_scan(r, &st, k, lim);
+    if (r == 0)
+        r = crest_http_chunked_scan(d, len, lim, &st);
+    same_scan(r, &st, rc, out);
+
+    /* a byte at a time, what is not new being junk */
+    uint8_t *b = malloc(len ? len : 1);
+    FUZZ_CHECK(b != NULL);
+    memset(b, JUNK, len);
+    memset(&st, 0, sizeof st);
+    r = 0;
+    size_t junked = 0;
+    for (k = 1; k <= len && r == 0; k++) {
+        b[k - 1] = d[k - 1];
+        r = crest_http_chunked_scan(b, k, lim, &st);
+        check_scan(r, &st, k, lim);
+        for (; junked < st.pos; junked++)
+            b[junked] = JUNK;
+    }
+    same_scan(r, &st, rc, out);
+
+    /* the decoded data; and copy stays inside whatever it is given */
+    memcpy(b, d, len);
+    uint8_t *dst = malloc(len ? len : 1);
+    FUZZ_CHECK(dst != NULL);
+    size_t n = crest_http_chunked_copy(d, len, dst);
+    FUZZ_CHECK(n <= len);
+    if (rc == 1) {
+        FUZZ_CHECK(n == out->size);
+        FUZZ_CHECK(crest_http_chunked_copy(b, len, b) == n);
+        FUZZ_CHECK(memcmp(b, dst, n) == 0);
+        memcpy(b, d, len);
+        FUZZ_CHECK(crest_http_chunked_copy(b, (size_t)out->pos, b) == n);
+        FUZZ_CHECK(memcmp(b, dst, n) == 0);
+    }
+    free(dst);
+    free(b);
+    return rc;
+}
+
 static crest_http_request_t whole, part;
+static crest_http_chunked_t body;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct fuzz_in in = {data, size};
@@ -110,6 +207,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *p = in.p;
     size_t len = in.n;
     size_t cut = len ? p[len - 1] : 0;
+
+    /* the stream as a chunked body */
+    check_chunked(p, len, &lim, cut, &body);
 
     for (;;) {
         size_t consumed, c2;
@@ -141,6 +241,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* on to the next pipelined request, past this one's body */
         p += consumed;
         len -= consumed;
+        if (whole.chunked) {
+            if (check_chunked(p, len, &lim, cut, &body) != 1)
+                break;
+            p += body.pos;
+            len -= (size_t)body.pos;
+            continue;
+        }
         if (whole.content_length > len)
             break;
         p += whole.content_length;

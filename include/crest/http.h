@@ -78,9 +78,12 @@ extern "C" {
 
 typedef struct crest_http_limits {
     size_t max_request_line; /* bytes, line ending excluded; 0: 8 KiB; over: 414 */
-    size_t max_header_bytes; /* header section, line endings included; 0: 16 KiB; over: 431 */
+    size_t max_header_bytes; /* header section, line endings included (and a
+                                chunked body's trailer section); 0: 16 KiB;
+                                over: 431 */
     size_t max_headers;      /* fields; 0: 64; over: 431; above 64: -EINVAL */
-    uint64_t max_body;       /* Content-Length; 0: 1 MiB; over: 413 */
+    uint64_t max_body;       /* Content-Length, or a chunked body's decoded
+                                size; 0: 1 MiB; over: 413 */
 } crest_http_limits_t;
 
 typedef enum crest_http_method {
@@ -102,7 +105,7 @@ typedef enum crest_http_status {
     CREST_HTTP_413 = 413, /* Content Too Large */
     CREST_HTTP_414 = 414, /* URI Too Long: the request line */
     CREST_HTTP_417 = 417, /* Expectation Failed */
-    CREST_HTTP_431 = 431, /* Request Header Fields Too Large */
+    CREST_HTTP_431 = 431, /* Request Header Fields Too Large (also trailers) */
     CREST_HTTP_501 = 501, /* Not Implemented: a transfer coding */
     CREST_HTTP_505 = 505  /* HTTP Version Not Supported */
 } crest_http_status_t;
@@ -167,36 +170,92 @@ const char *crest_http_reason_phrase(int status);
 
 /* ---- chunked request bodies ----------------------------------------------
  *
- * A chunked body (RFC 9112 7.1) is decoded, not refused: chunk sizes in
- * hex (at most 15 digits), chunk extensions skipped (";name=value", the
- * size line limited to 1 KiB), each chunk's data followed by CRLF (a bare
- * LF accepted, as on every other line), then the last chunk "0", trailer
- * fields (read and dropped, limited like the header section) and the empty
- * line.  A decoded size over max_body is 413; anything malformed is 400.
- * The scanner is incremental and keeps its place in *st, so a body that
- * arrives a byte at a time is scanned once, not once per read. */
+ * A chunked body (RFC 9112 7.1) is scanned by crest_http_chunked_scan(),
+ * then decoded by crest_http_chunked_copy().  The scanner is incremental:
+ * it keeps its place in a crest_http_chunked_t, and each call reads only
+ * the bytes that arrived since the last one, so a body that comes a byte
+ * at a time costs O(its length) over all calls, not one rescan per read.
+ * Like the head parser, it answers the same however the bytes were split:
+ * feeding a body in any pieces (a byte at a time, or all at once) gives
+ * the same return, pos, size, status and reason.  Every byte is checked
+ * left to right, limits first, and the first byte that proves an error
+ * decides it.  Thread: any (no shared state); no callback runs inside.
+ *
+ * The rules (RFC 9112 7.1 unless said; strict, like llhttp without its
+ * lenient flags):
+ *   - a chunk: chunk-size [chunk-ext] line-end, chunk-size bytes of data,
+ *     line-end.  line-end is CRLF or a bare LF (as on every other line of
+ *     the request); a CR not followed by LF is 400.
+ *   - chunk-size is 1 to 15 hex digits, either case (a 16th digit is 400,
+ *     leading zeros included, unless the digits before it passed max_body
+ *     already: 413; 15 digits keep the sum far from overflow).
+ *     Nothing else may stand before or after it, except the whitespace
+ *     (SP or HTAB, BWS) before a ';' that the grammar allows.
+ *   - chunk-ext: *( BWS ";" BWS name [ BWS "=" BWS value ] ), name a
+ *     token, value a token or a quoted-string (RFC 9110 5.6.4); checked,
+ *     then skipped.  The size line, extensions included and its line-end
+ *     excluded, is at most CREST_HTTP_MAX_CHUNK_LINE bytes: 400 beyond.
+ *   - the data must be followed by its line-end: anything else is 400 (a
+ *     chunk-size that lies is a smuggling attempt).
+ *   - the last chunk: chunk-size 0 (any number of zeros, up to 15) with
+ *     optional extensions, then the trailer section: field lines checked
+ *     like header fields (a token name, ':' with no whitespace before it,
+ *     a value without control bytes other than HTAB; a line starting with
+ *     SP or HTAB is 400), read and dropped, then the empty line.  The
+ *     section (its field lines and the empty line, line endings included)
+ *     over max_header_bytes is 431, as the header section is.
+ *   - the decoded size (the sum of the chunk sizes) over max_body is 413,
+ *     decided at the hex digit that proves it, before the data arrives.
+ *
+ * The scanner stops at the end of the empty line that ends the trailer
+ * section: bytes after it (the next pipelined request) are not read. */
+
+/* The longest chunk-size line, chunk extensions included, line-end
+ * excluded. */
+#define CREST_HTTP_MAX_CHUNK_LINE 1024u
+
+/* Where a scan stands.  Zero it before the first call; read pos, size,
+ * status and reason; the rest is the scanner's. */
 typedef struct crest_http_chunked {
-    uint64_t pos;        /* bytes of the encoded body scanned */
-    uint64_t size;       /* decoded bytes so far */
-    uint64_t left;       /* data bytes still due in the current chunk */
-    uint64_t line;       /* bytes of the current size or trailer line */
-    uint64_t trailer;    /* bytes of trailer fields so far */
-    int state;           /* where the scan stands (internal) */
-    int status;          /* on -EPROTO: 400 or 413 */
-    const char *reason;  /* ... and why (static) */
+    uint64_t pos;       /* bytes of the encoded body scanned; once
+                           scan returned 1: the encoded length */
+    uint64_t size;      /* decoded bytes scanned so far; once scan returned
+                           1: the decoded length (at most max_body) */
+    uint64_t left;      /* in a size line: the size so far; in data: the
+                           bytes still due */
+    uint64_t line;      /* bytes of the current size line */
+    uint64_t trailer;   /* bytes of the trailer section so far */
+    int state;          /* where the scan stands (internal) */
+    int status;         /* on -EPROTO: 400, 413 or 431; 0 otherwise */
+    const char *reason; /* ... and why (a static string, for the log) */
 } crest_http_chunked_t;
 
-/* Scan the encoded body at buf[0..len) (buf starts at the body's first
- * byte, and holds every byte given to earlier calls: only buf[st->pos..len)
- * is new).  Start from a zeroed *st.  Returns 1 when the body is whole
- * (st->pos is its encoded length, st->size the decoded one), 0 when more
- * is needed, -EPROTO with st->status and st->reason. */
+/* Scan the encoded body at buf[0..len): buf starts at the body's first
+ * byte and holds every byte given to earlier calls on *st (it may have
+ * moved, but bytes before st->pos are not read again); only
+ * buf[st->pos..len) is new.  lim: NULL for the defaults; max_body and
+ * max_header_bytes are the ones used.  Returns
+ *   1        the body is whole: st->pos is its encoded length (the next
+ *            request starts at buf + st->pos), st->size the decoded one;
+ *   0        more bytes are needed; all of buf[0..len) was scanned
+ *            (st->pos == len);
+ *   -EPROTO  the body is refused: st->status (400, 413, 431) and
+ *            st->reason say why, st->pos is the offset of the byte that
+ *            proved it; the connection should be closed after the answer;
+ *   -EINVAL  st NULL, buf NULL with len > 0, len below st->pos, *st not
+ *            from this scanner, or limits crest_http_parse_head() rejects.
+ * Once it returned 1 or -EPROTO, later calls on *st return the same and
+ * change nothing. */
 int crest_http_chunked_scan(const uint8_t *buf, size_t len, const crest_http_limits_t *lim,
                             crest_http_chunked_t *st);
 
-/* Copy the decoded data of a whole body (crest_http_chunked_scan()
- * returned 1 on buf[0..len)) into dst, which holds st->size bytes.
- * Returns the bytes copied. */
+/* Copy the decoded data of a whole body into dst: buf[0..len) must hold a
+ * body that crest_http_chunked_scan() answered 1 on (len may run past
+ * it), and dst must have room for that scan's st->size bytes (never more
+ * than len).  dst may be buf itself (decoding in place: the data only
+ * moves toward the start).  Reads nothing past buf + len, whatever buf
+ * holds.  Returns the bytes copied, st->size for a scanned body; 0 for a
+ * NULL buf or dst. */
 size_t crest_http_chunked_copy(const uint8_t *buf, size_t len, uint8_t *dst);
 
 /* ---- the server ----------------------------------------------------------
