@@ -16,12 +16,13 @@
 
 #include <crest/http.h>
 
+#include "http_int.h"
 #include "internal.h"
 
 /* tchar (RFC 9110 5.6.2): ALPHA DIGIT and !#$%&'*+-.^_`|~, one load per
- * byte. */
+ * byte (http_int.h: the chunked scanner uses it too). */
 #define T1(c) [c] = 1
-static const uint8_t tchar[256] = {
+const uint8_t crest__http_tchar[256] = {
     T1('!'), T1('#'), T1('$'), T1('%'), T1('&'), T1('\''), T1('*'), T1('+'), T1('-'),
     T1('.'), T1('^'), T1('_'), T1('`'), T1('|'), T1('~'),
     T1('0'), T1('1'), T1('2'), T1('3'), T1('4'), T1('5'), T1('6'), T1('7'), T1('8'), T1('9'),
@@ -35,7 +36,7 @@ static const uint8_t tchar[256] = {
 #undef T1
 
 static bool is_tchar(uint8_t c) {
-    return tchar[c] != 0;
+    return crest__http_tchar[c] != 0;
 }
 
 /* field-vchar: VCHAR or obs-text. */

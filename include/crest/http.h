@@ -1,4 +1,6 @@
-/* crest: an HTTP/1.1 server-side request-head parser.
+/* crest: an HTTP/1.1 server: the request-head parser, the chunked-body
+ * scanner, the server that drives them on crest connections, and the
+ * response writer.  The admin endpoint (admin.h) is built on it.
  *
  * crest_http_parse_head() is pure and incremental: it looks only at the
  * caller's bytes, keeps no state between calls, allocates nothing and
@@ -312,9 +314,13 @@ typedef struct crest_http_exchange crest_http_exchange_t;
 typedef void (*crest_http_request_cb)(crest_http_exchange_t *x, const crest_http_request_t *req,
                                       const uint8_t *body, size_t body_len, void *ctx);
 /* The connection of an exchange still waiting for its response closed
- * (peer gone, timeout, server destroyed): stop what would answer it.  x is
- * invalid once this returns; crest_http_respond() must not be called from
- * it. */
+ * (a reset, a timeout, the server destroyed): stop what would answer it.
+ * x is invalid once this returns; crest_http_respond() must not be called
+ * from it.  A client's FIN alone does not cancel: it reads as a
+ * half-close (the client may still wait for the answer), so the answer
+ * is written, and the connection closes after it.  (keepalive_timeout_ms
+ * counts while an answer is prepared: an exchange that waits longer is
+ * cancelled.) */
 typedef void (*crest_http_cancel_cb)(crest_http_exchange_t *x, void *ctx);
 
 typedef struct crest_http_server_opts {
