@@ -59,7 +59,7 @@ conns=64
 in_ci() { case ${CI:-} in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac; }
 need() {
     local what=$1 path=$2
-    [ -n "$path" ] && [ -x "$path" ] && return 0
+    [ -n "$path" ] && command -v "$path" >/dev/null && return 0
     if in_ci; then
         echo "FAIL: $what is not installed, and CI=$CI (scripts/deps installs it)"
         exit 1
@@ -261,7 +261,9 @@ fi
 
 # ---- conns: crest-bench holds 64 connections (a light open loop) --------------
 
-"$bin/crest-bench" -c "$conns" -r 640 -d 8 --warmup 0 -q "127.0.0.1:$data" >"$work/hold.log" 2>&1 &
+# 12 s: the walk takes about 1 s, the hostile clients (started after it)
+# about 11 s, so the hold costs no time of its own.
+"$bin/crest-bench" -c "$conns" -r 640 -d 12 --warmup 0 -q "127.0.0.1:$data" >"$work/hold.log" 2>&1 &
 hold=$!
 pids+=("$hold")
 all_open() {
@@ -309,7 +311,8 @@ if [ "$walk_ok" = 1 ] && [ "$after" = null ] && [ "$listed" -eq "$conns" ] && [ 
     all_open; then
     pass "/debug/crest/conns?format=json&limit=7 walked by 'next' over $pages pages ($(( SECONDS - t0 )) s): $listed connections on loops ${loops% }, none twice, all 127.0.0.1 = $conns open"
 else
-    fail "conns walk: ok=$walk_ok, last next=$after, $listed listed ($unique distinct) over $pages pages, $conns open"
+    running=no; kill -0 "$hold" 2>/dev/null && running=yes
+    fail "conns walk: ok=$walk_ok, last next=$after, $listed listed ($unique distinct) over $pages pages ($(( SECONDS - t0 )) s), $conns open; crest-bench still holding: $running"
 fi
 if get conns_text "/debug/crest/conns?limit=10" 200 "$text" &&
     [ "$(grep -c ' 127\.0\.0\.1:' "$work/conns_text")" -eq 10 ] &&
