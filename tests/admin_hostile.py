@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""admin_hostile.py - hostile HTTP against a running crest admin endpoint.
+
+Started by tests/admin.sh against its crest-echo --admin (it does not start
+a server itself):
+
+    tests/admin_hostile.py --admin PORT --data PORT --log SERVER_STDERR
+
+Each scenario opens its own connection to the admin port on 127.0.0.1,
+misbehaves, and checks that:
+
+  - the answer has the right status and "Connection: close", and the
+    server then closes the connection (or, for the slowloris, that the
+    server closes it: its header timeout, 10 s by default);
+  - the server's stderr has the reason logged for that connection, found
+    by the client's own port ("connection 127.0.0.1:PORT (fd N) closed:
+    protocol error: http 400 Bad Request: ...");
+  - meanwhile the data port keeps echoing: a prober thread does verified
+    round trips on connections of its own for the whole run, and must have
+    made progress during every scenario, with no error.
+
+The slowloris runs in its own thread beside the other scenarios, so the
+whole run takes about the header timeout.  No timing thresholds beyond
+generous bounds on waits.  Stdlib only; every socket has a timeout; every
+loop is bounded.  Exit 0 if every check passed, 1 otherwise.
+"""
+
+import argparse
+import os
+import re
+import socket
+import sys
+import threading
+import time
+
+HOST = "127.0.0.1"
+KiB = 1024
+
+results = []          # (ok, message)
+results_lock = threading.Lock()
+
+
+def record(ok, msg):
+    with results_lock:
+        results.append((ok, msg))
+        print(("ok   " if ok else "FAIL ") + msg, flush=True)
+
+
+def now():
+    return time.monotonic()
+
+
+# --------------------------------------------------------------------------
+# The prober: verified echoes on the data port for the whole run
+# --------------------------------------------------------------------------
+
+class Prober(threading.Thread):
+    def __init__(self, port, nconns=2):
+        super().__init__(daemon=True)
+        self.port = port
+        self.nconns = nconns
+        self.count = 0
+        self.errors = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self):
+        socks = []
+        try:
+            for _ in range(self.nconns):
+                s = socket.create_connection((HOST, self.port), timeout=5)
+                s.settimeout(5)
+                socks.append(s)
+            seq = 0
+            while not self.stop.is_set():
+                for s in socks:
+                    seq += 1
+                    msg = (b"probe %08d " % seq) + os.urandom(48)
+                    s.sendall(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        part = s.recv(len(msg) - len(got))
+                        if not part:
+                            raise ConnectionError("the echo server closed a probe connection")
+                        got += part
+                    if got != msg:
+                        raise ValueError("echo mismatch: sent %r, got %r" % (msg, got))
+                    with self.lock:
+                        self.count += 1
+                self.stop.wait(0.02)
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            self.errors.append("%s: %s" % (type(e).__name__, e))
+        finally:
+            for s in socks:
+                s.close()
+
+    def progress(self):
+        with self.lock:
+            return self.count
+
+
+# --------------------------------------------------------------------------
+# One hostile client
+# --------------------------------------------------------------------------
+
+def send_quietly(s, data):
+    """Send data; the server may refuse and close before it has all."""
+    try:
+        s.sendall(data)
+        return True
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+
+
+def read_until_closed(s, limit_s):
+    """Everything the server sends until it closes (EOF or reset) or
+    limit_s passes.  Returns (data, closed)."""
+    data = b""
+    deadline = now() + limit_s
+    while now() < deadline:
+        s.settimeout(max(0.05, deadline - now()))
+        try:
+            part = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return data, True
+        if not part:
+            return data, True
+        data += part
+    return data, False
+
+
+def parse_response(data):
+    """(status, {lower-case header: value}) of the first response, or
+    (None, {})."""
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None, {}
+    lines = head.decode("latin-1").split("\r\n")
+    m = re.match(r"^HTTP/1\.1 (\d{3}) ", lines[0])
+    if not m:
+        return None, {}
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(m.group(1)), headers
+
+
+class Server:
+    def __init__(self, admin_port, log_path):
+        self.admin_port = admin_port
+        self.log_path = log_path
+
+    def connect(self):
+        s = socket.create_connection((HOST, self.admin_port), timeout=5)
+        return s, s.getsockname()[1]
+
+    def closed_line(self, client_port, wait_s=5):
+        """The server's 'connection 127.0.0.1:PORT (fd N) closed: ...' line
+        for this client (crest's warning), or None.  Waits a little: the
+        log is written by another process."""
+        pat = re.compile(r"connection 127\.0\.0\.1:%d \(fd \d+\) closed: (.*)$" % client_port)
+        deadline = now() + wait_s
+        while True:
+            try:
+                with open(self.log_path, "r", errors="replace") as f:
+                    for line in f:
+                        m = pat.search(line.rstrip("\n"))
+                        if m:
+                            return m.group(1)
+            except FileNotFoundError:
+                pass
+            if now() >= deadline:
+                return None
+            time.sleep(0.05)
+
+
+def refusal(server, prober, name, payload, status, log_words, chunks=None):
+    """Send payload (or chunks, one send each), expect `status` with
+    Connection: close, the connection closed, and the log line for this
+    client containing each of log_words."""
+    before = prober.progress()
+    s, cport = server.connect()
+    try:
+        for part in (chunks or [payload]):
+            if not send_quietly(s, part):
+                break
+        data, closed = read_until_closed(s, 10)
+    finally:
+        s.close()
+    got, headers = parse_response(data)
+    problems = []
+    if got != status:
+        problems.append("status %s, not %d (reply %r)" % (got, status, data[:200]))
+    elif headers.get("connection", "").lower() != "close":
+        problems.append("no 'Connection: close' in %r" % data[:300])
+    if not closed:
+        problems.append("the connection was not closed within 10 s")
+    line = server.closed_line(cport)
+    if line is None:
+        problems.append("no 'connection 127.0.0.1:%d ... closed:' line in the server's log" % cport)
+    else:
+        for w in log_words:
+            if w not in line:
+                problems.append("the log line %r lacks %r" % (line, w))
+    # The prober must have moved on while this ran (wait for it a little:
+    # a scenario can be quicker than one probe round).
+    deadline = now() + 5
+    while prober.progress() <= before and now() < deadline:
+        time.sleep(0.02)
+    if prober.progress() <= before:
+        problems.append("the data port served no probe meanwhile")
+    if problems:
+        record(False, "%s: %s" % (name, "; ".join(problems)))
+    else:
+        record(True, "%s: %d, Connection: close, closed, logged %r, data port served"
+               % (name, status, line))
+
+
+args_header_timeout = 10.0  # the admin's default (CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS)
+
+
+def slowloris(server, prober, limit_s):
+    """A header byte every 0.5 s: the server must close the connection
+    (header timeout), and log a read timeout for it."""
+    before = prober.progress()
+    s, cport = server.connect()
+    start = now()
+    closed = False
+    reply = b""
+    data = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 200
+    try:
+        for i in range(len(data)):
+            if now() - start > limit_s:
+                break
+            if not send_quietly(s, data[i:i + 1]):
+                closed = True
+                break
+            # Between bytes: has the server closed it?
+            part, closed = read_until_closed(s, 0.5)
+            reply += part
+            if closed:
+                break
+        if not closed:
+            part, closed = read_until_closed(s, max(0.1, limit_s - (now() - start)))
+            reply += part
+    finally:
+        s.close()
+    took = now() - start
+    problems = []
+    if not closed:
+        problems.append("still open after %.1f s" % took)
+    if closed and took < args_header_timeout - 2:
+        problems.append("closed after %.1f s, before the header timeout (%.0f s)"
+                        % (took, args_header_timeout))
+    # crest logs a refusal (crest_conn_fail) but not a timeout: a line, if
+    # the server writes one, must name the read timeout; none is a note.
+    line = server.closed_line(cport, wait_s=1)
+    if line is not None and "read timeout" not in line:
+        problems.append("the log line %r does not name the read timeout" % line)
+    got, headers = parse_response(reply)
+    if got is not None and headers.get("connection", "").lower() != "close":
+        problems.append("an answer (%d) without Connection: close" % got)
+    if prober.progress() <= before:
+        problems.append("the data port served no probe meanwhile")
+    if problems:
+        record(False, "slowloris: %s" % "; ".join(problems))
+    else:
+        record(True, "slowloris (a byte every 0.5 s): closed after %.1f s (header timeout "
+               "%.0f s)%s, %s, data port served %d probes meanwhile"
+               % (took, args_header_timeout, " with %d" % got if got else " without an answer",
+                  "logged %r" % line if line else "not logged (crest logs no timeout)",
+                  prober.progress() - before))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--admin", type=int, required=True, help="the admin port")
+    ap.add_argument("--data", type=int, required=True, help="the echo (data) port")
+    ap.add_argument("--log", required=True, help="the server's stderr, as a file")
+    ap.add_argument("--slowloris-limit", type=float, default=20.0,
+                    help="seconds the slowloris may stay open (default 20; the "
+                         "admin's header timeout is 10 s)")
+    args = ap.parse_args()
+
+    server = Server(args.admin, args.log)
+    prober = Prober(args.data)
+    prober.start()
+    deadline = now() + 5
+    while prober.progress() == 0 and not prober.errors and now() < deadline:
+        time.sleep(0.02)
+    if prober.progress() == 0:
+        record(False, "the data-port prober got no echo: %s" % prober.errors)
+        return 1
+
+    slow = threading.Thread(target=slowloris, args=(server, prober, args.slowloris_limit),
+                            daemon=True)
+    slow.start()
+
+    get = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    post = b"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+    # Oversized: one header field of 32 KiB (the head's limit is 16 KiB).
+    refusal(server, prober, "huge header (32 KiB field)",
+            get + b"X-Big: " + b"a" * (32 * KiB) + b"\r\n\r\n",
+            431, ["too large", "http 431"])
+    # Endless header lines: small fields, far more than 64, sent in
+    # batches as a client that never ends its head would.
+    lines = b"".join(b"X-Line-%d: v\r\n" % i for i in range(2000))
+    refusal(server, prober, "endless header lines (2000 fields, never ended)", None,
+            431, ["too large", "http 431"],
+            chunks=[get] + [lines[i:i + 1024] for i in range(0, len(lines), 1024)])
+    # A request line over 8 KiB.
+    refusal(server, prober, "request line of 9 KiB",
+            b"GET /" + b"a" * (9 * KiB) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            414, ["too large", "http 414"])
+    # Garbage: binary bytes, then a TLS ClientHello's first bytes.
+    refusal(server, prober, "garbage bytes",
+            bytes(range(256)) + b"\r\n\r\n", 400, ["protocol error", "http 400"])
+    refusal(server, prober, "a TLS ClientHello",
+            bytes.fromhex("16030100c4010000c00303") + os.urandom(32) + b"\r\n\r\n",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "bare LF garbage line",
+            b"\x7f\x7f\x7f\n\n", 400, ["protocol error", "http 400"])
+    # Smuggling attempts (RFC 9112 6.1, 6.3).
+    refusal(server, prober, "smuggling: Content-Length with Transfer-Encoding",
+            post + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: Transfer-Encoding with Content-Length",
+            post + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: two different Content-Lengths",
+            post + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: Content-Length list 5, 6",
+            post + b"Content-Length: 5, 6\r\n\r\nhello!",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: Content-Length with a sign",
+            post + b"Content-Length: +5\r\n\r\nhello",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: space before the colon",
+            post + b"Content-Length : 5\r\n\r\nhello",
+            400, ["protocol error", "http 400"])
+    refusal(server, prober, "smuggling: obs-fold (a header line starting with a space)",
+            post + b"X-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400, ["protocol error", "http 400"])
+    # Bodies over the admin's 4 KiB limit: announced, and chunked.
+    refusal(server, prober, "a 5000-byte body (Content-Length; limit 4 KiB)",
+            post + b"Content-Length: 5000\r\n\r\n" + b"b" * 5000,
+            413, ["too large", "http 413"])
+    chunked = b"".join(b"400\r\n" + b"c" * 1024 + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
+    refusal(server, prober, "a 5 KiB chunked body (limit 4 KiB)",
+            post + b"Transfer-Encoding: chunked\r\n\r\n" + chunked,
+            413, ["too large", "http 413"])
+
+    slow.join(args.slowloris_limit + 15)
+    if slow.is_alive():
+        record(False, "slowloris: the client thread did not finish")
+
+    prober.stop.set()
+    prober.join(10)
+    if prober.errors:
+        record(False, "data-port prober: %s" % "; ".join(prober.errors))
+    else:
+        record(True, "data-port prober: %d verified echoes, no error" % prober.count)
+
+    failed = [m for ok, m in results if not ok]
+    print("admin_hostile: %d of %d checks passed" % (len(results) - len(failed), len(results)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
