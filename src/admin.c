@@ -10,7 +10,9 @@
  * of SLICE_CONNS connections per iteration (admin_pages.c). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -241,6 +243,38 @@ static bool query_param(crest_http_str_t q, const char *name, char *val, size_t 
     return false;
 }
 
+/* An absolute-form target ("http://host:port/metrics", RFC 9112 3.2.2,
+ * which a server must accept) as its origin form ("/metrics"). */
+static crest_http_str_t origin_form(crest_http_str_t t) {
+    size_t skip = 0;
+    if (t.len >= 7 && strncasecmp(t.ptr, "http://", 7) == 0)
+        skip = 7;
+    else if (t.len >= 8 && strncasecmp(t.ptr, "https://", 8) == 0)
+        skip = 8;
+    if (!skip)
+        return t;
+    const char *slash = memchr(t.ptr + skip, '/', t.len - skip);
+    if (!slash)
+        return (crest_http_str_t){"/", 1};
+    return (crest_http_str_t){slash, t.len - (size_t)(slash - t.ptr)};
+}
+
+/* "L.F": two decimal numbers, each in range. */
+static bool parse_cursor(const char *v, unsigned nloops, unsigned *loop, int *fd) {
+    char *end;
+    errno = 0;
+    unsigned long l = strtoul(v, &end, 10);
+    if (end == v || *end != '.' || errno || l >= nloops)
+        return false;
+    const char *f = end + 1;
+    unsigned long n = strtoul(f, &end, 10);
+    if (end == f || *end || errno || n > INT_MAX || *v == '-' || *f == '-')
+        return false;
+    *loop = (unsigned)l;
+    *fd = (int)n;
+    return true;
+}
+
 static bool path_is(crest_http_str_t path, const char *s) {
     size_t n = strlen(s);
     return path.len == n && memcmp(path.ptr, s, n) == 0;
@@ -263,15 +297,18 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
             {{"Allow", 5}, {"GET, HEAD", 9}},
             {{"Content-Type", 12}, {"text/plain; charset=utf-8", 25}}};
         static const char msg[] = "405 Method Not Allowed: the admin pages are read with GET\n";
-        crest_http_respond(x, 405, allow, 2, msg, sizeof msg - 1);
+        /* closed: what follows a CONNECT or a body we did not read is
+         * no request */
+        crest_http_respond_close(x, 405, allow, 2, msg, sizeof msg - 1);
         return;
     }
-    crest_http_str_t path = req->target, query = {"", 0};
-    const char *qm = memchr(req->target.ptr, '?', req->target.len);
+    crest_http_str_t target = origin_form(req->target);
+    crest_http_str_t path = target, query = {"", 0};
+    const char *qm = memchr(target.ptr, '?', target.len);
     if (qm) {
-        path.len = (size_t)(qm - req->target.ptr);
+        path.len = (size_t)(qm - target.ptr);
         query.ptr = qm + 1;
-        query.len = req->target.len - path.len - 1;
+        query.len = target.len - path.len - 1;
     }
     enum crest__admin_page page;
     if (path_is(path, "/"))
@@ -346,8 +383,7 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
     if (query_param(query, "after", v, sizeof v)) {
         unsigned li;
         int fd;
-        char tail;
-        if (sscanf(v, "%u.%d%c", &li, &fd, &tail) != 2 || li >= nloops || fd < 0) {
+        if (!parse_cursor(v, nloops, &li, &fd)) {
             free(r->got);
             free(r->figs);
             free(r);
@@ -447,6 +483,10 @@ int crest_admin_start(crest_loop_t *loop, const char *addr, const crest_admin_op
         crest_log(CREST_LOG_DEBUG, "admin endpoint on http://%s/", bound);
     *out = a;
     return 0;
+}
+
+void crest__admin_http_stats(const struct crest_admin *a, crest_http_server_stats_t *out) {
+    crest_http_server_get_stats(a ? a->http : NULL, out);
 }
 
 int crest_admin_port(const crest_admin_t *admin) {

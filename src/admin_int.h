@@ -13,6 +13,7 @@
 #include "crest/insight.h"
 #include "crest/loop.h"
 #include "crest/group.h"
+#include "crest/http.h"
 #include "crest/timer.h"
 #include "strbuf.h"
 
@@ -104,6 +105,8 @@ void crest__admin_respond(struct crest__admin_req *r, int status, const char *ct
 void crest__admin_respond_out(struct crest__admin_req *r, const char *ctype);
 /* Free r if it is answered (or cancelled) and nothing is out on a loop. */
 void crest__admin_req_release(struct crest__admin_req *r);
+/* The endpoint's own HTTP figures (zeros for NULL). */
+void crest__admin_http_stats(const struct crest_admin *a, crest_http_server_stats_t *out);
 /* admin_pages.c */
 void crest__admin_page_start(struct crest__admin_req *r);
 void crest__conns_walk_free(struct crest__admin_req *r);

@@ -98,6 +98,36 @@ static void metrics_done(struct crest__admin_req *r) {
                      "# TYPE crest_admin_loops_unanswered gauge\n"
                      "crest_admin_loops_unanswered %u\n",
                      unanswered(r));
+    /* The endpoint's own traffic: its connections live on its loop, which
+     * a group's figures above may not include. */
+    crest_http_server_stats_t hs;
+    crest__admin_http_stats(r->admin, &hs);
+    crest__sb_printf(&r->out,
+                     "# HELP crest_admin_connections_total Connections the admin endpoint "
+                     "accepted.\n"
+                     "# TYPE crest_admin_connections_total counter\n"
+                     "crest_admin_connections_total %" PRIu64 "\n"
+                     "# HELP crest_admin_requests_total Requests the admin endpoint answered or "
+                     "is answering.\n"
+                     "# TYPE crest_admin_requests_total counter\n"
+                     "crest_admin_requests_total %" PRIu64 "\n"
+                     "# HELP crest_admin_responses_total Responses of the admin endpoint, by "
+                     "status class (the scrape being answered not yet counted).\n"
+                     "# TYPE crest_admin_responses_total counter\n",
+                     hs.connections, hs.requests);
+    for (unsigned c = 1; c <= 5; c++)
+        crest__sb_printf(&r->out, "crest_admin_responses_total{code=\"%uxx\"} %" PRIu64 "\n", c,
+                         hs.responses[c]);
+    crest__sb_printf(&r->out,
+                     "# HELP crest_admin_refused_total Requests to the admin endpoint refused "
+                     "as malformed or over a limit (4xx/5xx, connection closed, logged).\n"
+                     "# TYPE crest_admin_refused_total counter\n"
+                     "crest_admin_refused_total %" PRIu64 "\n"
+                     "# HELP crest_admin_read_timeouts_total Admin connections closed with a "
+                     "request not whole in time (slow clients; logged).\n"
+                     "# TYPE crest_admin_read_timeouts_total counter\n"
+                     "crest_admin_read_timeouts_total %" PRIu64 "\n",
+                     hs.refused, hs.timeouts);
     crest__admin_respond_out(r, "text/plain; version=0.0.4; charset=utf-8");
 }
 

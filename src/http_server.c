@@ -16,6 +16,7 @@
  * it stay in the input buffer, and are answered in order once reading
  * resumes. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,12 +487,24 @@ static void server_free(crest_http_server_t *s) {
 }
 
 static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
-    (void)reason;
     (void)err;
     struct http_conn *hc = crest_conn_get_data(c);
     if (!hc)
         return;
     crest_http_server_t *s = hc->srv;
+    if (reason == CREST_CLOSE_READ_TIMEOUT) {
+        /* A request begun and not finished in time: a slow or hostile
+         * client (slowloris), worth a line, as the parser's refusals. */
+        s->stats.timeouts++;
+        char peer[CREST_ADDR_STRLEN];
+        if (crest_conn_peer(c, peer, sizeof peer) < 0)
+            snprintf(peer, sizeof peer, "?");
+        crest_log(CREST_LOG_WARN,
+                  "http: %s: request %s not whole within %" PRIu32 " ms: closed (read timeout)",
+                  peer, hc->state == HC_BODY ? "body" : "head",
+                  hc->state == HC_BODY ? s->opts.header_timeout_ms + s->opts.body_timeout_ms
+                                       : s->opts.header_timeout_ms);
+    }
     crest_conn_set_data(c, NULL);
     if (hc->x.active) {
         hc->x.active = false;

@@ -463,6 +463,18 @@ else
     kill -KILL "$hpid" 2>/dev/null
 fi
 
+# ---- the admin's own figures: the attacks are counted ------------------------
+
+if get metrics_end /metrics 200 "text/plain; version=0.0.4"; then
+    refused=$(awk '$1 == "crest_admin_refused_total" {print $2}' "$work/metrics_end")
+    timeouts=$(awk '$1 == "crest_admin_read_timeouts_total" {print $2}' "$work/metrics_end")
+    if [ "${refused:-0}" -ge 10 ] && [ "${timeouts:-0}" -ge 1 ]; then
+        pass "/metrics counts the attacks: crest_admin_refused_total $refused, crest_admin_read_timeouts_total $timeouts"
+    else
+        fail "/metrics: crest_admin_refused_total '${refused}', crest_admin_read_timeouts_total '${timeouts}' (expected >= 10 and >= 1)"
+    fi
+fi
+
 # ---- the end -----------------------------------------------------------------
 
 get healthz_end /healthz 200 "$text" && [ "$(cat "$work/healthz_end")" = ok ] && pass "/healthz at the end: ok"

@@ -157,11 +157,10 @@ class Server:
         s = socket.create_connection((HOST, self.admin_port), timeout=5)
         return s, s.getsockname()[1]
 
-    def closed_line(self, client_port, wait_s=5):
-        """The server's 'connection 127.0.0.1:PORT (fd N) closed: ...' line
-        for this client (crest's warning), or None.  Waits a little: the
-        log is written by another process."""
-        pat = re.compile(r"connection 127\.0\.0\.1:%d \(fd \d+\) closed: (.*)$" % client_port)
+    def log_line(self, pattern, wait_s=5):
+        """The first group of the first server log line matching pattern,
+        or None after wait_s."""
+        pat = re.compile(pattern)
         deadline = now() + wait_s
         while True:
             try:
@@ -175,6 +174,13 @@ class Server:
             if now() >= deadline:
                 return None
             time.sleep(0.05)
+
+    def closed_line(self, client_port, wait_s=5):
+        """The server's 'connection 127.0.0.1:PORT (fd N) closed: ...' line
+        for this client (crest's warning), or None.  Waits a little: the
+        log is written by another process."""
+        return self.log_line(r"connection 127\.0\.0\.1:%d \(fd \d+\) closed: (.*)$" % client_port,
+                             wait_s)
 
 
 def refusal(server, prober, name, payload, status, log_words, chunks=None):
@@ -255,11 +261,12 @@ def slowloris(server, prober, limit_s):
     if closed and took < args_header_timeout - 2:
         problems.append("closed after %.1f s, before the header timeout (%.0f s)"
                         % (took, args_header_timeout))
-    # crest logs a refusal (crest_conn_fail) but not a timeout: a line, if
-    # the server writes one, must name the read timeout; none is a note.
-    line = server.closed_line(cport, wait_s=1)
-    if line is not None and "read timeout" not in line:
-        problems.append("the log line %r does not name the read timeout" % line)
+    # The HTTP server logs each read timeout: "http: 127.0.0.1:PORT:
+    # request head not whole within N ms: closed (read timeout)".
+    line = server.log_line(r"http: 127\.0\.0\.1:%d: (request .*\(read timeout\))$" % cport,
+                           wait_s=5)
+    if line is None:
+        problems.append("no log line names the read timeout of 127.0.0.1:%d" % cport)
     got, headers = parse_response(reply)
     if got is not None and headers.get("connection", "").lower() != "close":
         problems.append("an answer (%d) without Connection: close" % got)
@@ -271,7 +278,7 @@ def slowloris(server, prober, limit_s):
         record(True, "slowloris (a byte every 0.5 s): closed after %.1f s (header timeout "
                "%.0f s)%s, %s, data port served %d probes meanwhile"
                % (took, args_header_timeout, " with %d" % got if got else " without an answer",
-                  "logged %r" % line if line else "not logged (crest logs no timeout)",
+                  "logged %r" % line,
                   prober.progress() - before))
 
 

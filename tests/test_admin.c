@@ -147,6 +147,8 @@ static void test_pages_one_loop(void **state) {
     assert_non_null(strstr(p.body, "# TYPE crest_connections_opened_total counter\n"));
     assert_null(strstr(p.body, "loop=\"")); /* one loop: no label */
     assert_non_null(strstr(p.body, "crest_admin_loops_unanswered 0\n"));
+    assert_non_null(strstr(p.body, "crest_admin_requests_total 3\n")); /* /, /healthz, this */
+    assert_non_null(strstr(p.body, "crest_admin_responses_total{code=\"2xx\"} 2\n"));
     page_free(&p);
 
     fetch(loop, port, "/debug/crest/doctor?format=json", &p);
@@ -178,9 +180,25 @@ static void test_pages_one_loop(void **state) {
     fetch(loop, port, "/debug/crest/conns?after=x", &p);
     assert_int_equal(p.status, 400);
     page_free(&p);
+    fetch(loop, port, "/debug/crest/conns?after=0.99999999999", &p); /* over INT_MAX */
+    assert_int_equal(p.status, 400);
+    page_free(&p);
+    fetch(loop, port, "/debug/crest/conns?after=1.0", &p); /* one loop: loop 1 is none */
+    assert_int_equal(p.status, 400);
+    page_free(&p);
+    /* an absolute-form target (RFC 9112 3.2.2) */
+    fetch(loop, port, "http://127.0.0.1/healthz", &p);
+    assert_int_equal(p.status, 200);
+    assert_string_equal(p.body, "ok\n");
+    page_free(&p);
     fetch_raw(loop, port, "POST /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", &p);
     assert_int_equal(p.status, 405);
     assert_non_null(strstr(p.head, "\r\nAllow: GET, HEAD\r\n"));
+    page_free(&p);
+    /* CONNECT: 405 and closed (what follows would be a tunnel's bytes) */
+    fetch_raw(loop, port, "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", &p);
+    assert_int_equal(p.status, 405);
+    assert_non_null(strstr(p.head, "\r\nConnection: close\r\n"));
     page_free(&p);
     fetch_raw(loop, port, "HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &p);
     assert_int_equal(p.status, 200);

@@ -543,6 +543,10 @@ static void test_header_timeout(void **state) {
     }
     crest_loop_conn_stats(a.loop, &cs);
     assert_int_equal(cs.close_reasons[CREST_CLOSE_READ_TIMEOUT], 1);
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a.srv, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_true(tu_log_contains("request head not whole within 200 ms: closed (read timeout)"));
     assert_int_equal(a.requests % 1000, a.requests); /* the slow one never became a request */
     client_expect_eof(&a, &slow);
     client_close(&slow);

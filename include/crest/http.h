@@ -368,6 +368,9 @@ typedef struct crest_http_server_stats {
     uint64_t requests;             /* handed to on_request */
     uint64_t responses[6];         /* by class: [1] 1xx ... [5] 5xx, [0] other */
     uint64_t refused;              /* requests refused by the parser */
+    uint64_t timeouts;             /* connections closed with a request
+                                      not whole in time (READ_TIMEOUT;
+                                      each logged) */
     uint64_t cancelled;            /* exchanges cancelled (on_cancel) */
     uint64_t pending;              /* exchanges waiting for a response now */
 } crest_http_server_stats_t;
