@@ -227,24 +227,13 @@ static void doctor_first(struct crest__admin_req *r) {
 /* ---- /debug/crest/fds ------------------------------------------------------ */
 
 static void page_fds(struct crest__admin_req *r) {
-    crest__sb_puts(&r->out, "kind       open   opened   closed     peak  bad_closes\n");
-    for (unsigned k = 0; k < CREST_FD_KIND_COUNT; k++) {
-        crest_fd_counts_t c;
-        if (crest_fd_counts((crest_fd_kind_t)k, &c) < 0)
-            continue;
-        crest__sb_printf(&r->out, "%-9s %5" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64
-                                  " %11" PRIu64 "\n",
-                         crest_fd_kind_name((crest_fd_kind_t)k), c.open, c.opened, c.closed,
-                         c.peak, c.bad_closes);
-    }
-    crest__sb_puts(&r->out, "\n");
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     if (!f) {
         r->out.failed = true;
     } else {
-        crest_fd_report(f);
+        crest__fd_report_live(f);
         fclose(f);
         crest__sb_append(&r->out, text, len);
         free(text);

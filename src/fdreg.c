@@ -554,7 +554,7 @@ static void counts_line(struct sink *s) {
     }
 }
 
-int crest_fd_report(FILE *out) {
+static int report(FILE *out, bool verdict) {
     struct sink s = {out};
     uint64_t now = crest__clock_ns();
     pthread_mutex_lock(&reg_lock);
@@ -563,8 +563,17 @@ int crest_fd_report(FILE *out) {
     counts_line(&s);
     list_unregistered(&s);
     pthread_mutex_unlock(&reg_lock);
-    emit(&s, n ? "%d fd%s leaked" : "%d fds leaked", n, n == 1 ? "" : "s");
+    if (verdict)
+        emit(&s, n ? "%d fd%s leaked" : "%d fds leaked", n, n == 1 ? "" : "s");
     return n;
+}
+
+int crest_fd_report(FILE *out) {
+    return report(out, true);
+}
+
+int crest__fd_report_live(FILE *out) {
+    return report(out, false);
 }
 
 /* The owner is going away: report what it left open, then forget it.  Its

@@ -201,6 +201,10 @@ void crest__signals_destroy(crest_loop_t *loop);
  * open and forget the owner (at its loop's destroy). */
 int crest__fd_register(int fd, crest_fd_kind_t kind, const void *owner, const char *origin);
 int crest__fd_report_owner(const void *owner, const char *what);
+/* crest_fd_report() of a live process (the admin's /debug/crest/fds): the
+ * same list, without the leak verdict, which only means something at
+ * exit. */
+int crest__fd_report_live(FILE *out);
 
 /* Connections (conn.c, listener.c): reap closed ones after each
  * iteration; tear everything down with the loop. */

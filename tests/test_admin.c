@@ -161,6 +161,7 @@ static void test_pages_one_loop(void **state) {
     assert_int_equal(p.status, 200);
     assert_non_null(strstr(p.body, "crest fd report"));
     assert_non_null(strstr(p.body, "listener"));
+    assert_null(strstr(p.body, "leaked")); /* a live process: no exit verdict */
     page_free(&p);
 
     fetch(loop, port, "/debug/crest/slow?format=json", &p);
