@@ -275,6 +275,38 @@ static bool parse_cursor(const char *v, unsigned nloops, unsigned *loop, int *fd
     return true;
 }
 
+/* ?name=N with N in min..max: false if present and not. */
+static bool uint_param(crest_http_str_t query, const char *name, unsigned min, unsigned max,
+                       unsigned *out) {
+    char v[32];
+    if (!query_param(query, name, v, sizeof v))
+        return true;
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (end == v || *end || errno || v[0] == '-' || n < min || n > max)
+        return false;
+    *out = (unsigned)n;
+    return true;
+}
+
+/* The query's parameters into *q; NULL, or why they are refused. */
+static const char *parse_query(crest_http_str_t query, unsigned nloops,
+                               struct crest__admin_query *q) {
+    char v[32];
+    q->json = query_param(query, "format", v, sizeof v) && strcmp(v, "json") == 0;
+    if (!uint_param(query, "seconds", 1, MAX_SECONDS, &q->seconds))
+        return "seconds must be 1 to 300";
+    if (!uint_param(query, "limit", 1, CREST__CONNS_MAX_LIMIT, &q->limit))
+        return "limit must be 1 to 10000";
+    if (query_param(query, "after", v, sizeof v)) {
+        if (!parse_cursor(v, nloops, &q->after_loop, &q->after_fd))
+            return "after must be a cursor LOOP.FD as a page's next gave";
+        q->has_after = true;
+    }
+    return NULL;
+}
+
 static bool path_is(crest_http_str_t path, const char *s) {
     size_t n = strlen(s);
     return path.len == n && memcmp(path.ptr, s, n) == 0;
@@ -329,8 +361,15 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
         bad_request(x, 404, "no such page (the index is at /)");
         return;
     }
-    struct crest__admin_req *r = calloc(1, sizeof *r);
+    /* The query first: a bad one is answered before anything is made. */
     unsigned nloops = a->group ? crest_group_size(a->group) : 1;
+    struct crest__admin_query q = {.limit = CREST__CONNS_DEFAULT_LIMIT};
+    const char *why = parse_query(query, nloops, &q);
+    if (why) {
+        bad_request(x, 400, why);
+        return;
+    }
+    struct crest__admin_req *r = calloc(1, sizeof *r);
     if (r) {
         r->got = calloc(nloops, sizeof *r->got);
         r->figs = calloc(nloops, sizeof *r->figs);
@@ -352,48 +391,8 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
     r->nloops = nloops;
     r->group = a->group != NULL;
     r->start_time_s = a->start_time_s;
+    r->q = q;
     crest__sb_init(&r->out);
-    char v[32];
-    r->json = query_param(query, "format", v, sizeof v) && strcmp(v, "json") == 0;
-    if (query_param(query, "seconds", v, sizeof v)) {
-        char *end;
-        long s = strtol(v, &end, 10);
-        if (*end || s < 1 || s > MAX_SECONDS) {
-            free(r->got);
-            free(r->figs);
-            free(r);
-            bad_request(x, 400, "seconds must be 1 to 300");
-            return;
-        }
-        r->seconds = (unsigned)s;
-    }
-    r->limit = CREST__CONNS_DEFAULT_LIMIT;
-    if (query_param(query, "limit", v, sizeof v)) {
-        char *end;
-        long n = strtol(v, &end, 10);
-        if (*end || n < 1 || n > CREST__CONNS_MAX_LIMIT) {
-            free(r->got);
-            free(r->figs);
-            free(r);
-            bad_request(x, 400, "limit must be 1 to 10000");
-            return;
-        }
-        r->limit = (unsigned)n;
-    }
-    if (query_param(query, "after", v, sizeof v)) {
-        unsigned li;
-        int fd;
-        if (!parse_cursor(v, nloops, &li, &fd)) {
-            free(r->got);
-            free(r->figs);
-            free(r);
-            bad_request(x, 400, "after must be a cursor LOOP.FD as a page's next gave");
-            return;
-        }
-        r->after_loop = li;
-        r->after_fd = fd;
-        r->has_after = true;
-    }
     r->next = a->reqs;
     if (a->reqs)
         a->reqs->prev = r;

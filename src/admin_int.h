@@ -62,6 +62,16 @@ enum crest__admin_page {
 struct crest_admin;
 struct crest_http_exchange;
 
+/* A page's query parameters. */
+struct crest__admin_query {
+    bool json;          /* ?format=json */
+    unsigned seconds;   /* ?seconds=N (1-300); 0: none */
+    unsigned limit;     /* ?limit=N (1-10000) */
+    bool has_after;     /* ?after=L.F */
+    unsigned after_loop;
+    int after_fd;
+};
+
 /* A request being answered.  Lives on the admin's loop; the parts sent to
  * other loops (a round, a walk) are counted in outstanding and the request
  * is freed only once they are all back. */
@@ -73,12 +83,7 @@ struct crest__admin_req {
     struct crest__admin_req *prev, *next;
     enum crest__admin_page page;
     bool group;                       /* loop labels */
-    bool json;                        /* ?format=json */
-    unsigned seconds;                 /* ?seconds=N, 0: none */
-    unsigned limit;                   /* ?limit=N */
-    bool has_after;                   /* ?after=L.F */
-    unsigned after_loop;
-    int after_fd;
+    struct crest__admin_query q;
     uint64_t start_time_s;
     unsigned nloops;
     /* A round: every loop runs per_loop, then on_round runs here. */

@@ -165,19 +165,19 @@ static void doctor_answer(struct crest__admin_req *r, const crest_insight_t *win
         return;
     }
     char buf[16384];
-    int n = r->json ? crest_diagnosis_json(&dx, buf, sizeof buf)
+    int n = r->q.json ? crest_diagnosis_json(&dx, buf, sizeof buf)
                     : crest_diagnosis_text(&dx, buf, sizeof buf);
     if (n < 0) {
         crest__admin_respond(r, 500, TEXT, "the diagnosis could not be written\n", 35);
         return;
     }
     crest__sb_append(&r->out, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-    if (r->json) {
+    if (r->q.json) {
         crest__sb_puts(&r->out, "\n");
     } else {
         note_unanswered(r, "note: ");
     }
-    crest__admin_respond_out(r, r->json ? JSON : TEXT);
+    crest__admin_respond_out(r, r->q.json ? JSON : TEXT);
 }
 
 static void doctor_no_insight(struct crest__admin_req *r) {
@@ -214,14 +214,14 @@ static void doctor_first(struct crest__admin_req *r) {
         doctor_no_insight(r);
         return;
     }
-    if (!r->seconds) {
+    if (!r->q.seconds) {
         doctor_answer(r, sum);
         free(sum);
         return;
     }
     /* ?seconds=N: the start of the window; the timer takes the end. */
     r->first = sum;
-    crest_timer_start(r->timer, (uint64_t)r->seconds * 1000, 0);
+    crest_timer_start(r->timer, (uint64_t)r->q.seconds * 1000, 0);
 }
 
 /* ---- /debug/crest/fds ------------------------------------------------------ */
@@ -245,14 +245,14 @@ static void page_fds(struct crest__admin_req *r) {
 
 static void slow_done(struct crest__admin_req *r) {
     struct crest__strbuf *o = &r->out;
-    if (r->json)
+    if (r->q.json)
         crest__sb_puts(o, "{\"loops\":[");
     bool first_loop = true;
     for (unsigned i = 0; i < r->nloops; i++) {
         if (!r->got[i])
             continue;
         const crest_insight_t *in = &r->figs[i].insight;
-        if (r->json) {
+        if (r->q.json) {
             crest__sb_printf(o,
                              "%s{\"loop\":%u,\"insight\":%s,\"threshold_ns\":%" PRIu32
                              ",\"slow_callbacks\":%" PRIu64 ",\"slow_batches\":%" PRIu64
@@ -273,7 +273,7 @@ static void slow_done(struct crest__admin_req *r) {
         for (unsigned k = in->slow_ring_len; k-- > 0;) {
             const crest_slow_cb_t *s = &in->slow_ring[k];
             uint64_t ago = in->taken_ns > s->at_ns ? in->taken_ns - s->at_ns : 0;
-            if (r->json) {
+            if (r->q.json) {
                 crest__sb_printf(o,
                                  "%s{\"ago_ns\":%" PRIu64 ",\"duration_ns\":%" PRIu64
                                  ",\"kind\":\"%s\",\"batch\":%" PRIu32 ",\"name\":",
@@ -296,15 +296,15 @@ static void slow_done(struct crest__admin_req *r) {
                 crest__sb_puts(o, "\n");
             }
         }
-        if (r->json)
+        if (r->q.json)
             crest__sb_puts(o, "]}");
     }
-    if (r->json) {
+    if (r->q.json) {
         crest__sb_printf(o, "],\"loops_unanswered\":%u}\n", unanswered(r));
     } else {
         note_unanswered(r, "note: ");
     }
-    crest__admin_respond_out(r, r->json ? JSON : TEXT);
+    crest__admin_respond_out(r, r->q.json ? JSON : TEXT);
 }
 
 /* ---- /debug/crest/conns ----------------------------------------------------- */
@@ -469,7 +469,7 @@ static void walk_back(crest_loop_t *loop, void *arg) {
 static void conns_finish(struct crest__admin_req *r, const char *next, bool timed_out) {
     struct crest__conns_walk *w = r->walk;
     struct crest__strbuf *o = &r->out;
-    if (r->json) {
+    if (r->q.json) {
         crest__sb_printf(o, "],\"listed\":%u,\"next\":", w->listed);
         if (next)
             crest__sb_printf(o, "\"%s\"", next);
@@ -479,13 +479,13 @@ static void conns_finish(struct crest__admin_req *r, const char *next, bool time
     } else {
         crest__sb_printf(o, "# %u listed", w->listed);
         if (next)
-            crest__sb_printf(o, "; next page: ?after=%s&limit=%u", next, r->limit);
+            crest__sb_printf(o, "; next page: ?after=%s&limit=%u", next, r->q.limit);
         crest__sb_puts(o, "\n");
         if (timed_out)
             crest__sb_printf(o, "# loop %u did not answer within 1 s: the list is incomplete\n",
                              w->index);
     }
-    crest__admin_respond_out(r, r->json ? JSON : TEXT);
+    crest__admin_respond_out(r, r->q.json ? JSON : TEXT);
 }
 
 void crest__conns_walk_free(struct crest__admin_req *r) {
@@ -504,16 +504,16 @@ static void page_conns(struct crest__admin_req *r) {
     }
     r->walk = w;
     w->req = r;
-    w->left = r->limit;
-    w->json = r->json;
+    w->left = r->q.limit;
+    w->json = r->q.json;
     w->first_item = true;
-    if (r->json)
+    if (r->q.json)
         crest__sb_puts(&r->out, "{\"connections\":[");
     else
         crest__sb_printf(&r->out, "%4s %8s %6s %-11s %-28s %10s %9s %12s %12s %9s %-12s %8s\n",
                          "loop", "id", "fd", "state", "peer", "age_s", "idle_ms", "bytes_in",
                          "bytes_out", "queued", "handler", "rtt_us");
-    walk_loop(r, r->has_after ? r->after_loop : 0, r->has_after ? r->after_fd : 0);
+    walk_loop(r, r->q.has_after ? r->q.after_loop : 0, r->q.has_after ? r->q.after_fd : 0);
 }
 
 /* ---- the timer: a round's timeout, the doctor's window, a walk's timeout -- */
@@ -540,7 +540,7 @@ static void on_timer(crest_timer_t *t, void *arg) {
 }
 
 void crest__admin_page_start(struct crest__admin_req *r) {
-    bool needs_timer = r->grp || (r->page == CREST__PAGE_DOCTOR && r->seconds);
+    bool needs_timer = r->grp || (r->page == CREST__PAGE_DOCTOR && r->q.seconds);
     if (needs_timer && !r->timer && crest_timer_create(r->admin_loop, on_timer, r, &r->timer) < 0) {
         crest__admin_respond(r, 503, TEXT, "out of memory\n", 14);
         return;
