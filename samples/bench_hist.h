@@ -14,6 +14,10 @@
  * clamping and no "overflow" bucket.  count, min, max and sum are exact, and
  * percentile results never exceed the exact max.
  *
+ * The arithmetic is the library's (src/hist_math.h, also behind
+ * crest_hist_t's coarser S = 4); this type only picks the finer S and the
+ * whole 64-bit range.
+ *
  * A histogram is a plain struct with no pointers: copy it, write it to a
  * pipe, merge it with another (per-thread or per-process histograms add up
  * bucket by bucket, exactly).  Not thread-safe: one writer at a time. */
@@ -22,10 +26,14 @@
 
 #include <stdint.h>
 
+#include "hist_math.h"
+
 #define BENCH_HIST_SUB_BITS 7
 #define BENCH_HIST_SUB_COUNT (1u << BENCH_HIST_SUB_BITS)
+/* Values up to 2^64: no value shares the last bucket with larger ones. */
+#define BENCH_HIST_TOP_BITS 64
 /* Indexes run to (63 - S) * 2^S + 2^(S+1) - 1; see bench_hist_index(). */
-#define BENCH_HIST_BUCKETS ((65u - BENCH_HIST_SUB_BITS) << BENCH_HIST_SUB_BITS)
+#define BENCH_HIST_BUCKETS CREST__HIST_NBUCKETS(BENCH_HIST_SUB_BITS, BENCH_HIST_TOP_BITS)
 /* The bound on (reported - true) / true, as a fraction (strict: <). */
 #define BENCH_HIST_MAX_REL_ERROR (1.0 / BENCH_HIST_SUB_COUNT)
 

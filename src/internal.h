@@ -20,6 +20,7 @@
 
 #include "crest/crest.h"
 #include "buf.h"
+#include "hist_math.h"
 #include "insight_int.h"
 #include "timer_int.h"
 
@@ -231,20 +232,11 @@ bool crest__log_enabled(crest_log_level_t level);
 
 /* Insight hot path (insight.c has the rest) */
 static inline unsigned crest__hist_index(uint64_t v) {
-    if (v < CREST_HIST_SUB_COUNT)
-        return (unsigned)v;
-    unsigned k = 63u - (unsigned)__builtin_clzll(v);
-    if (k >= CREST_HIST_MAX_BITS)
-        return CREST_HIST_BUCKETS - 1;
-    unsigned shift = k - CREST_HIST_SUB_BITS;
-    return (shift << CREST_HIST_SUB_BITS) + (unsigned)(v >> shift);
+    return crest__hist_index_of(v, CREST_HIST_SUB_BITS, CREST_HIST_MAX_BITS);
 }
 
 static inline void crest__hist_record(crest_hist_t *h, uint64_t v) {
-    if (h->count == 0 || v < h->min)
-        h->min = v;
-    if (v > h->max)
-        h->max = v;
+    crest__hist_widen(&h->min, &h->max, h->count, v, v);
     h->buckets[crest__hist_index(v)]++;
     h->count++;
     h->sum += v;

@@ -1,8 +1,9 @@
 /* Tests for crest-bench's latency histogram (samples/bench_hist.c): the
  * bucket layout, the relative error bound, percentiles of known
- * distributions, and merging.  No network, no loop: it links only
- * samples/bench_hist.c and cmocka (the header is included by a path relative
- * to this file, so no extra -I is needed). */
+ * distributions, and merging; and that it and the library's crest_hist_t,
+ * one arithmetic (src/hist_math.h) at two precisions, agree on the same
+ * data.  No network, no loop: samples/bench_hist.c, the library's
+ * crest_hist_* and cmocka. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <cmocka.h>
 
 #include "../samples/bench_hist.h"
+#include "crest/hist.h"
 
 static bench_hist_t *new_hist(void) {
     bench_hist_t *h = malloc(sizeof *h);
@@ -268,6 +270,106 @@ static void test_extremes(void **state) {
     free(h);
 }
 
+/* The two precisions of one arithmetic: crest_hist_t (S = 4) and
+ * bench_hist_t (S = 7).  Every crest_hist_t bucket below its last is a run
+ * of whole bench_hist_t buckets, so, fed the same values, the fine buckets
+ * add up to the coarse ones; the exact figures are equal; and each
+ * percentile is the upper edge of the bucket of the same true value t,
+ * capped at max: t <= fine < t * (1 + 1/128), t <= coarse < t * (1 + 1/16),
+ * fine <= coarse. */
+static void test_precisions_agree(void **state) {
+    (void)state;
+    const uint64_t coarse_top = (UINT64_C(1) << CREST_HIST_MAX_BITS) - 1;
+
+    /* The coarse edges are fine edges. */
+    for (unsigned i = 0; i + 1 < CREST_HIST_BUCKETS; i++) {
+        uint64_t lo = crest_hist_lowest(i), hi = crest_hist_highest(i);
+        assert_true(bench_hist_lowest(bench_hist_index(lo)) == lo);
+        assert_true(bench_hist_highest(bench_hist_index(hi)) == hi);
+    }
+
+    enum { N = 200000 };
+    uint64_t *v = malloc(N * sizeof *v);
+    assert_non_null(v);
+    crest_hist_t *coarse = calloc(1, sizeof *coarse);
+    assert_non_null(coarse);
+    bench_hist_t *fine = new_hist();
+    uint64_t s = 11;
+    for (int i = 0; i < N; i++) {
+        uint64_t r = rnd(&s);
+        /* 0 .. about 2^39 ns (9 minutes), every magnitude, some exact
+         * small values; all below the coarse histogram's shared last
+         * bucket. */
+        v[i] = i % 10 == 0 ? r % 40 : 500 + (rnd(&s) >> (25 + r % 39));
+        assert_true(v[i] < coarse_top - (coarse_top >> 5));
+        if (i % 4 == 0) {
+            crest_hist_record_n(coarse, v[i], 1);
+            bench_hist_record_n(fine, v[i], 1);
+        } else {
+            crest_hist_record(coarse, v[i]);
+            bench_hist_record(fine, v[i]);
+        }
+    }
+    qsort(v, N, sizeof *v, cmp_u64);
+
+    assert_int_equal(coarse->count, N);
+    assert_int_equal(fine->count, N);
+    assert_true(coarse->sum == fine->sum);
+    assert_true(coarse->min == fine->min && fine->min == v[0]);
+    assert_true(coarse->max == fine->max && fine->max == v[N - 1]);
+    assert_true(crest_hist_mean(coarse) == bench_hist_mean(fine));
+
+    /* Rebinning the fine buckets gives the coarse ones exactly. */
+    uint64_t *rebinned = calloc(CREST_HIST_BUCKETS, sizeof *rebinned);
+    assert_non_null(rebinned);
+    for (unsigned j = 0; j < BENCH_HIST_BUCKETS; j++)
+        if (fine->buckets[j])
+            rebinned[crest_hist_index(bench_hist_lowest(j))] += fine->buckets[j];
+    assert_memory_equal(rebinned, coarse->buckets, sizeof coarse->buckets);
+
+    const double pcts[] = {0, 1, 10, 25, 50, 75, 90, 95, 99, 99.9, 99.99, 100};
+    for (size_t k = 0; k < sizeof pcts / sizeof pcts[0]; k++) {
+        size_t rank = (size_t)(pcts[k] / 100.0 * N + 0.999999);
+        if (rank == 0)
+            rank = 1;
+        uint64_t t = v[rank - 1];
+        uint64_t pf = bench_hist_percentile(fine, pcts[k]);
+        uint64_t pc = crest_hist_percentile(coarse, pcts[k]);
+        uint64_t ef = bench_hist_highest(bench_hist_index(t)), ec = crest_hist_highest(crest_hist_index(t));
+        assert_true(pf == (ef < fine->max ? ef : fine->max));
+        assert_true(pc == (ec < coarse->max ? ec : coarse->max));
+        assert_true(t <= pf && pf <= pc);
+        assert_true((double)(pf - t) < (double)t * BENCH_HIST_MAX_REL_ERROR || pf == t);
+        assert_true((double)(pc - t) < (double)t / CREST_HIST_SUB_COUNT || pc == t);
+    }
+
+    /* Both are exact where both buckets have width 1 (below 2^(4+1)). */
+    for (uint64_t x = 0; x < 2 * CREST_HIST_SUB_COUNT; x++) {
+        assert_true(crest_hist_highest(crest_hist_index(x)) == x);
+        assert_true(bench_hist_highest(bench_hist_index(x)) == x);
+    }
+
+    /* Merged halves agree too. */
+    crest_hist_t *c2 = calloc(1, sizeof *c2);
+    assert_non_null(c2);
+    bench_hist_t *f2 = new_hist();
+    crest_hist_add(c2, coarse);
+    crest_hist_add(c2, coarse);
+    bench_hist_merge(f2, fine);
+    bench_hist_merge(f2, fine);
+    assert_true(c2->count == f2->count && c2->sum == f2->sum);
+    assert_true(c2->min == f2->min && c2->max == f2->max);
+    assert_true(crest_hist_percentile(c2, 50) == crest_hist_percentile(coarse, 50));
+    assert_true(bench_hist_percentile(f2, 50) == bench_hist_percentile(fine, 50));
+
+    free(f2);
+    free(c2);
+    free(rebinned);
+    free(fine);
+    free(coarse);
+    free(v);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout_contiguous),
@@ -280,6 +382,7 @@ int main(void) {
         cmocka_unit_test(test_heavy_tail_vs_sorted),
         cmocka_unit_test(test_merge),
         cmocka_unit_test(test_extremes),
+        cmocka_unit_test(test_precisions_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

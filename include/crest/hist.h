@@ -9,8 +9,8 @@
  *     overstated by less than 1/16 (6.25%);
  *   - values at or above 2^CREST_HIST_MAX_BITS (2^40 ns: about 18 minutes)
  *     share the last bucket; count, sum, min and max stay exact.
- * 592 buckets, 4.7 KiB.  (crest-bench keeps its finer bench_hist, S = 7,
- * with the same index arithmetic.)
+ * 592 buckets, 4.7 KiB.  (crest-bench keeps a finer histogram, S = 7,
+ * computed by the same internal code.)
  *
  * A histogram is a plain struct without pointers; all-zero is an empty
  * histogram.  Copy it, add one to another (per-loop histograms sum exactly
