@@ -29,8 +29,8 @@
  * What it costs the loop it reports on: /metrics, /healthz, doctor, fds
  * and slow format figures the loops already keep, O(metrics) whatever the
  * number of connections.  /debug/crest/conns is the only page that walks
- * connections, at most 256 per loop iteration (a slice), so a page of
- * 10,000 on a loaded loop spreads over 40 iterations; its other
+ * connections, at most 64 per loop iteration (a slice), so a page of
+ * 10,000 on a loaded loop spreads over 157 iterations; its other
  * connections are served between slices.
  *
  * A group (opts.group): the endpoint reports every loop of the group.  It
