@@ -321,7 +321,8 @@ struct crest__conns_walk {
     bool more;               /* a connection was left for the next page */
     bool json;
     bool first_item;
-    unsigned listed;
+    unsigned listed;         /* written on the walked loop */
+    unsigned listed_back;    /* ... as the admin's loop last saw it back */
     uint64_t now_ns;
     struct crest__strbuf part;
 };
@@ -450,6 +451,7 @@ static void walk_back(crest_loop_t *loop, void *arg) {
     if (r->timer)
         crest_timer_stop(r->timer);
     r->got[w->index] = true;
+    w->listed_back = w->listed;
     crest__sb_append(&r->out, w->part.ptr ? w->part.ptr : "", w->part.len);
     crest__sb_free(&w->part);
     char next[32];
@@ -466,18 +468,20 @@ static void walk_back(crest_loop_t *loop, void *arg) {
     }
 }
 
+/* On the admin's loop.  After a timeout the walk may still run on its
+ * loop: only what came back (listed_back, index) is read. */
 static void conns_finish(struct crest__admin_req *r, const char *next, bool timed_out) {
     struct crest__conns_walk *w = r->walk;
     struct crest__strbuf *o = &r->out;
     if (r->q.json) {
-        crest__sb_printf(o, "],\"listed\":%u,\"next\":", w->listed);
+        crest__sb_printf(o, "],\"listed\":%u,\"next\":", w->listed_back);
         if (next)
             crest__sb_printf(o, "\"%s\"", next);
         else
             crest__sb_puts(o, "null");
         crest__sb_printf(o, ",\"complete\":%s}\n", timed_out ? "false" : "true");
     } else {
-        crest__sb_printf(o, "# %u listed", w->listed);
+        crest__sb_printf(o, "# %u listed", w->listed_back);
         if (next)
             crest__sb_printf(o, "; next page: ?after=%s&limit=%u", next, r->q.limit);
         crest__sb_puts(o, "\n");
