@@ -7,7 +7,7 @@
  * replied, or after ROUND_TIMEOUT_MS with the loops that did.  Without a
  * group the one loop is the admin's own, and a round completes inside the
  * request.  /debug/crest/conns runs a walk on each loop in turn, in slices
- * of SLICE_CONNS connections per iteration (admin_pages.c). */
+ * of CREST__CONNS_SLICE connections per iteration (admin_pages.c). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
