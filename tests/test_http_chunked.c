@@ -539,8 +539,10 @@ static void test_limit_body_default(void **state) {
 static void test_limit_size_line(void **state) {
     (void)state;
     size_t max = CREST_HTTP_MAX_CHUNK_LINE;
-    char *s = malloc(max + 64);
-    assert_non_null(s);
+    /* Room for the three lines below; of a size the compiler sees (with
+     * malloc, gcc's -Warray-bounds misreads the strcpy calls under
+     * -fsanitize=address at -O2). */
+    static char s[4 * CREST_HTTP_MAX_CHUNK_LINE + 128];
     /* "1;aaa...a" of exactly max bytes */
     memset(s, 'a', max);
     s[0] = '1';
@@ -575,12 +577,9 @@ static void test_limit_size_line(void **state) {
         n += max;
         memcpy(s + n, "\r\nz\r\n", 5);
         n += 5;
-        s = realloc(s, n + max + 64);
-        assert_non_null(s);
     }
     strcpy(s + n, "0\r\n\r\n");
     expect_body_n(s, n + 5, NULL, "zzz", 3);
-    free(s);
 }
 
 /* The trailer section (field lines and the empty line) is limited by
