@@ -42,9 +42,8 @@
  * loop="i" label.  The admin's loop must outlive the group's (destroy it
  * after crest_group_join()).
  *
- * Security: these pages name peers and internals.  The address is
- * loopback by default; any other address is allowed but logged as a
- * warning.  There is no authentication: put it behind a proxy that has
+ * Security: these pages name peers and internals.  Give a loopback
+ * address; any other address is allowed but logged as a warning.  There is no authentication: put it behind a proxy that has
  * one if it must be reachable.  Hostile input gets what crest's HTTP
  * server gives it (http.h): limits with their status, timeouts.
  *
