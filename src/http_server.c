@@ -378,6 +378,7 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     crest_http_server_t *s = hc->srv;
     crest_http_request_t req;
     size_t head_len = 0;
+    bool parsed = false; /* req holds this buffer's head */
     if (hc->state == HC_HEAD) {
         /* Parse the first bytes (garbage is refused at once), then only
          * once a line has ended since the last try (the head ends with
@@ -399,6 +400,7 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
             return 0;
         }
         hc->scanned = 0;
+        parsed = true;
         if (!req.chunked && req.content_length == 0) {
             next_request(hc);
             dispatch(hc, &req, NULL, 0);
@@ -420,9 +422,9 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
         extend_deadline(hc, true);
         return 0;
     }
-    /* Whole: parse the head again (it is unchanged, and whole) to hand
-     * over pointers into this buffer. */
-    if (crest_http_parse_head(data, len, &s->opts.limits, &req, &head_len) != 0) {
+    /* Whole.  A body that came after its head: parse the head again (it
+     * is unchanged, and whole) to hand over pointers into this buffer. */
+    if (!parsed && crest_http_parse_head(data, len, &s->opts.limits, &req, &head_len) != 0) {
         refuse(hc, 500, "request head changed"); /* cannot happen */
         return 0;
     }
