@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "strbuf.h"
 
 static const char *const cause_keys[CREST_CAUSE_COUNT] = {
     "slow_callback", "loop_blocked", "loop_saturated", "cpu_starved", "accept_queue",
@@ -721,32 +722,8 @@ static void putf(out_t *o, const char *fmt, ...) {
 static void put_json_string(out_t *o, const char *s, size_t max) {
     put(o, "\"", 1);
     for (size_t i = 0; i < max && s[i]; i++) {
-        unsigned char ch = (unsigned char)s[i];
         char esc[8];
-        switch (ch) {
-        case '"':
-            put(o, "\\\"", 2);
-            break;
-        case '\\':
-            put(o, "\\\\", 2);
-            break;
-        case '\n':
-            put(o, "\\n", 2);
-            break;
-        case '\r':
-            put(o, "\\r", 2);
-            break;
-        case '\t':
-            put(o, "\\t", 2);
-            break;
-        default:
-            if (ch < 0x20 || ch == 0x7f) {
-                snprintf(esc, sizeof esc, "\\u%04x", ch);
-                put(o, esc, 6);
-            } else {
-                put(o, (const char *)&ch, 1);
-            }
-        }
+        put(o, esc, crest__json_escape((unsigned char)s[i], esc));
     }
     put(o, "\"", 1);
 }

@@ -72,18 +72,36 @@ void crest__sb_printf(struct crest__strbuf *sb, const char *fmt, ...) {
     sb->len += (size_t)n;
 }
 
+size_t crest__json_escape(unsigned char ch, char out[8]) {
+    switch (ch) {
+    case '"':
+        memcpy(out, "\\\"", 2);
+        return 2;
+    case '\\':
+        memcpy(out, "\\\\", 2);
+        return 2;
+    case '\n':
+        memcpy(out, "\\n", 2);
+        return 2;
+    case '\r':
+        memcpy(out, "\\r", 2);
+        return 2;
+    case '\t':
+        memcpy(out, "\\t", 2);
+        return 2;
+    default:
+        if (ch < 0x20 || ch == 0x7f)
+            return (size_t)snprintf(out, 8, "\\u%04x", ch);
+        out[0] = (char)ch;
+        return 1;
+    }
+}
+
 void crest__sb_json_str(struct crest__strbuf *sb, const char *s, size_t len) {
     crest__sb_append(sb, "\"", 1);
     for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            char esc[2] = {'\\', (char)ch};
-            crest__sb_append(sb, esc, 2);
-        } else if (ch < 0x20 || ch == 0x7f) {
-            crest__sb_printf(sb, "\\u%04x", ch);
-        } else {
-            crest__sb_append(sb, &s[i], 1);
-        }
+        char esc[8];
+        crest__sb_append(sb, esc, crest__json_escape((unsigned char)s[i], esc));
     }
     crest__sb_append(sb, "\"", 1);
 }

@@ -23,7 +23,12 @@ void crest__sb_append(struct crest__strbuf *sb, const void *data, size_t len);
 void crest__sb_puts(struct crest__strbuf *sb, const char *s);
 void crest__sb_printf(struct crest__strbuf *sb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* s as a JSON string, quotes included (control bytes as \u00XX). */
+/* One byte of a JSON string (RFC 8259) into out: quote, backslash and
+ * control characters escaped (\n, \r, \t, else \u00XX), other bytes as
+ * they are.  Returns the bytes written (1, 2 or 6).  doctor.c uses it
+ * too. */
+size_t crest__json_escape(unsigned char ch, char out[8]);
+/* s as a JSON string, quotes included, escaped as above. */
 void crest__sb_json_str(struct crest__strbuf *sb, const char *s, size_t len);
 
 #endif
