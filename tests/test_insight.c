@@ -214,13 +214,14 @@ static void test_slow_handler_named(void **state) {
     int fd = tu_raw_connect(s.addr, 0);
     RUN_UNTIL(loop, s.conn != NULL);
     echo_rounds(&s, fd, 2); /* fast */
+    /* A fast round may still pass the threshold on a loaded machine (an
+     * ASan build in CI did once): count the slow rounds from here. */
     crest_insight_t *before = snap(loop);
-    assert_int_equal(before->slow_callbacks, 0);
     s.spin_us = SPIN_US;
     echo_rounds(&s, fd, 3);
     s.spin_us = 0;
     crest_insight_t *f = snap(loop);
-    assert_int_equal(f->slow_by_kind[CREST_CB_CONN], 3);
+    assert_int_equal(f->slow_by_kind[CREST_CB_CONN] - before->slow_by_kind[CREST_CB_CONN], 3);
     const crest_slow_cb_t *r = &f->slow_ring[f->slow_ring_len - 1];
     assert_int_equal(r->kind, CREST_CB_CONN);
     assert_string_equal(r->name, "slowpoke");
