@@ -221,10 +221,23 @@ static void test_healthy_busy_window(void **state) {
 
 /* ---- one per cause ---- */
 
+/* A lighter window: n iterations in the same 10 s (0.1% of them is the
+ * least the slow_callback rule reports by default). */
+static crest_insight_t *quiet(uint64_t n) {
+    crest_insight_t *w = healthy();
+    w->iterations = n;
+    crest_hist_reset(&w->iteration_busy);
+    crest_hist_record_n(&w->iteration_busy, US(10), n);
+    w->events = 3 * n;
+    crest_hist_reset(&w->events_per_wait);
+    crest_hist_record_n(&w->events_per_wait, 3, n);
+    return w;
+}
+
 static void test_slow_callback(void **state) {
     (void)state;
     crest_diagnosis_t dx;
-    crest_insight_t *w = healthy();
+    crest_insight_t *w = quiet(5000);
     w->slow_callbacks = 5;
     w->slow_by_kind[CREST_CB_CONN] = 4;
     w->slow_by_kind[CREST_CB_TIMER] = 1;
@@ -248,10 +261,51 @@ static void test_slow_callback(void **state) {
     w->phase_ns[CREST_PHASE_IO] = S(4);
     assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
     assert_int_equal(dx.n, 0);
-    /* A hundred would be too many for them (82 switches in busy time). */
+    /* A hundred would be too many for them (82 switches in busy time);
+     * 2% of the iterations: the p99 iteration is slow, critical. */
     w->slow_unnamed = 95;
     w->slow_iterations = 99;
+    expect_one(w, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_CRITICAL, &dx);
+    free(w);
+}
+
+/* Rare slow callbacks do not explain a latency: 7 in 100,000 iterations
+ * stay under the p99.9.  (On this VM the host stalls a vCPU for a few ms
+ * a few times a second, visible in no guest figure: a healthy loaded
+ * crest-echo in tests/latency.sh saw 3 or 4 "slow" echo callbacks of 3 to
+ * 4 ms in 5,600 iterations.) */
+static void test_slow_callback_rare(void **state) {
+    (void)state;
+    crest_diagnosis_t dx;
+    crest_insight_t *w = healthy();
+    w->slow_callbacks = 7;
+    w->slow_by_kind[CREST_CB_CONN] = 7;
+    w->slow_iterations = 7;
+    crest_hist_record_n(&w->iteration_busy, MS(4), 7);
+    for (int i = 0; i < 7; i++)
+        ring_add(w, CREST_CB_CONN, "echo", "on_data", "127.0.0.1:40388", MS(4));
+    w->nivcsw = 0; /* no figure explains them */
+    expect_none(w, &dx);
+    /* Every one reported when asked for. */
+    crest_doctor_opts_t o;
+    crest_doctor_opts_init(&o);
+    o.slow_callback_share = 0;
+    expect_one_with(w, &o, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
+    /* 0.1% of the iterations is enough by default; blocked ones (loop_blocked
+     * names them) do not count towards it. */
+    w->slow_iterations = 100;
+    w->slow_callbacks = 100;
+    w->slow_by_kind[CREST_CB_CONN] = 100;
+    crest_hist_record_n(&w->iteration_busy, MS(4), 93);
     expect_one(w, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
+    ring_add(w, CREST_CB_CONN, "echo", "on_data", "127.0.0.1:40388", MS(200));
+    crest_hist_record(&w->iteration_busy, MS(200));
+    assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
+    assert_int_equal(dx.n, 1);
+    assert_int_equal(dx.findings[0].cause, CREST_CAUSE_LOOP_BLOCKED);
+    /* A share out of range is refused. */
+    o.slow_callback_share = -0.1;
+    assert_int_equal(crest_doctor_diagnose(w, &o, &dx), -EINVAL);
     free(w);
 }
 
@@ -312,7 +366,7 @@ static void test_loop_blocked(void **state) {
 static void test_blocked_and_slow_together(void **state) {
     (void)state;
     crest_diagnosis_t dx;
-    crest_insight_t *w = healthy();
+    crest_insight_t *w = quiet(2000);
     w->slow_callbacks = 5;
     w->slow_by_kind[CREST_CB_CONN] = 5;
     w->slow_iterations = 5;
@@ -620,9 +674,9 @@ static void test_order_and_lines(void **state) {
     w->accept_queue_max = 100; /* info */
     w->accept_queue_peak = 90;
     w->runq_wait_ns = S(4); /* critical */
-    w->slow_unnamed = 30; /* warning (more than 40 preemptions at 10%
-                             busy can explain) */
-    w->slow_iterations = 30;
+    w->slow_unnamed = 150; /* warning: 0.15% of iterations, more than 40
+                              preemptions at 10% busy can explain */
+    w->slow_iterations = 150;
     assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
     render(&dx);
     assert_int_equal(dx.n, 4);
@@ -731,9 +785,15 @@ static void test_slow_callback_explained_by_preemption(void **state) {
     w->phase_ns[CREST_PHASE_IO] = MS(5900);
     w->nivcsw = 461;
     w->runq_wait_ns = MS(106);
-    expect_none(w, &dx);
+    /* 8 in 114,920 is under slow_callback_share (0.1%) anyway: the guard
+     * is judged alone here, with every slow callback reported. */
+    crest_doctor_opts_t o;
+    crest_doctor_opts_init(&o);
+    o.slow_callback_share = 0;
+    assert_int_equal(crest_doctor_diagnose(w, &o, &dx), 0);
+    assert_int_equal(dx.n, 0);
     w->runq_wait_ns = MS(10);
-    expect_one(w, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
+    expect_one_with(w, &o, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
     free(w);
 }
 
@@ -746,7 +806,10 @@ static void test_json_escaping(void **state) {
     w->slow_iterations = 1;
     w->nivcsw = 0; /* never preempted: the slow one is the callback's */
     ring_add(w, CREST_CB_CONN, "a\"quoted\\name\n\x01\x1f", "on_data", "peer\t\x7f/\xc3\xa9", MS(3));
-    expect_one(w, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
+    crest_doctor_opts_t o;
+    crest_doctor_opts_init(&o);
+    o.slow_callback_share = 0; /* one is enough */
+    expect_one_with(w, &o, CREST_CAUSE_SLOW_CALLBACK, CREST_SEVERITY_WARNING, &dx);
     assert_non_null(strstr(json, "a\\\"quoted\\\\name\\n\\u0001\\u001f"));
     assert_non_null(strstr(json, "peer\\t\\u007f/\xc3\xa9"));
     /* The text line stays one line. */
@@ -787,7 +850,7 @@ static void test_truncation(void **state) {
     w->nagle_held = 100;
     w->runq_wait_ns = S(4);
     ring_add(w, CREST_CB_CONN, "q\"\\", "on_data", "192.0.2.1:9", MS(2));
-    w->slow_callbacks = 10;
+    w->slow_callbacks = 200; /* 0.2% of iterations */
     assert_int_equal(crest_doctor_diagnose(w, NULL, &dx), 0);
     assert_int_equal(dx.n, 3);
     check_truncation(crest_diagnosis_text, &dx);
@@ -799,6 +862,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_healthy_busy_window),
         cmocka_unit_test(test_slow_callback),
+        cmocka_unit_test(test_slow_callback_rare),
         cmocka_unit_test(test_slow_callback_unnamed_and_critical),
         cmocka_unit_test(test_loop_blocked),
         cmocka_unit_test(test_blocked_and_slow_together),

@@ -118,6 +118,11 @@ typedef struct crest_doctor_opts {
                                         the retransmit rate (default 1000) */
     uint32_t fd_unregistered_max;    /* fd_growth (info): fds the registry
                                         does not know (default 1024) */
+    double slow_callback_share;      /* slow_callback: iterations with a
+                                        slow callback / iterations, at
+                                        least (default 0.001: they reach
+                                        the p99.9 iteration; 0 reports
+                                        every one) */
 } crest_doctor_opts_t;
 
 /* The defaults above.  Any thread. */
