@@ -608,3 +608,27 @@ void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server
     }
     *out = s->stats;
 }
+
+/* ---- placeholders (being written) ------------------------------------------ */
+
+int crest_http_respond_stream(crest_http_exchange_t *x, int status,
+                              const crest_http_header_t *headers, size_t header_count,
+                              uint64_t content_length, crest_http_body_cb body, void *ctx) {
+    (void)x, (void)status, (void)headers, (void)header_count, (void)content_length, (void)body,
+        (void)ctx;
+    return -ENOSYS;
+}
+
+int crest_http_stream_resume(crest_http_exchange_t *x) {
+    (void)x;
+    return -ENOSYS;
+}
+
+int crest_http_server_accept(crest_http_server_t *s, crest_conn_t *c) {
+    (void)s, (void)c;
+    return -ENOSYS;
+}
+
+void crest_http_server_conn_opts(const crest_http_server_opts_t *opts, crest_conn_opts_t *o) {
+    (void)opts, (void)o;
+}

@@ -399,6 +399,88 @@ int crest_http_respond_close(crest_http_exchange_t *x, int status,
                              const crest_http_header_t *headers, size_t header_count,
                              const void *body, size_t body_len);
 
+/* ---- streamed responses ---------------------------------------------------
+ *
+ * A body too big to hold, or made as it goes (a file, a generator, a
+ * proxy), is pulled from the application as the connection can take it:
+ * the server calls body(x, buf, cap, ctx) for up to cap bytes (cap <=
+ * CREST_HTTP_STREAM_CHUNK), writes what it returns, and asks again while
+ * the socket takes it.  It stops asking when output queues up (the
+ * client reads slower than it is written to) and asks again once the
+ * queue has drained (on_flushed), so a stream keeps at most about
+ * CREST_HTTP_STREAM_CHUNK bytes queued, however long it is.  It also
+ * yields after CREST_HTTP_STREAM_TURN bytes in one callback (continuing on
+ * the next iteration), so a fast client of a long stream does not keep
+ * the loop from its other connections.
+ *
+ * body returns:
+ *   n > 0    bytes written at buf (n <= cap);
+ *   0        the end of the body;
+ *   CREST_HTTP_BODY_WAIT  nothing now: the server asks again after
+ *            crest_http_stream_resume(x) (data from another thread, a
+ *            timer, a backend);
+ *   another negative value: the body failed: the connection is closed
+ *            (reason PROTOCOL_ERROR, logged with the value as -errno),
+ *            since a client cannot be told mid-body.
+ * With a content_length, the server asks for exactly that many bytes (cap
+ * never passes what is left); an end (0) before them closes the connection
+ * (logged), the client sees a short body.  With CREST_HTTP_LENGTH_UNKNOWN
+ * the body goes out chunked to an HTTP/1.1 client (Transfer-Encoding:
+ * chunked, each call one chunk, the last-chunk after the end) and
+ * delimited by the close to an HTTP/1.0 one ("Connection: close").
+ *
+ * HEAD, 1xx, 204 and 304: the head only (Content-Length as given, for
+ * HEAD); body is never called.  The exchange stays valid, and requests
+ * pipelined behind it wait, until the end of the body was written (or
+ * on_cancel, if the connection closes first: body is not called after).
+ * body runs from the loop, on its thread, never inside a crest call but
+ * from inside crest_http_respond_stream() (the first bytes go out at
+ * once) and crest_http_stream_resume(). */
+#define CREST_HTTP_LENGTH_UNKNOWN UINT64_MAX
+#define CREST_HTTP_BODY_WAIT (-11000)
+#define CREST_HTTP_STREAM_CHUNK 65536u
+#define CREST_HTTP_STREAM_TURN (1024u * 1024u)
+
+typedef ssize_t (*crest_http_body_cb)(crest_http_exchange_t *x, uint8_t *buf, size_t cap,
+                                      void *ctx);
+
+/* Answer x with a streamed body (above).  ctx is body's.  From on_request
+ * or later, on the loop's thread.  0 (x stays valid until the body ends),
+ * or as crest_http_respond() (x is then invalid): -EINVAL also for a NULL
+ * body. */
+int crest_http_respond_stream(crest_http_exchange_t *x, int status,
+                              const crest_http_header_t *headers, size_t header_count,
+                              uint64_t content_length, crest_http_body_cb body, void *ctx);
+
+/* A body that answered CREST_HTTP_BODY_WAIT has data again: the server
+ * asks on the next iteration (never inside this call).  0; -EINVAL if x
+ * is not streaming. */
+int crest_http_stream_resume(crest_http_exchange_t *x);
+
+/* ---- connections from the application's listeners ------------------------
+ *
+ * crest_http_server_listen() makes its own listener.  An application that
+ * has one already (one per thread with SO_REUSEPORT, a socket from
+ * systemd, a port that sniffs the protocol) hands each connection over:
+ * crest_http_server_accept(s, c) from the connection's on_open (or from
+ * on_data before any byte was consumed: the bytes already read are
+ * parsed as the request's).  The server takes the connection: its handler
+ * becomes the server's (the previous one gets no more callbacks, on_close
+ * included) and its options get what the server needs (framing RAW,
+ * max_input, read_timeout_ms and idle_timeout_ms, as in
+ * crest_http_server_listen()).  Give the listener those options from the
+ * start (crest_http_server_conn_opts()) and the connection keeps sharing
+ * the listener's; otherwise it gets its own copy (conn.h, about 250
+ * bytes).  On the loop's thread; no callback runs inside.  0, -EINVAL
+ * (NULL, or a connection of another loop), -ENOTCONN (closing), -ENOMEM
+ * (the connection is then left as it was). */
+int crest_http_server_accept(crest_http_server_t *s, crest_conn_t *c);
+
+/* Set in o the connection options a server made with opts needs (opts may
+ * be NULL: the defaults); the other fields of o are left as they are.
+ * Any thread. */
+void crest_http_server_conn_opts(const crest_http_server_opts_t *opts, crest_conn_opts_t *o);
+
 /* The exchange's connection (for crest_conn_peer(), crest_conn_id()). */
 crest_conn_t *crest_http_exchange_conn(const crest_http_exchange_t *x);
 /* The server's ctx, and a pointer of the application's for this exchange
