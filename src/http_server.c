@@ -110,10 +110,31 @@ static void normalise(crest_http_server_opts_t *o) {
 /* The input a connection may hold: a whole head and a whole body.  A
  * chunked body's encoding may take more than the data: twice max_body,
  * plus room for the chunk lines of a small body. */
-static size_t max_input(const crest_http_server_t *s) {
-    uint64_t body = s->opts.limits.max_body;
-    uint64_t total = (uint64_t)s->head_max + 2 * body + 65536;
+static size_t max_input(const crest_http_server_opts_t *so, size_t head_max) {
+    uint64_t body = so->limits.max_body;
+    uint64_t total = (uint64_t)head_max + 2 * body + 65536;
     return total > (uint64_t)SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)total;
+}
+
+/* What a connection of the server needs (so normalised). */
+static void set_conn_opts(const crest_http_server_opts_t *so, size_t head_max,
+                          crest_conn_opts_t *o) {
+    o->framing.kind = CREST_FRAMING_RAW;
+    o->max_input = max_input(so, head_max);
+    o->read_timeout_ms = so->header_timeout_ms;
+    o->idle_timeout_ms = so->keepalive_timeout_ms;
+}
+
+void crest_http_server_conn_opts(const crest_http_server_opts_t *opts, crest_conn_opts_t *o) {
+    if (!o)
+        return;
+    crest_http_server_opts_t so;
+    if (opts)
+        so = *opts;
+    else
+        crest_http_server_opts_init(&so);
+    normalise(&so);
+    set_conn_opts(&so, crest_http_head_max(&so.limits), o);
 }
 
 /* ---- responses ------------------------------------------------------------ */
@@ -453,13 +474,8 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
 
 /* ---- the connection's life ----------------------------------------------- */
 
-static void on_open(crest_conn_t *c) {
-    crest_http_server_t *s = crest_conn_handler_ctx(c);
-    struct http_conn *hc = calloc(1, sizeof *hc);
-    if (!hc) {
-        crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a connection");
-        return;
-    }
+/* hc is the server's now: linked, counted, the connection's data. */
+static void attach(crest_http_server_t *s, crest_conn_t *c, struct http_conn *hc) {
     hc->c = c;
     hc->srv = s;
     hc->x.hc = hc;
@@ -470,6 +486,44 @@ static void on_open(crest_conn_t *c) {
     s->nconns++;
     s->stats.connections++;
     crest_conn_set_data(c, hc);
+}
+
+static void on_open(crest_conn_t *c) {
+    struct http_conn *hc = calloc(1, sizeof *hc);
+    if (!hc) {
+        crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a connection");
+        return;
+    }
+    attach(crest_conn_handler_ctx(c), c, hc);
+}
+
+int crest_http_server_accept(crest_http_server_t *s, crest_conn_t *c) {
+    if (!s || !c || s->destroyed || crest_conn_loop(c) != s->loop)
+        return -EINVAL;
+    crest_conn_opts_t o;
+    int rc = crest_conn_get_opts(c, &o);
+    if (rc < 0)
+        return rc;
+    if (crest_conn_state(c) >= CREST_CONN_CLOSING)
+        return -ENOTCONN;
+    crest_conn_opts_t want = o;
+    set_conn_opts(&s->opts, s->head_max, &want);
+    struct http_conn *hc = calloc(1, sizeof *hc);
+    if (!hc)
+        return -ENOMEM;
+    /* Options the listener already gave stay shared (no per-connection
+     * copy); the framing is compared by kind: RAW has no other field. */
+    bool same = o.framing.kind == want.framing.kind && o.max_input == want.max_input &&
+                o.read_timeout_ms == want.read_timeout_ms &&
+                o.idle_timeout_ms == want.idle_timeout_ms;
+    rc = same ? crest_conn_set_handler(c, &s->handler, s)
+              : crest_conn_upgrade(c, &s->handler, s, &want);
+    if (rc < 0) {
+        free(hc);
+        return rc;
+    }
+    attach(s, c, hc);
+    return 0;
 }
 
 static void on_eof(crest_conn_t *c) {
@@ -568,10 +622,7 @@ int crest_http_server_listen(crest_http_server_t *s, const char *addr,
         o = *lopts;
     else
         crest_listen_opts_init(&o);
-    o.conn.framing.kind = CREST_FRAMING_RAW;
-    o.conn.max_input = max_input(s);
-    o.conn.read_timeout_ms = s->opts.header_timeout_ms;
-    o.conn.idle_timeout_ms = s->opts.keepalive_timeout_ms;
+    set_conn_opts(&s->opts, s->head_max, &o.conn);
     crest_listener_t **v = realloc(s->listeners, (s->nlisteners + 1) * sizeof *v);
     if (!v)
         return -ENOMEM;
@@ -622,13 +673,4 @@ int crest_http_respond_stream(crest_http_exchange_t *x, int status,
 int crest_http_stream_resume(crest_http_exchange_t *x) {
     (void)x;
     return -ENOSYS;
-}
-
-int crest_http_server_accept(crest_http_server_t *s, crest_conn_t *c) {
-    (void)s, (void)c;
-    return -ENOSYS;
-}
-
-void crest_http_server_conn_opts(const crest_http_server_opts_t *opts, crest_conn_opts_t *o) {
-    (void)opts, (void)o;
 }

@@ -603,6 +603,120 @@ static void test_half_close_client(void **state) {
     app_finish(&a);
 }
 
+/* ---- connections from the application's own listener ------------------------ */
+
+struct own {
+    crest_http_server_t *srv;
+    int accept_rc;
+    bool from_data; /* hand over from on_data instead of on_open */
+    unsigned opened, lines;
+};
+
+static void own_open(crest_conn_t *c) {
+    struct own *o = crest_conn_handler_ctx(c);
+    o->opened++;
+    if (!o->from_data)
+        o->accept_rc = crest_http_server_accept(o->srv, c);
+}
+
+static ssize_t own_data(crest_conn_t *c, const uint8_t *data, size_t len) {
+    (void)data, (void)len;
+    struct own *o = crest_conn_handler_ctx(c);
+    o->accept_rc = crest_http_server_accept(o->srv, c);
+    return 0; /* nothing consumed: the server parses these bytes */
+}
+
+static int own_line(crest_conn_t *c, const uint8_t *msg, size_t len) {
+    (void)c, (void)msg, (void)len;
+    struct own *o = crest_conn_handler_ctx(c);
+    o->lines++; /* must not run: the server took the connection */
+    return 0;
+}
+
+static void own_close(crest_conn_t *c, crest_close_reason_t r, int err) {
+    (void)c, (void)r, (void)err;
+    fail_msg("the previous handler's on_close ran after the hand-over");
+}
+
+/* One request on a connection of a listener of ours, handed to the
+ * server; the connection's options are the server's after it. */
+static void own_round(struct app *a, crest_listener_t *l, struct own *o) {
+    snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", crest_listener_port(l));
+    struct client cl;
+    client_open(&cl, a);
+    SEND(a, &cl, "GET /own HTTP/1.1\r\nHost: x\r\n\r\nGET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(a, &cl, &r, false);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "target=/own");
+    client_response(a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/again");
+    assert_int_equal(o->accept_rc, 0);
+    assert_int_equal(o->lines, 0);
+    client_close(&cl);
+    tu_spin(a->loop, 3);
+}
+
+static void test_accept_from_own_listener(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct own o = {.srv = a.srv, .accept_rc = -1};
+    crest_handler_t h = {.on_open = own_open, .on_data = own_data, .on_close = own_close};
+    crest_http_server_opts_t so;
+    crest_http_server_opts_init(&so);
+    crest_conn_opts_t want;
+    memset(&want, 0, sizeof want);
+    crest_http_server_conn_opts(&so, &want);
+    assert_int_equal(want.framing.kind, CREST_FRAMING_RAW);
+    assert_int_equal(want.read_timeout_ms, CREST_HTTP_DEFAULT_HEADER_TIMEOUT_MS);
+    assert_int_equal(want.idle_timeout_ms, CREST_HTTP_DEFAULT_KEEPALIVE_TIMEOUT_MS);
+    assert_true(want.max_input > CREST_HTTP_DEFAULT_MAX_BODY);
+
+    /* 1. The listener has the server's options: handed over in on_open. */
+    crest_listen_opts_t lo;
+    crest_listen_opts_init(&lo);
+    crest_http_server_conn_opts(NULL, &lo.conn);
+    crest_listener_t *l;
+    assert_int_equal(crest_listen(a.loop, "127.0.0.1:0", &lo, &h, &o, &l), 0);
+    own_round(&a, l, &o);
+    crest_listener_close(l);
+
+    /* 2. A LINE listener: the connection is upgraded (RAW, the server's
+     * limits) as it is handed over; no line ever reaches our handler. */
+    crest_listen_opts_init(&lo);
+    lo.conn.framing.kind = CREST_FRAMING_LINE;
+    h.on_data = NULL;
+    h.on_message = own_line;
+    o.accept_rc = -1;
+    assert_int_equal(crest_listen(a.loop, "127.0.0.1:0", &lo, &h, &o, &l), 0);
+    own_round(&a, l, &o);
+    crest_listener_close(l);
+
+    /* 3. Handed over from on_data before a byte was consumed: the bytes
+     * already read are the request's. */
+    crest_listen_opts_init(&lo);
+    h.on_data = own_data;
+    h.on_message = NULL;
+    o.from_data = true;
+    o.accept_rc = -1;
+    assert_int_equal(crest_listen(a.loop, "127.0.0.1:0", &lo, &h, &o, &l), 0);
+    own_round(&a, l, &o);
+    crest_listener_close(l);
+
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a.srv, &st);
+    assert_int_equal(st.connections, 3);
+    assert_int_equal(st.requests, 6);
+    assert_int_equal(o.opened, 3);
+
+    /* Errors. */
+    assert_int_equal(crest_http_server_accept(NULL, NULL), -EINVAL);
+    assert_int_equal(crest_http_server_accept(a.srv, NULL), -EINVAL);
+    crest_http_server_conn_opts(NULL, NULL); /* no crash */
+    app_finish(&a);
+}
+
 static void test_respond_errors(void **state) {
     (void)state;
     assert_int_equal(crest_http_respond(NULL, 200, NULL, 0, NULL, 0), -EINVAL);
@@ -632,6 +746,7 @@ int main(void) {
         tu_test(test_header_timeout),
         tu_test(test_body_and_keepalive_timeouts),
         tu_test(test_half_close_client),
+        tu_test(test_accept_from_own_listener),
         tu_test(test_respond_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
