@@ -14,7 +14,9 @@
  * A response written later than on_request (an answer that waits for a
  * timer or another thread) pauses reading meanwhile: the requests behind
  * it stay in the input buffer, and are answered in order once reading
- * resumes. */
+ * resumes.  A streamed response (crest_http_respond_stream()) is such an
+ * answer: the exchange waits, reading paused, until its body has ended;
+ * the pull loop is under "streamed responses". */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "crest/error.h"
 #include "crest/http.h"
 #include "crest/log.h"
 #include "http_int.h"
@@ -389,7 +392,7 @@ static void stream_later(struct http_conn *hc) {
         int rc = crest_loop_defer(s->loop, stream_continue, s);
         if (rc < 0) { /* the stream cannot go on: on_close cancels it */
             crest_conn_fail(hc->c, rc == -ESHUTDOWN ? CREST_CLOSE_SHUTDOWN : CREST_CLOSE_NO_MEMORY,
-                            "http: a streamed response cannot continue: %s", strerror(-rc));
+                            "http: a streamed response cannot continue: %s", crest_strerror(rc));
             return;
         }
         s->defer_pending = true;
@@ -437,7 +440,7 @@ static void stream_fail(struct http_conn *hc, ssize_t n, size_t cap) {
                         "http: streamed body returned %zd bytes, asked for %zu at most", n, cap);
     else
         crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR, "http: streamed body failed: %s (%zd)",
-                        strerror((int)-n), n);
+                        crest_strerror((int)n), n);
     stream_clear(hc);
     exchange_end(hc, true);
 }
@@ -503,7 +506,7 @@ static void stream_pump(struct http_conn *hc, bool gathering) {
         if (rc < 0) {
             if (crest_conn_state(c) < CREST_CONN_CLOSING) /* refused, not failed */
                 crest_conn_fail(c, CREST_CLOSE_IO_ERROR, "http: streamed body: write: %s",
-                                strerror(-rc));
+                                crest_strerror(rc));
             return; /* on_close cancels the exchange */
         }
         turn += (size_t)n;

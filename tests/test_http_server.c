@@ -1200,7 +1200,7 @@ static void test_stream_body_fails(void **state) {
         assert_true(got > 0 && got < st->total);
         char log[128];
         if (i == 0)
-            snprintf(log, sizeof log, "streamed body failed: Input/output error");
+            snprintf(log, sizeof log, "streamed body failed: EIO: i/o error (-5)");
         else
             snprintf(log, sizeof log,
                      "streamed body ended %" PRIu64 " bytes short of its Content-Length",
