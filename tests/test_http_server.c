@@ -1,7 +1,9 @@
 /* The HTTP/1.1 server over real loopback sockets: requests in, responses
  * out, keep-alive, pipelining in order, Expect: 100-continue, bodies
  * (Content-Length and chunked), answers given later, refusals with their
- * status, timeouts, and nothing left open. */
+ * status, timeouts, streamed responses (backpressure, chunks, the close
+ * of HTTP/1.0, waits, failures, fairness, cancels), and nothing left
+ * open. */
 #include "crest_test.h"
 
 #include <setjmp.h>
@@ -27,7 +29,8 @@ enum stream_kind {
     K_WAKE,    /* /wake/N: every other call resumes itself, then says wait */
     K_FAIL,    /* /fail: -EIO after 100000 of 1 MiB */
     K_SHORT,   /* /short/N: the end (0) at N / 2 */
-    K_DESTROY  /* /destroy/N: the first call destroys the server */
+    K_DESTROY, /* /destroy/N: the first call destroys the server */
+    K_OVER     /* /over/N: says it wrote one byte more than asked */
 };
 
 struct app;
@@ -97,6 +100,10 @@ static ssize_t stream_body(crest_http_exchange_t *x, uint8_t *buf, size_t cap, v
         st->done = true;
         return 0;
     }
+    if (st->kind == K_OVER) {
+        st->done = true;
+        return (ssize_t)cap + 1;
+    }
     if (st->kind == K_DESTROY && st->calls == 1) {
         crest_http_server_destroy(a->srv);
         a->srv = NULL;
@@ -145,7 +152,7 @@ static bool start_stream(struct app *a, crest_http_exchange_t *x, const char *ta
         enum stream_kind kind;
     } kinds[] = {{"/stream/", K_LENGTH}, {"/chunked/", K_CHUNKED}, {"/wait/", K_WAIT},
                  {"/wake/", K_WAKE},     {"/fail", K_FAIL},       {"/short/", K_SHORT},
-                 {"/destroy/", K_DESTROY}};
+                 {"/destroy/", K_DESTROY}, {"/over/", K_OVER}};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         size_t pl = strlen(kinds[i].prefix);
         if (strncmp(target, kinds[i].prefix, pl) != 0)
@@ -161,6 +168,10 @@ static bool start_stream(struct app *a, crest_http_exchange_t *x, const char *ta
         uint64_t clen = st->kind == K_CHUNKED ? CREST_HTTP_LENGTH_UNKNOWN : st->total;
         static const crest_http_header_t ct = {{"Content-Type", 12},
                                                {"application/octet-stream", 24}};
+        /* refused, x still the caller's: no body, a bad status */
+        assert_int_equal(crest_http_respond_stream(x, 200, NULL, 0, clen, NULL, st), -EINVAL);
+        assert_int_equal(crest_http_respond_stream(x, 99, NULL, 0, clen, stream_body, st),
+                         -EINVAL);
         int rc = crest_http_respond_stream(x, 200, &ct, 1, clen, stream_body, st);
         assert_int_equal(rc, 0);
         if (crest_http_exchange_method(x) == CREST_HTTP_HEAD || clen == 0)
@@ -1174,9 +1185,10 @@ static void test_stream_wait_resume(void **state) {
     app_finish(&a);
 }
 
-/* A body that fails, and one that ends short of its Content-Length: the
- * connection closes (PROTOCOL_ERROR, the reason logged), the exchange ends
- * without on_cancel, and another connection is answered meanwhile. */
+/* A body that fails, one that ends short of its Content-Length, and one
+ * that says it wrote more than it was asked for: the connection closes
+ * (PROTOCOL_ERROR, the reason logged), the exchange ends without
+ * on_cancel, and another connection is answered meanwhile. */
 static void test_stream_body_fails(void **state) {
     (void)state;
     struct app a;
@@ -1184,8 +1196,9 @@ static void test_stream_body_fails(void **state) {
     struct client good;
     client_open(&good, &a);
     static const char *const reqs[] = {"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n",
-                                       "GET /short/500000 HTTP/1.1\r\nHost: x\r\n\r\n"};
-    for (size_t i = 0; i < 2; i++) {
+                                       "GET /short/500000 HTTP/1.1\r\nHost: x\r\n\r\n",
+                                       "GET /over/100 HTTP/1.1\r\nHost: x\r\n\r\n"};
+    for (size_t i = 0; i < 3; i++) {
         tu_log_clear();
         struct client cl;
         client_open(&cl, &a);
@@ -1197,10 +1210,12 @@ static void test_stream_body_fails(void **state) {
         struct sctx *st = &a.streams[i];
         assert_true(st->done);
         assert_int_equal(got, st->off); /* all it gave, then the close */
-        assert_true(got > 0 && got < st->total);
+        assert_true(i == 2 ? got == 0 : got > 0 && got < st->total);
         char log[128];
         if (i == 0)
             snprintf(log, sizeof log, "streamed body failed: EIO: i/o error (-5)");
+        else if (i == 2)
+            snprintf(log, sizeof log, "streamed body returned 101 bytes, asked for 100 at most");
         else
             snprintf(log, sizeof log,
                      "streamed body ended %" PRIu64 " bytes short of its Content-Length",
@@ -1220,7 +1235,7 @@ static void test_stream_body_fails(void **state) {
     assert_int_equal(hs.cancelled, 0);
     crest_conn_stats_t cs;
     crest_loop_conn_stats(a.loop, &cs);
-    assert_int_equal(cs.close_reasons[CREST_CLOSE_PROTOCOL_ERROR], 2);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_PROTOCOL_ERROR], 3);
     client_close(&good);
     app_finish(&a);
 }
