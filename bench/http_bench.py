@@ -608,7 +608,7 @@ def section(data, R):
         w("")
         w("</details>")
         w("")
-    cmds = [c for s, c in R.COMMANDS if s in ("http", "http servers")]
+    cmds = [c for s, c in data.get("commands", []) if s in ("http", "http servers")]
     if cmds:
         w("<details><summary>the commands</summary>")
         w("")

@@ -898,6 +898,12 @@ static void announce(const struct server *srv, const char *address, int sndbuf, 
         printf("socket buffers: sndbuf %d bytes (%s), rcvbuf %d bytes (%s)\n", sndbuf, snd,
                rcvbuf, rcv);
     }
+    if (srv->proto->timeouts) {
+        printf("timeouts: %s\n", srv->proto->timeouts);
+        printf("listening on %s\n", address);
+        fflush(stdout);
+        return;
+    }
     char idle[32] = "off", rd[32] = "off";
     if (cfg->idle_timeout_ms)
         snprintf(idle, sizeof idle, "%.3g s", (double)cfg->idle_timeout_ms / 1000.0);
@@ -1539,6 +1545,27 @@ static int parse_seconds(const char *option, const char *arg, uint64_t max_ms, u
     return 0;
 }
 
+int server_parse_seconds(const char *option, const char *arg, uint64_t max_ms, uint64_t *ms) {
+    return parse_seconds(option, arg, max_ms, ms);
+}
+
+/* A protocol that hands its connections over (server.h: hands_over):
+ * refuse the options that would not act.  0 or -1. */
+static int handed_over_option(const server_proto_t *proto, int opt) {
+    const char *name;
+    switch (opt) {
+    case OPT_IDLE_TIMEOUT: name = "idle-timeout"; break;
+    case OPT_READ_TIMEOUT: name = "read-timeout"; break;
+    case OPT_WORK: name = "work"; break;
+    case OPT_WORK_ONCE: name = "work-once"; break;
+    case OPT_FD_LEAK: name = "fd-leak"; break;
+    default: return 0;
+    }
+    fprintf(stderr, "%s: --%s: not for %s, whose connections belong to its own server "
+            "(see its options in --help)\n", proto->name, name, proto->name);
+    return -1;
+}
+
 enum { PARSE_OK = -1 }; /* otherwise: exit with this code */
 
 static int parse_options(struct server *srv, int argc, char **argv) {
@@ -1567,6 +1594,8 @@ static int parse_options(struct server *srv, int argc, char **argv) {
     size_t size;
     uint64_t ms;
     while ((opt = getopt_long(argc, argv, "p:t:qhV", all, NULL)) != -1) {
+        if (proto->hands_over && handed_over_option(proto, opt) < 0)
+            return SERVER_EXIT_USAGE;
         switch (opt) {
         case OPT_HOST:
             cfg->host = optarg;

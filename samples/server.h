@@ -67,6 +67,16 @@ struct server_proto {
      * (crest-chat: clients in different processes could not see each
      * other): --workers is refused then. */
     bool one_process;
+    /* Set by a protocol that hands each connection to a server of its own
+     * from on_open (crest-http: crest_http_server_accept()).  That server's
+     * handler then replaces the skeleton's: the per-connection lines stop
+     * at "open" (no "closed" line; a shutdown's drain does not need one),
+     * and the options that act through the skeleton's handler or that the
+     * server overrides are refused: --work, --work-once, --fd-leak,
+     * --idle-timeout and --read-timeout.  timeouts, if set (by
+     * configured()), replaces the start-up line's description of them. */
+    bool hands_over;
+    const char *timeouts;
 
     /* Optional hooks, each on a worker thread for its own loop (index is
      * the worker's, 0 .. threads - 1):
@@ -113,5 +123,9 @@ int server_main(int argc, char **argv, server_proto_t *proto);
  * A size is a number of bytes with an optional K, M or G suffix (KiB, MiB,
  * GiB), between min and max.  0, or -1 if invalid. */
 int server_parse_size(const char *option, const char *arg, size_t min, size_t max, size_t *out);
+
+/* Seconds, fractions allowed, to milliseconds (rounded up: at least 1 ms
+ * unless 0), at most max_ms.  0, or -1 if invalid. */
+int server_parse_seconds(const char *option, const char *arg, uint64_t max_ms, uint64_t *ms);
 
 #endif

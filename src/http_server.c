@@ -14,7 +14,9 @@
  * A response written later than on_request (an answer that waits for a
  * timer or another thread) pauses reading meanwhile: the requests behind
  * it stay in the input buffer, and are answered in order once reading
- * resumes. */
+ * resumes.  A streamed response (crest_http_respond_stream()) is such an
+ * answer: the exchange waits, reading paused, until its body has ended;
+ * the pull loop is under "streamed responses". */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "crest/error.h"
 #include "crest/http.h"
 #include "crest/log.h"
 #include "http_int.h"
@@ -42,6 +45,27 @@ struct crest_http_exchange {
     bool http10;
 };
 
+/* A streamed response (crest_http_respond_stream()): the body callback,
+ * and where the stream stands.  It lives where the body scanner's state
+ * does: a connection streams a response only between two requests'
+ * bodies (reading is paused meanwhile). */
+struct stream {
+    crest_http_body_cb body;
+    void *ctx;
+    uint64_t left; /* bytes still due, or CREST_HTTP_LENGTH_UNKNOWN */
+    struct http_conn *rprev, *rnext; /* the server's ready streams */
+};
+
+/* http_conn.sflags */
+enum {
+    S_ON = 1u << 0,      /* a streamed response is being written */
+    S_CHUNKED = 1u << 1, /* ... chunked (else by length, or by the close) */
+    S_CLOSE = 1u << 2,   /* close once it has all gone */
+    S_WAIT = 1u << 3,    /* the body said CREST_HTTP_BODY_WAIT */
+    S_RESUMED = 1u << 4, /* crest_http_stream_resume() during the body call */
+    S_READY = 1u << 5    /* on the server's ready or running list */
+};
+
 struct http_conn {
     crest_conn_t *c;
     crest_http_server_t *srv;
@@ -56,7 +80,11 @@ struct http_conn {
     bool continue_sent;
     bool deadline_extended;  /* the read timeout covers the body now */
     bool peer_eof;           /* the client shut down its side */
-    crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
+    uint8_t sflags;          /* S_*: the streamed response */
+    union {
+        crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
+        struct stream st;           /* S_ON */
+    } u;
 };
 
 struct crest_http_server {
@@ -72,6 +100,11 @@ struct crest_http_server {
     unsigned nconns;
     bool destroyed;                /* freed when the last connection goes */
     crest_http_server_stats_t stats;
+    uint8_t *scratch;              /* CREST_HTTP_STREAM_CHUNK bytes for
+                                      streamed bodies (on first use) */
+    struct http_conn *ready;       /* streams to continue next iteration */
+    struct http_conn *running;     /* ... being continued now */
+    bool defer_pending;            /* stream_continue() is deferred */
     uint64_t date_sec;             /* loop clock second of date[] */
     char date[40];                 /* "Fri, 04 Dec 2026 19:10:20 GMT" */
 };
@@ -181,47 +214,69 @@ static bool bodyless_status(int status) {
 
 #define HEAD_MAX 8192
 
-/* Write a response on hc's connection; "Connection: close" if
- * close_after (the caller closes).  Returns 0 or -errno. */
-static int write_response(struct http_conn *hc, int status, bool head_only, bool http10,
-                          bool close_after, bool keep_alive_10, const crest_http_header_t *headers,
-                          size_t header_count, const void *body, size_t body_len) {
+/* What a response's head says.  length: the Content-Length, or
+ * CREST_HTTP_LENGTH_UNKNOWN for a streamed body of unknown length
+ * (chunked: Transfer-Encoding: chunked; else delimited by the close). */
+struct resp_head {
+    int status;
+    const crest_http_header_t *headers;
+    size_t header_count;
+    uint64_t length;
+    bool chunked;
+    bool close_after;   /* "Connection: close" (the caller closes) */
+    bool keep_alive_10; /* an HTTP/1.0 request that asked for keep-alive */
+};
+
+/* Build the head in w (w->over if it does not fit). */
+static void build_head(crest_http_server_t *s, const struct resp_head *r, struct head_writer *w) {
+    char line[64];
+    const char *phrase = crest_http_reason_phrase(r->status);
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", r->status, phrase);
+    hw_put(w, line, (size_t)n);
+    hw_puts(w, "Date: ");
+    hw_puts(w, http_date(s));
+    hw_puts(w, "\r\n");
+    if (s->opts.server) {
+        hw_puts(w, "Server: ");
+        hw_puts(w, s->opts.server);
+        hw_puts(w, "\r\n");
+    }
+    if (!bodyless_status(r->status)) {
+        if (r->length != CREST_HTTP_LENGTH_UNKNOWN) {
+            n = snprintf(line, sizeof line, "Content-Length: %" PRIu64 "\r\n", r->length);
+            hw_put(w, line, (size_t)n);
+        } else if (r->chunked) {
+            hw_puts(w, "Transfer-Encoding: chunked\r\n");
+        }
+    }
+    if (r->close_after)
+        hw_puts(w, "Connection: close\r\n");
+    else if (r->keep_alive_10)
+        hw_puts(w, "Connection: keep-alive\r\n");
+    for (size_t i = 0; i < r->header_count; i++) {
+        hw_put(w, r->headers[i].name.ptr, r->headers[i].name.len);
+        hw_put(w, ": ", 2);
+        hw_put(w, r->headers[i].value.ptr, r->headers[i].value.len);
+        hw_put(w, "\r\n", 2);
+    }
+    hw_put(w, "\r\n", 2);
+}
+
+/* Write a response's head, then body[0..body_len) unless head_only (or
+ * the status has no body), on hc's connection; count it.  Returns 0 or
+ * -errno (-EMSGSIZE: the head did not fit, nothing written). */
+static int write_response(struct http_conn *hc, const struct resp_head *r, bool head_only,
+                          const void *body, size_t body_len) {
     crest_http_server_t *s = hc->srv;
     char buf[HEAD_MAX];
     struct head_writer w = {buf, 0, sizeof buf, false};
-    char line[64];
-    const char *phrase = crest_http_reason_phrase(status);
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, phrase);
-    hw_put(&w, line, (size_t)n);
-    hw_puts(&w, "Date: ");
-    hw_puts(&w, http_date(s));
-    hw_puts(&w, "\r\n");
-    if (s->opts.server) {
-        hw_puts(&w, "Server: ");
-        hw_puts(&w, s->opts.server);
-        hw_puts(&w, "\r\n");
-    }
-    if (!bodyless_status(status)) {
-        n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", body_len);
-        hw_put(&w, line, (size_t)n);
-    }
-    if (close_after)
-        hw_puts(&w, "Connection: close\r\n");
-    else if (http10 && keep_alive_10)
-        hw_puts(&w, "Connection: keep-alive\r\n");
-    for (size_t i = 0; i < header_count; i++) {
-        hw_put(&w, headers[i].name.ptr, headers[i].name.len);
-        hw_put(&w, ": ", 2);
-        hw_put(&w, headers[i].value.ptr, headers[i].value.len);
-        hw_put(&w, "\r\n", 2);
-    }
-    hw_put(&w, "\r\n", 2);
+    build_head(s, r, &w);
     if (w.over)
         return -EMSGSIZE;
     struct iovec iov[2] = {{buf, w.len}, {(void *)(uintptr_t)body, body_len}};
-    int iovcnt = (head_only || bodyless_status(status) || body_len == 0) ? 1 : 2;
+    int iovcnt = (head_only || bodyless_status(r->status) || body_len == 0) ? 1 : 2;
     int rc = crest_conn_writev(hc->c, iov, iovcnt);
-    unsigned cls = (unsigned)status / 100;
+    unsigned cls = (unsigned)r->status / 100;
     s->stats.responses[cls <= 5 ? cls : 0]++;
     return rc < 0 ? rc : 0;
 }
@@ -234,40 +289,289 @@ static void refuse(struct http_conn *hc, int status, const char *reason) {
                      reason ? reason : "refused");
     static const crest_http_header_t ctype = {{"Content-Type", 12}, {"text/plain", 10}};
     hc->srv->stats.refused++;
-    write_response(hc, status, false, false, true, false, &ctype, 1, body,
-                   (size_t)n < sizeof body ? (size_t)n : sizeof body - 1);
+    size_t len = (size_t)n < sizeof body ? (size_t)n : sizeof body - 1;
+    struct resp_head r = {.status = status, .headers = &ctype, .header_count = 1,
+                          .length = len, .close_after = true};
+    write_response(hc, &r, false, body, len);
     bool too_large = status == 413 || status == 414 || status == 431;
     crest_conn_fail(hc->c, too_large ? CREST_CLOSE_TOO_LARGE : CREST_CLOSE_PROTOCOL_ERROR,
                     "http %d %s: %s", status, crest_http_reason_phrase(status),
                     reason ? reason : "refused");
 }
 
-static int respond(crest_http_exchange_t *x, int status, bool force_close,
-                   const crest_http_header_t *headers, size_t header_count, const void *body,
-                   size_t body_len) {
-    if (!x || !x->active || status < 100 || status > 999 || (body_len && !body))
-        return -EINVAL;
+/* May x be answered with this status and these headers? */
+static bool response_ok(const crest_http_exchange_t *x, int status,
+                        const crest_http_header_t *headers, size_t header_count) {
+    if (!x || !x->active || (x->hc->sflags & S_ON) || status < 100 || status > 999)
+        return false;
     for (size_t i = 0; i < header_count; i++)
         if (has_crlf(headers[i].name) || has_crlf(headers[i].value) || !headers[i].name.len)
-            return -EINVAL;
-    struct http_conn *hc = x->hc;
+            return false;
+    return true;
+}
+
+/* The exchange is over (its response written, or given up): the
+ * connection reads the requests behind it, or closes if close. */
+static void exchange_end(struct http_conn *hc, bool close) {
     crest_http_server_t *s = hc->srv;
     bool was_waiting = hc->state == HC_WAITING;
-    x->active = false;
+    hc->x.active = false;
     s->stats.pending--;
-    bool close_after = force_close || !x->keep_alive || hc->peer_eof;
-    int rc = write_response(hc, status, x->method == CREST_HTTP_HEAD, x->http10, close_after,
-                            x->keep_alive, headers, header_count, body, body_len);
-    if (rc == -EMSGSIZE) /* the caller's head did not fit: do not leave the client waiting */
-        write_response(hc, 500, false, x->http10, true, false, NULL, 0, NULL, 0);
-    if (rc < 0 || close_after)
+    if (close)
         crest_conn_close(hc->c);
     if (was_waiting) {
         hc->state = HC_HEAD;
         if (crest_conn_state(hc->c) < CREST_CONN_CLOSING)
             crest_conn_resume(hc->c); /* the requests behind it */
     }
+}
+
+/* The head of x's response (and its 500 if the caller's did not fit). */
+static int respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head_only,
+                        const void *body, size_t body_len) {
+    struct http_conn *hc = x->hc;
+    r->keep_alive_10 = x->http10 && x->keep_alive;
+    int rc = write_response(hc, r, head_only, body, body_len);
+    if (rc == -EMSGSIZE) { /* the caller's head did not fit: do not leave the client waiting */
+        struct resp_head e = {.status = 500, .length = 0, .close_after = true};
+        write_response(hc, &e, false, NULL, 0);
+    }
     return rc;
+}
+
+static int respond(crest_http_exchange_t *x, int status, bool force_close,
+                   const crest_http_header_t *headers, size_t header_count, const void *body,
+                   size_t body_len) {
+    if (!response_ok(x, status, headers, header_count) || (body_len && !body))
+        return -EINVAL;
+    struct http_conn *hc = x->hc;
+    bool close_after = force_close || !x->keep_alive || hc->peer_eof;
+    struct resp_head r = {.status = status, .headers = headers, .header_count = header_count,
+                          .length = body_len, .close_after = close_after};
+    int rc = respond_head(x, &r, x->method == CREST_HTTP_HEAD, body, body_len);
+    exchange_end(hc, rc < 0 || close_after);
+    return rc;
+}
+
+/* ---- streamed responses ---------------------------------------------------
+ *
+ * The pull loop: fill the server's scratch buffer from the body callback,
+ * write it, and go on while the socket takes everything (nothing left
+ * queued) and the turn's budget lasts.  Output left queued stops it until
+ * on_flushed; a spent turn, or crest_http_stream_resume(), puts the stream
+ * on the server's ready list, served by one deferred stream_continue() per
+ * iteration (a defer cannot be taken back: the list is what a closing
+ * connection leaves, not the defer). */
+
+static void server_free(crest_http_server_t *s);
+static void stream_continue(crest_loop_t *loop, void *arg);
+
+static void ready_unlink(struct http_conn *hc) {
+    if (!(hc->sflags & S_READY))
+        return;
+    crest_http_server_t *s = hc->srv;
+    struct stream *st = &hc->u.st;
+    if (st->rprev)
+        st->rprev->u.st.rnext = st->rnext;
+    else if (s->ready == hc)
+        s->ready = st->rnext;
+    else if (s->running == hc)
+        s->running = st->rnext;
+    if (st->rnext)
+        st->rnext->u.st.rprev = st->rprev;
+    st->rprev = st->rnext = NULL;
+    hc->sflags &= (uint8_t)~S_READY;
+}
+
+/* Continue hc's stream on the next iteration. */
+static void stream_later(struct http_conn *hc) {
+    if (hc->sflags & S_READY)
+        return;
+    crest_http_server_t *s = hc->srv;
+    if (!s->defer_pending) {
+        int rc = crest_loop_defer(s->loop, stream_continue, s);
+        if (rc < 0) { /* the stream cannot go on: on_close cancels it */
+            crest_conn_fail(hc->c, rc == -ESHUTDOWN ? CREST_CLOSE_SHUTDOWN : CREST_CLOSE_NO_MEMORY,
+                            "http: a streamed response cannot continue: %s", crest_strerror(rc));
+            return;
+        }
+        s->defer_pending = true;
+    }
+    struct stream *st = &hc->u.st;
+    st->rprev = NULL;
+    st->rnext = s->ready;
+    if (s->ready)
+        s->ready->u.st.rprev = hc;
+    s->ready = hc;
+    hc->sflags |= S_READY;
+}
+
+/* The stream is no more (its end written, given up, or cancelled): the
+ * room goes back to the body scanner. */
+static void stream_clear(struct http_conn *hc) {
+    ready_unlink(hc);
+    hc->sflags = 0;
+    memset(&hc->u, 0, sizeof hc->u);
+}
+
+/* The body's end: the last-chunk, then the exchange is over. */
+static void stream_finish(struct http_conn *hc) {
+    int rc = 0;
+    if (hc->sflags & S_CHUNKED) {
+        static const char last[] = "0\r\n\r\n";
+        rc = crest_conn_write(hc->c, last, sizeof last - 1);
+    }
+    bool close = (hc->sflags & S_CLOSE) || hc->peer_eof || rc < 0;
+    stream_clear(hc);
+    exchange_end(hc, close);
+}
+
+/* The body failed (n < 0), ended short of its Content-Length (n == 0), or
+ * said more than it was asked for: the client cannot be told in the
+ * middle of a body, so the connection closes.  The exchange ends here,
+ * without on_cancel: the application's own callback gave it up. */
+static void stream_fail(struct http_conn *hc, ssize_t n, size_t cap) {
+    if (n == 0)
+        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR,
+                        "http: streamed body ended %" PRIu64 " bytes short of its Content-Length",
+                        hc->u.st.left);
+    else if (n > 0)
+        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR,
+                        "http: streamed body returned %zd bytes, asked for %zu at most", n, cap);
+    else
+        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR, "http: streamed body failed: %s (%zd)",
+                        crest_strerror((int)n), n);
+    stream_clear(hc);
+    exchange_end(hc, true);
+}
+
+/* One piece of the body: as is, or as a chunk (size line, data, CRLF). */
+static int stream_write(struct http_conn *hc, const uint8_t *data, size_t n) {
+    if (!(hc->sflags & S_CHUNKED))
+        return crest_conn_write(hc->c, data, n);
+    char line[24];
+    int len = snprintf(line, sizeof line, "%zx\r\n", n);
+    struct iovec iov[3] = {{line, (size_t)len}, {(void *)data, n}, {(void *)"\r\n", 2}};
+    return crest_conn_writev(hc->c, iov, 3);
+}
+
+/* Ask the body for more while the socket takes it all and the turn lasts.
+ * gathering: called from on_data, whose writes wait in the loop's gather
+ * buffer until it returns and may then leave whole, with no on_flushed to
+ * say so: look again on the next iteration. */
+static void stream_pump(struct http_conn *hc, bool gathering) {
+    crest_http_server_t *s = hc->srv;
+    crest_conn_t *c = hc->c;
+    struct stream *st = &hc->u.st;
+    size_t turn = 0;
+    while ((hc->sflags & (S_ON | S_WAIT)) == S_ON) {
+        if (crest_conn_state(c) >= CREST_CONN_CLOSING)
+            return; /* on_close cancels the exchange */
+        if (crest_conn_output_bytes(c) > 0) { /* the client reads slower: on_flushed */
+            if (gathering)
+                stream_later(hc);
+            return;
+        }
+        if (turn >= CREST_HTTP_STREAM_TURN) { /* let the loop serve the others */
+            stream_later(hc);
+            return;
+        }
+        if (!s->scratch && !(s->scratch = malloc(CREST_HTTP_STREAM_CHUNK))) {
+            crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a streamed body");
+            return;
+        }
+        size_t cap = CREST_HTTP_STREAM_CHUNK;
+        if (st->left < cap)
+            cap = (size_t)st->left;
+        hc->sflags &= (uint8_t)~S_RESUMED;
+        ssize_t n = st->body(&hc->x, s->scratch, cap, st->ctx);
+        if (!(hc->sflags & S_ON) || crest_conn_state(c) >= CREST_CONN_CLOSING)
+            return; /* the body closed its connection (or the server) */
+        if (n == CREST_HTTP_BODY_WAIT) {
+            if (hc->sflags & S_RESUMED) /* resumed before it said wait */
+                stream_later(hc);
+            else
+                hc->sflags |= S_WAIT;
+            return;
+        }
+        if (n == 0 && st->left == CREST_HTTP_LENGTH_UNKNOWN) {
+            stream_finish(hc);
+            return;
+        }
+        if (n <= 0 || (size_t)n > cap) {
+            stream_fail(hc, n, cap);
+            return;
+        }
+        int rc = stream_write(hc, s->scratch, (size_t)n);
+        if (rc < 0) {
+            if (crest_conn_state(c) < CREST_CONN_CLOSING) /* refused, not failed */
+                crest_conn_fail(c, CREST_CLOSE_IO_ERROR, "http: streamed body: write: %s",
+                                crest_strerror(rc));
+            return; /* on_close cancels the exchange */
+        }
+        turn += (size_t)n;
+        if (st->left != CREST_HTTP_LENGTH_UNKNOWN && (st->left -= (uint64_t)n) == 0) {
+            stream_finish(hc);
+            return;
+        }
+    }
+}
+
+/* The deferred continuation: one turn for each stream that was ready. */
+static void stream_continue(crest_loop_t *loop, void *arg) {
+    (void)loop;
+    crest_http_server_t *s = arg;
+    s->defer_pending = false;
+    s->running = s->ready; /* those made ready now wait for the next */
+    s->ready = NULL;
+    while (s->running) {
+        struct http_conn *hc = s->running;
+        ready_unlink(hc);
+        stream_pump(hc, false);
+    }
+    if (s->destroyed && s->nconns == 0)
+        server_free(s);
+}
+
+int crest_http_respond_stream(crest_http_exchange_t *x, int status,
+                              const crest_http_header_t *headers, size_t header_count,
+                              uint64_t content_length, crest_http_body_cb body, void *ctx) {
+    if (!body || !response_ok(x, status, headers, header_count))
+        return -EINVAL;
+    struct http_conn *hc = x->hc;
+    bool no_body = x->method == CREST_HTTP_HEAD || bodyless_status(status) || content_length == 0;
+    bool unknown = content_length == CREST_HTTP_LENGTH_UNKNOWN;
+    bool chunked = unknown && !x->http10;
+    /* HTTP/1.0 has no chunks: the close delimits the body. */
+    bool close_after = !x->keep_alive || hc->peer_eof || (unknown && !chunked && !no_body);
+    struct resp_head r = {.status = status, .headers = headers, .header_count = header_count,
+                          .length = content_length, .chunked = chunked,
+                          .close_after = close_after};
+    int rc = respond_head(x, &r, true, NULL, 0);
+    if (rc < 0 || no_body) {
+        exchange_end(hc, rc < 0 || close_after);
+        return rc;
+    }
+    hc->sflags = (uint8_t)(S_ON | (chunked ? S_CHUNKED : 0) | (close_after ? S_CLOSE : 0));
+    hc->u.st = (struct stream){.body = body, .ctx = ctx, .left = content_length};
+    /* Inside on_request, dispatch() pumps once it returns; later, the
+     * next iteration does (body never runs inside this call). */
+    if (hc->state == HC_WAITING)
+        stream_later(hc);
+    return 0;
+}
+
+int crest_http_stream_resume(crest_http_exchange_t *x) {
+    if (!x || !x->active || !(x->hc->sflags & S_ON))
+        return -EINVAL;
+    struct http_conn *hc = x->hc;
+    if (hc->sflags & S_WAIT) {
+        hc->sflags &= (uint8_t)~S_WAIT;
+        stream_later(hc);
+    } else {
+        hc->sflags |= S_RESUMED; /* a wait said after this asks again */
+    }
+    return 0;
 }
 
 int crest_http_respond(crest_http_exchange_t *x, int status, const crest_http_header_t *headers,
@@ -334,8 +638,12 @@ static bool dispatch(struct http_conn *hc, const crest_http_request_t *req, cons
     s->stats.pending++;
     static const uint8_t empty[1];
     s->on_request(x, req, body ? body : empty, body_len, s->ctx);
+    if ((hc->sflags & S_ON) && crest_conn_state(hc->c) < CREST_CONN_CLOSING)
+        stream_pump(hc, true); /* the first bytes go with this read's replies */
     if (crest_conn_state(hc->c) >= CREST_CONN_CLOSING) {
-        if (x->active) { /* closed by the application without a response */
+        /* Closed by the application without a response (a stream cut
+         * short is cancelled by on_close, as one the client cut). */
+        if (x->active && !(hc->sflags & S_ON)) {
             x->active = false;
             s->stats.pending--;
         }
@@ -358,7 +666,7 @@ static void next_request(struct http_conn *hc) {
     hc->chunked = false;
     hc->expect_continue = false;
     hc->continue_sent = false;
-    memset(&hc->chunk, 0, sizeof hc->chunk);
+    memset(&hc->u.chunk, 0, sizeof hc->u.chunk);
 }
 
 static void send_continue(struct http_conn *hc) {
@@ -374,14 +682,14 @@ static void send_continue(struct http_conn *hc) {
 static int body_ready(struct http_conn *hc, const uint8_t *data, size_t len, size_t *total) {
     if (hc->chunked) {
         const uint8_t *b = data + hc->head_len;
-        int rc = crest_http_chunked_scan(b, len - hc->head_len, &hc->srv->opts.limits, &hc->chunk);
+        int rc = crest_http_chunked_scan(b, len - hc->head_len, &hc->srv->opts.limits, &hc->u.chunk);
         if (rc < 0) {
-            refuse(hc, hc->chunk.status ? hc->chunk.status : 400, hc->chunk.reason);
+            refuse(hc, hc->u.chunk.status ? hc->u.chunk.status : 400, hc->u.chunk.reason);
             return -1;
         }
         if (rc == 0)
             return 0;
-        *total = hc->head_len + (size_t)hc->chunk.pos;
+        *total = hc->head_len + (size_t)hc->u.chunk.pos;
         return 1;
     }
     if ((uint64_t)(len - hc->head_len) < hc->content_length)
@@ -453,7 +761,7 @@ static ssize_t on_data(crest_conn_t *c, const uint8_t *data, size_t len) {
     const uint8_t *body = data + head_len;
     size_t body_len = (size_t)req.content_length;
     if (hc->chunked) {
-        body_len = (size_t)hc->chunk.size;
+        body_len = (size_t)hc->u.chunk.size;
         if (body_len) {
             decoded = malloc(body_len);
             if (!decoded) {
@@ -537,7 +845,18 @@ static void on_eof(crest_conn_t *c) {
     crest_conn_close(c);
 }
 
+/* A stream's output has all left: it may go on (unless it waits for its
+ * body, or was cut). */
+static void on_flushed(crest_conn_t *c) {
+    struct http_conn *hc = crest_conn_get_data(c);
+    if (!hc || (hc->sflags & (S_ON | S_WAIT)) != S_ON)
+        return;
+    ready_unlink(hc); /* it goes on now, not next iteration */
+    stream_pump(hc, false);
+}
+
 static void server_free(crest_http_server_t *s) {
+    free(s->scratch);
     free(s->listeners);
     free(s);
 }
@@ -562,6 +881,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
                                        : s->opts.header_timeout_ms);
     }
     crest_conn_set_data(c, NULL);
+    stream_clear(hc); /* body is not called again */
     if (hc->x.active) {
         hc->x.active = false;
         s->stats.pending--;
@@ -577,7 +897,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
         hc->next->prev = hc->prev;
     s->nconns--;
     free(hc);
-    if (s->destroyed && s->nconns == 0)
+    if (s->destroyed && s->nconns == 0 && !s->defer_pending)
         server_free(s);
 }
 
@@ -608,6 +928,7 @@ int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t 
     s->handler.on_data = on_data;
     s->handler.on_eof = on_eof;
     s->handler.on_close = on_close;
+    s->handler.on_flushed = on_flushed;
     s->handler.name = s->opts.name;
     *out = s;
     return 0;
@@ -646,7 +967,7 @@ void crest_http_server_destroy(crest_http_server_t *s) {
     s->nlisteners = 0;
     for (struct http_conn *hc = s->conns; hc; hc = hc->next)
         crest_conn_close(hc->c);
-    if (s->nconns == 0)
+    if (s->nconns == 0 && !s->defer_pending) /* else the last of them frees it */
         server_free(s);
 }
 
@@ -658,19 +979,4 @@ void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server
         return;
     }
     *out = s->stats;
-}
-
-/* ---- placeholders (being written) ------------------------------------------ */
-
-int crest_http_respond_stream(crest_http_exchange_t *x, int status,
-                              const crest_http_header_t *headers, size_t header_count,
-                              uint64_t content_length, crest_http_body_cb body, void *ctx) {
-    (void)x, (void)status, (void)headers, (void)header_count, (void)content_length, (void)body,
-        (void)ctx;
-    return -ENOSYS;
-}
-
-int crest_http_stream_resume(crest_http_exchange_t *x) {
-    (void)x;
-    return -ENOSYS;
 }

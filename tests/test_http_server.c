@@ -1,7 +1,9 @@
 /* The HTTP/1.1 server over real loopback sockets: requests in, responses
  * out, keep-alive, pipelining in order, Expect: 100-continue, bodies
  * (Content-Length and chunked), answers given later, refusals with their
- * status, timeouts, and nothing left open. */
+ * status, timeouts, streamed responses (backpressure, chunks, the close
+ * of HTTP/1.0, waits, failures, fairness, cancels), and nothing left
+ * open. */
 #include "crest_test.h"
 
 #include <setjmp.h>
@@ -10,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,30 @@
 #include "crest/crest.h"
 
 /* ---- the application ----------------------------------------------------- */
+
+/* A streamed body: tu_pattern() bytes from offset 0 on. */
+enum stream_kind {
+    K_LENGTH,  /* /stream/N: Content-Length N */
+    K_CHUNKED, /* /chunked/N: length unknown, pieces of varied sizes */
+    K_WAIT,    /* /wait/N: CREST_HTTP_BODY_WAIT first, resumed from a timer */
+    K_WAKE,    /* /wake/N: every other call resumes itself, then says wait */
+    K_FAIL,    /* /fail: -EIO after 100000 of 1 MiB */
+    K_SHORT,   /* /short/N: the end (0) at N / 2 */
+    K_DESTROY, /* /destroy/N: the first call destroys the server */
+    K_OVER     /* /over/N: says it wrote one byte more than asked */
+};
+
+struct app;
+
+struct sctx {
+    struct app *a;
+    crest_http_exchange_t *x;
+    crest_conn_t *conn; /* the server's side */
+    enum stream_kind kind;
+    uint64_t off, total;
+    unsigned calls;
+    bool waiting, done, cancelled;
+};
 
 struct app {
     crest_loop_t *loop;
@@ -29,7 +56,130 @@ struct app {
     crest_timer_t *timer;
     char last_target[256];
     size_t last_body_len;
+    struct sctx streams[16];
+    unsigned nstreams;
+    unsigned body_calls;
+    unsigned body_after_end; /* calls for a stream that ended or was cancelled */
+    crest_timer_t *resume_timer;
+    int resume_rc;
+    uint64_t stream_off_at_request; /* streams[0].off when the last other request came */
 };
+
+static uint64_t min_u64(uint64_t a, uint64_t b) {
+    return a < b ? a : b;
+}
+
+static ssize_t stream_body(crest_http_exchange_t *x, uint8_t *buf, size_t cap, void *ctx) {
+    struct sctx *st = ctx;
+    struct app *a = st->a;
+    a->body_calls++;
+    st->calls++;
+    if (st->done || st->cancelled)
+        a->body_after_end++;
+    assert_ptr_equal(x, st->x);
+    assert_true(cap > 0 && cap <= CREST_HTTP_STREAM_CHUNK);
+    st->conn = crest_http_exchange_conn(x);
+    /* A streaming exchange takes no other answer. */
+    assert_int_equal(crest_http_respond(x, 200, NULL, 0, "x", 1), -EINVAL);
+    if (st->kind == K_WAIT && st->calls == 1) {
+        st->waiting = true;
+        crest_timer_start(a->resume_timer, 20, 0);
+        return CREST_HTTP_BODY_WAIT;
+    }
+    if (st->kind == K_WAKE && st->calls % 2 == 1) {
+        /* Data came while the body was being asked (from the body's
+         * own point of view): the wait that follows must not stick. */
+        assert_int_equal(crest_http_stream_resume(x), 0);
+        return CREST_HTTP_BODY_WAIT;
+    }
+    if (st->kind == K_FAIL && st->off >= 100000) {
+        st->done = true;
+        return -EIO;
+    }
+    if (st->kind == K_SHORT && st->off >= st->total / 2) {
+        st->done = true;
+        return 0;
+    }
+    if (st->kind == K_OVER) {
+        st->done = true;
+        return (ssize_t)cap + 1;
+    }
+    if (st->kind == K_DESTROY && st->calls == 1) {
+        crest_http_server_destroy(a->srv);
+        a->srv = NULL;
+    }
+    uint64_t left = st->total - st->off;
+    if (st->kind != K_CHUNKED)
+        assert_true(cap <= left); /* never asked past the Content-Length */
+    size_t n = (size_t)min_u64(cap, left);
+    if (st->kind == K_CHUNKED) /* pieces of many sizes */
+        n = (size_t)min_u64(n, 1 + (st->off * 7919 + st->calls * 104729) % 40000);
+    if (n == 0) {
+        st->done = true;
+        return 0;
+    }
+    tu_pattern(buf, st->off, n);
+    st->off += n;
+    if (st->kind != K_CHUNKED && st->off == st->total)
+        st->done = true; /* the server asks no more */
+    return (ssize_t)n;
+}
+
+static ssize_t never_body(crest_http_exchange_t *x, uint8_t *buf, size_t cap, void *ctx) {
+    (void)x, (void)buf, (void)cap;
+    struct app *a = ctx;
+    a->body_calls++;
+    fail_msg("the body of a response that has none was asked for");
+    return 0;
+}
+
+static void resume_later(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct app *a = arg;
+    for (unsigned i = 0; i < a->nstreams; i++) {
+        struct sctx *st = &a->streams[i];
+        if (st->waiting && !st->cancelled) {
+            st->waiting = false;
+            a->resume_rc = crest_http_stream_resume(st->x);
+        }
+    }
+}
+
+/* Start a stream for target "/kind/N" if it is one; false if not. */
+static bool start_stream(struct app *a, crest_http_exchange_t *x, const char *target) {
+    static const struct {
+        const char *prefix;
+        enum stream_kind kind;
+    } kinds[] = {{"/stream/", K_LENGTH}, {"/chunked/", K_CHUNKED}, {"/wait/", K_WAIT},
+                 {"/wake/", K_WAKE},     {"/fail", K_FAIL},       {"/short/", K_SHORT},
+                 {"/destroy/", K_DESTROY}, {"/over/", K_OVER}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        size_t pl = strlen(kinds[i].prefix);
+        if (strncmp(target, kinds[i].prefix, pl) != 0)
+            continue;
+        assert_true(a->nstreams < sizeof a->streams / sizeof a->streams[0]);
+        struct sctx *st = &a->streams[a->nstreams++];
+        memset(st, 0, sizeof *st);
+        st->a = a;
+        st->x = x;
+        st->kind = kinds[i].kind;
+        st->total = kinds[i].kind == K_FAIL ? 1u << 20 : strtoull(target + pl, NULL, 10);
+        crest_http_exchange_set_data(x, st);
+        uint64_t clen = st->kind == K_CHUNKED ? CREST_HTTP_LENGTH_UNKNOWN : st->total;
+        static const crest_http_header_t ct = {{"Content-Type", 12},
+                                               {"application/octet-stream", 24}};
+        /* refused, x still the caller's: no body, a bad status */
+        assert_int_equal(crest_http_respond_stream(x, 200, NULL, 0, clen, NULL, st), -EINVAL);
+        assert_int_equal(crest_http_respond_stream(x, 99, NULL, 0, clen, stream_body, st),
+                         -EINVAL);
+        int rc = crest_http_respond_stream(x, 200, &ct, 1, clen, stream_body, st);
+        assert_int_equal(rc, 0);
+        if (crest_http_exchange_method(x) == CREST_HTTP_HEAD || clen == 0)
+            st->done = true; /* over already: x is invalid */
+        return true;
+    }
+    return false;
+}
 
 /* GET /x answers "target=/x"; POST answers "body=<body>"; /later answers
  * from a timer; /close answers and closes. */
@@ -39,6 +189,19 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
     a->requests++;
     snprintf(a->last_target, sizeof a->last_target, "%.*s", (int)req->target.len, req->target.ptr);
     a->last_body_len = body_len;
+    if (start_stream(a, x, a->last_target))
+        return;
+    if (a->nstreams > 0)
+        a->stream_off_at_request = a->streams[0].off;
+    if (strcmp(a->last_target, "/nocontent") == 0) {
+        /* 204: the head only; the body is never asked for. */
+        assert_int_equal(crest_http_respond_stream(x, 204, NULL, 0, CREST_HTTP_LENGTH_UNKNOWN,
+                                                   never_body, a),
+                         0);
+        return;
+    }
+    if (strcmp(a->last_target, "/resume") == 0) /* not a streaming exchange */
+        assert_int_equal(crest_http_stream_resume(x), -EINVAL);
     if (req->target.len >= 6 && memcmp(req->target.ptr, "/later", 6) == 0) {
         assert_true(a->nlater < 8);
         a->later[a->nlater++] = x;
@@ -61,6 +224,12 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
 static void on_cancel(crest_http_exchange_t *x, void *ctx) {
     struct app *a = ctx;
     a->cancelled++;
+    struct sctx *st = crest_http_exchange_get_data(x);
+    if (st) {
+        assert_false(st->cancelled); /* once */
+        st->cancelled = true;
+        assert_int_equal(crest_http_stream_resume(x), -EINVAL); /* over */
+    }
     for (unsigned i = 0; i < a->nlater; i++)
         if (a->later[i] == x)
             a->later[i] = NULL;
@@ -87,6 +256,7 @@ static void app_start_opts(struct app *a, crest_http_server_opts_t *o) {
     assert_int_equal(crest_http_server_listen(a->srv, "127.0.0.1:0", NULL, &l), 0);
     snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", crest_listener_port(l));
     assert_int_equal(crest_timer_create(a->loop, answer_later, a, &a->timer), 0);
+    assert_int_equal(crest_timer_create(a->loop, resume_later, a, &a->resume_timer), 0);
 }
 
 static void app_start(struct app *a) {
@@ -97,6 +267,7 @@ static void app_start(struct app *a) {
 
 static void app_finish(struct app *a) {
     crest_timer_destroy(a->timer);
+    crest_timer_destroy(a->resume_timer);
     crest_http_server_destroy(a->srv);
     tu_spin(a->loop, 3);
     tu_finish_conns(a->loop);
@@ -507,6 +678,7 @@ static void test_destroy_pending(void **state) {
     client_expect_eof(&a, &cl);
     client_close(&cl);
     crest_timer_destroy(a.timer);
+    crest_timer_destroy(a.resume_timer);
     tu_spin(a.loop, 3);
     tu_finish_conns(a.loop);
 }
@@ -731,6 +903,546 @@ static void test_respond_errors(void **state) {
     tu_destroy_loop(loop);
 }
 
+/* ---- streamed responses ------------------------------------------------------ */
+
+/* The head of the next response, taken off the front of cl->buf (the body
+ * bytes after it stay). */
+static void client_head(struct app *a, struct client *cl, char *head, size_t cap) {
+    char *end;
+    while (!(end = strstr(cl->buf, "\r\n\r\n")))
+        assert_true(client_fill(a, cl));
+    size_t len = (size_t)(end - cl->buf) + 4;
+    assert_true(len < cap);
+    memcpy(head, cl->buf, len);
+    head[len] = '\0';
+    memmove(cl->buf, cl->buf + len, cl->len - len);
+    cl->len -= len;
+    cl->buf[cl->len] = '\0';
+}
+
+static void client_consume(struct client *cl, size_t n) {
+    memmove(cl->buf, cl->buf + n, cl->len - n);
+    cl->len -= n;
+    cl->buf[cl->len] = '\0';
+}
+
+/* Take up to n body bytes, each checked against the pattern from off on;
+ * fewer only at EOF.  Returns the bytes taken. */
+static uint64_t client_pattern(struct app *a, struct client *cl, uint64_t off, uint64_t n) {
+    static uint8_t want[sizeof cl->buf];
+    uint64_t got = 0;
+    while (got < n) {
+        if (cl->len == 0 && !client_fill(a, cl))
+            break;
+        size_t k = (size_t)min_u64(cl->len, n - got);
+        tu_pattern(want, off + got, k);
+        if (memcmp(cl->buf, want, k) != 0)
+            fail_msg("body bytes %" PRIu64 "..%" PRIu64 " are not the pattern", off + got,
+                     off + got + k);
+        client_consume(cl, k);
+        got += k;
+    }
+    return got;
+}
+
+/* Bytes at the front of cl->buf, waiting for them. */
+static void client_expect(struct app *a, struct client *cl, const char *s) {
+    size_t n = strlen(s);
+    while (cl->len < n)
+        assert_true(client_fill(a, cl));
+    assert_memory_equal(cl->buf, s, n);
+    client_consume(cl, n);
+}
+
+/* A chunked body, decoded and checked; returns its length. */
+static uint64_t client_chunked(struct app *a, struct client *cl, unsigned *chunks) {
+    uint64_t off = 0;
+    *chunks = 0;
+    for (;;) {
+        char *eol;
+        while (!(eol = memmem(cl->buf, cl->len, "\r\n", 2)))
+            assert_true(client_fill(a, cl));
+        char *endp;
+        unsigned long size = strtoul(cl->buf, &endp, 16);
+        assert_ptr_equal(endp, eol); /* no extensions, nothing else */
+        client_consume(cl, (size_t)(eol - cl->buf) + 2);
+        if (size == 0) {
+            client_expect(a, cl, "\r\n"); /* the last-chunk, no trailers */
+            return off;
+        }
+        assert_true(size <= CREST_HTTP_STREAM_CHUNK);
+        assert_int_equal(client_pattern(a, cl, off, size), size);
+        off += size;
+        (*chunks)++;
+        client_expect(a, cl, "\r\n");
+    }
+}
+
+static void assert_head_has(const char *head, const char *s) {
+    if (!strstr(head, s))
+        fail_msg("head without \"%s\":\n%s", s, head);
+}
+
+/* A known-length stream of several MiB to a client that reads slowly:
+ * every byte arrives in order, and what the server queues for it stays
+ * near one chunk (it stops asking the body while output waits). */
+static void test_stream_slow_reader(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    uint64_t total = (4u << 20) + 12345;
+    struct client cl;
+    client_open(&cl, &a);
+    close(cl.fd);
+    cl.fd = tu_raw_connect(a.addr, 65536); /* a small window: the server sees it */
+    char req[128];
+    snprintf(req, sizeof req, "GET /stream/%" PRIu64 " HTTP/1.1\r\nHost: x\r\n\r\n", total);
+    SEND(&a, &cl, req);
+    char head[4096];
+    client_head(&a, &cl, head, sizeof head);
+    assert_int_equal(strncmp(head, "HTTP/1.1 200 OK\r\n", 17), 0);
+    char clen[64];
+    snprintf(clen, sizeof clen, "\r\nContent-Length: %" PRIu64 "\r\n", total);
+    assert_head_has(head, clen);
+    assert_head_has(head, "\r\nContent-Type: application/octet-stream\r\n");
+    assert_null(strstr(head, "Transfer-Encoding"));
+    struct sctx *st = &a.streams[0];
+    uint64_t got = client_pattern(&a, &cl, 0, cl.len); /* what came with the head */
+    size_t max_queued = 0;
+    unsigned samples = 0;
+    static uint8_t piece[4096], want[4096];
+    int idle = 0;
+    while (got < total) {
+        assert_true(crest_loop_run_once(a.loop, 0) >= 0);
+        if (st->conn && !st->done) {
+            size_t q = crest_conn_output_bytes(st->conn);
+            if (q > max_queued)
+                max_queued = q;
+            samples++;
+        }
+        ssize_t n = recv(cl.fd, piece, sizeof piece, 0); /* a small read per iteration */
+        if (n <= 0) {
+            assert_true(n < 0 && errno == EAGAIN);
+            assert_true(++idle < 100000);
+            continue;
+        }
+        idle = 0;
+        tu_pattern(want, got, (size_t)n);
+        assert_memory_equal(piece, want, (size_t)n);
+        got += (uint64_t)n;
+    }
+    assert_int_equal(got, total);
+    assert_true(st->done);
+    if (max_queued > 2 * CREST_HTTP_STREAM_CHUNK)
+        fail_msg("%zu bytes queued for a slow reader", max_queued);
+    assert_true(samples > 100);
+    /* The connection goes on: a request after the stream. */
+    SEND(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/after");
+    crest_http_server_stats_t hs;
+    crest_http_server_get_stats(a.srv, &hs);
+    assert_int_equal(hs.requests, 2);
+    assert_int_equal(hs.responses[2], 2);
+    assert_int_equal(hs.pending, 0);
+    assert_int_equal(a.body_after_end, 0);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* Length unknown: chunked to HTTP/1.1 (the connection stays), delimited
+ * by the close to HTTP/1.0. */
+static void test_stream_chunked_and_http10(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    uint64_t total = 300000;
+    struct client cl;
+    client_open(&cl, &a);
+    char head[4096];
+    for (int round = 0; round < 2; round++) {
+        SEND(&a, &cl, "GET /chunked/300000 HTTP/1.1\r\nHost: x\r\n\r\n");
+        client_head(&a, &cl, head, sizeof head);
+        assert_head_has(head, "\r\nTransfer-Encoding: chunked\r\n");
+        assert_null(strstr(head, "Content-Length"));
+        assert_null(strstr(head, "Connection:"));
+        unsigned chunks;
+        assert_int_equal(client_chunked(&a, &cl, &chunks), total);
+        assert_true(chunks > 5); /* one per body call */
+    }
+    /* an empty chunked body: the last-chunk only */
+    SEND(&a, &cl, "GET /chunked/0 HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_head(&a, &cl, head, sizeof head);
+    client_expect(&a, &cl, "0\r\n\r\n");
+    SEND(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/after");
+    client_close(&cl);
+
+    /* HTTP/1.0, even with keep-alive asked: no chunks, the close ends it */
+    static const char *const reqs[] = {"GET /chunked/300000 HTTP/1.0\r\n\r\n",
+                                       "GET /chunked/300000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"};
+    for (int i = 0; i < 2; i++) {
+        client_open(&cl, &a);
+        SEND(&a, &cl, reqs[i]);
+        client_head(&a, &cl, head, sizeof head);
+        assert_head_has(head, "\r\nConnection: close\r\n");
+        assert_null(strstr(head, "Transfer-Encoding"));
+        assert_null(strstr(head, "Content-Length"));
+        assert_int_equal(client_pattern(&a, &cl, 0, UINT64_MAX), total);
+        assert_true(cl.eof);
+        client_close(&cl);
+    }
+    crest_http_server_stats_t hs;
+    crest_http_server_get_stats(a.srv, &hs);
+    assert_int_equal(hs.responses[2], 6);
+    assert_int_equal(hs.pending, 0);
+    assert_int_equal(a.body_after_end, 0);
+    app_finish(&a);
+}
+
+/* HEAD: the head as GET would have it, no body, the body never asked for;
+ * 204 and a zero length likewise.  The requests behind them are answered. */
+static void test_stream_head_only(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl,
+         "HEAD /stream/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "HEAD /chunked/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /nocontent HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /stream/0 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, true);
+    assert_int_equal(r.status, 200);
+    assert_head_has(r.head, "\r\nContent-Length: 1000\r\n");
+    client_response(&a, &cl, &r, true);
+    assert_head_has(r.head, "\r\nTransfer-Encoding: chunked\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 204);
+    assert_null(strstr(r.head, "Content-Length"));
+    assert_null(strstr(r.head, "Transfer-Encoding"));
+    client_response(&a, &cl, &r, false);
+    assert_int_equal(r.status, 200);
+    assert_head_has(r.head, "\r\nContent-Length: 0\r\n");
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/next");
+    tu_spin(a.loop, 3);
+    assert_int_equal(cl.len, 0); /* not a byte of body */
+    assert_int_equal(a.body_calls, 0);
+    crest_http_server_stats_t hs;
+    crest_http_server_get_stats(a.srv, &hs);
+    assert_int_equal(hs.pending, 0);
+    assert_int_equal(hs.responses[2], 5);
+    /* errors: a NULL body, a NULL exchange */
+    assert_int_equal(crest_http_respond_stream(NULL, 200, NULL, 0, 1, stream_body, NULL),
+                     -EINVAL);
+    assert_int_equal(crest_http_stream_resume(NULL), -EINVAL);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* CREST_HTTP_BODY_WAIT: the body is not asked again until
+ * crest_http_stream_resume() (from a timer); a resume made inside the body
+ * call before it says wait is not lost; resume on an exchange that is not
+ * streaming is -EINVAL. */
+static void test_stream_wait_resume(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /wait/200000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.nstreams == 1 && a.streams[0].waiting);
+    /* waiting: iterations pass, the body is not asked */
+    for (int i = 0; i < 5; i++)
+        assert_true(crest_loop_run_once(a.loop, 1) >= 0);
+    if (a.streams[0].waiting)
+        assert_int_equal(a.streams[0].calls, 1);
+    char head[4096];
+    client_head(&a, &cl, head, sizeof head);
+    assert_head_has(head, "\r\nContent-Length: 200000\r\n");
+    assert_int_equal(client_pattern(&a, &cl, 0, 200000), 200000);
+    assert_int_equal(a.resume_rc, 0);
+    assert_true(a.streams[0].done);
+    /* a body that resumes itself, then says wait, every other call */
+    SEND(&a, &cl, "GET /wake/300000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_head(&a, &cl, head, sizeof head);
+    assert_int_equal(client_pattern(&a, &cl, 0, 300000), 300000);
+    assert_true(a.streams[1].calls >= 2 * (300000 / CREST_HTTP_STREAM_CHUNK));
+    /* not streaming: -EINVAL */
+    SEND(&a, &cl, "GET /resume HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/resume");
+    assert_int_equal(a.body_after_end, 0);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* A body that fails, one that ends short of its Content-Length, and one
+ * that says it wrote more than it was asked for: the connection closes
+ * (PROTOCOL_ERROR, the reason logged), the exchange ends without
+ * on_cancel, and another connection is answered meanwhile. */
+static void test_stream_body_fails(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client good;
+    client_open(&good, &a);
+    static const char *const reqs[] = {"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n",
+                                       "GET /short/500000 HTTP/1.1\r\nHost: x\r\n\r\n",
+                                       "GET /over/100 HTTP/1.1\r\nHost: x\r\n\r\n"};
+    for (size_t i = 0; i < 3; i++) {
+        tu_log_clear();
+        struct client cl;
+        client_open(&cl, &a);
+        SEND(&a, &cl, reqs[i]);
+        char head[4096];
+        client_head(&a, &cl, head, sizeof head);
+        uint64_t got = client_pattern(&a, &cl, 0, UINT64_MAX);
+        assert_true(cl.eof);
+        struct sctx *st = &a.streams[i];
+        assert_true(st->done);
+        assert_int_equal(got, st->off); /* all it gave, then the close */
+        assert_true(i == 2 ? got == 0 : got > 0 && got < st->total);
+        char log[128];
+        if (i == 0)
+            snprintf(log, sizeof log, "streamed body failed: EIO: i/o error (-5)");
+        else if (i == 2)
+            snprintf(log, sizeof log, "streamed body returned 101 bytes, asked for 100 at most");
+        else
+            snprintf(log, sizeof log,
+                     "streamed body ended %" PRIu64 " bytes short of its Content-Length",
+                     st->total - st->off);
+        RUN_UNTIL(a.loop, tu_log_line_has("protocol error", log, NULL));
+        client_close(&cl);
+        struct response r;
+        SEND(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n");
+        client_response(&a, &good, &r, false);
+        assert_string_equal(r.body, "target=/still");
+    }
+    assert_int_equal(a.cancelled, 0);
+    assert_int_equal(a.body_after_end, 0);
+    crest_http_server_stats_t hs;
+    crest_http_server_get_stats(a.srv, &hs);
+    assert_int_equal(hs.pending, 0);
+    assert_int_equal(hs.cancelled, 0);
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(a.loop, &cs);
+    assert_int_equal(cs.close_reasons[CREST_CLOSE_PROTOCOL_ERROR], 3);
+    client_close(&good);
+    app_finish(&a);
+}
+
+/* Three streams pipelined in one send: three whole responses, in order. */
+static void test_stream_pipelined(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl,
+         "GET /stream/100000 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /chunked/150000 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /stream/300000 HTTP/1.1\r\nHost: x\r\n\r\n"
+         "GET /last HTTP/1.1\r\nHost: x\r\n\r\n");
+    char head[4096];
+    client_head(&a, &cl, head, sizeof head);
+    assert_head_has(head, "\r\nContent-Length: 100000\r\n");
+    assert_int_equal(client_pattern(&a, &cl, 0, 100000), 100000);
+    client_head(&a, &cl, head, sizeof head);
+    assert_head_has(head, "\r\nTransfer-Encoding: chunked\r\n");
+    unsigned chunks;
+    assert_int_equal(client_chunked(&a, &cl, &chunks), 150000);
+    client_head(&a, &cl, head, sizeof head);
+    assert_head_has(head, "\r\nContent-Length: 300000\r\n");
+    assert_int_equal(client_pattern(&a, &cl, 0, 300000), 300000);
+    struct response r;
+    client_response(&a, &cl, &r, false);
+    assert_string_equal(r.body, "target=/last");
+    assert_int_equal(a.nstreams, 3);
+    assert_int_equal(a.requests, 4);
+    assert_int_equal(a.body_after_end, 0);
+    client_close(&cl);
+    app_finish(&a);
+}
+
+/* A client that reads as fast as it can, on its own thread. */
+struct fast_reader {
+    int fd;
+    uint64_t total;
+    uint64_t got;
+    bool ok;
+    volatile bool done;
+};
+
+static void *fast_reader_main(void *arg) {
+    struct fast_reader *f = arg;
+    static uint8_t buf[1 << 16], want[1 << 16];
+    char head[4096];
+    size_t hl = 0;
+    f->ok = false;
+    /* the head, a byte at a time (it is short) */
+    while (hl < 4 || memcmp(head + hl - 4, "\r\n\r\n", 4) != 0) {
+        if (hl >= sizeof head - 1 || recv(f->fd, head + hl, 1, 0) != 1)
+            goto out;
+        hl++;
+    }
+    while (f->got < f->total) {
+        ssize_t n = recv(f->fd, buf, sizeof buf, 0);
+        if (n <= 0)
+            goto out;
+        /* Fast: the first and the last bytes of each read are checked
+         * (a lost or repeated piece shifts them all). */
+        size_t k = (size_t)n < 8 ? (size_t)n : 8;
+        tu_pattern(want, f->got, k);
+        tu_pattern(want + 8, f->got + (uint64_t)n - k, k);
+        if (memcmp(buf, want, k) != 0 || memcmp(buf + n - k, want + 8, k) != 0)
+            goto out;
+        f->got += (uint64_t)n;
+    }
+    f->ok = true;
+out:
+    __atomic_store_n(&f->done, true, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* A fast client of a long stream does not hold the loop: another
+ * connection's request is answered while the stream still has bytes to
+ * send (each callback of the stream yields after CREST_HTTP_STREAM_TURN
+ * bytes). */
+static void test_stream_fast_client_yields(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    uint64_t total = 8u << 20; /* 8 turns */
+    /* Socket buffers that could hold the whole stream: nothing but the
+     * turn's budget makes the stream yield (the client keeps up, and
+     * could fall behind for a while without filling them). */
+    crest_listen_opts_t lo;
+    crest_listen_opts_init(&lo);
+    lo.conn.sndbuf = 4 << 20;
+    crest_listener_t *l;
+    assert_int_equal(crest_http_server_listen(a.srv, "127.0.0.1:0", &lo, &l), 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", crest_listener_port(l));
+    struct fast_reader f = {.total = total};
+    f.fd = tu_raw_connect(addr, 4 << 20);
+    char req[128];
+    snprintf(req, sizeof req, "GET /stream/%" PRIu64 " HTTP/1.1\r\nHost: x\r\n\r\n", total);
+    tu_raw_send_all(a.loop, f.fd, req, strlen(req));
+    RUN_UNTIL(a.loop, a.nstreams == 1);
+    assert_int_equal(fcntl(f.fd, F_SETFL, fcntl(f.fd, F_GETFL) & ~O_NONBLOCK), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, fast_reader_main, &f), 0);
+    struct client other;
+    client_open(&other, &a);
+    SEND(&a, &other, "GET /small HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct response r;
+    client_response(&a, &other, &r, false);
+    assert_string_equal(r.body, "target=/small");
+    /* answered while the stream was not over */
+    if (a.stream_off_at_request >= total)
+        fail_msg("the small request waited for the whole stream (%" PRIu64 " bytes)", total);
+    RUN_UNTIL(a.loop, __atomic_load_n(&f.done, __ATOMIC_ACQUIRE));
+    pthread_join(th, NULL);
+    assert_true(f.ok);
+    assert_int_equal(f.got, total);
+    assert_true(a.streams[0].done);
+    close(f.fd);
+    client_close(&other);
+    app_finish(&a);
+}
+
+/* The client resets its connection in the middle of a stream: on_cancel
+ * once, and the body is not asked for again. */
+static void test_stream_client_reset(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client cl;
+    client_open(&cl, &a);
+    SEND(&a, &cl, "GET /stream/268435456 HTTP/1.1\r\nHost: x\r\n\r\n"); /* 256 MiB, unread */
+    RUN_UNTIL(a.loop, a.nstreams == 1 && a.streams[0].off > 0);
+    /* the sockets fill up: the server stops asking */
+    unsigned calls;
+    do {
+        calls = a.body_calls;
+        tu_spin(a.loop, 20);
+    } while (calls != a.body_calls);
+    assert_false(a.streams[0].done);
+    struct linger lg = {1, 0};
+    assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    client_close(&cl);
+    RUN_UNTIL(a.loop, a.cancelled == 1);
+    assert_true(a.streams[0].cancelled);
+    calls = a.body_calls;
+    tu_spin(a.loop, 10);
+    assert_int_equal(a.body_calls, calls);
+    assert_int_equal(a.body_after_end, 0);
+    crest_http_server_stats_t hs;
+    crest_http_server_get_stats(a.srv, &hs);
+    assert_int_equal(hs.cancelled, 1);
+    assert_int_equal(hs.pending, 0);
+    app_finish(&a);
+}
+
+/* The server destroyed in the middle of streams: each is cancelled, the
+ * body is not asked again, nothing is left (valgrind checks the memory);
+ * also when the body itself destroys the server on its first call. */
+static void test_stream_server_destroyed(void **state) {
+    (void)state;
+    struct app a;
+    app_start(&a);
+    struct client c1, c2;
+    client_open(&c1, &a);
+    client_open(&c2, &a);
+    SEND(&a, &c1, "GET /stream/268435456 HTTP/1.1\r\nHost: x\r\n\r\n");
+    SEND(&a, &c2, "GET /chunked/268435456 HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.nstreams == 2 && a.streams[0].off > 0 && a.streams[1].off > 0);
+    char head[4096];
+    client_head(&a, &c1, head, sizeof head);
+    client_pattern(&a, &c1, 0, 100000); /* c1 reads some */
+    crest_http_server_destroy(a.srv);
+    a.srv = NULL;
+    unsigned calls = a.body_calls;
+    /* both read to the end: what was queued, then EOF */
+    while (client_fill(&a, &c1))
+        c1.len = 0;
+    while (client_fill(&a, &c2))
+        c2.len = 0;
+    RUN_UNTIL(a.loop, a.cancelled == 2);
+    assert_int_equal(a.body_calls, calls);
+    assert_int_equal(a.body_after_end, 0);
+    client_close(&c1);
+    client_close(&c2);
+    crest_timer_destroy(a.timer);
+    crest_timer_destroy(a.resume_timer);
+    tu_spin(a.loop, 3);
+    tu_finish_conns(a.loop);
+
+    /* destroyed from inside the body, with its continuation deferred */
+    app_start(&a);
+    client_open(&c1, &a);
+    SEND(&a, &c1, "GET /destroy/10000000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.srv == NULL);
+    while (client_fill(&a, &c1))
+        c1.len = 0;
+    RUN_UNTIL(a.loop, a.cancelled == 1);
+    assert_int_equal(a.streams[0].calls, 1);
+    client_close(&c1);
+    crest_timer_destroy(a.timer);
+    crest_timer_destroy(a.resume_timer);
+    tu_spin(a.loop, 3);
+    tu_finish_conns(a.loop);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_get_keep_alive),
@@ -748,6 +1460,15 @@ int main(void) {
         tu_test(test_half_close_client),
         tu_test(test_accept_from_own_listener),
         tu_test(test_respond_errors),
+        tu_test(test_stream_slow_reader),
+        tu_test(test_stream_chunked_and_http10),
+        tu_test(test_stream_head_only),
+        tu_test(test_stream_wait_resume),
+        tu_test(test_stream_body_fails),
+        tu_test(test_stream_pipelined),
+        tu_test(test_stream_fast_client_yields),
+        tu_test(test_stream_client_reset),
+        tu_test(test_stream_server_destroyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -313,8 +313,9 @@ typedef struct crest_http_exchange crest_http_exchange_t;
  * the decoded body (body_len 0 and body non-NULL when there is none). */
 typedef void (*crest_http_request_cb)(crest_http_exchange_t *x, const crest_http_request_t *req,
                                       const uint8_t *body, size_t body_len, void *ctx);
-/* The connection of an exchange still waiting for its response closed
- * (a reset, a timeout, the server destroyed): stop what would answer it.
+/* The connection of an exchange still waiting for its response, or still
+ * streaming it, closed (a reset, a timeout, the server destroyed): stop
+ * what would answer it.
  * x is invalid once this returns; crest_http_respond() must not be called
  * from it.  A client's FIN alone does not cancel: it reads as a
  * half-close (the client may still wait for the answer), so the answer
@@ -422,20 +423,41 @@ int crest_http_respond_close(crest_http_exchange_t *x, int status,
  *   another negative value: the body failed: the connection is closed
  *            (reason PROTOCOL_ERROR, logged with the value as -errno),
  *            since a client cannot be told mid-body.
+ * A resume made while the body is not waiting (from inside body, say,
+ * just before it answers CREST_HTTP_BODY_WAIT) is not lost: the next
+ * CREST_HTTP_BODY_WAIT then asks again on the next iteration.
  * With a content_length, the server asks for exactly that many bytes (cap
- * never passes what is left); an end (0) before them closes the connection
- * (logged), the client sees a short body.  With CREST_HTTP_LENGTH_UNKNOWN
+ * never passes what is left, and no 0 is asked for after the last byte);
+ * an end (0) before them, or more bytes than cap, closes the connection
+ * (PROTOCOL_ERROR, logged), the client sees a short body.  A body that
+ * ends the exchange so (a failure, a short end) gets no on_cancel and is
+ * not counted in stats.cancelled: its own return said it.  The
+ * connection closing under a stream (a reset, a write error, a timeout,
+ * the server destroyed) is a cancel: on_cancel, as for an exchange
+ * waiting for its response.  With CREST_HTTP_LENGTH_UNKNOWN
  * the body goes out chunked to an HTTP/1.1 client (Transfer-Encoding:
  * chunked, each call one chunk, the last-chunk after the end) and
  * delimited by the close to an HTTP/1.0 one ("Connection: close").
  *
- * HEAD, 1xx, 204 and 304: the head only (Content-Length as given, for
- * HEAD); body is never called.  The exchange stays valid, and requests
- * pipelined behind it wait, until the end of the body was written (or
- * on_cancel, if the connection closes first: body is not called after).
- * body runs from the loop, on its thread, never inside a crest call but
- * from inside crest_http_respond_stream() (the first bytes go out at
- * once) and crest_http_stream_resume(). */
+ * HEAD, 1xx, 204 and 304, and a content_length of 0: the head only
+ * (for HEAD, the framing a GET would get: Content-Length as given, or
+ * Transfer-Encoding: chunked to HTTP/1.1); body is never called, and the
+ * exchange is over when the call returns (x invalid, as after
+ * crest_http_respond(); ctx is the caller's again).  Otherwise the
+ * exchange stays valid, and requests pipelined behind it wait, until the
+ * end of the body was written (or on_cancel, if the connection closes
+ * first: body is not called after); crest_http_respond() on it is
+ * -EINVAL.  The response is counted in stats.responses when its head is
+ * written; stats.pending until the end.
+ * body runs from the loop, on its thread, never inside a crest call
+ * (crest_http_respond_stream() and crest_http_stream_resume() included):
+ * the head is written inside crest_http_respond_stream(); the body is
+ * first asked for as soon as on_request returns when the stream began
+ * inside it (the first bytes go out with that read's other replies), on
+ * the next iteration otherwise.  keepalive_timeout_ms counts while a body
+ * waits (CREST_HTTP_BODY_WAIT) as while an answer is prepared.
+ * Memory: one CREST_HTTP_STREAM_CHUNK buffer per server (allocated on the
+ * first stream); a stream's state takes no more per connection. */
 #define CREST_HTTP_LENGTH_UNKNOWN UINT64_MAX
 #define CREST_HTTP_BODY_WAIT (-11000)
 #define CREST_HTTP_STREAM_CHUNK 65536u
@@ -454,7 +476,7 @@ int crest_http_respond_stream(crest_http_exchange_t *x, int status,
 
 /* A body that answered CREST_HTTP_BODY_WAIT has data again: the server
  * asks on the next iteration (never inside this call).  0; -EINVAL if x
- * is not streaming. */
+ * is not streaming (never was, or its stream is over). */
 int crest_http_stream_resume(crest_http_exchange_t *x);
 
 /* ---- connections from the application's listeners ------------------------
