@@ -92,7 +92,18 @@ def tree_pids(pid):
 
 
 def pid_cpu(pid):
-    """utime + stime of one process (all its threads), in seconds."""
+    """CPU time of one process (all its threads), in seconds: the sum of
+    its threads' sum_exec_runtime (/proc/PID/task/TID/schedstat, in ns),
+    the time that utime+stime split, without their 10 ms ticks (a churn
+    run of 0.3 s of server CPU would be 30 ticks)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -131,6 +142,18 @@ class HttpServer:
 
     def cpu(self):
         return sum(pid_cpu(p) for p in self.pids)
+
+    def user_sys(self):
+        """(utime, stime) in seconds, in 10 ms ticks: the split of cpu()."""
+        u = k = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                u, k = u + int(fields[11]), k + int(fields[12])
+            except OSError:
+                pass
+        return u / CLK_TCK, k / CLK_TCK
 
     def stop(self, timeout=20):
         if self.p.poll() is None:
@@ -205,11 +228,13 @@ def start_crest(binary, port, log, cpu=None):
 
 def crest_binary():
     """samples/crest-http's real binary (libtool puts it in .libs)."""
-    for p in ("samples/.libs/crest-http", "samples/crest-http"):
-        path = os.path.join(ROOT, p)
-        if os.access(path, os.X_OK):
-            return path
-    return None
+    path = os.path.join(ROOT, "samples/.libs/crest-http")
+    if not os.access(path, os.X_OK):
+        return None
+    # the in-tree library, unless bench/run's snapshot already set it
+    if "LD_LIBRARY_PATH" not in os.environ:
+        os.environ["LD_LIBRARY_PATH"] = os.path.join(ROOT, ".libs")
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -302,6 +327,23 @@ def time_wait():
         return None
 
 
+# Churn runs leave their sockets in TIME_WAIT for 60 s.  Past
+# net.ipv4.tcp_max_tw_buckets (131,072 here) the kernel drops them with a
+# warning, and a long TIME_WAIT table is itself a cost: before each churn
+# run, wait until fewer than this many are left.
+TW_LIMIT = 50000
+
+
+def wait_time_wait(limit, most=70.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < most:
+        n = time_wait()
+        if n is None or n < limit:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - t0
+
+
 def run_client(argv, log):
     """Run a client to the end; (stdout, wall seconds, client CPU seconds)."""
     with open(log, "w") as f:
@@ -325,19 +367,27 @@ def measure(R, name, sc, opts, tag, binary, cpu_s, cpu_c):
     R.note_cmd("http servers", srv.argv, port=port)
     argv = pinned(cpu_c, client_argv(sc, port, opts))
     R.note_cmd("http", argv, port=port)
+    waited = wait_time_wait(TW_LIMIT) if not sc.get("k", True) else 0.0
     tw0 = time_wait()
     try:
-        c1 = srv.cpu()
+        c1, us1, y1 = srv.cpu(), srv.user_sys(), R.system_cpu()[0]
         out, wall, ccpu, rc = run_client(argv, os.path.join(R.LOGDIR, f"client-{tag}.log"))
         time.sleep(0.05)      # the server closes the connections: part of the cost
-        c2 = srv.cpu()
+        c2, us2, y2 = srv.cpu(), srv.user_sys(), R.system_cpu()[0]
     finally:
         srv.stop()
     r = PARSE[sc["tool"]](out)
     r.update({"exit": rc, "wall_s": wall, "server_cpu_s": c2 - c1,
               "server_share": (c2 - c1) / wall, "client_share": ccpu / wall,
-              "time_wait_before": tw0, "time_wait_after": time_wait()})
-    r["cpu_us_per_req"] = (c2 - c1) / r["requests"] * 1e6 if r["requests"] else None
+              "time_wait_before": tw0, "time_wait_after": time_wait(),
+              "time_wait_waited_s": waited,
+              # the rest of the machine meanwhile (other jobs), in cores
+              "others": max(0.0, (y2 - y1) - (c2 - c1) - ccpu) / wall})
+    n = r["requests"]
+    r["cpu_us_per_req"] = (c2 - c1) / n * 1e6 if n else None
+    u, k = us2[0] - us1[0], us2[1] - us1[1]
+    # the user-space share of cpu_us_per_req (ticks give the split only)
+    r["user_us_per_req"] = (c2 - c1) * u / (u + k) / n * 1e6 if n and u + k > 0 else None
     if r["rps"] is None or rc != 0:
         R.say(f"http {name} {sc['key']}: client exit {rc}: {out[-300:]}")
     return r
@@ -436,6 +486,8 @@ def summarize(s, servers, median):
                 lat.setdefault(k, []).append(x)
         out[name] = {"rps": median([v["rps"] for v in vals]),
                      "cpu_us_per_req": median([v["cpu_us_per_req"] for v in vals]),
+                     "user_us_per_req": median([v.get("user_us_per_req") for v in vals]),
+                     "others": median([v.get("others") for v in vals]),
                      "server_share": median([v["server_share"] for v in vals]),
                      "client_share": median([v["client_share"] for v in vals]),
                      "lat": {k: median(x) for k, x in lat.items()},
@@ -480,13 +532,14 @@ def tables(res, median):
         w("### HTTP keep-alive: GET /, 14-byte body")
         w("")
         w("| client | server | requests/s | latency (as the tool prints it) | server CPU us/request "
-          "| server CPU (% of a core) | client CPU (% of a core) | errors |")
-        w("|---|---|---:|---|---:|---:|---:|---:|")
+          "| of which user space | server CPU (% of a core) | client CPU (% of a core) | errors |")
+        w("|---|---|---:|---|---:|---:|---:|---:|---:|")
         for k in keep:
             for name in servers:
                 x = sums[k][name]
                 w(f"| {res['scenarios'][k]['title']} | {LABEL[name]} | {x['rps'] or 0:,.0f} "
                   f"| {lat_text(tool[k], x['lat'])} | {x['cpu_us_per_req'] or 0:.2f} "
+                  f"| {x['user_us_per_req'] or 0:.2f} "
                   f"| {x['server_share'] or 0:.0%} | {x['client_share'] or 0:.0%} | {x['errors']} |")
         w("")
         w("Latency columns: wrk p50 / p90 / p99 (`--latency`); h2load's \"time for request\" "
@@ -505,15 +558,16 @@ def tables(res, median):
     if "churn" in sums:
         w("### Connection churn: ab without -k (one connection per request)")
         w("")
-        w("| server | connections/s | server CPU us/connection | server CPU (% of a core) "
-          "| client CPU (% of a core) | ab p50 / p90 / p99 | errors | TIME_WAIT after (max) |")
-        w("|---|---:|---:|---:|---:|---|---:|---:|")
+        w("| server | connections/s | server CPU us/connection | of which user space "
+          "| server CPU (% of a core) | client CPU (% of a core) | ab p50 / p90 / p99 | errors "
+          "| TIME_WAIT after (max) |")
+        w("|---|---:|---:|---:|---:|---:|---|---:|---:|")
         rounds = res["scenarios"]["churn"]["rounds"]
         for name in servers:
             x = sums["churn"][name]
             tw = max((r[name].get("time_wait_after") or 0) for r in rounds if r.get(name))
             w(f"| {LABEL[name]} | {x['rps'] or 0:,.0f} | {x['cpu_us_per_req'] or 0:.2f} "
-              f"| {x['server_share'] or 0:.0%} | {x['client_share'] or 0:.0%} "
+              f"| {x['user_us_per_req'] or 0:.2f} | {x['server_share'] or 0:.0%} | {x['client_share'] or 0:.0%} "
               f"| {lat_text('ab', x['lat'])} | {x['errors']} | {tw:,} |")
         w("")
         if "crest" in servers:
