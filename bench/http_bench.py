@@ -50,6 +50,8 @@ SCENARIOS = [
 SERVERS = ["crest", "nginx"]
 LABEL = {"crest": "crest-http", "nginx": "nginx 1.22 (nginx-light)"}
 TARGET_KEY = "wrk100"
+# other jobs' CPU (cores) under which a round counts as quiet
+QUIET = 0.2
 
 # ---------------------------------------------------------------------------
 # CPUs: server on one, client on the other (as tests/latency.sh does)
@@ -501,12 +503,22 @@ def summarize(s, servers, median):
                      "lat": {k: median(x) for k, x in lat.items()},
                      "errors": sum(v["errors"] for v in vals), "n": len(vals)}
     if "crest" in servers:
-        def paired(key):
-            xs = [r["crest"][key] / r["nginx"][key] for r in s["rounds"]
+        def paired(key, rounds):
+            xs = [r["crest"][key] / r["nginx"][key] for r in rounds
                   if r.get("crest") and r.get("nginx") and r["crest"].get(key)
                   and r["nginx"].get(key)]
             return (median(xs), min(xs), max(xs)) if xs else (None, None, None)
-        out["ratio"] = {"rps": paired("rps"), "cpu": paired("cpu_us_per_req")}
+        # rounds where other jobs on the VM took under QUIET cores during both runs
+        quiet = [r for r in s["rounds"] if r.get("crest") and r.get("nginx")
+                 and (r["crest"].get("others") or 0) < QUIET
+                 and (r["nginx"].get("others") or 0) < QUIET]
+        out["ratio"] = {"rps": paired("rps", s["rounds"]),
+                        "cpu": paired("cpu_us_per_req", s["rounds"]),
+                        "rps_quiet": paired("rps", quiet),
+                        "cpu_quiet": paired("cpu_us_per_req", quiet), "n_quiet": len(quiet)}
+    allv = [r[n] for r in s["rounds"] for n in servers if r.get(n)]
+    out["others"] = (median([v.get("others") for v in allv]),
+                     max((v.get("others") or 0) for v in allv) if allv else None)
     return out
 
 
@@ -554,14 +566,21 @@ def tables(res, median):
           "(it prints no percentiles); ab's p50 / p90 / p99 in whole milliseconds.")
         w("")
         if "crest" in servers:
-            w("Paired ratios, crest-http / nginx per round (median, min–max over rounds):")
+            w("Paired ratios, crest-http / nginx per round (median, min–max over rounds); "
+              f"the quiet rounds are those where other jobs on the VM used under {QUIET} of a "
+              "core during both runs (the rest of the machine's CPU, from /proc/stat, less "
+              "server and client):")
             w("")
-            w("| client | requests/s ratio | CPU per request ratio |")
-            w("|---|---|---|")
+            w("| client | requests/s ratio | CPU per request ratio | quiet rounds: requests/s "
+              "| quiet rounds: CPU per request | other jobs, cores (median, max) |")
+            w("|---|---|---|---|---|---|")
             for k in keep:
                 rt = sums[k]["ratio"]
+                oth = sums[k]["others"]
                 w(f"| {res['scenarios'][k]['title']} | {ratio_text(rt['rps'])} "
-                  f"| {ratio_text(rt['cpu'])} |")
+                  f"| {ratio_text(rt['cpu'])} | {ratio_text(rt['rps_quiet'])} "
+                  f"| {ratio_text(rt['cpu_quiet'])} ({rt['n_quiet']} round{'s' if rt['n_quiet'] != 1 else ''}) "
+                  f"| {oth[0] or 0:.2f}, {oth[1] or 0:.2f} |")
             w("")
     if "churn" in sums:
         w("### Connection churn: ab without -k (one connection per request)")
@@ -581,7 +600,11 @@ def tables(res, median):
         if "crest" in servers:
             rt = sums["churn"]["ratio"]
             w(f"Paired ratios crest-http / nginx: connections/s {ratio_text(rt['rps'])}, "
-              f"CPU per connection {ratio_text(rt['cpu'])}.")
+              f"CPU per connection {ratio_text(rt['cpu'])}; in the {rt['n_quiet']} quiet rounds "
+              f"{ratio_text(rt['rps_quiet'])} and {ratio_text(rt['cpu_quiet'])}. Other jobs "
+              f"used {sums['churn']['others'][0] or 0:.2f} of a core (median; max "
+              f"{sums['churn']['others'][1] or 0:.2f}). Why a connection costs crest-http more: "
+              "[http.md](http.md) (13 syscalls per connection against nginx's 7).")
             w("")
     return "\n".join(L), sums
 
@@ -597,8 +620,11 @@ def targets(res, median):
     share = s["crest"]["server_share"], s["nginx"]["server_share"]
     client = s["crest"]["client_share"], s["nginx"]["client_share"]
     out.append({"target": "HTTP, wrk -c100: at least 1.2x nginx's requests/s",
-                "measured": f"{rps:.2f}x (server CPU share crest {share[0]:.0%}, nginx "
-                            f"{share[1]:.0%}; wrk's {client[0]:.0%} / {client[1]:.0%})",
+                "measured": f"{rps:.2f}x, with wrk at {client[0]:.0%} of its core against "
+                            f"crest-http and {client[1]:.0%} against nginx (the servers at "
+                            f"{share[0]:.0%} and {share[1]:.0%}): the client sets the rate. "
+                            f"With a full core each, the rates would be in the inverse ratio "
+                            f"of CPU per request: {1 / cpu:.2f}x",
                 "met": rps >= 1.2})
     out.append({"target": "HTTP, wrk -c100: at most 0.8x nginx's CPU per request",
                 "measured": f"{cpu:.2f}x ({s['crest']['cpu_us_per_req']:.2f} vs "
@@ -633,9 +659,11 @@ def section(data, R):
           "one core.")
     else:
         w("- Not pinned (fewer than two CPUs or no taskset).")
-    w("- Server CPU: utime+stime of the server's processes (`/proc/PID/stat`, nginx's master and "
-      "worker) from just before the client starts to just after it exits, divided by the "
-      "requests it completed. \"% of a core\": that CPU over the client's wall time; the "
+    w("- Server CPU: the CPU time of the server's processes (nginx's master and worker), summed "
+      "over their threads from `/proc/PID/task/TID/schedstat` (nanoseconds: the time that "
+      "utime+stime split in 10 ms ticks), from just before the client starts to just after it "
+      "exits, divided by the requests it completed; \"of which user space\" splits it by "
+      "utime/stime (`/proc/PID/stat`). \"% of a core\": that CPU over the client's wall time; the "
       "client's own from wait4's rusage. A client near 100% is the bottleneck: then requests/s "
       "is the client's rate and cannot separate the servers, and CPU per request is the figure "
       "to compare.")
@@ -673,6 +701,14 @@ def section(data, R):
         w("")
         w("</details>")
         w("")
+    w("<details><summary>nginx.conf (DIR: the run's directory under bench/results/)</summary>")
+    w("")
+    w("```nginx")
+    w(NGINX_CONF.format(dir="DIR", host=HOST, port="PORT").rstrip())
+    w("```")
+    w("")
+    w("</details>")
+    w("")
     cmds = [c for s, c in data.get("commands", []) if s in ("http", "http servers")]
     if cmds:
         w("<details><summary>the commands</summary>")
@@ -680,7 +716,7 @@ def section(data, R):
         w("```sh")
         seen = []
         for c in cmds:
-            c = re.sub(r"nginx-[\w.-]+-r\d+", "nginx-TAG", c)
+            c = re.sub(r"\S*/nginx-[\w.-]+-r\d+", "DIR", c)
             if c not in seen:
                 seen.append(c)
                 w(c)
