@@ -7,6 +7,7 @@ Imported, not run.  Stdlib only; every socket has a timeout; every loop is
 bounded.
 """
 
+import os
 import re
 import socket
 import threading
@@ -120,6 +121,30 @@ def trickle(s, prefix, data, gap_s, start, limit_s):
         part, closed = read_until_closed(s, max(0.1, limit_s - (now() - start)))
         reply += part
     return reply, closed
+
+
+def smuggling_cases(post):
+    """(name, request) for the smuggling attempts both scripts make after
+    the head `post` (RFC 9112 6.1, 6.3): each must be refused with 400."""
+    return [
+        ("smuggling: Content-Length with Transfer-Encoding",
+         post + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("smuggling: Transfer-Encoding with Content-Length",
+         post + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+        ("smuggling: two different Content-Lengths",
+         post + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ("smuggling: obs-fold (a header line starting with a space)",
+         post + b"X-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ]
+
+
+def garbage_cases():
+    """(name, bytes) that are no HTTP at all: each must be refused with 400."""
+    return [
+        ("garbage bytes", bytes(range(256)) + b"\r\n\r\n"),
+        ("a TLS ClientHello",
+         bytes.fromhex("16030100c4010000c00303") + os.urandom(32) + b"\r\n\r\n"),
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -42,8 +42,8 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 from hostile_http_lib import (HOST, KiB, Prober, Server, failed_checks,  # noqa: E402
-                              now, parse_head, read_until_closed, record, results,
-                              send_and_read, trickle, verdict)
+                              garbage_cases, now, parse_head, read_until_closed, record,
+                              results, send_and_read, smuggling_cases, trickle, verdict)
 
 answered = 0          # requests the server handed to crest-http's routes
 answered_lock = threading.Lock()
@@ -282,28 +282,15 @@ def main():
             post + b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n",
             [413], ["too large", "http 413"])
     # Smuggling (RFC 9112 6.1, 6.3).
-    refusal(server, prober, "smuggling: Content-Length with Transfer-Encoding",
-            post + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: Transfer-Encoding with Content-Length",
-            post + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: two different Content-Lengths",
-            post + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: obs-fold (a header line starting with a space)",
-            post + b"X-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
+    for name, payload in smuggling_cases(post):
+        refusal(server, prober, name, payload, [400], ["protocol error", "http 400"])
     # Versions and garbage.
     refusal(server, prober, "HTTP/1.2", b"GET / HTTP/1.2\r\n" + host + b"\r\n",
             [505], ["protocol error", "http 505"])
     refusal(server, prober, "the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             [505], ["protocol error", "http 505"])
-    refusal(server, prober, "garbage bytes", bytes(range(256)) + b"\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "a TLS ClientHello",
-            bytes.fromhex("16030100c4010000c00303") + os.urandom(32) + b"\r\n\r\n",
-            [400], ["protocol error", "http 400"])
+    for name, payload in garbage_cases():
+        refusal(server, prober, name, payload, [400], ["protocol error", "http 400"])
     refusal(server, prober, "HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n",
             [400], ["protocol error", "http 400"])
     # Pipelined: a good request, then garbage: the good one is answered,
