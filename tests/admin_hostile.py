@@ -34,9 +34,9 @@ import threading
 # it is run from the source tree); no bytecode left in that tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
-from hostile_http_lib import (KiB, Prober, Server, failed_checks,  # noqa: E402
-                              garbage_cases, now, parse_head, record, results,
-                              send_and_read, smuggling_cases, trickle, verdict)
+from hostile_http_lib import (KiB, Prober, Server, garbage_cases, now,  # noqa: E402
+                              parse_head, record, send_and_read, smuggling_cases,
+                              summary, trickle, verdict)
 
 
 # --------------------------------------------------------------------------
@@ -207,9 +207,7 @@ def main():
 
     prober.finish("data-port prober", "%d verified echoes, no error")
 
-    failed = failed_checks()
-    print("admin_hostile: %d of %d checks passed" % (len(results) - len(failed), len(results)))
-    return 1 if failed else 0
+    return summary("admin_hostile")
 
 
 if __name__ == "__main__":

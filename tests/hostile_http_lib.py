@@ -34,8 +34,11 @@ def verdict(name, problems, ok_msg):
         record(True, "%s: %s" % (name, ok_msg))
 
 
-def failed_checks():
-    return [m for ok, m in results if not ok]
+def summary(prog):
+    """Print how many checks passed; the exit status (1 if any failed)."""
+    failed = [m for ok, m in results if not ok]
+    print("%s: %d of %d checks passed" % (prog, len(results) - len(failed), len(results)))
+    return 1 if failed else 0
 
 
 def now():

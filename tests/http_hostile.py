@@ -41,9 +41,9 @@ import threading
 # it is run from the source tree); no bytecode left in that tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
-from hostile_http_lib import (HOST, KiB, Prober, Server, failed_checks,  # noqa: E402
-                              garbage_cases, now, parse_head, read_until_closed, record,
-                              results, send_and_read, smuggling_cases, trickle, verdict)
+from hostile_http_lib import (HOST, KiB, Prober, Server, garbage_cases, now,  # noqa: E402
+                              parse_head, read_until_closed, record, send_and_read,
+                              smuggling_cases, summary, trickle, verdict)
 
 answered = 0          # requests the server handed to crest-http's routes
 answered_lock = threading.Lock()
@@ -328,10 +328,8 @@ def main():
 
     prober.finish("prober", "%d GET / answered 200 on its own connections, never closed")
 
-    failed = failed_checks()
     print("http_hostile: requests answered: %d" % answered)
-    print("http_hostile: %d of %d checks passed" % (len(results) - len(failed), len(results)))
-    return 1 if failed else 0
+    return summary("http_hostile")
 
 
 if __name__ == "__main__":
