@@ -252,6 +252,42 @@ size_t crest_http_head_max(const crest_http_limits_t *lim) {
     return l.line + 2 + l.header_bytes + 1;
 }
 
+/* Most bytes of a head sit inside a target, a field name or a field
+ * value, where they change nothing but where it ends: once the byte at i
+ * has been judged, these skip the run of such bytes after it, up to stop
+ * (the limit that applies, or the input's end), and return the index of
+ * the last byte skipped; the byte that ends the run is judged next like
+ * any other (the same answers, a fraction of the instructions). */
+static size_t skip_target(const uint8_t *buf, size_t i, size_t stop) {
+    while (i + 1 < stop && buf[i + 1] > 0x20 && buf[i + 1] < 0x7f)
+        i++;
+    return i;
+}
+
+static size_t skip_name(const uint8_t *buf, size_t i, size_t stop) {
+    while (i + 1 < stop && is_tchar(buf[i + 1]))
+        i++;
+    return i;
+}
+
+/* *value_end follows the last field-vchar (OWS after it is trimmed). */
+static size_t skip_value(const uint8_t *buf, size_t i, size_t stop, size_t *value_end) {
+    while (i + 1 < stop) {
+        uint8_t c = buf[i + 1];
+        if (is_fvchar(c))
+            *value_end = i + 2;
+        else if (c != ' ' && c != '\t')
+            break;
+        i++;
+    }
+    return i;
+}
+
+/* The end of what the header section may hold, within the input. */
+static size_t header_stop(size_t fields, size_t header_bytes, size_t len) {
+    return header_bytes < len - fields ? fields + header_bytes : len;
+}
+
 enum state {
     S_START,      /* before the request line: empty lines skipped */
     S_START_CR,   /* a CR of an empty line before the request line */
@@ -334,6 +370,7 @@ int crest_http_parse_head(const uint8_t *buf, size_t len, const crest_http_limit
                 if (st == S_TARGET0)
                     mark = i;
                 st = S_TARGET;
+                i = skip_target(buf, i, len < l.line ? len : l.line);
             } else {
                 return refuse(out, CREST_HTTP_400, "malformed request target");
             }
@@ -372,6 +409,7 @@ int crest_http_parse_head(const uint8_t *buf, size_t len, const crest_http_limit
             } else if (is_tchar(c)) {
                 mark = i;
                 st = S_NAME;
+                i = skip_name(buf, i, header_stop(fields, l.header_bytes, len));
             } else {
                 return refuse(out, CREST_HTTP_400, "malformed field name");
             }
@@ -395,6 +433,7 @@ int crest_http_parse_head(const uint8_t *buf, size_t len, const crest_http_limit
                     value_start = i;
                 value_end = i + 1;
                 st = S_VALUE;
+                i = skip_value(buf, i, header_stop(fields, l.header_bytes, len), &value_end);
                 break;
             } else if (c != '\r' && c != '\n') {
                 return refuse(out, CREST_HTTP_400, "control character in a field value");

@@ -106,7 +106,9 @@ struct crest_http_server {
     struct http_conn *running;     /* ... being continued now */
     bool defer_pending;            /* stream_continue() is deferred */
     uint64_t date_sec;             /* loop clock second of date[] */
-    char date[40];                 /* "Fri, 04 Dec 2026 19:10:20 GMT" */
+    char date[48];                 /* "Date: Fri, 04 Dec 2026 19:10:20 GMT\r\n" */
+    size_t date_len;
+    size_t server_len;             /* strlen(opts.server) */
 };
 
 /* ---- options -------------------------------------------------------------- */
@@ -172,17 +174,19 @@ void crest_http_server_conn_opts(const crest_http_server_opts_t *opts, crest_con
 
 /* ---- responses ------------------------------------------------------------ */
 
-/* The Date header's value, formatted once per second of the loop clock. */
-static const char *http_date(crest_http_server_t *s) {
+/* The whole Date line, "Date: Fri, 04 Dec 2026 19:10:20 GMT\r\n",
+ * formatted once per second of the loop clock; its length. */
+static size_t date_line(crest_http_server_t *s, const char **line) {
     uint64_t sec = crest_loop_now(s->loop) / 1000;
-    if (s->date[0] == '\0' || sec != s->date_sec) {
+    if (s->date_len == 0 || sec != s->date_sec) {
         time_t now = time(NULL);
         struct tm tm;
         gmtime_r(&now, &tm);
-        strftime(s->date, sizeof s->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        s->date_len = strftime(s->date, sizeof s->date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         s->date_sec = sec;
     }
-    return s->date;
+    *line = s->date;
+    return s->date_len;
 }
 
 struct head_writer {
@@ -228,23 +232,45 @@ struct resp_head {
 };
 
 /* Build the head in w (w->over if it does not fit). */
+/* v in decimal at dst (20 bytes at most); its length.  The head is built
+ * for every response: snprintf cost more than the rest of it together. */
+static size_t put_u64(char *dst, uint64_t v) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
 static void build_head(crest_http_server_t *s, const struct resp_head *r, struct head_writer *w) {
     char line[64];
     const char *phrase = crest_http_reason_phrase(r->status);
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", r->status, phrase);
-    hw_put(w, line, (size_t)n);
-    hw_puts(w, "Date: ");
-    hw_puts(w, http_date(s));
-    hw_puts(w, "\r\n");
+    size_t plen = strlen(phrase);
+    memcpy(line, "HTTP/1.1 ", 9);
+    size_t n = 9 + put_u64(line + 9, (uint64_t)r->status); /* 100-999: 3 digits */
+    line[n++] = ' ';
+    hw_put(w, line, n);
+    hw_put(w, phrase, plen);
+    hw_put(w, "\r\n", 2);
+    const char *date;
+    n = date_line(s, &date);
+    hw_put(w, date, n);
     if (s->opts.server) {
-        hw_puts(w, "Server: ");
-        hw_puts(w, s->opts.server);
-        hw_puts(w, "\r\n");
+        hw_put(w, "Server: ", 8);
+        hw_put(w, s->opts.server, s->server_len);
+        hw_put(w, "\r\n", 2);
     }
     if (!bodyless_status(r->status)) {
         if (r->length != CREST_HTTP_LENGTH_UNKNOWN) {
-            n = snprintf(line, sizeof line, "Content-Length: %" PRIu64 "\r\n", r->length);
-            hw_put(w, line, (size_t)n);
+            memcpy(line, "Content-Length: ", 16);
+            n = 16 + put_u64(line + 16, r->length);
+            line[n++] = '\r';
+            line[n++] = '\n';
+            hw_put(w, line, n);
         } else if (r->chunked) {
             hw_puts(w, "Transfer-Encoding: chunked\r\n");
         }
@@ -916,6 +942,7 @@ int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t 
     else
         crest_http_server_opts_init(&s->opts);
     normalise(&s->opts);
+    s->server_len = s->opts.server ? strlen(s->opts.server) : 0;
     s->head_max = crest_http_head_max(&s->opts.limits);
     if (s->head_max == 0) {
         free(s);

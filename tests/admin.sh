@@ -89,20 +89,7 @@ wait_for() {
     done
 }
 # stop PID NAME: SIGTERM, wait up to 10 s, then SIGKILL; sets $stop_rc.
-stop() {
-    local pid=$1 name=$2
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        fail "$name (pid $pid) still running 10 s after SIGTERM: killed"
-        kill -KILL "$pid"
-    fi
-    wait "$pid"
-    stop_rc=$?
-}
+stop() { stop_pid "$1" "$2" 10; }
 # listens_on_loopback_only PID: every listening TCP socket of PID is on
 # 127.0.0.1 (its socket inodes matched in /proc/net/tcp and tcp6), and it
 # has at least one.

@@ -70,32 +70,13 @@ start() {
     "$bin/crest-http" --port 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
     pid=$!
     pids+=("$pid")
-    port=
-    for _ in $(seq 1 200); do
-        port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/$name.out")
-        [ -n "$port" ] && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$pid" "$work/$name.out" && return 0
     echo "FAIL crest-http ($name) did not start:"; cat "$work/$name.out" "$work/$name.err"
     exit 1
 }
 
 # stop PID NAME: SIGTERM, wait (at most 20 s, then SIGKILL); sets $stop_rc.
-stop() {
-    local p=$1 name=$2
-    kill -TERM "$p" 2>/dev/null
-    for _ in $(seq 1 200); do
-        kill -0 "$p" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$p" 2>/dev/null; then
-        fail "$name (pid $p) still running 20 s after SIGTERM: killed"
-        kill -KILL "$p"
-    fi
-    wait "$p"
-    stop_rc=$?
-}
+stop() { stop_pid "$1" "$2" 20; }
 
 # report_requests NAME: the request count in NAME's final report.
 report_requests() {

@@ -33,35 +33,26 @@ check passed, 1 otherwise.
 
 import argparse
 import os
-import re
 import socket
 import sys
 import threading
-import time
 
-HOST = "127.0.0.1"
-KiB = 1024
+# The shared helpers sit beside this script (also in a VPATH build, where
+# it is run from the source tree); no bytecode left in that tree.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+from hostile_http_lib import (HOST, KiB, Prober, Server, garbage_cases, now,  # noqa: E402
+                              parse_head, read_until_closed, record, send_and_read,
+                              smuggling_cases, summary, trickle, verdict)
 
-results = []          # (ok, message)
-results_lock = threading.Lock()
 answered = 0          # requests the server handed to crest-http's routes
 answered_lock = threading.Lock()
-
-
-def record(ok, msg):
-    with results_lock:
-        results.append((ok, msg))
-        print(("ok   " if ok else "FAIL ") + msg, flush=True)
 
 
 def count_answered(n=1):
     global answered
     with answered_lock:
         answered += n
-
-
-def now():
-    return time.monotonic()
 
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -88,101 +79,24 @@ def read_response(s, buf=b""):
     return status, headers, buf[:n], buf[n:]
 
 
-def parse_head(head):
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.match(r"^HTTP/1\.1 (\d{3}) ", lines[0])
-    if not m:
-        raise ValueError("not a status line: %r" % lines[0])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(m.group(1)), headers
-
-
 # --------------------------------------------------------------------------
 # The prober: GET / on keep-alive connections for the whole run
 # --------------------------------------------------------------------------
 
-class Prober(threading.Thread):
-    def __init__(self, port, nconns=2):
-        super().__init__(daemon=True)
-        self.port = port
-        self.nconns = nconns
-        self.count = 0
-        self.errors = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def run(self):
-        socks = []
-        try:
-            for _ in range(self.nconns):
-                s = socket.create_connection((HOST, self.port), timeout=10)
-                socks.append(s)
-            while not self.stop.is_set():
-                for s in socks:
-                    s.sendall(GET)
-                    status, headers, body, rest = read_response(s)
-                    if status != 200 or body != HELLO or rest:
-                        raise ValueError("probe: %d %r %r" % (status, body, rest))
-                    if headers.get("connection", "").lower() == "close":
-                        raise ValueError("probe: the server closes a probe connection")
-                    count_answered()
-                    with self.lock:
-                        self.count += 1
-                self.stop.wait(0.02)
-        except Exception as e:  # noqa: BLE001 - any failure is the finding
-            self.errors.append("%s: %s" % (type(e).__name__, e))
-        finally:
-            for s in socks:
-                s.close()
-
-    def progress(self):
-        with self.lock:
-            return self.count
-
-
-def wait_progress(prober, before):
-    """The prober moved on since `before` (waits a little: a scenario can
-    be quicker than one probe round)."""
-    deadline = now() + 5
-    while prober.progress() <= before and now() < deadline:
-        time.sleep(0.02)
-    return prober.progress() > before
+class GetProber(Prober):
+    def probe(self, s, seq):
+        s.sendall(GET)
+        status, headers, body, rest = read_response(s)
+        if status != 200 or body != HELLO or rest:
+            raise ValueError("probe: %d %r %r" % (status, body, rest))
+        if headers.get("connection", "").lower() == "close":
+            raise ValueError("probe: the server closes a probe connection")
+        count_answered()
 
 
 # --------------------------------------------------------------------------
 # Hostile clients
 # --------------------------------------------------------------------------
-
-def send_quietly(s, data):
-    """Send data; the server may refuse and close before it has all."""
-    try:
-        s.sendall(data)
-        return True
-    except (BrokenPipeError, ConnectionResetError):
-        return False
-
-
-def read_until_closed(s, limit_s):
-    """Everything the server sends until it closes (EOF or reset) or
-    limit_s passes.  Returns (data, closed)."""
-    data = b""
-    deadline = now() + limit_s
-    while now() < deadline:
-        s.settimeout(max(0.05, deadline - now()))
-        try:
-            part = s.recv(65536)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:
-            return data, True
-        if not part:
-            return data, True
-        data += part
-    return data, False
-
 
 def split_responses(data):
     """[(status, headers, body)] of the whole responses in data."""
@@ -199,54 +113,13 @@ def split_responses(data):
     return out
 
 
-class Server:
-    def __init__(self, port, log_path):
-        self.port = port
-        self.log_path = log_path
-
-    def connect(self):
-        s = socket.create_connection((HOST, self.port), timeout=10)
-        return s, s.getsockname()[1]
-
-    def log_line(self, pattern, wait_s=5):
-        """The first group of the first server log line matching pattern,
-        or None after wait_s (the log is written by another process)."""
-        pat = re.compile(pattern)
-        deadline = now() + wait_s
-        while True:
-            try:
-                with open(self.log_path, "r", errors="replace") as f:
-                    for line in f:
-                        m = pat.search(line.rstrip("\n"))
-                        if m:
-                            return m.group(1)
-            except FileNotFoundError:
-                pass
-            if now() >= deadline:
-                return None
-            time.sleep(0.05)
-
-    def closed_line(self, client_port):
-        return self.log_line(r"connection 127\.0\.0\.1:%d \(fd \d+\) closed: (.*)$" % client_port)
-
-    def timeout_line(self, client_port):
-        return self.log_line(r"http: 127\.0\.0\.1:%d: (request .*\(read timeout\))$" % client_port)
-
-
 def refusal(server, prober, name, payload, statuses, log_words, chunks=None):
     """Send payload (or chunks, one send each); expect the answers in
     `statuses` (the last one the refusal, with Connection: close), the
     connection closed, and the log line for this client holding each of
     log_words."""
     before = prober.progress()
-    s, cport = server.connect()
-    try:
-        for part in (chunks or [payload]):
-            if not send_quietly(s, part):
-                break
-        data, closed = read_until_closed(s, 10)
-    finally:
-        s.close()
+    data, closed, cport = send_and_read(server, payload, chunks)
     got = split_responses(data)
     problems = []
     if [r[0] for r in got] != statuses:
@@ -258,45 +131,22 @@ def refusal(server, prober, name, payload, statuses, log_words, chunks=None):
         count_answered(len(statuses) - 1)  # the good ones before the refusal
     if not closed:
         problems.append("the connection was not closed within 10 s")
-    line = server.closed_line(cport)
-    if line is None:
-        problems.append("no 'connection 127.0.0.1:%d ... closed:' line in the server's log" % cport)
-    else:
-        for w in log_words:
-            if w not in line:
-                problems.append("the log line %r lacks %r" % (line, w))
-    if not wait_progress(prober, before):
+    line = server.check_closed_line(cport, log_words, problems)
+    if not prober.wait_progress(before):
         problems.append("the probe got no answer meanwhile")
-    if problems:
-        record(False, "%s: %s" % (name, "; ".join(problems)))
-    else:
-        record(True, "%s: %s, Connection: close, closed, logged %r, probe served"
-               % (name, " then ".join(str(x) for x in statuses), line))
+    verdict(name, problems, "%s, Connection: close, closed, logged %r, probe served"
+            % (" then ".join(str(x) for x in statuses), line))
 
 
-def slow(server, prober, name, prefix, trickle, limit_s, timeout_s, what):
+def slow(server, prober, name, prefix, trickle_data, limit_s, timeout_s, what):
     """Send prefix, then trickle a byte every 0.2 s: the server must close
     the connection, without an answer, no sooner than timeout_s after the
     request's first byte, and log the read timeout of `what` (head, body)."""
     before = prober.progress()
     s, cport = server.connect()
     start = now()
-    closed = False
-    reply = b""
     try:
-        if not send_quietly(s, prefix):
-            closed = True
-        for i in range(len(trickle)):
-            if closed or now() - start > limit_s:
-                break
-            if not send_quietly(s, trickle[i:i + 1]):
-                closed = True
-                break
-            part, closed = read_until_closed(s, 0.2)
-            reply += part
-        if not closed:
-            part, closed = read_until_closed(s, max(0.1, limit_s - (now() - start)))
-            reply += part
+        reply, closed = trickle(s, prefix, trickle_data, 0.2, start, limit_s)
     finally:
         s.close()
     took = now() - start
@@ -312,13 +162,10 @@ def slow(server, prober, name, prefix, trickle, limit_s, timeout_s, what):
         problems.append("no log line names the read timeout of 127.0.0.1:%d" % cport)
     elif ("request %s " % what) not in line:
         problems.append("the log line %r is not about the %s" % (line, what))
-    if not wait_progress(prober, before):
+    if not prober.wait_progress(before):
         problems.append("the probe got no answer meanwhile")
-    if problems:
-        record(False, "%s: %s" % (name, "; ".join(problems)))
-    else:
-        record(True, "%s: closed after %.1f s without an answer, logged %r, probe served"
-               % (name, took, line))
+    verdict(name, problems, "closed after %.1f s without an answer, logged %r, probe served"
+            % (took, line))
 
 
 def half_sent(server, prober, name, payload):
@@ -337,12 +184,9 @@ def half_sent(server, prober, name, payload):
         problems.append("an answer to half a request: %r" % data[:200])
     if not closed:
         problems.append("the server did not close within 10 s")
-    if not wait_progress(prober, before):
+    if not prober.wait_progress(before):
         problems.append("the probe got no answer meanwhile")
-    if problems:
-        record(False, "%s: %s" % (name, "; ".join(problems)))
-    else:
-        record(True, "%s: no answer, the server closed its side, probe served" % name)
+    verdict(name, problems, "no answer, the server closed its side, probe served")
 
 
 def churn(port, total, at_once, limit_s):
@@ -391,13 +235,9 @@ def main():
     ap.add_argument("--churn", type=int, default=10000)
     args = ap.parse_args()
 
-    server = Server(args.port, args.log)
-    prober = Prober(args.port)
-    prober.start()
-    deadline = now() + 5
-    while prober.progress() == 0 and not prober.errors and now() < deadline:
-        time.sleep(0.02)
-    if prober.progress() == 0:
+    server = Server(args.port, args.log, connect_timeout=10)
+    prober = GetProber(args.port)
+    if not prober.start_and_wait():
         record(False, "the prober got no answer: %s" % prober.errors)
         return 1
 
@@ -442,28 +282,15 @@ def main():
             post + b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n",
             [413], ["too large", "http 413"])
     # Smuggling (RFC 9112 6.1, 6.3).
-    refusal(server, prober, "smuggling: Content-Length with Transfer-Encoding",
-            post + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: Transfer-Encoding with Content-Length",
-            post + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: two different Content-Lengths",
-            post + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "smuggling: obs-fold (a header line starting with a space)",
-            post + b"X-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            [400], ["protocol error", "http 400"])
+    for name, payload in smuggling_cases(post):
+        refusal(server, prober, name, payload, [400], ["protocol error", "http 400"])
     # Versions and garbage.
     refusal(server, prober, "HTTP/1.2", b"GET / HTTP/1.2\r\n" + host + b"\r\n",
             [505], ["protocol error", "http 505"])
     refusal(server, prober, "the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             [505], ["protocol error", "http 505"])
-    refusal(server, prober, "garbage bytes", bytes(range(256)) + b"\r\n\r\n",
-            [400], ["protocol error", "http 400"])
-    refusal(server, prober, "a TLS ClientHello",
-            bytes.fromhex("16030100c4010000c00303") + os.urandom(32) + b"\r\n\r\n",
-            [400], ["protocol error", "http 400"])
+    for name, payload in garbage_cases():
+        refusal(server, prober, name, payload, [400], ["protocol error", "http 400"])
     refusal(server, prober, "HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n",
             [400], ["protocol error", "http 400"])
     # Pipelined: a good request, then garbage: the good one is answered,
@@ -492,25 +319,17 @@ def main():
     done, errors = churn(args.port, args.churn, 8, 120)
     count_answered(done)
     took = now() - start
-    if done == args.churn and not errors and wait_progress(prober, before):
+    if done == args.churn and not errors and prober.wait_progress(before):
         record(True, "churn: %d connections (connect, GET /, 200, close; 8 at once) in %.1f s, "
                "probe served" % (done, took))
     else:
         record(False, "churn: %d of %d in %.1f s; errors: %s" % (done, args.churn, took,
                                                                  errors[:5]))
 
-    prober.stop.set()
-    prober.join(10)
-    if prober.errors:
-        record(False, "prober: %s" % "; ".join(prober.errors))
-    else:
-        record(True, "prober: %d GET / answered 200 on its own connections, never closed"
-               % prober.count)
+    prober.finish("prober", "%d GET / answered 200 on its own connections, never closed")
 
-    failed = [m for ok, m in results if not ok]
     print("http_hostile: requests answered: %d" % answered)
-    print("http_hostile: %d of %d checks passed" % (len(results) - len(failed), len(results)))
-    return 1 if failed else 0
+    return summary("http_hostile")
 
 
 if __name__ == "__main__":

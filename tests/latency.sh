@@ -72,17 +72,7 @@ start_server() {
     "$bin/$name" --port 0 --doctor 1 --doctor-json "$json" "$@" >"$log" 2>&1 &
     pid=$!
     pids+=("$pid")
-    port=
-    local addr
-    for _ in $(seq 1 100); do
-        addr=$(sed -n 's/^listening on //p' "$log" | head -n 1)
-        if [ -n "$addr" ]; then
-            port=${addr##*:}
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$pid" "$log" && return 0
     say "  server $name did not start:"
     sed 's/^/    | /' "$log" | tail -n 20
     return 1

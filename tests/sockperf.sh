@@ -46,13 +46,7 @@ start_server() {
     "$bin/crest-echo" --sockperf --port 0 "$@" >"$log" 2>&1 &
     pid=$!
     pids+=("$pid")
-    port=
-    for _ in $(seq 1 100); do
-        port=$(sed -n 's/^listening on .*://p' "$log" | head -n 1)
-        [ -n "$port" ] && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$pid" "$log" && return 0
     echo "crest-echo --sockperf did not start:"
     sed 's/^/    | /' "$log" | tail -n 20
     return 1

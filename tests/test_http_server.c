@@ -268,7 +268,8 @@ static void app_start(struct app *a) {
 static void app_finish(struct app *a) {
     crest_timer_destroy(a->timer);
     crest_timer_destroy(a->resume_timer);
-    crest_http_server_destroy(a->srv);
+    if (a->srv) /* NULL where the test destroyed it */
+        crest_http_server_destroy(a->srv);
     tu_spin(a->loop, 3);
     tu_finish_conns(a->loop);
 }
@@ -357,14 +358,51 @@ static void client_close(struct client *cl) {
 
 #define SEND(a, cl, s) client_send((a), (cl), (s), strlen(s))
 
+/* Start the app and open one client to it. */
+static void app_open(struct app *a, struct client *cl) {
+    app_start(a);
+    client_open(cl, a);
+}
+
+/* The next response's body is `body`. */
+static void client_expect_body(struct app *a, struct client *cl, const char *body) {
+    struct response r;
+    client_response(a, cl, &r, false);
+    assert_string_equal(r.body, body);
+}
+
+/* Send req and check the body of the response. */
+static void client_get_body(struct app *a, struct client *cl, const char *req, const char *body) {
+    SEND(a, cl, req);
+    client_expect_body(a, cl, body);
+}
+
+/* Close with a reset (SO_LINGER 0) rather than a FIN. */
+static void client_reset(struct client *cl) {
+    struct linger lg = {1, 0};
+    assert_int_equal(setsockopt(cl->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    client_close(cl);
+}
+
+/* Read and drop everything until EOF. */
+static void client_drain(struct app *a, struct client *cl) {
+    while (client_fill(a, cl))
+        cl->len = 0;
+}
+
+static crest_http_server_stats_t server_stats(const struct app *a) {
+    crest_http_server_stats_t st;
+    crest_http_server_get_stats(a->srv, &st);
+    return st;
+}
+
 /* ---- tests ------------------------------------------------------------------ */
 
 static void test_get_keep_alive(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     struct response r;
     for (int i = 0; i < 3; i++) {
         SEND(&a, &cl, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -377,8 +415,7 @@ static void test_get_keep_alive(void **state) {
         assert_non_null(strstr(r.head, "\r\nContent-Type: text/plain\r\n"));
         assert_null(strstr(r.head, "Connection:"));
     }
-    crest_http_server_stats_t st;
-    crest_http_server_get_stats(a.srv, &st);
+    crest_http_server_stats_t st = server_stats(&a);
     assert_int_equal(st.connections, 1);
     assert_int_equal(st.requests, 3);
     assert_int_equal(st.responses[2], 3);
@@ -390,16 +427,14 @@ static void test_get_keep_alive(void **state) {
 static void test_head_has_no_body(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "HEAD /abc HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n");
     struct response r;
     client_response(&a, &cl, &r, true);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "\r\nContent-Length: 11\r\n")); /* "target=/abc" */
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/next");
+    client_expect_body(&a, &cl, "target=/next");
     client_close(&cl);
     app_finish(&a);
 }
@@ -409,23 +444,17 @@ static void test_head_has_no_body(void **state) {
 static void test_pipelined_in_order(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl,
          "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
          "GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
          "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
          "GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/a");
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "later");
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "body=hello");
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/b");
+    client_expect_body(&a, &cl, "target=/a");
+    client_expect_body(&a, &cl, "later");
+    client_expect_body(&a, &cl, "body=hello");
+    client_expect_body(&a, &cl, "target=/b");
     assert_int_equal(a.requests, 4);
     client_close(&cl);
     app_finish(&a);
@@ -495,9 +524,7 @@ static void test_every_split(void **state) {
         client_send(&a, &cl, req + k, 1);
         tu_spin(a.loop, 1);
     }
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "body=hello world");
+    client_expect_body(&a, &cl, "body=hello world");
     assert_int_equal(a.requests, n);
     client_close(&cl);
     app_finish(&a);
@@ -506,9 +533,8 @@ static void test_every_split(void **state) {
 static void test_chunked_body(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl,
          "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
          "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
@@ -517,8 +543,7 @@ static void test_chunked_body(void **state) {
     client_response(&a, &cl, &r, false);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "body=hello world");
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/after");
+    client_expect_body(&a, &cl, "target=/after");
     /* a bad chunk: 400 and closed */
     SEND(&a, &cl, "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
     client_response(&a, &cl, &r, false);
@@ -623,17 +648,14 @@ static void test_refusals(void **state) {
         client_close(&cl);
         RUN_UNTIL(a.loop, tu_log_contains(want));
         expect[cases[i].reason]++;
-        SEND(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n");
-        client_response(&a, &good, &r, false);
-        assert_string_equal(r.body, "target=/still");
+        client_get_body(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n", "target=/still");
     }
     crest_conn_stats_t cs;
     crest_loop_conn_stats(a.loop, &cs);
     assert_int_equal(cs.close_reasons[CREST_CLOSE_PROTOCOL_ERROR],
                      expect[CREST_CLOSE_PROTOCOL_ERROR]);
     assert_int_equal(cs.close_reasons[CREST_CLOSE_TOO_LARGE], expect[CREST_CLOSE_TOO_LARGE]);
-    crest_http_server_stats_t st;
-    crest_http_server_get_stats(a.srv, &st);
+    crest_http_server_stats_t st = server_stats(&a);
     assert_int_equal(st.refused, sizeof cases / sizeof cases[0]);
     client_close(&good);
     app_finish(&a);
@@ -646,17 +668,13 @@ static void test_refusals(void **state) {
 static void test_cancel(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
     RUN_UNTIL(a.loop, a.requests == 1);
-    struct linger lg = {1, 0};
-    assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    client_close(&cl);
+    client_reset(&cl);
     RUN_UNTIL(a.loop, a.cancelled == 1);
-    crest_http_server_stats_t st;
-    crest_http_server_get_stats(a.srv, &st);
+    crest_http_server_stats_t st = server_stats(&a);
     assert_int_equal(st.cancelled, 1);
     assert_int_equal(st.pending, 0);
     app_finish(&a);
@@ -666,9 +684,8 @@ static void test_cancel(void **state) {
 static void test_destroy_pending(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
     RUN_UNTIL(a.loop, a.requests == 1);
     crest_timer_stop(a.timer);
@@ -677,10 +694,7 @@ static void test_destroy_pending(void **state) {
     RUN_UNTIL(a.loop, a.cancelled == 1);
     client_expect_eof(&a, &cl);
     client_close(&cl);
-    crest_timer_destroy(a.timer);
-    crest_timer_destroy(a.resume_timer);
-    tu_spin(a.loop, 3);
-    tu_finish_conns(a.loop);
+    app_finish(&a);
 }
 
 /* Slowloris: a head sent a byte every few ms never completes within the
@@ -707,16 +721,12 @@ static void test_header_timeout(void **state) {
         if (cs.close_reasons[CREST_CLOSE_READ_TIMEOUT] == 1)
             break;
         if (i % 20 == 0) {
-            struct response r;
-            SEND(&a, &good, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n");
-            client_response(&a, &good, &r, false);
-            assert_string_equal(r.body, "target=/ok");
+            client_get_body(&a, &good, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n", "target=/ok");
         }
     }
     crest_loop_conn_stats(a.loop, &cs);
     assert_int_equal(cs.close_reasons[CREST_CLOSE_READ_TIMEOUT], 1);
-    crest_http_server_stats_t st;
-    crest_http_server_get_stats(a.srv, &st);
+    crest_http_server_stats_t st = server_stats(&a);
     assert_int_equal(st.timeouts, 1);
     assert_true(tu_log_contains("request head not whole within 200 ms: closed (read timeout)"));
     assert_int_equal(a.requests % 1000, a.requests); /* the slow one never became a request */
@@ -743,10 +753,7 @@ static void test_body_and_keepalive_timeouts(void **state) {
     uint64_t t0 = tu_mono_ns();
     while (tu_mono_ns() - t0 < 400000000ull) /* past the header timeout */
         assert_true(crest_loop_run_once(a.loop, 10) >= 0);
-    SEND(&a, &cl, "cd");
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "body=abcd");
+    client_get_body(&a, &cl, "cd", "body=abcd");
     /* now idle: the keep-alive timeout closes it */
     client_expect_eof(&a, &cl);
     crest_conn_stats_t cs;
@@ -762,14 +769,11 @@ static void test_body_and_keepalive_timeouts(void **state) {
 static void test_half_close_client(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
     shutdown(cl.fd, SHUT_WR);
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "later");
+    client_expect_body(&a, &cl, "later");
     client_expect_eof(&a, &cl);
     client_close(&cl);
     app_finish(&a);
@@ -821,8 +825,7 @@ static void own_round(struct app *a, crest_listener_t *l, struct own *o) {
     client_response(a, &cl, &r, false);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "target=/own");
-    client_response(a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/again");
+    client_expect_body(a, &cl, "target=/again");
     assert_int_equal(o->accept_rc, 0);
     assert_int_equal(o->lines, 0);
     client_close(&cl);
@@ -876,8 +879,7 @@ static void test_accept_from_own_listener(void **state) {
     own_round(&a, l, &o);
     crest_listener_close(l);
 
-    crest_http_server_stats_t st;
-    crest_http_server_get_stats(a.srv, &st);
+    crest_http_server_stats_t st = server_stats(&a);
     assert_int_equal(st.connections, 3);
     assert_int_equal(st.requests, 6);
     assert_int_equal(o.opened, 3);
@@ -1037,12 +1039,8 @@ static void test_stream_slow_reader(void **state) {
         fail_msg("%zu bytes queued for a slow reader", max_queued);
     assert_true(samples > 100);
     /* The connection goes on: a request after the stream. */
-    SEND(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/after");
-    crest_http_server_stats_t hs;
-    crest_http_server_get_stats(a.srv, &hs);
+    client_get_body(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n", "target=/after");
+    crest_http_server_stats_t hs = server_stats(&a);
     assert_int_equal(hs.requests, 2);
     assert_int_equal(hs.responses[2], 2);
     assert_int_equal(hs.pending, 0);
@@ -1075,10 +1073,7 @@ static void test_stream_chunked_and_http10(void **state) {
     SEND(&a, &cl, "GET /chunked/0 HTTP/1.1\r\nHost: x\r\n\r\n");
     client_head(&a, &cl, head, sizeof head);
     client_expect(&a, &cl, "0\r\n\r\n");
-    SEND(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/after");
+    client_get_body(&a, &cl, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n", "target=/after");
     client_close(&cl);
 
     /* HTTP/1.0, even with keep-alive asked: no chunks, the close ends it */
@@ -1095,8 +1090,7 @@ static void test_stream_chunked_and_http10(void **state) {
         assert_true(cl.eof);
         client_close(&cl);
     }
-    crest_http_server_stats_t hs;
-    crest_http_server_get_stats(a.srv, &hs);
+    crest_http_server_stats_t hs = server_stats(&a);
     assert_int_equal(hs.responses[2], 6);
     assert_int_equal(hs.pending, 0);
     assert_int_equal(a.body_after_end, 0);
@@ -1108,9 +1102,8 @@ static void test_stream_chunked_and_http10(void **state) {
 static void test_stream_head_only(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl,
          "HEAD /stream/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
          "HEAD /chunked/1000 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -1130,13 +1123,11 @@ static void test_stream_head_only(void **state) {
     client_response(&a, &cl, &r, false);
     assert_int_equal(r.status, 200);
     assert_head_has(r.head, "\r\nContent-Length: 0\r\n");
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/next");
+    client_expect_body(&a, &cl, "target=/next");
     tu_spin(a.loop, 3);
     assert_int_equal(cl.len, 0); /* not a byte of body */
     assert_int_equal(a.body_calls, 0);
-    crest_http_server_stats_t hs;
-    crest_http_server_get_stats(a.srv, &hs);
+    crest_http_server_stats_t hs = server_stats(&a);
     assert_int_equal(hs.pending, 0);
     assert_int_equal(hs.responses[2], 5);
     /* errors: a NULL body, a NULL exchange */
@@ -1154,9 +1145,8 @@ static void test_stream_head_only(void **state) {
 static void test_stream_wait_resume(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "GET /wait/200000 HTTP/1.1\r\nHost: x\r\n\r\n");
     RUN_UNTIL(a.loop, a.nstreams == 1 && a.streams[0].waiting);
     /* waiting: iterations pass, the body is not asked */
@@ -1176,10 +1166,7 @@ static void test_stream_wait_resume(void **state) {
     assert_int_equal(client_pattern(&a, &cl, 0, 300000), 300000);
     assert_true(a.streams[1].calls >= 2 * (300000 / CREST_HTTP_STREAM_CHUNK));
     /* not streaming: -EINVAL */
-    SEND(&a, &cl, "GET /resume HTTP/1.1\r\nHost: x\r\n\r\n");
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/resume");
+    client_get_body(&a, &cl, "GET /resume HTTP/1.1\r\nHost: x\r\n\r\n", "target=/resume");
     assert_int_equal(a.body_after_end, 0);
     client_close(&cl);
     app_finish(&a);
@@ -1222,15 +1209,11 @@ static void test_stream_body_fails(void **state) {
                      st->total - st->off);
         RUN_UNTIL(a.loop, tu_log_line_has("protocol error", log, NULL));
         client_close(&cl);
-        struct response r;
-        SEND(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n");
-        client_response(&a, &good, &r, false);
-        assert_string_equal(r.body, "target=/still");
+        client_get_body(&a, &good, "GET /still HTTP/1.1\r\nHost: x\r\n\r\n", "target=/still");
     }
     assert_int_equal(a.cancelled, 0);
     assert_int_equal(a.body_after_end, 0);
-    crest_http_server_stats_t hs;
-    crest_http_server_get_stats(a.srv, &hs);
+    crest_http_server_stats_t hs = server_stats(&a);
     assert_int_equal(hs.pending, 0);
     assert_int_equal(hs.cancelled, 0);
     crest_conn_stats_t cs;
@@ -1244,9 +1227,8 @@ static void test_stream_body_fails(void **state) {
 static void test_stream_pipelined(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl,
          "GET /stream/100000 HTTP/1.1\r\nHost: x\r\n\r\n"
          "GET /chunked/150000 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -1263,9 +1245,7 @@ static void test_stream_pipelined(void **state) {
     client_head(&a, &cl, head, sizeof head);
     assert_head_has(head, "\r\nContent-Length: 300000\r\n");
     assert_int_equal(client_pattern(&a, &cl, 0, 300000), 300000);
-    struct response r;
-    client_response(&a, &cl, &r, false);
-    assert_string_equal(r.body, "target=/last");
+    client_expect_body(&a, &cl, "target=/last");
     assert_int_equal(a.nstreams, 3);
     assert_int_equal(a.requests, 4);
     assert_int_equal(a.body_after_end, 0);
@@ -1343,10 +1323,7 @@ static void test_stream_fast_client_yields(void **state) {
     assert_int_equal(pthread_create(&th, NULL, fast_reader_main, &f), 0);
     struct client other;
     client_open(&other, &a);
-    SEND(&a, &other, "GET /small HTTP/1.1\r\nHost: x\r\n\r\n");
-    struct response r;
-    client_response(&a, &other, &r, false);
-    assert_string_equal(r.body, "target=/small");
+    client_get_body(&a, &other, "GET /small HTTP/1.1\r\nHost: x\r\n\r\n", "target=/small");
     /* answered while the stream was not over */
     if (a.stream_off_at_request >= total)
         fail_msg("the small request waited for the whole stream (%" PRIu64 " bytes)", total);
@@ -1365,9 +1342,8 @@ static void test_stream_fast_client_yields(void **state) {
 static void test_stream_client_reset(void **state) {
     (void)state;
     struct app a;
-    app_start(&a);
     struct client cl;
-    client_open(&cl, &a);
+    app_open(&a, &cl);
     SEND(&a, &cl, "GET /stream/268435456 HTTP/1.1\r\nHost: x\r\n\r\n"); /* 256 MiB, unread */
     RUN_UNTIL(a.loop, a.nstreams == 1 && a.streams[0].off > 0);
     /* the sockets fill up: the server stops asking */
@@ -1377,17 +1353,14 @@ static void test_stream_client_reset(void **state) {
         tu_spin(a.loop, 20);
     } while (calls != a.body_calls);
     assert_false(a.streams[0].done);
-    struct linger lg = {1, 0};
-    assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    client_close(&cl);
+    client_reset(&cl);
     RUN_UNTIL(a.loop, a.cancelled == 1);
     assert_true(a.streams[0].cancelled);
     calls = a.body_calls;
     tu_spin(a.loop, 10);
     assert_int_equal(a.body_calls, calls);
     assert_int_equal(a.body_after_end, 0);
-    crest_http_server_stats_t hs;
-    crest_http_server_get_stats(a.srv, &hs);
+    crest_http_server_stats_t hs = server_stats(&a);
     assert_int_equal(hs.cancelled, 1);
     assert_int_equal(hs.pending, 0);
     app_finish(&a);
@@ -1413,34 +1386,25 @@ static void test_stream_server_destroyed(void **state) {
     a.srv = NULL;
     unsigned calls = a.body_calls;
     /* both read to the end: what was queued, then EOF */
-    while (client_fill(&a, &c1))
-        c1.len = 0;
-    while (client_fill(&a, &c2))
-        c2.len = 0;
+    client_drain(&a, &c1);
+    client_drain(&a, &c2);
     RUN_UNTIL(a.loop, a.cancelled == 2);
     assert_int_equal(a.body_calls, calls);
     assert_int_equal(a.body_after_end, 0);
     client_close(&c1);
     client_close(&c2);
-    crest_timer_destroy(a.timer);
-    crest_timer_destroy(a.resume_timer);
-    tu_spin(a.loop, 3);
-    tu_finish_conns(a.loop);
+    app_finish(&a);
 
     /* destroyed from inside the body, with its continuation deferred */
     app_start(&a);
     client_open(&c1, &a);
     SEND(&a, &c1, "GET /destroy/10000000 HTTP/1.1\r\nHost: x\r\n\r\n");
     RUN_UNTIL(a.loop, a.srv == NULL);
-    while (client_fill(&a, &c1))
-        c1.len = 0;
+    client_drain(&a, &c1);
     RUN_UNTIL(a.loop, a.cancelled == 1);
     assert_int_equal(a.streams[0].calls, 1);
     client_close(&c1);
-    crest_timer_destroy(a.timer);
-    crest_timer_destroy(a.resume_timer);
-    tu_spin(a.loop, 3);
-    tu_finish_conns(a.loop);
+    app_finish(&a);
 }
 
 int main(void) {
