@@ -372,6 +372,11 @@ static bool linger_begins(struct crest_conn *c) {
     if (!c->ep->opts.linger_ms ||
         (c->flags & (CREST__C_ABORTING | CREST__C_DEAD | CREST__C_EOF_SEEN)))
         return false;
+    /* The peer said it was done, and nothing it sent waits unread. */
+    if ((c->flags & CREST__C_NO_LINGER) &&
+        !(c->flags & (CREST__C_READABLE | CREST__C_PEER_DONE | CREST__C_URGENT)) &&
+        crest__conn_input_bytes(c) == 0)
+        return false;
     if (!(c->flags & CREST__C_SHUT_DONE) && shutdown(c->io.fd, SHUT_WR) < 0)
         return false;
     c->flags |= CREST__C_SHUT_DONE;
@@ -617,6 +622,14 @@ void crest__conns_destroy(crest_loop_t *loop) {
 void crest_conn_close(crest_conn_t *c) {
     if (c->state == CREST_CONN_CLOSED || c->state == CREST_CONN_CLOSING)
         return;
+    crest__conn_request_close(c, CREST_CLOSE_LOCAL, 0);
+}
+
+void crest_conn_close_nolinger(crest_conn_t *c) {
+    if (c->state == CREST_CONN_CLOSED || c->state == CREST_CONN_CLOSING ||
+        (c->flags & CREST__C_CLOSE_REQUESTED))
+        return; /* a close already asked for keeps its own way */
+    c->flags |= CREST__C_NO_LINGER;
     crest__conn_request_close(c, CREST_CLOSE_LOCAL, 0);
 }
 

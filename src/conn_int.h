@@ -115,6 +115,7 @@ enum {
     CREST__C_FLUSHED_PENDING = 1u << 19, /* on_flushed to run */
     CREST__C_TCP = 1u << 20,            /* a TCP socket (not Unix): TCP_INFO
                                            is read at its close */
+    CREST__C_NO_LINGER = 1u << 22,      /* crest_conn_close_nolinger() */
     CREST__C_NAGLE = 1u << 21,          /* TCP_NODELAY off: small writes are
                                            sampled for Nagle delays (tested
                                            with FLUSH_WAIT in wrote()) */

@@ -1140,8 +1140,12 @@ static void take_eof(struct crest_conn *c) {
  * message, or whole ones a pause held back): they move to a buffer of the
  * connection's own.  Returns false if the connection is closing. */
 static bool keep_rest(struct crest_conn *c, const uint8_t *p, size_t len) {
-    if (c->flags & CREST__C_CLOSE_REQUESTED)
+    if (c->flags & CREST__C_CLOSE_REQUESTED) {
+        /* Dropped: the peer sent more than was used, so it may send more
+         * still, and the close lingers after all. */
+        c->flags &= (uint32_t)~CREST__C_NO_LINGER;
         return false;
+    }
     struct crest__chunk *in = crest__chunk_get(&c->io.loop->pool, len);
     if (!in) {
         c->flags |= CREST__C_ABORTING;

@@ -343,8 +343,14 @@ static void exchange_end(struct http_conn *hc, bool close) {
     bool was_waiting = hc->state == HC_WAITING;
     hc->x.active = false;
     s->stats.pending--;
-    if (close)
-        crest_conn_close(hc->c);
+    if (close) {
+        /* A client that asked for the close has sent all it will: no
+         * linger, unless input is waiting (nginx's lingering_close on). */
+        if (!hc->x.keep_alive)
+            crest_conn_close_nolinger(hc->c);
+        else
+            crest_conn_close(hc->c);
+    }
     if (was_waiting) {
         hc->state = HC_HEAD;
         if (crest_conn_state(hc->c) < CREST_CONN_CLOSING)

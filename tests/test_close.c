@@ -259,6 +259,61 @@ static void test_fail_error_reply_arrives(void **state) {
     tu_finish_conns(loop);
 }
 
+/* crest_conn_close_nolinger(): "bye" and a close.  With the request
+ * consumed whole and nothing more sent, the socket closes at once (no
+ * linger, its fd gone when on_close has run); the client gets the reply,
+ * then EOF.  With input left unconsumed, it lingers as crest_conn_close(). */
+static size_t nolinger_consume;
+
+static ssize_t on_data_reply_nolinger(crest_conn_t *c, const uint8_t *data, size_t len) {
+    (void)data;
+    struct srv *s = crest_conn_handler_ctx(c);
+    s->delivered += len;
+    s->requests++;
+    assert_int_equal(crest_conn_write(c, "bye", 3), 0);
+    crest_conn_close_nolinger(c);
+    return (ssize_t)(nolinger_consume && nolinger_consume < len ? nolinger_consume : len);
+}
+
+static void nolinger_round(size_t consume, uint64_t want_lingered) {
+    crest_loop_t *loop = tu_loop();
+    uint64_t base = crest_fd_open_count();
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    nolinger_consume = consume;
+    crest_conn_opts_t co;
+    crest_conn_opts_init(&co);
+    co.linger_ms = 100;
+    crest_handler_t h = {.on_open = on_open_rec, .on_data = on_data_reply_nolinger,
+                         .on_close = on_close_rec};
+    srv_start(loop, &s, &co, &h);
+    int fd = tu_raw_connect(s.addr, 0);
+    assert_int_equal(send(fd, "hi!!", 4, 0), 4);
+    RUN_UNTIL(loop, s.closes == 1);
+    crest_listener_close(s.l);
+    assert_int_equal(s.reason, CREST_CLOSE_LOCAL);
+    assert_int_equal(lingered(loop), want_lingered);
+    /* no linger: the socket is closed already; a linger holds it */
+    assert_int_equal(crest_fd_open_count(), base + want_lingered);
+    char buf[8];
+    int end = 0;
+    assert_int_equal(tu_raw_recv(loop, fd, buf, sizeof buf, &end), 3);
+    assert_int_equal(end, 1); /* EOF, not a reset */
+    assert_memory_equal(buf, "bye", 3);
+    close(fd);
+    run_until_idle(loop);
+    assert_int_equal(lingering(loop), 0);
+    assert_int_equal(crest_fd_open_count(), base);
+    assert_int_equal(s.requests, 1);
+    tu_finish_conns(loop);
+}
+
+static void test_close_nolinger(void **state) {
+    (void)state;
+    nolinger_round(0, 0); /* all consumed: closed at once */
+    nolinger_round(2, 1); /* "!!" left buffered: it lingers */
+}
+
 /* (c) A peer that never closes: the linger ends after linger_ms, the fd is
  * closed, and crest_loop_run() returns. */
 static void test_linger_bounded_when_peer_never_closes(void **state) {
@@ -431,6 +486,7 @@ int main(void) {
         tu_test(test_close_with_unread_input_delivers_reply),
         tu_test(test_fail_error_reply_arrives),
         tu_test(test_linger_bounded_when_peer_never_closes),
+        tu_test(test_close_nolinger),
         tu_test(test_loop_destroy_during_linger),
         tu_test(test_no_linger_after_peer_eof),
         tu_test(test_reset_while_paused_closes),

@@ -391,6 +391,15 @@ int crest_conn_shutdown(crest_conn_t *c);
  * fails instead, on_close says CONNECT_FAILED or CONNECT_TIMEOUT.  A no-op
  * on a connection already closing or closed. */
 void crest_conn_close(crest_conn_t *c);
+/* The same, without the linger ("Lingering close") when nothing says the
+ * peer has more to send: no input buffered and the socket read to EAGAIN
+ * when the close completes; otherwise it lingers as crest_conn_close().
+ * For a protocol whose peer has said it is done: an HTTP request read
+ * whole that asked for the close (HTTP/1.0, "Connection: close"), as
+ * nginx closes (lingering_close on: linger only when the client may send
+ * more).  Saves a shutdown(), a wait and a read per connection; the bet is
+ * nginx's: input that arrives after the close would draw an RST. */
+void crest_conn_close_nolinger(crest_conn_t *c);
 /* Close with a reason and a logged explanation ("frame too large: 70000
  * bytes, limit 65536"): the way to reject bad peer input.  Graceful like
  * crest_conn_close() (queued output is still flushed). */
