@@ -22,5 +22,6 @@
 #include "doctor.h"
 #include "http.h"
 #include "admin.h"
+#include "resolve.h"
 
 #endif

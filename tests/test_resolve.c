@@ -1,0 +1,412 @@
+/* crest_resolve: names through c-ares against a real dnsmasq on loopback.
+ *
+ * The group setup starts dnsmasq on 127.0.0.1 and a free port with only the
+ * records below (--no-resolv --no-hosts, everything under .test local, so
+ * an unknown name is NXDOMAIN), and the teardown stops it by PID.  Without
+ * dnsmasq (Debian: dnsmasq) or without c-ares the program exits 77 (skip),
+ * after the literal-address checks that need neither.
+ *
+ *   a.test      127.0.0.2, TTL 300
+ *   short.test  127.0.0.3, TTL 1   (expires during the test)
+ *   nx.test     does not exist
+ */
+#include "crest_test.h"
+
+#include <arpa/inet.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "config.h"
+
+static pid_t dns_pid = -1;
+static char dns_dir[64];
+static char dns_servers[64];
+
+/* ---- dnsmasq ----------------------------------------------------------------- */
+
+static int bind_udp(uint16_t port, uint16_t *got)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    socklen_t len = sizeof(sin);
+    getsockname(fd, (struct sockaddr *)&sin, &len);
+    if (got) *got = ntohs(sin.sin_port);
+    return fd;
+}
+
+static char dns_prog[128];
+
+/* dnsmasq lives in /usr/sbin, often not on a user's PATH. */
+static bool find_dnsmasq(void)
+{
+    static const char *dirs[] = {"/usr/sbin", "/usr/bin", "/sbin", "/bin"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        snprintf(dns_prog, sizeof(dns_prog), "%s/dnsmasq", dirs[i]);
+        if (access(dns_prog, X_OK) == 0) return true;
+    }
+    return false;
+}
+
+static void dns_stop(void)
+{
+    if (dns_pid > 0) {
+        kill(dns_pid, SIGTERM);
+        waitpid(dns_pid, NULL, 0);
+        dns_pid = -1;
+    }
+    if (dns_dir[0]) {
+        char p[128];
+        snprintf(p, sizeof(p), "%s/dnsmasq.pid", dns_dir);
+        unlink(p);
+        rmdir(dns_dir);
+        dns_dir[0] = '\0';
+    }
+}
+
+/* Start dnsmasq; 0 when it listens (its UDP port is taken), -1 if not. */
+static int dns_start(void)
+{
+    uint16_t port = 0;
+    int probe = bind_udp(0, &port);
+    if (probe < 0) return -1;
+    close(probe);
+    snprintf(dns_dir, sizeof(dns_dir), "/tmp/crest-resolve.XXXXXX");
+    if (!mkdtemp(dns_dir)) return -1;
+    chmod(dns_dir, 0755); /* dnsmasq may drop to "nobody" */
+    char portarg[32], pidarg[128];
+    snprintf(portarg, sizeof(portarg), "--port=%u", port);
+    snprintf(pidarg, sizeof(pidarg), "--pid-file=%s/dnsmasq.pid", dns_dir);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a killed test */
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execl(dns_prog, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
+               "--conf-file=/dev/null", portarg, "--listen-address=127.0.0.1",
+               "--bind-interfaces", pidarg, "--local=/test/",
+               "--host-record=a.test,127.0.0.2,300", "--host-record=short.test,127.0.0.3,1",
+               (char *)NULL);
+        _exit(127);
+    }
+    dns_pid = pid;
+    snprintf(dns_servers, sizeof(dns_servers), "127.0.0.1:%u", port);
+    for (int i = 0; i < 1000; i++) { /* bounded: 10 s */
+        int fd = bind_udp(port, NULL);
+        if (fd == -EADDRINUSE) return 0;
+        if (fd >= 0) close(fd);
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            dns_pid = -1;
+            return -1;
+        }
+        tu_sleep_ms(10);
+    }
+    return -1;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (dns_start() < 0) {
+        dns_stop();
+        fprintf(stderr, "test_resolve: dnsmasq did not start\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    dns_stop();
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+struct result {
+    bool done;
+    int calls;
+    int status;
+    size_t count;
+    int from_cache;
+    crest_addr_t addr0;
+    uint32_t ttl0;
+    char reason[256];
+};
+
+static void on_resolved(int status, const crest_resolve_answer_t *a, void *arg)
+{
+    struct result *res = arg;
+    res->calls++;
+    res->done = true;
+    res->status = status;
+    res->count = a->count;
+    res->from_cache = a->from_cache;
+    if (a->count) {
+        res->addr0 = a->addrs[0];
+        res->ttl0 = a->ttl_s[0];
+    }
+    snprintf(res->reason, sizeof(res->reason), "%s", a->reason);
+}
+
+static crest_resolver_t *make_resolver(crest_loop_t *loop, const char *servers,
+                                       uint32_t timeout_ms, uint32_t tries)
+{
+    crest_resolver_opts_t o = {.servers = servers, .timeout_ms = timeout_ms, .tries = tries,
+                               .cache_max = 8, .negative_ttl_ms = 60000};
+    crest_resolver_t *r = NULL;
+    assert_int_equal(crest_resolver_create(loop, &o, &r), 0);
+    return r;
+}
+
+/* Resolve and run the loop until the answer; no callback inside the call. */
+static void resolve_wait(crest_loop_t *loop, crest_resolver_t *r, const char *name, int family,
+                         struct result *res)
+{
+    memset(res, 0, sizeof(*res));
+    assert_int_equal(crest_resolve(r, name, 80, family, on_resolved, res, NULL), 0);
+    assert_int_equal(res->calls, 0);
+    tu_run_until(loop, &res->done, 1000, 100);
+    assert_true(res->done);
+    assert_int_equal(res->calls, 1);
+}
+
+static const char *fmt(const crest_addr_t *a, char buf[CREST_ADDR_STRLEN])
+{
+    assert_true(crest_addr_format(a, buf, CREST_ADDR_STRLEN) > 0);
+    return buf;
+}
+
+static crest_resolver_stats_t stats_of(const crest_resolver_t *r)
+{
+    crest_resolver_stats_t s;
+    crest_resolver_get_stats(r, &s);
+    return s;
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void test_literals(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    /* A server that is never asked: literals need no query. */
+    crest_resolver_t *r = make_resolver(loop, "127.0.0.1:9", 200, 1);
+    struct result res;
+    char buf[CREST_ADDR_STRLEN];
+    resolve_wait(loop, r, "127.0.0.1", AF_UNSPEC, &res);
+    assert_int_equal(res.status, 0);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.1:80");
+    resolve_wait(loop, r, "[::1]", AF_UNSPEC, &res);
+    assert_int_equal(res.status, 0);
+    assert_string_equal(fmt(&res.addr0, buf), "[::1]:80");
+    resolve_wait(loop, r, "localhost", AF_INET, &res);
+    assert_int_equal(res.status, 0);
+    assert_int_equal(res.count, 1);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.1:80");
+    resolve_wait(loop, r, "::1", AF_INET, &res);
+    assert_int_equal(res.status, -ENOENT);
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.queries, 0);
+    assert_int_equal(s.literals, 4);
+    assert_int_equal(crest_resolve(r, "", 80, AF_UNSPEC, on_resolved, &res, NULL), -EINVAL);
+    assert_int_equal(crest_resolve(r, "x", 80, 12345, on_resolved, &res, NULL), -EINVAL);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+static void test_name_then_cache_hit(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 2);
+    struct result res;
+    char buf[CREST_ADDR_STRLEN];
+    resolve_wait(loop, r, "a.test", AF_INET, &res);
+    if (res.status != 0) print_error("reason: %s\n", res.reason);
+    assert_int_equal(res.status, 0);
+    assert_int_equal(res.count, 1);
+    assert_int_equal(res.from_cache, 0);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.2:80");
+    assert_true(res.ttl0 > 0 && res.ttl0 <= 300);
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.queries, 1);
+    assert_int_equal(s.cache_hits, 0);
+    assert_int_equal(s.cache_entries, 1);
+    assert_int_equal(s.resolve_ns.count, 1);
+
+    resolve_wait(loop, r, "A.TEST", AF_INET, &res); /* names are case-blind */
+    assert_int_equal(res.status, 0);
+    assert_int_equal(res.from_cache, 1);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.2:80");
+    s = stats_of(r);
+    assert_int_equal(s.queries, 1);
+    assert_int_equal(s.cache_hits, 1);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+static void test_ttl_expiry(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 2);
+    struct result res;
+    char buf[CREST_ADDR_STRLEN];
+    resolve_wait(loop, r, "short.test", AF_INET, &res);
+    assert_int_equal(res.status, 0);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.3:80");
+    assert_int_equal(res.ttl0, 1);
+    assert_int_equal(stats_of(r).cache_entries, 1);
+    tu_sleep_ms(1100); /* past the 1 s TTL */
+    crest_loop_update_time(loop);
+    resolve_wait(loop, r, "short.test", AF_INET, &res);
+    assert_int_equal(res.status, 0);
+    assert_int_equal(res.from_cache, 0);
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.queries, 2);
+    assert_int_equal(s.cache_hits, 0);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+static void test_nxdomain_negative_cache(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 2);
+    struct result res;
+    resolve_wait(loop, r, "nx.test", AF_INET, &res);
+    assert_int_equal(res.status, -ENOENT);
+    assert_int_equal(res.count, 0);
+    assert_non_null(strstr(res.reason, "nx.test"));
+    assert_non_null(strstr(res.reason, "not found"));
+    resolve_wait(loop, r, "nx.test", AF_INET, &res);
+    assert_int_equal(res.status, -ENOENT);
+    assert_int_equal(res.from_cache, 1);
+    assert_non_null(strstr(res.reason, "nx.test"));
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.queries, 1);
+    assert_int_equal(s.failures, 1);
+    assert_int_equal(s.negative_hits, 1);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+static void test_timeout(void **state)
+{
+    (void)state;
+    uint16_t port = 0;
+    int silent = bind_udp(0, &port); /* bound, never read: no answer */
+    assert_true(silent >= 0);
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%u", port);
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, servers, 200, 2);
+    struct result res;
+    resolve_wait(loop, r, "a.test", AF_INET, &res);
+    assert_int_equal(res.status, -ETIMEDOUT);
+    assert_non_null(strstr(res.reason, "a.test"));
+    assert_non_null(strstr(res.reason, "imeout"));
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.failures, 1);
+    assert_int_equal(s.cache_entries, 0); /* a timeout is not cached */
+    crest_resolver_destroy(r);
+    close(silent);
+    tu_destroy_loop(loop);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 2);
+    struct result q = {0}, lit = {0};
+    crest_resolve_req_t *req = NULL;
+    assert_int_equal(crest_resolve(r, "a.test", 80, AF_INET, on_resolved, &q, &req), 0);
+    assert_non_null(req);
+    crest_resolve_cancel(req);
+    assert_int_equal(crest_resolve(r, "127.0.0.1", 80, AF_INET, on_resolved, &lit, &req), 0);
+    crest_resolve_cancel(req);
+    /* The query still completes (and fills the cache), silently. */
+    for (int i = 0; i < 1000 && stats_of(r).cache_entries == 0; i++)
+        assert_true(crest_loop_run_once(loop, 100) >= 0);
+    assert_int_equal(stats_of(r).cache_entries, 1);
+    tu_spin(loop, 5);
+    assert_int_equal(q.calls, 0);
+    assert_int_equal(lit.calls, 0);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+static void test_destroy_pending(void **state)
+{
+    (void)state;
+    uint16_t port = 0;
+    int silent = bind_udp(0, &port);
+    assert_true(silent >= 0);
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%u", port);
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, servers, 5000, 3);
+    struct result a = {0}, b = {0}, c = {0}, hit = {0};
+    crest_resolve_req_t *req = NULL;
+    assert_int_equal(crest_resolve(r, "a.test", 80, AF_INET, on_resolved, &a, NULL), 0);
+    assert_int_equal(crest_resolve(r, "b.test", 80, AF_UNSPEC, on_resolved, &b, NULL), 0);
+    assert_int_equal(crest_resolve(r, "c.test", 80, AF_INET, on_resolved, &c, &req), 0);
+    assert_int_equal(crest_resolve(r, "localhost", 80, AF_INET, on_resolved, &hit, NULL), 0);
+    crest_resolve_cancel(req);
+    tu_spin(loop, 3); /* the queries are out */
+    assert_int_equal(a.calls + b.calls + c.calls, 0);
+    assert_int_equal(hit.calls, 1);
+    crest_resolver_destroy(r);
+    assert_int_equal(a.calls + b.calls, 0); /* not inside destroy */
+    tu_spin(loop, 3);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.status, -ECANCELED);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.status, -ECANCELED);
+    assert_int_equal(c.calls, 0);
+    close(silent);
+    tu_destroy_loop(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest literal_tests[] = {
+        tu_test(test_literals),
+    };
+    int rc = cmocka_run_group_tests(literal_tests, NULL, NULL);
+    if (rc) return rc;
+#ifndef HAVE_CARES
+    fprintf(stderr, "test_resolve: built without c-ares: skipping the name tests\n");
+    return 77;
+#else
+    if (!find_dnsmasq()) {
+        fprintf(stderr, "test_resolve: dnsmasq not installed (Debian: dnsmasq): skipping\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        tu_test(test_name_then_cache_hit),
+        tu_test(test_ttl_expiry),
+        tu_test(test_nxdomain_negative_cache),
+        tu_test(test_timeout),
+        tu_test(test_cancel),
+        tu_test(test_destroy_pending),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+#endif
+}
