@@ -31,6 +31,10 @@ flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer
        -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
        -I"$srcdir/include" -I"$srcdir/src" -I"$builddir" -pthread
        -DCREST_LIBC_SYSCALLS) # libc read/send/sendmsg, for -Wl,--wrap
+# c-ares (src/resolve.c), when configure found it.
+read -r -a lib_cflags <<<"${FUZZ_LIB_CFLAGS:-}"
+read -r -a libs <<<"${FUZZ_LIBS:-}"
+flags+=("${lib_cflags[@]}")
 
 # The library, once for all targets.  An object is rebuilt when its source
 # or any header is newer: a struct that changed in a header must not be
@@ -54,7 +58,7 @@ for t in "$@"; do
     wrap=()
     [ "$t" = conn ] && wrap=(-Wl,--wrap=read,--wrap=sendmsg,--wrap=send)
     "$FUZZ_CC" "${flags[@]}" -fsanitize=fuzzer "$srcdir/fuzz/fuzz_$t.c" "${objs[@]}" \
-        "${wrap[@]}" -o "$bin"
+        "${wrap[@]}" "${libs[@]}" -o "$bin"
     mkdir -p "$out/corpus/$t"
     log=$out/fuzz-$t.log
     echo "fuzz: $t for $FUZZ_TIME s (log: $log)"
