@@ -150,6 +150,7 @@ static struct cache_entry *cache_find(crest_resolver_t *r, const char *name, int
     return e;
 }
 
+#ifdef HAVE_CARES /* only answers from c-ares are cached */
 static struct cache_entry *cache_insert(crest_resolver_t *r, const char *name, int family,
                                         size_t n)
 {
@@ -182,6 +183,7 @@ static struct cache_entry *cache_insert(crest_resolver_t *r, const char *name, i
     r->stats.cache_entries++;
     return e;
 }
+#endif
 
 /* ---- answers --------------------------------------------------------------- */
 
