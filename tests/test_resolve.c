@@ -393,6 +393,74 @@ static void test_destroy_pending(void **state)
     tu_destroy_loop(loop);
 }
 
+/* cache_max bounds the entries; the least recently used goes first. */
+static void test_lru_eviction(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_opts_t o = {.servers = dns_servers, .cache_max = 2};
+    crest_resolver_t *r = NULL;
+    assert_int_equal(crest_resolver_create(loop, &o, &r), 0);
+    struct result res;
+    resolve_wait(loop, r, "a.test", AF_INET, &res);     /* query 1 */
+    assert_int_equal(res.status, 0);
+    resolve_wait(loop, r, "nx.test", AF_INET, &res);    /* query 2, negative */
+    assert_int_equal(res.status, -ENOENT);
+    resolve_wait(loop, r, "a.test", AF_INET, &res);     /* hit: a.test most recent */
+    assert_int_equal(res.from_cache, 1);
+    resolve_wait(loop, r, "a.test", AF_INET6, &res);    /* query 3: evicts nx.test */
+    assert_int_equal(res.status, -ENOENT);              /* no AAAA for a.test */
+    crest_resolver_stats_t s = stats_of(r);
+    assert_int_equal(s.queries, 3);
+    assert_int_equal(s.evictions, 1);
+    assert_int_equal(s.cache_entries, 2);
+    resolve_wait(loop, r, "a.test", AF_INET, &res);     /* still cached */
+    assert_int_equal(res.from_cache, 1);
+    resolve_wait(loop, r, "nx.test", AF_INET, &res);    /* evicted: asked again */
+    assert_int_equal(res.from_cache, 0);
+    assert_int_equal(stats_of(r).queries, 4);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+/* Many lookups in flight at once on c-ares's sockets: every one answered,
+ * once (the answers arrive in bursts on edge-triggered watchers). */
+static void test_many_in_flight(void **state)
+{
+    (void)state;
+    enum { N = 64 };
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 3);
+    static struct result res[N];
+    static char names[N][32];
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < N; i++) {
+        /* Distinct names, so none is answered from the cache: one that
+         * exists, one without an AAAA record, the rest NXDOMAIN. */
+        int fam = AF_INET;
+        if (i == 0) snprintf(names[i], sizeof(names[i]), "a.test");
+        else if (i == 1) snprintf(names[i], sizeof(names[i]), "short.test");
+        else snprintf(names[i], sizeof(names[i]), "nx%d.test", i);
+        if (i == 1) fam = AF_INET6;
+        assert_int_equal(crest_resolve(r, names[i], 80, fam, on_resolved, &res[i], NULL), 0);
+    }
+    int answered = 0;
+    for (int it = 0; it < 2000 && answered < N; it++) {
+        assert_true(crest_loop_run_once(loop, 100) >= 0);
+        answered = 0;
+        for (int i = 0; i < N; i++) answered += res[i].calls;
+    }
+    assert_int_equal(answered, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        if (i == 0) assert_int_equal(res[i].status, 0);
+        else assert_int_equal(res[i].status, -ENOENT);
+    }
+    assert_int_equal(stats_of(r).queries, N);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest literal_tests[] = {
@@ -415,6 +483,8 @@ int main(void)
         tu_test(test_timeout),
         tu_test(test_cancel),
         tu_test(test_destroy_pending),
+        tu_test(test_lru_eviction),
+        tu_test(test_many_in_flight),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
