@@ -510,6 +510,10 @@ static int channel_create(crest_resolver_t *r)
     o.sock_state_cb_data = r;
     o.timeout = (int)r->opts.timeout_ms;
     o.tries = (int)r->opts.tries;
+    if (r->opts.use_tcp) {
+        o.flags = ARES_FLAG_USEVC;
+        mask |= ARES_OPT_FLAGS;
+    }
     bool own_servers = r->opts.servers && r->opts.servers[0];
     char lookups[] = "b";
     if (own_servers) {

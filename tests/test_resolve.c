@@ -461,6 +461,31 @@ static void test_many_in_flight(void **state)
     tu_destroy_loop(loop);
 }
 
+/* Over TCP, c-ares 1.18 reads an answer in pieces, one read per
+ * ares_process_fd() (the 2-byte length, then the message): on an
+ * edge-triggered watcher the rest would wait for an edge that never comes.
+ * The resolver processes again while poll() says the socket is still
+ * readable; without that this lookup ends in -ETIMEDOUT. */
+static void test_tcp_answer_read_in_pieces(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_opts_t o = {.servers = dns_servers, .timeout_ms = 3000, .tries = 1,
+                               .use_tcp = 1};
+    crest_resolver_t *r = NULL;
+    assert_int_equal(crest_resolver_create(loop, &o, &r), 0);
+    struct result res;
+    char buf[CREST_ADDR_STRLEN];
+    resolve_wait(loop, r, "a.test", AF_INET, &res);
+    if (res.status != 0) print_error("reason: %s\n", res.reason);
+    assert_int_equal(res.status, 0);
+    assert_string_equal(fmt(&res.addr0, buf), "127.0.0.2:80");
+    resolve_wait(loop, r, "nx.test", AF_INET, &res);
+    assert_int_equal(res.status, -ENOENT);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest literal_tests[] = {
@@ -485,6 +510,7 @@ int main(void)
         tu_test(test_destroy_pending),
         tu_test(test_lru_eviction),
         tu_test(test_many_in_flight),
+        tu_test(test_tcp_answer_read_in_pieces),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -50,6 +50,7 @@ typedef struct crest_resolver_opts {
     uint32_t tries;           /* 0: 2 */
     uint32_t cache_max;       /* entries; 0: 1024 */
     uint32_t negative_ttl_ms; /* 0: 5000 */
+    int use_tcp;              /* 1: every query over TCP (c-ares's USEVC) */
 } crest_resolver_opts_t;
 
 /* What a callback receives.  status 0: count >= 1 addresses, in c-ares's
