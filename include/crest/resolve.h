@@ -27,6 +27,16 @@
  * crest_resolver_destroy() completes every request still pending with
  * -ECANCELED, delivered from the loop after destroy returns (or from
  * crest_loop_destroy()); a request cancelled before never calls back.
+ * Once crest_loop_destroy() has begun (a resolver destroyed from an
+ * on_close it runs), answers can no longer be queued: they are dropped
+ * and those callbacks do not run.
+ *
+ * Blocking: crest_resolver_create() reads /etc/resolv.conf once,
+ * synchronously (c-ares's initialisation, even when servers are given);
+ * with servers given, nothing after that touches a file or waits.  With
+ * the servers of /etc/resolv.conf, c-ares also reads /etc/hosts for each
+ * query that misses the cache (a small synchronous file read).  c-ares's
+ * sockets are not in crest's fd registry.
  */
 #ifndef CREST_RESOLVE_H
 #define CREST_RESOLVE_H
