@@ -23,5 +23,6 @@
 #include "http.h"
 #include "admin.h"
 #include "resolve.h"
+#include "pool.h"
 
 #endif
