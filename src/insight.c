@@ -448,6 +448,19 @@ void crest_insight_window(crest_insight_t *out, const crest_insight_t *newer,
     HWIN(hw_pause);
     DIFF(nagle_checks);
     DIFF(nagle_held);
+    DIFF(resolve_requests);
+    DIFF(resolve_queries);
+    DIFF(resolve_cache_hits);
+    DIFF(resolve_coalesced);
+    DIFF(resolve_failures);
+    HWIN(resolve_time);
+    DIFF(pool_acquired);
+    DIFF(pool_reused);
+    DIFF(pool_acquire_timeouts);
+    DIFF(pool_connect_failures);
+    DIFF(pool_leaks);
+    HWIN(pool_acquire_wait);
+    DIFF(pool_exhausted_samples);
     /* The slow callbacks of the window only. */
     unsigned k = 0;
     for (unsigned i = 0; i < newer->slow_ring_len; i++)
@@ -534,6 +547,33 @@ void crest_insight_add(crest_insight_t *dst, const crest_insight_t *src) {
     HADD(hw_pause);
     ADD(nagle_checks);
     ADD(nagle_held);
+    ADD(resolve_requests);
+    ADD(resolve_queries);
+    ADD(resolve_cache_hits);
+    ADD(resolve_coalesced);
+    ADD(resolve_failures);
+    HADD(resolve_time);
+    ADD(pool_acquired);
+    ADD(pool_reused);
+    ADD(pool_acquire_timeouts);
+    ADD(pool_connect_failures);
+    ADD(pool_leaks);
+    HADD(pool_acquire_wait);
+    ADD(pool_exhausted_samples);
+    ADD(pools);
+    ADD(pool_active);
+    ADD(pool_idle);
+    ADD(pool_waiting);
+    ADD(pool_max);
+    /* The busiest pool of all the loops: by share of max_size borrowed. */
+    if ((uint64_t)src->pool_busiest_active * dst->pool_busiest_max >
+            (uint64_t)dst->pool_busiest_active * src->pool_busiest_max ||
+        (src->pool_busiest_max && !dst->pool_busiest_max)) {
+        dst->pool_busiest_active = src->pool_busiest_active;
+        dst->pool_busiest_max = src->pool_busiest_max;
+        dst->pool_busiest_waiting = src->pool_busiest_waiting;
+        memcpy(dst->pool_busiest, src->pool_busiest, sizeof dst->pool_busiest);
+    }
     /* The slow rings, merged by time: the newest CREST_SLOW_RING. */
     crest_slow_cb_t merged[2 * CREST_SLOW_RING];
     unsigned a = 0, b = 0, n = 0;

@@ -70,6 +70,11 @@ struct crest_resolve_req {
     int family;
     bool cancelled;
     bool in_ares;
+    /* Lookups of the same (name, family) while one is in flight wait for
+     * its answer instead of sending their own: the leader is on the
+     * resolver's inflight list, the others on its followers list. */
+    crest_resolve_req_t *inflight_next;
+    crest_resolve_req_t *followers;
     int status;
     int from_cache;
     uint64_t start_ns;
@@ -93,6 +98,7 @@ struct crest_resolver {
     struct cache_entry **buckets;
     size_t nbuckets;
     struct cache_entry *lru_head, *lru_tail;
+    crest_resolve_req_t *inflight; /* leaders inside c-ares */
     crest_resolver_stats_t stats;
 };
 
@@ -252,6 +258,7 @@ static int answer_from_cache(crest_resolver_t *r, crest_resolve_req_t *q,
     if (e->status < 0) {
         req_fail(q, e->status, "name not found (cached negative answer)");
         r->stats.negative_hits++;
+        r->loop->ins.fig.resolve_cache_hits++;
         return 0;
     }
     if (req_alloc_addrs(q, e->n) < 0) return -ENOMEM;
@@ -263,6 +270,7 @@ static int answer_from_cache(crest_resolver_t *r, crest_resolve_req_t *q,
         q->ttl_s[i] = (uint32_t)((left + 999) / 1000);
     }
     r->stats.cache_hits++;
+    r->loop->ins.fig.resolve_cache_hits++;
     return 0;
 }
 
@@ -455,6 +463,42 @@ static void cache_answer(crest_resolver_t *r, crest_resolve_req_t *q,
     (void)ai;
 }
 
+/* The leader q has its answer: take it off the inflight list and give
+ * each follower the same answer with its own port. */
+static void answer_followers(crest_resolver_t *r, crest_resolve_req_t *q)
+{
+    for (crest_resolve_req_t **pp = &r->inflight; *pp; pp = &(*pp)->inflight_next) {
+        if (*pp == q) {
+            *pp = q->inflight_next;
+            break;
+        }
+    }
+    crest_resolve_req_t *f = q->followers;
+    q->followers = NULL;
+    while (f) {
+        crest_resolve_req_t *next = f->inflight_next;
+        f->inflight_next = NULL;
+        if (f->cancelled) {
+            req_free(f);
+        } else {
+            if (q->status < 0) {
+                f->status = q->status;
+                memcpy(f->reason, q->reason, sizeof(f->reason));
+            } else if (req_alloc_addrs(f, q->n) < 0) {
+                req_fail(f, -ENOMEM, "out of memory");
+            } else {
+                for (size_t i = 0; i < q->n; i++) {
+                    f->addrs[i] = q->addrs[i];
+                    addr_set_port(&f->addrs[i], f->port);
+                    f->ttl_s[i] = q->ttl_s[i];
+                }
+            }
+            (void)queue_delivery(f);
+        }
+        f = next;
+    }
+}
+
 static void on_addrinfo(void *arg, int st, int timeouts, struct ares_addrinfo *res)
 {
     (void)timeouts;
@@ -487,10 +531,16 @@ static void on_addrinfo(void *arg, int st, int timeouts, struct ares_addrinfo *r
         req_fail(q, map_ares_status(st), ares_strerror(st));
     }
     if (r && st != ARES_EDESTRUCTION && st != ARES_ECANCELLED) {
-        crest_hist_record(&r->stats.resolve_ns, crest_loop_now_ns(r->loop) - q->start_ns);
-        if (q->status < 0) r->stats.failures++;
+        uint64_t took = crest_loop_now_ns(r->loop) - q->start_ns;
+        crest_hist_record(&r->stats.resolve_ns, took);
+        crest__hist_record(&r->loop->ins.fig.resolve_time, took);
+        if (q->status < 0) {
+            r->stats.failures++;
+            r->loop->ins.fig.resolve_failures++;
+        }
         cache_answer(r, q, res);
     }
+    if (r) answer_followers(r, q);
     if (res) ares_freeaddrinfo(res);
     if (q->cancelled) {
         req_free(q);
@@ -560,7 +610,10 @@ static int start_query(crest_resolver_t *r, crest_resolve_req_t *q)
     q->r = r;
     q->in_ares = true;
     q->start_ns = crest_loop_now_ns(r->loop);
+    q->inflight_next = r->inflight;
+    r->inflight = q;
     r->stats.queries++;
+    r->loop->ins.fig.resolve_queries++;
     r->in_call = true;
     ares_getaddrinfo(r->ch, q->name, NULL, &h, on_addrinfo, q);
     r->in_call = false;
@@ -568,7 +621,22 @@ static int start_query(crest_resolver_t *r, crest_resolve_req_t *q)
     return 0;
 }
 
+static crest_resolve_req_t *find_inflight(crest_resolver_t *r, const char *name, int family)
+{
+    for (crest_resolve_req_t *q = r->inflight; q; q = q->inflight_next)
+        if (q->family == family && strcasecmp(q->name, name) == 0) return q;
+    return NULL;
+}
+
 #else /* !HAVE_CARES */
+
+static crest_resolve_req_t *find_inflight(crest_resolver_t *r, const char *name, int family)
+{
+    (void)r;
+    (void)name;
+    (void)family;
+    return NULL;
+}
 
 static int channel_create(crest_resolver_t *r)
 {
@@ -653,7 +721,10 @@ int crest_resolve(crest_resolver_t *r, const char *name, uint16_t port, int fami
         if (reqp) *reqp = q;
         rc = queue_delivery(q);
         if (rc < 0 && reqp) *reqp = NULL;
-        if (rc == 0) r->stats.requests++;
+        if (rc == 0) {
+            r->stats.requests++;
+            r->loop->ins.fig.resolve_requests++;
+        }
         return rc;
     }
     if (rc == 0 && !r->have_channel) rc = -ENOTSUP;
@@ -663,6 +734,16 @@ int crest_resolve(crest_resolver_t *r, const char *name, uint16_t port, int fami
     }
     if (reqp) *reqp = q;
     r->stats.requests++;
+    r->loop->ins.fig.resolve_requests++;
+    crest_resolve_req_t *lead = find_inflight(r, name, family);
+    if (lead) {
+        crest_resolve_req_t **pp = &lead->followers;
+        while (*pp) pp = &(*pp)->inflight_next;
+        *pp = q;
+        r->stats.coalesced++;
+        r->loop->ins.fig.resolve_coalesced++;
+        return 0;
+    }
     return start_query(r, q);
 }
 

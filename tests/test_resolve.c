@@ -466,6 +466,85 @@ static void test_many_in_flight(void **state)
  * edge-triggered watcher the rest would wait for an edge that never comes.
  * The resolver processes again while poll() says the socket is still
  * readable; without that this lookup ends in -ETIMEDOUT. */
+/* Lookups of one cold name at once send one query: the rest wait for its
+ * answer, each with its own port; a cancelled leader still answers the
+ * others; a cancelled follower is not called.  The loop's figures count
+ * them (insight.h).  Without the coalescing, queries is N. */
+static void test_same_name_coalesced(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    crest_loop_t *loop = tu_loop();
+    crest_resolver_t *r = make_resolver(loop, dns_servers, 2000, 3);
+    static struct result res[N];
+    crest_resolve_req_t *reqs[N];
+    memset(res, 0, sizeof(res));
+    crest_insight_t *before = calloc(2, sizeof(*before)), *after = before + 1;
+    assert_non_null(before);
+    assert_int_equal(crest_loop_get_insight(loop, before), 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(crest_resolve(r, i % 2 ? "A.TEST" : "a.test", (uint16_t)(1000 + i),
+                                       AF_INET, on_resolved, &res[i], &reqs[i]),
+                         0);
+    crest_resolve_cancel(reqs[0]); /* the leader */
+    crest_resolve_cancel(reqs[N - 1]);
+    int answered = 0;
+    for (int it = 0; it < 200 && answered < N - 2; it++) {
+        assert_true(crest_loop_run_once(loop, 100) >= 0);
+        answered = 0;
+        for (int i = 0; i < N; i++) answered += res[i].calls;
+    }
+    assert_int_equal(res[0].calls, 0);
+    assert_int_equal(res[N - 1].calls, 0);
+    char b[CREST_ADDR_STRLEN], want[32];
+    for (int i = 1; i < N - 1; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_int_equal(res[i].status, 0);
+        assert_int_equal(res[i].count, 1);
+        snprintf(want, sizeof(want), "127.0.0.2:%d", 1000 + i);
+        assert_string_equal(fmt(&res[i].addr0, b), want);
+    }
+    crest_resolver_stats_t st = stats_of(r);
+    assert_int_equal(st.queries, 1);
+    assert_int_equal(st.coalesced, N - 1);
+    assert_int_equal(crest_loop_get_insight(loop, after), 0);
+    assert_int_equal(after->resolve_requests - before->resolve_requests, N);
+    assert_int_equal(after->resolve_queries - before->resolve_queries, 1);
+    assert_int_equal(after->resolve_coalesced - before->resolve_coalesced, N - 1);
+    assert_int_equal(after->resolve_time.count - before->resolve_time.count, 1);
+    free(before);
+    crest_resolver_destroy(r);
+    tu_destroy_loop(loop);
+}
+
+/* A follower of a lookup still in flight when the resolver is destroyed
+ * gets -ECANCELED like the leader. */
+static void test_destroy_with_followers(void **state)
+{
+    (void)state;
+    crest_loop_t *loop = tu_loop();
+    uint16_t port = 0;
+    int silent = bind_udp(0, &port);
+    assert_true(silent >= 0);
+    char servers[32];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%u", port);
+    crest_resolver_t *r = make_resolver(loop, servers, 5000, 1);
+    struct result res[3];
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(crest_resolve(r, "slow.test", 80, AF_INET, on_resolved, &res[i], NULL), 0);
+    assert_true(crest_loop_run_once(loop, 10) >= 0);
+    assert_int_equal(stats_of(r).queries, 1);
+    crest_resolver_destroy(r);
+    for (int it = 0; it < 10; it++) assert_true(crest_loop_run_once(loop, 10) >= 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_int_equal(res[i].status, -ECANCELED);
+    }
+    close(silent);
+    tu_destroy_loop(loop);
+}
+
 static void test_tcp_answer_read_in_pieces(void **state)
 {
     (void)state;
@@ -511,6 +590,8 @@ int main(void)
         tu_test(test_lru_eviction),
         tu_test(test_many_in_flight),
         tu_test(test_tcp_answer_read_in_pieces),
+        tu_test(test_same_name_coalesced),
+        tu_test(test_destroy_with_followers),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -216,6 +216,35 @@ typedef struct crest_insight {
                                     (bytes asked; the kernel doubles it),
                                     0 if none */
 
+    /* Outbound: names (resolve.h), every resolver on this loop, counted
+     * as they happen */
+    uint64_t resolve_requests;   /* crest_resolve() calls, crest_connect()'s
+                                    names included */
+    uint64_t resolve_queries;    /* lookups sent to DNS */
+    uint64_t resolve_cache_hits; /* answered from the cache (positive or
+                                    negative) */
+    uint64_t resolve_coalesced;  /* waited for a lookup already in flight */
+    uint64_t resolve_failures;   /* lookups that failed (NXDOMAIN, timeout,
+                                    ...) */
+    crest_hist_t resolve_time;   /* each lookup sent to DNS, ns */
+
+    /* Outbound: connection pools (pool.h) on this loop.  Counters as they
+     * happen; levels at the last sample, summed over the pools; "busiest"
+     * is the pool with the largest share of max_size borrowed then. */
+    uint64_t pool_acquired;      /* acquires that got a connection */
+    uint64_t pool_reused;        /* ... an idle one */
+    uint64_t pool_acquire_timeouts;
+    uint64_t pool_connect_failures;
+    uint64_t pool_leaks;         /* borrows reported past the leak threshold */
+    crest_hist_t pool_acquire_wait; /* acquire to callback, ns */
+    uint64_t pool_exhausted_samples; /* samples that found a pool with 80%
+                                    or more of max_size borrowed and
+                                    callers waiting */
+    uint32_t pools;              /* at the sample */
+    uint32_t pool_active, pool_idle, pool_waiting, pool_max;
+    uint32_t pool_busiest_active, pool_busiest_max, pool_busiest_waiting;
+    char pool_busiest[48];       /* its name ("" without pools) */
+
     /* fd growth (process-wide; see crest_fd_origins in fdreg.h) */
     uint64_t fds_open;           /* registered fds open at the sample */
     uint64_t fds_unregistered;   /* fds in /proc/self/fd the registry does

@@ -7,6 +7,10 @@
  * (./configure --without-c-ares), only literal addresses and "localhost"
  * resolve; other names fail with -ENOTSUP.
  *
+ * Lookups of a (name, family) already in flight are not sent again: the
+ * later requests wait for the first one's answer (a thousand connects to
+ * a cold name send one query).
+ *
  * Answers are cached per (name, family): a positive answer for the smallest
  * TTL of its records, a negative one (NXDOMAIN, no data) for
  * negative_ttl_ms; at most cache_max entries, the least recently used
@@ -115,6 +119,9 @@ typedef struct crest_resolver_stats {
     uint64_t literals;      /* literal addresses and "localhost" */
     uint64_t failures;      /* queries that ended with an error */
     uint64_t evictions;     /* cache entries dropped for cache_max */
+    uint64_t coalesced;     /* requests that waited for a lookup of the
+                               same (name, family) already in flight
+                               instead of sending their own */
     uint64_t cache_entries; /* now */
     crest_hist_t resolve_ns; /* time of each query sent to c-ares */
 } crest_resolver_stats_t;
