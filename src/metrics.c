@@ -308,6 +308,43 @@ static const struct scalar insight_net_scalars[] = {
      "Sampled small writes whose bytes the kernel held back though the window was open."},
 };
 
+/* Outbound: names and connection pools (kept in the loop's insight
+ * figures, so they follow insight like the families above). */
+static const struct scalar insight_outbound_scalars[] = {
+    {"crest_resolve_requests_total", "counter", INSF(resolve_requests), U_COUNT,
+     "Name lookups asked for (crest_resolve, crest_connect with a name)."},
+    {"crest_resolve_queries_total", "counter", INSF(resolve_queries), U_COUNT,
+     "Name lookups sent to DNS (not answered by the cache or a lookup in flight)."},
+    {"crest_resolve_cache_hits_total", "counter", INSF(resolve_cache_hits), U_COUNT,
+     "Name lookups answered from the resolver's cache (positive or negative)."},
+    {"crest_resolve_coalesced_total", "counter", INSF(resolve_coalesced), U_COUNT,
+     "Name lookups that waited for the same lookup already in flight."},
+    {"crest_resolve_failures_total", "counter", INSF(resolve_failures), U_COUNT,
+     "Name lookups sent to DNS that failed (no such name, timeout, refused)."},
+    {"crest_pool_acquired_total", "counter", INSF(pool_acquired), U_COUNT,
+     "Pool acquires that got a connection."},
+    {"crest_pool_reused_total", "counter", INSF(pool_reused), U_COUNT,
+     "Pool acquires given an idle (warm) connection."},
+    {"crest_pool_acquire_timeouts_total", "counter", INSF(pool_acquire_timeouts), U_COUNT,
+     "Pool acquires that waited past their timeout."},
+    {"crest_pool_connect_failures_total", "counter", INSF(pool_connect_failures), U_COUNT,
+     "Connects a pool started that failed."},
+    {"crest_pool_leaks_total", "counter", INSF(pool_leaks), U_COUNT,
+     "Pool connections reported borrowed past the leak threshold."},
+    {"crest_pool_exhausted_samples_total", "counter", INSF(pool_exhausted_samples), U_COUNT,
+     "Samples that found a pool with 80% or more of its maximum borrowed and callers "
+     "waiting."},
+    {"crest_pools", "gauge", INSF(pools), U_COUNT, "Connection pools on the loop."},
+    {"crest_pool_active_connections", "gauge", INSF(pool_active), U_COUNT,
+     "Pool connections borrowed now, all pools."},
+    {"crest_pool_idle_connections", "gauge", INSF(pool_idle), U_COUNT,
+     "Pool connections connected and idle now, all pools."},
+    {"crest_pool_waiting", "gauge", INSF(pool_waiting), U_COUNT,
+     "Callers waiting for a pool connection now, all pools."},
+    {"crest_pool_max_connections", "gauge", INSF(pool_max), U_COUNT,
+     "The pools' maximum sizes, summed."},
+};
+
 static const void *source_of(const struct crest__admin_loop_figures *f, enum source src) {
     switch (src) {
     case S_LOOP:
@@ -538,6 +575,10 @@ static void render_insight(struct crest__strbuf *sb, const struct crest__admin_l
         {"crest_rx_dwell_seconds", HIST(rx_dwell), true, has_rx,
          "Receive-queue dwell: from the kernel's timestamp of a segment to the read that "
          "took it (rx_timestamps)."},
+        {"crest_resolve_duration_seconds", HIST(resolve_time), true, has_insight,
+         "Duration of each name lookup sent to DNS."},
+        {"crest_pool_acquire_wait_seconds", HIST(pool_acquire_wait), true, has_insight,
+         "Pool acquires: from the call to the connection handed over."},
     };
     for (size_t k = 0; k < sizeof hists / sizeof hists[0]; k++)
         render_histogram(sb, &hists[k], loops, n, labelled);
@@ -575,6 +616,9 @@ static void render_insight(struct crest__strbuf *sb, const struct crest__admin_l
     render_scalars(sb, insight_net_scalars,
                    sizeof insight_net_scalars / sizeof insight_net_scalars[0], loops, n,
                    labelled, has_insight);
+    render_scalars(sb, insight_outbound_scalars,
+                   sizeof insight_outbound_scalars / sizeof insight_outbound_scalars[0], loops,
+                   n, labelled, has_insight);
 }
 
 /* ---- process-wide --------------------------------------------------------- */
