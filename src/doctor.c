@@ -22,7 +22,7 @@
 
 static const char *const cause_keys[CREST_CAUSE_COUNT] = {
     "slow_callback", "loop_blocked", "loop_saturated", "cpu_starved", "accept_queue",
-    "slow_reader", "sndbuf_limited", "nagle", "network", "fd_growth",
+    "slow_reader", "sndbuf_limited", "nagle", "network", "fd_growth", "pool_exhausted",
 };
 
 const char *crest_cause_key(crest_cause_t cause) {
@@ -622,6 +622,35 @@ static void rule_fd_growth(const ctx_t *c, crest_diagnosis_t *dx) {
     }
 }
 
+/* pool_exhausted: the rule of thumb for a connection pool (pool.h) is
+ * "active under 80% of max_size, nobody waiting".  Broken when a sample
+ * of the window found a pool at 80% or more with callers waiting
+ * (warning), or acquires timed out (critical: callers failed). */
+static void rule_pool_exhausted(const ctx_t *c, crest_diagnosis_t *dx) {
+    const crest_insight_t *w = c->w;
+    if (w->pool_exhausted_samples == 0 && w->pool_acquire_timeouts == 0)
+        return;
+    crest_finding_t *f =
+        add(dx, CREST_CAUSE_POOL_EXHAUSTED,
+            w->pool_acquire_timeouts ? CREST_SEVERITY_CRITICAL : CREST_SEVERITY_WARNING);
+    char leaks[80] = "";
+    if (w->pool_leaks)
+        snprintf(leaks, sizeof leaks, "; %s borrows past the leak threshold",
+                 num(w->pool_leaks).s);
+    evidence(f,
+             "pool %.40s: %u of %u connections borrowed, %u callers waiting; %s samples in %s "
+             "at 80%%+ with callers waiting; %s acquire timeouts; acquire wait p99 %s%s",
+             w->pool_busiest[0] ? w->pool_busiest : "?", w->pool_busiest_active,
+             w->pool_busiest_max, w->pool_busiest_waiting, num(w->pool_exhausted_samples).s,
+             dur(c->window_ns).s, num(w->pool_acquire_timeouts).s,
+             dur(crest_hist_percentile(&w->pool_acquire_wait, 99.0)).s, leaks);
+    advice(f, w->pool_leaks
+                  ? "Connections are held too long: crest_pool_report() lists each borrowed one "
+                    "with its label and age; give them back, or raise max_size."
+                  : "Raise the pool's max_size if the target can take more connections, or "
+                    "hold each one for less time (crest_pool_report() lists who has them).");
+}
+
 /* ---- diagnose ---- */
 
 static bool bad_fraction(double x) {
@@ -683,6 +712,7 @@ int crest_doctor_diagnose(const crest_insight_t *w, const crest_doctor_opts_t *o
     rule_nagle(&c, out);
     rule_network(&c, out);
     rule_fd_growth(&c, out);
+    rule_pool_exhausted(&c, out);
 
     /* Most severe first; within a severity, in the order of the causes
      * (insertion sort: stable, ten at most). */

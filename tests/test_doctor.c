@@ -665,6 +665,41 @@ static void test_fd_growth(void **state) {
 
 /* ---- several at once: order and lines ---- */
 
+static void test_pool_exhausted(void **state) {
+    (void)state;
+    crest_diagnosis_t dx;
+    crest_insight_t *w = healthy();
+    /* Pools in use within the rule of thumb: nothing to say. */
+    w->pools = 2;
+    w->pool_active = 10;
+    w->pool_max = 32;
+    w->pool_busiest_active = 10;
+    w->pool_busiest_max = 16;
+    snprintf(w->pool_busiest, sizeof w->pool_busiest, "db");
+    w->pool_acquired = 50000;
+    expect_none(w, &dx);
+    /* A sample found the pool full with callers waiting. */
+    w->pool_busiest_active = 16;
+    w->pool_busiest_waiting = 7;
+    w->pool_exhausted_samples = 4;
+    for (int i = 0; i < 100; i++)
+        crest_hist_record(&w->pool_acquire_wait, MS(40));
+    const crest_finding_t *f =
+        expect_one(w, CREST_CAUSE_POOL_EXHAUSTED, CREST_SEVERITY_WARNING, &dx);
+    assert_non_null(strstr(f->evidence, "pool db: 16 of 16 connections borrowed, 7 callers waiting"));
+    assert_non_null(strstr(f->evidence, "4 samples"));
+    assert_non_null(strstr(f->evidence, "acquire wait p99 4"));
+    assert_non_null(strstr(f->advice, "max_size"));
+    /* Acquires timed out: callers failed. */
+    w->pool_acquire_timeouts = 12;
+    w->pool_leaks = 3;
+    f = expect_one(w, CREST_CAUSE_POOL_EXHAUSTED, CREST_SEVERITY_CRITICAL, &dx);
+    assert_non_null(strstr(f->evidence, "12 acquire timeouts"));
+    assert_non_null(strstr(f->evidence, "3 borrows past the leak threshold"));
+    assert_non_null(strstr(f->advice, "crest_pool_report"));
+    free(w);
+}
+
 static void test_order_and_lines(void **state) {
     (void)state;
     crest_diagnosis_t dx;
@@ -875,6 +910,7 @@ int main(void) {
         cmocka_unit_test(test_nagle),
         cmocka_unit_test(test_network_recorded),
         cmocka_unit_test(test_fd_growth),
+        cmocka_unit_test(test_pool_exhausted),
         cmocka_unit_test(test_order_and_lines),
         cmocka_unit_test(test_edges),
         cmocka_unit_test(test_slow_callback_explained_by_preemption),

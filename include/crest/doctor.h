@@ -7,7 +7,7 @@
  * Each finding has a cause from a fixed vocabulary (its key is what the
  * text line begins with and the JSON "cause" carries):
  *   slow_callback loop_blocked loop_saturated cpu_starved accept_queue
- *   slow_reader sndbuf_limited nagle network fd_growth
+ *   slow_reader sndbuf_limited nagle network fd_growth pool_exhausted
  * A window with nothing wrong has no finding, and says so ("no latency
  * problem found") with the headline figures.
  *
@@ -40,6 +40,7 @@ typedef enum crest_cause {
     CREST_CAUSE_NAGLE,
     CREST_CAUSE_NETWORK,
     CREST_CAUSE_FD_GROWTH,
+    CREST_CAUSE_POOL_EXHAUSTED,
     CREST_CAUSE_COUNT
 } crest_cause_t;
 
