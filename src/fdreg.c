@@ -304,6 +304,7 @@ static const char *const kind_names[CREST_FD_KIND_COUNT] = {
     [CREST_FD_LISTENER] = "listener", [CREST_FD_ACCEPTED] = "accepted",
     [CREST_FD_CONNECT] = "connect",   [CREST_FD_RESERVE] = "reserve",
     [CREST_FD_PIPE] = "pipe",         [CREST_FD_USER] = "user",
+    [CREST_FD_RESOLVER] = "resolver",
 };
 
 const char *crest_fd_kind_name(crest_fd_kind_t kind) {

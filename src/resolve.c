@@ -26,7 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "internal.h"
@@ -549,6 +552,58 @@ static void on_addrinfo(void *arg, int st, int timeouts, struct ares_addrinfo *r
     (void)queue_delivery(q);
 }
 
+/* c-ares's sockets, made and closed through crest's fd registry (kind
+ * RESOLVER), so leak audits and /debug/crest/fds see them like every other
+ * fd crest opens. */
+static const char resolver_origin[] = "crest resolver";
+
+static ares_socket_t sock_open(int domain, int type, int protocol, void *data)
+{
+    crest_resolver_t *r = data;
+    int fd = socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol);
+    if (fd < 0) return ARES_SOCKET_BAD;
+    int rc = crest__fd_register(fd, CREST_FD_RESOLVER, r->loop, resolver_origin);
+    if (rc < 0) {
+        close(fd);
+        errno = -rc;
+        return ARES_SOCKET_BAD;
+    }
+    return fd;
+}
+
+static int sock_close(ares_socket_t fd, void *data)
+{
+    (void)data;
+    return crest_fd_close_at(fd, resolver_origin);
+}
+
+static int sock_connect(ares_socket_t fd, const struct sockaddr *sa, ares_socklen_t len, void *data)
+{
+    (void)data;
+    return connect(fd, sa, len);
+}
+
+static ares_ssize_t sock_recvfrom(ares_socket_t fd, void *buf, size_t len, int flags,
+                                  struct sockaddr *from, ares_socklen_t *from_len, void *data)
+{
+    (void)data;
+    return recvfrom(fd, buf, len, flags, from, from_len);
+}
+
+static ares_ssize_t sock_sendv(ares_socket_t fd, const struct iovec *iov, int n, void *data)
+{
+    (void)data;
+    return writev(fd, iov, n);
+}
+
+static const struct ares_socket_functions sock_funcs = {
+    .asocket = sock_open,
+    .aclose = sock_close,
+    .aconnect = sock_connect,
+    .arecvfrom = sock_recvfrom,
+    .asendv = sock_sendv,
+};
+
 static int channel_create(crest_resolver_t *r)
 {
     int rc = ares_library_init(ARES_LIB_INIT_ALL);
@@ -587,6 +642,7 @@ static int channel_create(crest_resolver_t *r)
             return rc == ARES_ENOMEM ? -ENOMEM : -EINVAL;
         }
     }
+    ares_set_socket_functions(r->ch, &sock_funcs, r);
     r->have_channel = true;
     return 0;
 }

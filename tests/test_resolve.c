@@ -535,7 +535,14 @@ static void test_destroy_with_followers(void **state)
         assert_int_equal(crest_resolve(r, "slow.test", 80, AF_INET, on_resolved, &res[i], NULL), 0);
     assert_true(crest_loop_run_once(loop, 10) >= 0);
     assert_int_equal(stats_of(r).queries, 1);
+    /* c-ares's socket is in crest's fd registry while the query waits. */
+    crest_fd_counts_t fc;
+    crest_fd_counts(CREST_FD_RESOLVER, &fc);
+    assert_int_equal(fc.open, 1);
     crest_resolver_destroy(r);
+    crest_fd_counts(CREST_FD_RESOLVER, &fc);
+    assert_int_equal(fc.open, 0);
+    assert_true(fc.closed >= 1);
     for (int it = 0; it < 10; it++) assert_true(crest_loop_run_once(loop, 10) >= 0);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(res[i].calls, 1);

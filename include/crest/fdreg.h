@@ -43,6 +43,7 @@ typedef enum crest_fd_kind {
     CREST_FD_RESERVE,   /* the spare fd kept for EMFILE recovery */
     CREST_FD_PIPE,
     CREST_FD_USER,      /* anything an application registers */
+    CREST_FD_RESOLVER,  /* a resolver's DNS sockets (resolve.h) */
     CREST_FD_KIND_COUNT,
     CREST_FD_ALL = CREST_FD_KIND_COUNT /* for crest_fd_counts(): every kind */
 } crest_fd_kind_t;

@@ -39,8 +39,11 @@
  * synchronously (c-ares's initialisation, even when servers are given);
  * with servers given, nothing after that touches a file or waits.  With
  * the servers of /etc/resolv.conf, c-ares also reads /etc/hosts for each
- * query that misses the cache (a small synchronous file read).  c-ares's
- * sockets are not in crest's fd registry.
+ * query that misses the cache (a small synchronous file read).
+ *
+ * c-ares's sockets are opened and closed through crest's fd registry
+ * (kind CREST_FD_RESOLVER, origin "crest resolver"), so leak audits and
+ * /debug/crest/fds see them.
  */
 #ifndef CREST_RESOLVE_H
 #define CREST_RESOLVE_H
