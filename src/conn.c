@@ -504,6 +504,11 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
+    if (c->peer_kind == CREST__PEER_EXTRA && c->peer.extra->close_hook) {
+        void (*hook)(struct crest_conn *, void *) = c->peer.extra->close_hook;
+        c->peer.extra->close_hook = NULL;
+        hook(c, c->peer.extra->close_hook_arg);
+    }
     if (linger) {
         if (c->flags & CREST__C_ABORTING)
             linger_end(c); /* crest_loop_close_all(abort) from on_close */
@@ -858,6 +863,23 @@ struct crest__conn_extra *crest__conn_extra(struct crest_conn *c) {
     c->peer.extra = x;
     c->peer_kind = CREST__PEER_EXTRA;
     return x;
+}
+
+int crest__conn_set_close_hook(struct crest_conn *c, void (*fn)(struct crest_conn *, void *),
+                               void *arg) {
+    struct crest__conn_extra *x = crest__conn_extra(c);
+    if (!x)
+        return -ENOMEM;
+    x->close_hook = fn;
+    x->close_hook_arg = arg;
+    return 0;
+}
+
+void *crest__conn_close_hook_arg(const struct crest_conn *c,
+                                 void (*fn)(struct crest_conn *, void *)) {
+    if (c->peer_kind != CREST__PEER_EXTRA || c->peer.extra->close_hook != fn)
+        return NULL;
+    return c->peer.extra->close_hook_arg;
 }
 
 int crest_conn_peer(const crest_conn_t *c, char *buf, size_t size) {

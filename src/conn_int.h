@@ -148,7 +148,18 @@ struct crest__conn_extra {
     crest_proxy_info_t proxy;     /* version 0 if no PROXY header */
     struct crest__flush_wait *flush; /* FIFO: flush[flush_head ..] */
     uint32_t flush_head, flush_len, flush_cap;
+    /* An owner inside crest told of the close (a pool): after on_close,
+     * whoever's handler the connection has then. */
+    void (*close_hook)(struct crest_conn *c, void *arg);
+    void *close_hook_arg;
 };
+
+/* Set (fn NULL: clear) the close hook.  0 or -ENOMEM. */
+int crest__conn_set_close_hook(struct crest_conn *c, void (*fn)(struct crest_conn *, void *),
+                               void *arg);
+/* The hook's arg if fn is the hook, else NULL. */
+void *crest__conn_close_hook_arg(const struct crest_conn *c,
+                                 void (*fn)(struct crest_conn *, void *));
 
 /* The per-loop heap of connection deadlines (conn_timer.c): one generic
  * timer for the loop, and a heap of connection pointers ordered by each

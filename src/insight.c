@@ -17,6 +17,7 @@
 
 #include "conn_int.h"
 #include "internal.h"
+#include "pool_int.h"
 
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ull
@@ -360,6 +361,7 @@ static void on_sample(crest_timer_t *t, void *arg) {
     crest__insight_sample_cpu(loop, f, now);
     crest__listeners_sample(loop, f);
     crest__fd_growth_sample(f, now, ins->sample_count % 10 == 0);
+    crest__conn_pools_sample(loop, f);
     ins->sample_count++;
     pthread_mutex_lock(&ins->pub_lock);
     fill_live(loop, ins->published);

@@ -114,8 +114,6 @@ void crest__insight_destroy(struct crest_loop *loop);
  * with the figures to fill in. */
 void crest__insight_sample_cpu(struct crest_loop *loop, crest_insight_t *fig, uint64_t now_ns);
 void crest__listeners_sample(struct crest_loop *loop, crest_insight_t *fig);
-/* pool.c: the pools' levels and the busiest pool into fig. */
-void crest__pools_sample(struct crest_loop *loop, crest_insight_t *fig);
 void crest__fd_growth_sample(crest_insight_t *fig, uint64_t now_ns, bool count_proc);
 
 /* The watchdog's registry of loops (watchdog.c). */

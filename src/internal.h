@@ -74,6 +74,7 @@ struct crest_posted {
 #define CREST__SCRATCH_SIZE 16384u
 
 struct crest_loop {
+    struct crest_pool *conn_pools;  /* pool.c: this loop's connection pools */
     int epfd;
     int wakefd;
     _Atomic int stop_flag;

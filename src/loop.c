@@ -22,6 +22,7 @@
 
 #include "epoll.h"
 #include "internal.h"
+#include "pool_int.h"
 
 #define MAX_EVENTS 256
 
@@ -128,6 +129,7 @@ int crest_loop_destroy(crest_loop_t *loop) {
     loop->running = true;
     loop->destroying = true; /* nor start anything new: -ESHUTDOWN */
     crest__post_close(loop); /* other threads' posts from now on too */
+    crest__conn_pools_destroy(loop); /* their waiters' -ECANCELED run here */
     /* Nothing can be queued now: one pass of each runs everything. */
     run_deferred(loop);
     crest__post_drain(loop);
