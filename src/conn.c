@@ -39,6 +39,7 @@ static const char *const reason_names[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_WRITE_TIMEOUT] = "write timeout",
     [CREST_CLOSE_CONNECT_TIMEOUT] = "connect timeout",
     [CREST_CLOSE_CONNECT_FAILED] = "connect failed",
+    [CREST_CLOSE_RESOLVE_FAILED] = "resolve failed",
     [CREST_CLOSE_PROTOCOL_ERROR] = "protocol error",
     [CREST_CLOSE_TOO_LARGE] = "too large",
     [CREST_CLOSE_LOCAL] = "local close",
@@ -58,6 +59,7 @@ static const char *const reason_keys[CREST_CLOSE_REASON_COUNT] = {
     [CREST_CLOSE_WRITE_TIMEOUT] = "write_timeout",
     [CREST_CLOSE_CONNECT_TIMEOUT] = "connect_timeout",
     [CREST_CLOSE_CONNECT_FAILED] = "connect_failed",
+    [CREST_CLOSE_RESOLVE_FAILED] = "resolve_failed",
     [CREST_CLOSE_PROTOCOL_ERROR] = "protocol_error",
     [CREST_CLOSE_TOO_LARGE] = "too_large",
     [CREST_CLOSE_LOCAL] = "local",
@@ -504,6 +506,8 @@ static void finish_close(struct crest_conn *c) {
         c->ep->handler.on_close(c, (crest_close_reason_t)c->close_reason, c->close_err);
         c->depth--;
     }
+    if (c->peer_kind == CREST__PEER_EXTRA && c->peer.extra->dial)
+        crest__dial_cancel(c); /* closed before an attempt won */
     if (c->peer_kind == CREST__PEER_EXTRA && c->peer.extra->close_hook) {
         void (*hook)(struct crest_conn *, void *) = c->peer.extra->close_hook;
         c->peer.extra->close_hook = NULL;
@@ -831,12 +835,16 @@ void crest__conn_set_peer(struct crest_conn *c, const struct sockaddr *sa, sockl
         if (!c->ep->opts.nodelay)
             c->flags |= CREST__C_NAGLE;
     }
-    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in) &&
+        c->peer_kind != CREST__PEER_EXTRA) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         c->peer.v4.addr = in->sin_addr.s_addr;
         c->peer.v4.port = in->sin_port;
         c->peer_kind = CREST__PEER_V4;
-    } else if (sa->sa_family == AF_INET6 && len <= (socklen_t)sizeof(struct sockaddr_storage)) {
+    } else if ((sa->sa_family == AF_INET || sa->sa_family == AF_INET6) &&
+               len <= (socklen_t)sizeof(struct sockaddr_storage)) {
+        /* IPv6, or any peer of a connection that has the extra block
+         * already (a pool's or a name's connection). */
         struct crest__conn_extra *x = crest__conn_extra(c);
         if (x) {
             memcpy(&x->socket_peer.ss, sa, len);

@@ -152,7 +152,16 @@ struct crest__conn_extra {
      * whoever's handler the connection has then. */
     void (*close_hook)(struct crest_conn *c, void *arg);
     void *close_hook_arg;
+    struct crest__dial *dial;     /* dial.c: a name being resolved and
+                                     connected; NULL once an attempt won */
 };
+
+/* dial.c: crest_connect() to a name. */
+int crest__dial_start(crest_loop_t *loop, const char *host, uint16_t port,
+                      const crest_conn_opts_t *opts, const crest_handler_t *handler, void *ctx,
+                      crest_conn_t **connp);
+/* The connection closes before an attempt won: stop everything. */
+void crest__dial_cancel(struct crest_conn *c);
 
 /* Set (fn NULL: clear) the close hook.  0 or -ENOMEM. */
 int crest__conn_set_close_hook(struct crest_conn *c, void (*fn)(struct crest_conn *, void *),

@@ -7,7 +7,9 @@
  * once (a Unix socket can): the handler sees one path for them.  Only
  * invalid arguments and local resource errors return -errno. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
+#include <string.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -107,15 +109,42 @@ fail:
     return rc;
 }
 
+/* "host:port" with a DNS name for host: 0 and the parts, or -EINVAL. */
+static int split_name(const char *addr, char *host, size_t size, uint16_t *port) {
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || (size_t)(colon - addr) >= size)
+        return -EINVAL;
+    for (const char *p = addr; p < colon; p++)
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_')
+            return -EINVAL; /* a name has no ':' (IPv6 literals are [..]) */
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || v == 0 || v > 65535 || !isdigit((unsigned char)colon[1]))
+        return -EINVAL;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    *port = (uint16_t)v;
+    return 0;
+}
+
 int crest_connect(crest_loop_t *loop, const char *addr, const crest_conn_opts_t *opts,
                   const crest_handler_t *handler, void *ctx, crest_conn_t **connp) {
     crest_addr_t a;
     if (!addr)
         return -EINVAL;
     int rc = crest_addr_parse(addr, &a);
-    if (rc < 0)
+    if (rc == 0)
+        return crest_connect_addr(loop, &a, NULL, opts, handler, ctx, connp);
+    char host[256];
+    uint16_t port;
+    if (split_name(addr, host, sizeof host, &port) < 0)
+        return rc; /* neither a literal address nor a name */
+    if (!loop || !handler || !connp)
+        return -EINVAL;
+    if ((rc = crest__loop_may_start(loop)) < 0)
         return rc;
-    return crest_connect_addr(loop, &a, NULL, opts, handler, ctx, connp);
+    return crest__dial_start(loop, host, port, opts, handler, ctx, connp);
 }
 
 /* ---- adopting a connected socket ----------------------------------------- */

@@ -75,6 +75,7 @@ struct crest_posted {
 
 struct crest_loop {
     struct crest_pool *conn_pools;  /* pool.c: this loop's connection pools */
+    struct crest_resolver *resolver; /* resolve.c: made on the first name */
     int epfd;
     int wakefd;
     _Atomic int stop_flag;
@@ -179,6 +180,9 @@ int crest__io_init(crest_loop_t *loop, struct crest_io *io, int fd, unsigned eve
                    crest_io_cb cb, void *arg, bool counted);
 void crest__io_close(struct crest_io *io);  /* stop, for embedded watchers */
 void crest__io_detach(struct crest_io *io, bool epoll_del);
+int crest__io_reattach(struct crest_io *io);
+/* resolve.c: crest_loop_destroy() ends the loop's own resolver. */
+void crest__loop_resolver_destroy(crest_loop_t *loop);
 void crest__loop_ref(crest_loop_t *loop);
 struct epoll_event;
 void crest__io_dispatch(crest_loop_t *loop, const struct epoll_event *evs, int n);

@@ -115,6 +115,13 @@ void crest_io_feed(crest_io_t *io, unsigned events) {
     loop->stats.fed_events++;
 }
 
+/* The file behind io->fd was replaced (dup3) while the watcher stayed in
+ * the table: register the new one with epoll, as it was. */
+int crest__io_reattach(struct crest_io *io) {
+    return crest__epoll_add(io->loop->epfd, io->fd, io->events,
+                            crest__event_tag(io->fd, io->gen));
+}
+
 /* Take the watcher out of the table.  Remove it from epoll too, unless the
  * caller is about to close an fd that nothing else shares: closing the last
  * reference removes it for free, and saves one epoll_ctl per connection. */

@@ -135,6 +135,9 @@ int crest_loop_destroy(crest_loop_t *loop) {
     crest__post_drain(loop);
     crest__listeners_destroy(loop);
     crest__conns_destroy(loop);
+    /* After the connections: a name still resolving was cancelled by its
+     * connection's close, before the resolver frees its request. */
+    crest__loop_resolver_destroy(loop);
     crest__shutdown_finish(loop);
     crest__signals_destroy(loop);
     crest__insight_destroy(loop);

@@ -829,3 +829,27 @@ void crest_resolver_get_stats(const crest_resolver_t *r, crest_resolver_stats_t 
     if (!r || !out) return;
     *out = r->stats;
 }
+
+int crest_loop_resolver(crest_loop_t *loop, crest_resolver_t **out)
+{
+    if (!loop || !out) return -EINVAL;
+    if (!loop->resolver) {
+        int rc = crest_resolver_create(loop, NULL, &loop->resolver);
+        if (rc < 0) return rc;
+    }
+    *out = loop->resolver;
+    return 0;
+}
+
+int crest_loop_set_resolver(crest_loop_t *loop, const crest_resolver_opts_t *opts)
+{
+    if (!loop) return -EINVAL;
+    if (loop->resolver) return -EBUSY;
+    return crest_resolver_create(loop, opts, &loop->resolver);
+}
+
+void crest__loop_resolver_destroy(crest_loop_t *loop)
+{
+    crest_resolver_destroy(loop->resolver);
+    loop->resolver = NULL;
+}

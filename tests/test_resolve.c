@@ -12,11 +12,6 @@
  */
 #include "crest_test.h"
 
-#include <arpa/inet.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 
 #include "config.h"
 
@@ -26,106 +21,14 @@ static const bool have_cares = true;
 static const bool have_cares = false;
 #endif
 
-static pid_t dns_pid = -1;
-static char dns_dir[64];
-static char dns_servers[64];
-
-/* ---- dnsmasq ----------------------------------------------------------------- */
-
-static int bind_udp(uint16_t port, uint16_t *got)
-{
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    socklen_t len = sizeof(sin);
-    getsockname(fd, (struct sockaddr *)&sin, &len);
-    if (got) *got = ntohs(sin.sin_port);
-    return fd;
-}
-
-static char dns_prog[128];
-
-/* dnsmasq lives in /usr/sbin, often not on a user's PATH. */
-static bool find_dnsmasq(void)
-{
-    static const char *dirs[] = {"/usr/sbin", "/usr/bin", "/sbin", "/bin"};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        snprintf(dns_prog, sizeof(dns_prog), "%s/dnsmasq", dirs[i]);
-        if (access(dns_prog, X_OK) == 0) return true;
-    }
-    return false;
-}
-
-static void dns_stop(void)
-{
-    if (dns_pid > 0) {
-        kill(dns_pid, SIGTERM);
-        waitpid(dns_pid, NULL, 0);
-        dns_pid = -1;
-    }
-    if (dns_dir[0]) {
-        char p[128];
-        snprintf(p, sizeof(p), "%s/dnsmasq.pid", dns_dir);
-        unlink(p);
-        rmdir(dns_dir);
-        dns_dir[0] = '\0';
-    }
-}
-
-/* Start dnsmasq; 0 when it listens (its UDP port is taken), -1 if not. */
-static int dns_start(void)
-{
-    uint16_t port = 0;
-    int probe = bind_udp(0, &port);
-    if (probe < 0) return -1;
-    close(probe);
-    snprintf(dns_dir, sizeof(dns_dir), "/tmp/crest-resolve.XXXXXX");
-    if (!mkdtemp(dns_dir)) return -1;
-    chmod(dns_dir, 0755); /* dnsmasq may drop to "nobody" */
-    char portarg[32], pidarg[128];
-    snprintf(portarg, sizeof(portarg), "--port=%u", port);
-    snprintf(pidarg, sizeof(pidarg), "--pid-file=%s/dnsmasq.pid", dns_dir);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a killed test */
-        int devnull = open("/dev/null", O_RDWR);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execl(dns_prog, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
-               "--conf-file=/dev/null", portarg, "--listen-address=127.0.0.1",
-               "--bind-interfaces", pidarg, "--local=/test/",
-               "--host-record=a.test,127.0.0.2,300", "--host-record=short.test,127.0.0.3,1",
-               (char *)NULL);
-        _exit(127);
-    }
-    dns_pid = pid;
-    snprintf(dns_servers, sizeof(dns_servers), "127.0.0.1:%u", port);
-    for (int i = 0; i < 1000; i++) { /* bounded: 10 s */
-        int fd = bind_udp(port, NULL);
-        if (fd == -EADDRINUSE) return 0;
-        if (fd >= 0) close(fd);
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            dns_pid = -1;
-            return -1;
-        }
-        tu_sleep_ms(10);
-    }
-    return -1;
-}
+#include "dnsmasq.h"
 
 static int group_setup(void **state)
 {
     (void)state;
-    if (dns_start() < 0) {
+    static const char *const records[] = {"--host-record=a.test,127.0.0.2,300",
+                                           "--host-record=short.test,127.0.0.3,1", NULL};
+    if (dns_start(records) < 0) {
         dns_stop();
         fprintf(stderr, "test_resolve: dnsmasq did not start\n");
         return -1;

@@ -142,6 +142,11 @@ typedef enum crest_close_reason {
     CREST_CLOSE_OUTPUT_LIMIT,     /* a write would have queued more than
                                      max_output (policy CLOSE): the peer is
                                      not reading */
+    CREST_CLOSE_RESOLVE_FAILED,   /* crest_connect() to a name: the lookup
+                                     failed (err: ENOENT no such name or no
+                                     address, ETIMEDOUT, ECONNREFUSED the
+                                     servers refused; crest's log has the
+                                     resolver's words) */
     CREST_CLOSE_REASON_COUNT
 } crest_close_reason_t;
 
@@ -279,6 +284,14 @@ typedef struct crest_conn_opts {
      * callback of crest_conn_flush_notify(). */
     size_t max_output;
     crest_output_policy_t output_policy; /* CLOSE (default) or REFUSE */
+    /* crest_connect() to a name (not a literal address): */
+    struct crest_resolver *resolver; /* NULL: the loop's own (resolve.h:
+                                     crest_loop_resolver()) */
+    int family;                   /* AF_UNSPEC (default), AF_INET, AF_INET6 */
+    uint32_t happy_eyeballs_delay_ms; /* wait before trying the next address
+                                     while one attempt is still connecting
+                                     (0: 250, RFC 8305's Connection Attempt
+                                     Delay) */
 } crest_conn_opts_t;
 
 /* keep_reading's default: decided by the direction (above). */
@@ -289,6 +302,23 @@ void crest_conn_opts_init(crest_conn_opts_t *opts);
 /* Outbound: a nonblocking connect to addr (see addr.h).  The connection
  * starts CONNECTING; on_open runs when it completes, or on_close with
  * CONNECT_FAILED (err: ECONNREFUSED, ENETUNREACH, ...) or CONNECT_TIMEOUT.
+ *
+ * addr may name a host, "db.internal:5432": crest_connect() then resolves
+ * it without blocking (the resolver of opts, else the loop's own; see
+ * resolve.h: cached per TTL, literals need none) and connects with Happy
+ * Eyeballs (RFC 8305): the addresses alternate between families, starting
+ * with the resolver's first; one attempt starts, the next after
+ * happy_eyeballs_delay_ms if the first has not connected yet, or at once
+ * when one fails; the first to connect becomes the connection, the others
+ * are closed.  connect_timeout_ms counts from this call and covers the
+ * lookup and every attempt.  A failed lookup closes with RESOLVE_FAILED;
+ * every attempt refused, with CONNECT_FAILED and the last attempt's errno.
+ * Until an attempt wins, the connection has no socket of its own:
+ * crest_conn_fd() is a placeholder fd, socket options and
+ * crest_conn_get_tcp_info() fail, crest_conn_peer() fails (-ENOTCONN);
+ * writes are queued as for any connect in progress.  A close or abort
+ * before then cancels the lookup and closes every attempt.  Without c-ares
+ * (./configure --without-c-ares) a name fails at once with -ENOTSUP.
  * opts may be NULL for defaults; it is copied.  0 and *connp, or -errno
  * (the callbacks never run then): -EINVAL for invalid options (among them
  * max_output set below high_water); -ESHUTDOWN while crest_loop_destroy()

@@ -131,6 +131,17 @@ typedef struct crest_resolver_stats {
 
 void crest_resolver_get_stats(const crest_resolver_t *r, crest_resolver_stats_t *out);
 
+/* The loop's own resolver, the one crest_connect() uses for names when
+ * its options name none: made on first use with the defaults (the servers
+ * of /etc/resolv.conf), destroyed by crest_loop_destroy() (do not destroy
+ * it yourself).  0, or crest_resolver_create()'s errors. */
+int crest_loop_resolver(crest_loop_t *loop, crest_resolver_t **out);
+
+/* Make the loop's own resolver now, with opts (servers, timeouts, cache),
+ * instead of the defaults on first use.  0, -EBUSY if it exists already,
+ * or crest_resolver_create()'s errors. */
+int crest_loop_set_resolver(crest_loop_t *loop, const crest_resolver_opts_t *opts);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,111 @@
+/* A real DNS server for tests: dnsmasq on 127.0.0.1 and a free port with
+ * only the records a test gives (--no-resolv --no-hosts, everything under
+ * .test local, so an unknown name is NXDOMAIN), started with
+ * PR_SET_PDEATHSIG so it never outlives a killed test, stopped by PID.
+ * Shared by test_resolve and test_dial. */
+#ifndef CREST_TEST_DNSMASQ_H
+#define CREST_TEST_DNSMASQ_H
+
+#include <arpa/inet.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static pid_t dns_pid = -1;
+static char dns_dir[64];
+static char dns_servers[64];
+
+static int bind_udp(uint16_t port, uint16_t *got)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    socklen_t len = sizeof(sin);
+    getsockname(fd, (struct sockaddr *)&sin, &len);
+    if (got) *got = ntohs(sin.sin_port);
+    return fd;
+}
+
+static char dns_prog[128];
+
+/* dnsmasq lives in /usr/sbin, often not on a user's PATH. */
+static bool find_dnsmasq(void)
+{
+    static const char *dirs[] = {"/usr/sbin", "/usr/bin", "/sbin", "/bin"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        snprintf(dns_prog, sizeof(dns_prog), "%s/dnsmasq", dirs[i]);
+        if (access(dns_prog, X_OK) == 0) return true;
+    }
+    return false;
+}
+
+static void dns_stop(void)
+{
+    if (dns_pid > 0) {
+        kill(dns_pid, SIGTERM);
+        waitpid(dns_pid, NULL, 0);
+        dns_pid = -1;
+    }
+    if (dns_dir[0]) {
+        char p[128];
+        snprintf(p, sizeof(p), "%s/dnsmasq.pid", dns_dir);
+        unlink(p);
+        rmdir(dns_dir);
+        dns_dir[0] = '\0';
+    }
+}
+
+/* Start dnsmasq; 0 when it listens (its UDP port is taken), -1 if not. */
+static int dns_start(const char *const *records)
+{
+    uint16_t port = 0;
+    int probe = bind_udp(0, &port);
+    if (probe < 0) return -1;
+    close(probe);
+    snprintf(dns_dir, sizeof(dns_dir), "/tmp/crest-resolve.XXXXXX");
+    if (!mkdtemp(dns_dir)) return -1;
+    chmod(dns_dir, 0755); /* dnsmasq may drop to "nobody" */
+    char portarg[32], pidarg[128];
+    snprintf(portarg, sizeof(portarg), "--port=%u", port);
+    snprintf(pidarg, sizeof(pidarg), "--pid-file=%s/dnsmasq.pid", dns_dir);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive a killed test */
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        const char *argv[64] = {"dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
+                                "--conf-file=/dev/null", portarg, "--listen-address=127.0.0.1",
+                                "--bind-interfaces", pidarg, "--local=/test/"};
+        size_t n = 10;
+        for (size_t i = 0; records[i] && n < 63; i++) argv[n++] = records[i];
+        argv[n] = NULL;
+        execv(dns_prog, (char *const *)argv);
+        _exit(127);
+    }
+    dns_pid = pid;
+    snprintf(dns_servers, sizeof(dns_servers), "127.0.0.1:%u", port);
+    for (int i = 0; i < 1000; i++) { /* bounded: 10 s */
+        int fd = bind_udp(port, NULL);
+        if (fd == -EADDRINUSE) return 0;
+        if (fd >= 0) close(fd);
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            dns_pid = -1;
+            return -1;
+        }
+        tu_sleep_ms(10);
+    }
+    return -1;
+}
+
+#endif
