@@ -62,8 +62,23 @@ static void dns_stop(void)
     }
 }
 
-/* Start dnsmasq; 0 when it listens (its UDP port is taken), -1 if not. */
-static int dns_start(const char *const *records)
+/* Is a UDP socket bound to 127.0.0.1:port?  Read from /proc/net/udp: a
+ * probe that binds the port itself would race dnsmasq's own bind. */
+static bool udp_port_bound(uint16_t port)
+{
+    FILE *f = fopen("/proc/net/udp", "r");
+    if (!f) return false;
+    char line[256], want[32];
+    snprintf(want, sizeof(want), "0100007F:%04X", port);
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, want) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* Start dnsmasq; 0 when it listens (its UDP port is bound), -1 if not. */
+static int dns_start_once(const char *const *records)
 {
     uint16_t port = 0;
     int probe = bind_udp(0, &port);
@@ -96,14 +111,23 @@ static int dns_start(const char *const *records)
     dns_pid = pid;
     snprintf(dns_servers, sizeof(dns_servers), "127.0.0.1:%u", port);
     for (int i = 0; i < 1000; i++) { /* bounded: 10 s */
-        int fd = bind_udp(port, NULL);
-        if (fd == -EADDRINUSE) return 0;
-        if (fd >= 0) close(fd);
+        if (udp_port_bound(port)) return 0;
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             dns_pid = -1;
             return -1;
         }
         tu_sleep_ms(10);
+    }
+    return -1;
+}
+
+/* Start dnsmasq with records; a few tries, each on a fresh port (another
+ * program may take the port between our probe and dnsmasq's bind). */
+static int dns_start(const char *const *records)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if (dns_start_once(records) == 0) return 0;
+        dns_stop();
     }
     return -1;
 }
