@@ -170,7 +170,8 @@ start kill "$bin/crest-proxy" --port 0 -q --backend "127.0.0.1:$k1port" --backen
 kp=$pid; kport=$port
 "$client" "$kport" 500000000 16384 500 >"$work/kill1.out" &
 c1=$!
-"$client" "$kport" 50000000 16384 200 >"$work/kill2.out" &
+sleep 0.3 # the first pair (round-robin: the backend to kill) is made
+"$client" "$kport" 50000000 16384 500 >"$work/kill2.out" &
 c2=$!
 sleep 1
 kill -KILL "$k1"
