@@ -281,11 +281,59 @@ static void test_listener_rejects_missing_header(void **state) {
     tu_destroy_loop(loop);
 }
 
+/* crest_proxy_v2_header() round trips through crest_proxy_parse(): IPv4
+ * and IPv6 as PROXY with both addresses, NULL and mixed families as
+ * LOCAL (no address), and a buffer too small refused. */
+static void test_v2_writer_round_trip(void **state) {
+    (void)state;
+    const char *pairs[][2] = {{"192.0.2.7:40000", "127.0.0.1:7100"},
+                              {"[2001:db8::1]:1234", "[::1]:443"}};
+    for (size_t i = 0; i < 2; i++) {
+        crest_addr_t src, dst;
+        assert_int_equal(crest_addr_parse(pairs[i][0], &src), 0);
+        assert_int_equal(crest_addr_parse(pairs[i][1], &dst), 0);
+        uint8_t buf[64];
+        int n = crest_proxy_v2_header(buf, sizeof buf, &src, &dst);
+        assert_int_equal(n, i == 0 ? 28 : 52);
+        crest_proxy_info_t info;
+        size_t used = 0;
+        const char *why = NULL;
+        assert_int_equal(crest_proxy_parse(buf, (size_t)n, CREST_PROXY_V2, &info, &used, &why), 1);
+        assert_int_equal(used, (size_t)n);
+        assert_int_equal(info.version, 2);
+        assert_true(info.has_addr);
+        char text[CREST_ADDR_STRLEN];
+        assert_true(crest_addr_format(&info.src, text, sizeof text) > 0);
+        assert_string_equal(text, pairs[i][0]);
+        assert_true(crest_addr_format(&info.dst, text, sizeof text) > 0);
+        assert_string_equal(text, pairs[i][1]);
+        /* One byte short: refused, nothing claimed. */
+        assert_int_equal(crest_proxy_v2_header(buf, (size_t)n - 1, &src, &dst), -ENOSPC);
+    }
+    crest_addr_t v4, v6;
+    assert_int_equal(crest_addr_parse("10.0.0.1:1", &v4), 0);
+    assert_int_equal(crest_addr_parse("[::1]:2", &v6), 0);
+    const crest_addr_t *local[][2] = {{NULL, NULL}, {&v4, &v6}, {&v6, &v4}};
+    for (size_t i = 0; i < 3; i++) {
+        uint8_t buf[64];
+        int n = crest_proxy_v2_header(buf, sizeof buf, local[i][0], local[i][1]);
+        assert_int_equal(n, 16);
+        crest_proxy_info_t info;
+        size_t used = 0;
+        const char *why = NULL;
+        assert_int_equal(crest_proxy_parse(buf, 16, CREST_PROXY_V2, &info, &used, &why), 1);
+        assert_int_equal(used, 16);
+        assert_false(info.has_addr);
+    }
+    assert_int_equal(crest_proxy_v2_header(NULL, 64, NULL, NULL), -EINVAL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         tu_test(test_parse_v1),
         tu_test(test_parse_v1_malformed),
         tu_test(test_parse_v2),
+        tu_test(test_v2_writer_round_trip),
         tu_test(test_listener_v1_v2),
         tu_test(test_listener_rejects_missing_header),
     };
