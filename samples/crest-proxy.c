@@ -31,6 +31,13 @@
  * down after --health-fails failures in a row, up after one success.
  * --send-proxy-v2 sends a PROXY v2 header naming the client first.
  *
+ * Backends may be names (crest_connect resolves them on the loop, cached
+ * for their TTL; --dns-server picks the server).  --warm N keeps N
+ * connected spares per backend in a crest_pool: a new client takes one
+ * instead of waiting for a handshake, and the pool connects a replacement.
+ * A relayed stream is never given back (its state is the client's), so
+ * each pair closes its backend connection at its end.
+ *
  * Everything else (options, threads, signals, the final report) is the
  * shared skeleton in server.c.
  */
@@ -42,7 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <crest/pool.h>
 #include <crest/proxy.h>
+#include <crest/resolve.h>
 
 #include "server.h"
 
@@ -66,14 +75,18 @@ static uint64_t health_interval_ms;
 static unsigned health_fails = 3;
 static bool send_proxy_v2;
 static size_t high_water = (size_t)1 << 20;
+static unsigned warm;               /* --warm: pooled spare connections */
+static const char *dns_server;      /* --dns-server: for backend names */
 
 /* The final report's counters, per loop (server.h: loop_counters). */
-enum { N_CLIENTS, N_PAIRS, N_BYTES_UP, N_BYTES_DOWN, N_CONNECT_FAILS, N_RETRIES, N_DOWN, N_UP };
+enum { N_CLIENTS, N_PAIRS, N_BYTES_UP, N_BYTES_DOWN, N_CONNECT_FAILS, N_RETRIES, N_DOWN, N_UP,
+       N_POOL_ACQUIRED, N_POOL_WARM, N_POOL_CREATED };
 
 struct loop_state {
     crest_loop_t *loop;
     uint64_t n[SERVER_PROTO_COUNTERS];
     crest_timer_t *health;   /* loop 0 only */
+    crest_pool_t *pools[MAX_BACKENDS]; /* --warm: one per backend */
 };
 static struct loop_state *states;
 
@@ -83,6 +96,7 @@ struct pair {
     struct loop_state *ls;
     crest_conn_t *client;
     crest_conn_t *backend;   /* NULL between a failed connect and a retry */
+    crest_pool_req_t *req;   /* --warm: waiting for a pooled connection */
     unsigned bi;             /* backend index */
     unsigned attempts;
     unsigned refs;
@@ -215,7 +229,8 @@ static void backend_drain(crest_conn_t *b) {
 }
 
 static bool connect_failure(crest_close_reason_t r) {
-    return r == CREST_CLOSE_CONNECT_FAILED || r == CREST_CLOSE_CONNECT_TIMEOUT;
+    return r == CREST_CLOSE_CONNECT_FAILED || r == CREST_CLOSE_CONNECT_TIMEOUT ||
+           r == CREST_CLOSE_RESOLVE_FAILED;
 }
 
 static void backend_close(crest_conn_t *b, crest_close_reason_t reason, int err) {
@@ -269,10 +284,51 @@ static void relay_opts(crest_conn_opts_t *o) {
     o->max_output = high_water + o->read_budget + 4096;
 }
 
+/* --warm: a pooled connection arrived (already open), or the connect
+ * made for this client failed. */
+static void on_pooled(int status, crest_conn_t *b, void *arg) {
+    struct pair *p = arg;
+    p->req = NULL;
+    if (status == 0) {
+        crest_conn_set_data(b, p);
+        p->backend = b; /* the acquire's reference is the connection's now */
+        backend_open(b);
+        return;
+    }
+    atomic_fetch_sub(&backends[p->bi].active, 1);
+    if (p->client && !p->closing) {
+        p->ls->n[N_CONNECT_FAILS]++;
+        log_pair(p, "connect failed: ", crest_strerror(status));
+        if (p->attempts <= retries) {
+            p->ls->n[N_RETRIES]++;
+            if (connect_backend(p) == 0) {
+                pair_unref(p);
+                return;
+            }
+        }
+        log_pair(p, "all connect attempts failed, closing the client: ", crest_strerror(status));
+        p->closing = true;
+        crest_conn_abort(p->client);
+    }
+    pair_unref(p);
+}
+
 static int connect_backend(struct pair *p) {
     int exclude = p->attempts ? (int)p->bi : -1;
     p->bi = pick_backend(exclude);
     p->attempts++;
+    if (warm) {
+        /* A pooled connection: the pool keeps --warm spares connected, so
+         * a new client skips the handshake.  The pair closes it at its end
+         * (a relayed stream cannot be reused), and the pool makes another. */
+        int rc = crest_pool_acquire(p->ls->pools[p->bi], &backend_handler, p, "proxy client",
+                                    on_pooled, p, &p->req);
+        if (rc < 0)
+            return rc;
+        atomic_fetch_add(&backends[p->bi].active, 1);
+        p->refs++;
+        return 0;
+    }
     crest_conn_opts_t o;
     crest_conn_opts_init(&o);
     relay_opts(&o);
@@ -350,6 +406,12 @@ static void client_close(crest_conn_t *c, crest_close_reason_t reason, int err) 
     if (!p)
         return;
     p->client = NULL;
+    if (p->req) { /* still waiting for a pooled connection */
+        crest_pool_cancel(p->req);
+        p->req = NULL;
+        atomic_fetch_sub(&backends[p->bi].active, 1);
+        pair_unref(p);
+    }
     if (p->backend && !p->closing) {
         char why[128];
         if (err)
@@ -429,10 +491,49 @@ static void on_health_tick(crest_timer_t *t, void *arg) {
 
 /* ---- the skeleton's hooks ------------------------------------------------ */
 
+/* The pools' figures into the loop's counters (while the pools live). */
+static void pool_counts(struct loop_state *ls) {
+    if (!ls->pools[0])
+        return;
+    ls->n[N_POOL_ACQUIRED] = ls->n[N_POOL_WARM] = ls->n[N_POOL_CREATED] = 0;
+    for (unsigned i = 0; i < nbackends; i++) {
+        crest_pool_stats_t st;
+        crest_pool_get_stats(ls->pools[i], &st);
+        ls->n[N_POOL_ACQUIRED] += st.acquired;
+        ls->n[N_POOL_WARM] += st.reused;
+        ls->n[N_POOL_CREATED] += st.created;
+    }
+}
+
 static int proxy_loop_init(server_proto_t *sp, crest_loop_t *loop, unsigned index) {
     (void)sp;
     states[index].loop = loop;
     crest_loop_set_data(loop, &states[index]);
+    if (dns_server) {
+        crest_resolver_opts_t ro = {.servers = dns_server};
+        int rc = crest_loop_set_resolver(loop, &ro);
+        if (rc < 0) {
+            fprintf(stderr, "crest-proxy: --dns-server %s: %s\n", dns_server, crest_strerror(rc));
+            return rc;
+        }
+    }
+    for (unsigned i = 0; warm && i < nbackends; i++) {
+        crest_pool_opts_t po;
+        crest_pool_opts_init(&po);
+        crest_conn_opts_t o;
+        crest_conn_opts_init(&o);
+        relay_opts(&o);
+        o.connect_timeout_ms = connect_timeout_ms;
+        po.conn_opts = &o;
+        po.name = backends[i].addr;
+        po.min_idle = warm;
+        po.max_size = 1000000; /* bounded by the clients, not the pool */
+        po.idle_timeout_ms = UINT32_MAX; /* the spares stay */
+        po.acquire_timeout_ms = connect_timeout_ms ? connect_timeout_ms : 2000;
+        int rc = crest_pool_create(loop, backends[i].addr, &po, &states[index].pools[i]);
+        if (rc < 0)
+            return rc;
+    }
     if (index == 0 && health_interval_ms) {
         int rc = crest_timer_create(loop, on_health_tick, &states[0], &states[0].health);
         if (rc < 0)
@@ -445,6 +546,11 @@ static int proxy_loop_init(server_proto_t *sp, crest_loop_t *loop, unsigned inde
 static void proxy_loop_fini(server_proto_t *sp, crest_loop_t *loop, unsigned index) {
     (void)sp;
     (void)loop;
+    pool_counts(&states[index]);
+    for (unsigned i = 0; i < nbackends; i++) {
+        crest_pool_destroy(states[index].pools[i]);
+        states[index].pools[i] = NULL;
+    }
     if (states[index].health) {
         crest_timer_destroy(states[index].health);
         states[index].health = NULL;
@@ -455,7 +561,9 @@ static void proxy_loop_counters(server_proto_t *sp, crest_loop_t *loop, unsigned
                                 uint64_t counters[SERVER_PROTO_COUNTERS]) {
     (void)sp;
     (void)loop;
-    memcpy(counters, states[index].n, sizeof states[index].n);
+    struct loop_state *ls = &states[index];
+    pool_counts(ls);
+    memcpy(counters, ls->n, sizeof ls->n);
 }
 
 static void proxy_report(const server_proto_t *sp, const uint64_t n[SERVER_PROTO_COUNTERS]) {
@@ -466,6 +574,11 @@ static void proxy_report(const server_proto_t *sp, const uint64_t n[SERVER_PROTO
     printf("  proxy: %" PRIu64 " connect failures, %" PRIu64 " retries; backends marked down %"
            PRIu64 " times, up %" PRIu64 " times\n",
            n[N_CONNECT_FAILS], n[N_RETRIES], n[N_DOWN], n[N_UP]);
+    if (warm)
+        printf("  proxy: warm pools (--warm %u): %" PRIu64 " backend connections taken from "
+               "the pools, %" PRIu64 " of them already connected (warm); %" PRIu64
+               " connections made\n",
+               warm, n[N_POOL_ACQUIRED], n[N_POOL_WARM], n[N_POOL_CREATED]);
     for (unsigned i = 0; i < nbackends; i++)
         printf("  backend %s: %llu pairs%s\n", backends[i].addr,
                (unsigned long long)atomic_load(&backends[i].pairs),
@@ -480,7 +593,7 @@ static void proxy_conn_opts(const server_proto_t *sp, crest_conn_opts_t *o) {
 /* ---- options --------------------------------------------------------------- */
 
 enum { OPT_BACKEND = 256, OPT_BALANCE, OPT_CONNECT_TIMEOUT, OPT_RETRIES, OPT_HEALTH_INTERVAL,
-       OPT_HEALTH_FAILS, OPT_SEND_PROXY_V2, OPT_HIGH_WATER };
+       OPT_HEALTH_FAILS, OPT_SEND_PROXY_V2, OPT_HIGH_WATER, OPT_WARM, OPT_DNS_SERVER };
 
 static const struct option proxy_options[] = {
     {"backend", required_argument, NULL, OPT_BACKEND},
@@ -491,6 +604,8 @@ static const struct option proxy_options[] = {
     {"health-fails", required_argument, NULL, OPT_HEALTH_FAILS},
     {"send-proxy-v2", no_argument, NULL, OPT_SEND_PROXY_V2},
     {"relay-high-water", required_argument, NULL, OPT_HIGH_WATER},
+    {"warm", required_argument, NULL, OPT_WARM},
+    {"dns-server", required_argument, NULL, OPT_DNS_SERVER},
     {NULL, 0, NULL, 0},
 };
 
@@ -516,9 +631,14 @@ static int proxy_option(server_proto_t *sp, int id, const char *arg) {
             fprintf(stderr, "crest-proxy: at most %d backends\n", MAX_BACKENDS);
             return -1;
         }
-        if (crest_addr_parse(arg, &a) < 0 || strlen(arg) >= sizeof backends[0].addr) {
-            fprintf(stderr, "crest-proxy: --backend: '%s' is not HOST:PORT (an address; names "
-                            "are not resolved yet)\n", arg);
+        const char *colon = strrchr(arg, ':');
+        bool name = colon && colon > arg && colon[1] && !strchr(arg, '[') &&
+                    strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") ==
+                        (size_t)(colon - arg) &&
+                    strspn(colon + 1, "0123456789") == strlen(colon + 1);
+        if ((!name && crest_addr_parse(arg, &a) < 0) || strlen(arg) >= sizeof backends[0].addr) {
+            fprintf(stderr, "crest-proxy: --backend: '%s' is not HOST:PORT (an address or a "
+                            "name)\n", arg);
             return -1;
         }
         snprintf(backends[nbackends++].addr, sizeof backends[0].addr, "%s", arg);
@@ -560,6 +680,14 @@ static int proxy_option(server_proto_t *sp, int id, const char *arg) {
         return 0;
     case OPT_HIGH_WATER:
         return server_parse_size("relay-high-water", arg, 4096, (size_t)1 << 30, &high_water);
+    case OPT_WARM:
+        if (parse_count("warm", arg, 10000, &v) < 0)
+            return -1;
+        warm = (unsigned)v;
+        return 0;
+    case OPT_DNS_SERVER:
+        dns_server = arg;
+        return 0;
     default:
         return -1;
     }
@@ -584,7 +712,13 @@ static server_proto_t proxy = {
     .default_port = 7100,
     .options = proxy_options,
     .options_help =
-        "      --backend HOST:PORT  a backend (repeat for more; an address)\n"
+        "      --backend HOST:PORT  a backend (repeat for more; an address, or a name\n"
+        "                          resolved per connect, cached for its TTL)\n"
+        "      --dns-server IP:PORT  resolve backend names there (default: the\n"
+        "                          servers of /etc/resolv.conf)\n"
+        "      --warm N            keep N connected spare connections per backend (per\n"
+        "                          thread) in a crest_pool: a new client skips the\n"
+        "                          backend handshake (0: connect per client)\n"
         "      --balance roundrobin|leastconn  how a backend is picked (roundrobin;\n"
         "                          both skip backends marked down)\n"
         "      --connect-timeout MS  backend connect timeout (2000)\n"

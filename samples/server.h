@@ -40,7 +40,7 @@ enum {
 typedef struct server_proto server_proto_t;
 
 /* How many counters a protocol may add to the final report. */
-#define SERVER_PROTO_COUNTERS 8
+#define SERVER_PROTO_COUNTERS 12
 
 /* What a protocol adds to the skeleton.  Fill it statically, then call
  * server_main(). */

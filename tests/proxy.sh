@@ -239,6 +239,33 @@ else fail "--send-proxy-v2: $out"; tail "$work/pv2echo.log"; fi
 stop_proxy pv2 "$pp"
 stop_pid "$pe" pv2echo 10
 
+# ---- warm pooled connections, a backend by name (dnsmasq) ---------------------
+dnsmasq=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
+if [ -n "$dnsmasq" ]; then
+    dport=$("$py" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$dnsmasq" --no-daemon --no-resolv --no-hosts --conf-file=/dev/null --port="$dport" \
+        --listen-address=127.0.0.1 --bind-interfaces --pid-file="$work/dnsmasq.pid" \
+        --local=/test/ --host-record=echo.test,127.0.0.1,300 >"$work/dnsmasq.log" 2>&1 &
+    dpid=$!; pids+=("$dpid")
+    wait_for "$work/dnsmasq.log" "started" || sleep 1
+    start warm "$bin/crest-proxy" --port 0 -q --warm 2 --dns-server "127.0.0.1:$dport" \
+        --backend "echo.test:${eport[1]}"
+    wp=$pid
+    ok=0
+    for _ in 1 2 3 4 5; do "$client" "$port" 100000 >/dev/null && ok=$((ok + 1)); done
+    stop_proxy warm "$wp"
+    warmline=$(grep '^  proxy: warm pools' "$work/warm.log")
+    taken=$(echo "$warmline" | sed -n 's/.*: \([0-9]*\) backend connections taken.*/\1/p')
+    hot=$(echo "$warmline" | sed -n 's/.*, \([0-9]*\) of them already connected.*/\1/p')
+    if [ "$ok" = 5 ] && [ "$taken" = 5 ] && [ "${hot:-0}" -ge 1 ] &&
+       grep -q "^  backend echo.test:${eport[1]}: 5 pairs" "$work/warm.log"; then
+        pass "--warm 2 and a backend by name: 5 of 5 clients, ${hot} of 5 backend connections were warm"
+    else fail "--warm: $ok of 5 clients; '$warmline'"; grep '^  backend' "$work/warm.log"; fi
+    stop_pid "$dpid" dnsmasq 10
+else
+    echo "# no dnsmasq: the warm-pool and name check is skipped"
+fi
+
 for i in 1 2 3; do stop_pid "${epid[$i]}" echo$i 10; done
 echo "$failures of $checks checks failed"
 [ "$failures" = 0 ]
