@@ -78,6 +78,8 @@ struct crest_pool {
     bool destroyed;              /* freed by that dispatch, or when busy
                                     drops to 0 */
     unsigned busy;               /* inside a pool function that calls back */
+    uint64_t refill_after_ms;    /* warm connects wait until then after a */
+    uint32_t backoff_ms;         /* failure: 100 ms, doubling to 5 s */
     uint64_t next_seq;
     crest_pool_stats_t st;
 };
@@ -292,6 +294,7 @@ static void pool_on_open(crest_conn_t *c) {
     struct pconn *pc = crest_conn_handler_ctx(c);
     crest_pool_t *p = pc->pool;
     p->st.created++;
+    p->backoff_ms = 0;
     pc->opened = true;
     move_to(p, pc, P_IDLE);
     if (pc->for_req) {
@@ -341,6 +344,10 @@ static void pool_on_close(crest_conn_t *c, crest_close_reason_t reason, int err)
         return; /* counted by the hook */
     p->st.connect_failures++;
     p->loop->ins.fig.pool_connect_failures++;
+    /* A target that is down must not turn the warm reserve into a connect
+     * loop: refills back off (callers still get a connect each). */
+    p->backoff_ms = p->backoff_ms ? (p->backoff_ms >= 2500 ? 5000 : p->backoff_ms * 2) : 100;
+    p->refill_after_ms = crest_loop_now(p->loop) + p->backoff_ms;
     crest_pool_req_t *q = pc->for_req;
     int status = reason == CREST_CLOSE_CONNECT_TIMEOUT ? -ETIMEDOUT : err ? -err : -ECONNREFUSED;
     crest_log(CREST_LOG_WARN, "pool %s: connect to %s failed: %s", p->name, p->target,
@@ -423,7 +430,8 @@ static bool dispatch(crest_pool_t *p) {
         if (start_connect(p, q) < 0)
             break; /* the timer tries again */
     }
-    while (p->idle.n + p->connecting.n < p->o.min_idle && total(p) < p->o.max_size)
+    while (p->idle.n + p->connecting.n < p->o.min_idle && total(p) < p->o.max_size &&
+           now >= p->refill_after_ms)
         if (start_connect(p, NULL) < 0)
             break;
     return true;

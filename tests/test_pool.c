@@ -343,6 +343,17 @@ static void test_connect_refused(void **state) {
     assert_int_equal(st.created, 0);
     assert_int_equal(st.connecting, 0);
     assert_int_equal(st.waiting, 0);
+    crest_pool_destroy(p);
+    /* A warm reserve for a target that is down backs off instead of
+     * reconnecting in a loop: over 30 iterations of up to 10 ms, a handful
+     * of attempts (without the backoff: one per iteration and slot). */
+    o.min_idle = 2;
+    assert_int_equal(crest_pool_create(loop, target, &o, &p), 0);
+    for (int i = 0; i < 30; i++)
+        assert_true(crest_loop_run_once(loop, 10) >= 0);
+    st = stats(p);
+    assert_true(st.connect_failures >= 2);
+    assert_true(st.connect_failures <= 12);
     finish(loop, p);
 }
 
