@@ -242,12 +242,25 @@ stop_pid "$pe" pv2echo 10
 # ---- warm pooled connections, a backend by name (dnsmasq) ---------------------
 dnsmasq=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
 if [ -n "$dnsmasq" ]; then
-    dport=$("$py" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$dnsmasq" --no-daemon --no-resolv --no-hosts --conf-file=/dev/null --port="$dport" \
-        --listen-address=127.0.0.1 --bind-interfaces --pid-file="$work/dnsmasq.pid" \
-        --local=/test/ --host-record=echo.test,127.0.0.1,300 >"$work/dnsmasq.log" 2>&1 &
-    dpid=$!; pids+=("$dpid")
-    wait_for "$work/dnsmasq.log" "started" || sleep 1
+    # dnsmasq on a free port, seen bound in /proc/net/udp; another start
+    # on a new port if it lost the port to someone else.
+    dpid=
+    for _ in 1 2 3 4 5; do
+        dport=$("$py" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$dnsmasq" --no-daemon --no-resolv --no-hosts --conf-file=/dev/null --port="$dport" \
+            --listen-address=127.0.0.1 --bind-interfaces --pid-file="$work/dnsmasq.pid" \
+            --local=/test/ --host-record=echo.test,127.0.0.1,300 >"$work/dnsmasq.log" 2>&1 &
+        dpid=$!
+        hex=$(printf '0100007F:%04X' "$dport")
+        for _ in $(seq 1 100); do
+            grep -q "$hex" /proc/net/udp && break
+            kill -0 "$dpid" 2>/dev/null || break
+            sleep 0.1
+        done
+        grep -q "$hex" /proc/net/udp && kill -0 "$dpid" 2>/dev/null && break
+        stop_pid "$dpid" dnsmasq 5; dpid=
+    done
+    pids+=("$dpid")
     start warm "$bin/crest-proxy" --port 0 -q --warm 2 --dns-server "127.0.0.1:$dport" \
         --backend "echo.test:${eport[1]}"
     wp=$pid
