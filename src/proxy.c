@@ -180,3 +180,42 @@ int crest_proxy_parse(const uint8_t *data, size_t len, unsigned accept, crest_pr
         return len < sizeof v1_sig - 1 ? 0 : parse_v1(data, len, out, consumed, why);
     return fail(why, "missing PROXY header");
 }
+
+/* The writer: IPv4 or IPv6 (both the same family) as PROXY, anything else
+ * (NULL, Unix, mixed families) as LOCAL, which tells the receiver to use
+ * the socket's own addresses. */
+int crest_proxy_v2_header(uint8_t *buf, size_t size, const crest_addr_t *src,
+                          const crest_addr_t *dst) {
+    if (!buf)
+        return -EINVAL;
+    int family = src && dst ? src->ss.ss_family : AF_UNSPEC;
+    if (family != AF_INET && family != AF_INET6)
+        family = AF_UNSPEC;
+    if (dst && dst->ss.ss_family != family)
+        family = AF_UNSPEC;
+    size_t body = family == AF_INET ? 12 : family == AF_INET6 ? 36 : 0;
+    if (size < V2_HEADER + body)
+        return -ENOSPC;
+    memcpy(buf, v2_sig, sizeof v2_sig);
+    buf[12] = family == AF_UNSPEC ? 0x20 : 0x21; /* version 2, LOCAL or PROXY */
+    buf[13] = family == AF_INET ? 0x11 : family == AF_INET6 ? 0x21 : 0x00;
+    buf[14] = 0;
+    buf[15] = (uint8_t)body;
+    uint8_t *a = buf + V2_HEADER;
+    if (family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&src->ss;
+        const struct sockaddr_in *d = (const struct sockaddr_in *)&dst->ss;
+        memcpy(a, &s->sin_addr, 4);
+        memcpy(a + 4, &d->sin_addr, 4);
+        memcpy(a + 8, &s->sin_port, 2);
+        memcpy(a + 10, &d->sin_port, 2);
+    } else if (family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&src->ss;
+        const struct sockaddr_in6 *d = (const struct sockaddr_in6 *)&dst->ss;
+        memcpy(a, &s->sin6_addr, 16);
+        memcpy(a + 16, &d->sin6_addr, 16);
+        memcpy(a + 32, &s->sin6_port, 2);
+        memcpy(a + 34, &d->sin6_port, 2);
+    }
+    return (int)(V2_HEADER + body);
+}

@@ -51,6 +51,15 @@ typedef struct crest_proxy_info {
 int crest_proxy_parse(const uint8_t *data, size_t len, unsigned accept, crest_proxy_info_t *out,
                       size_t *consumed, const char **why);
 
+/* Write a v2 header (what a balancer sends first to its backend) into
+ * buf: PROXY naming src (the client) and dst (the address it connected
+ * to) when both are IPv4 or both IPv6; otherwise (NULL, Unix-domain, mixed
+ * families) LOCAL, with no address.  Returns its length (16, 28 or 52
+ * bytes: 52 always fits), -ENOSPC if size is too small, -EINVAL if buf is
+ * NULL.  Any thread; no callback. */
+int crest_proxy_v2_header(uint8_t *buf, size_t size, const crest_addr_t *src,
+                          const crest_addr_t *dst);
+
 #ifdef __cplusplus
 }
 #endif
