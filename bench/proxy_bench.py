@@ -201,15 +201,22 @@ def parse_kv(text, prefix):
     return None
 
 
-def load_run(R, proxy, backend, port, opts, tag, cpu_c):
+def load_args(opts, kind):
+    """crest-bench's workload: saturation (closed loop) or light (open loop)."""
+    if kind == "light":
+        return ["-c", str(opts.proxy_light_conns), "-r", str(opts.proxy_light_rate)]
+    return ["-c", str(opts.proxy_conns)]
+
+
+def load_run(R, proxy, backend, port, opts, tag, cpu_c, kind="load"):
     """crest-bench through the proxy; the proxy's CPU over a window inside
     crest-bench's measured period."""
-    argv = H.pinned(cpu_c, [R.CREST_BENCH, "-q", "-m", "raw", "-c", str(opts.proxy_conns),
-                            "-s", "64", "-P", "1", "-d", str(opts.duration),
-                            "--warmup", str(opts.warmup), f"{HOST}:{port}"])
+    argv = H.pinned(cpu_c, [R.CREST_BENCH, "-q", "-m", "raw"] + load_args(opts, kind) +
+                    ["-s", "64", "-P", "1", "-d", str(opts.duration),
+                     "--warmup", str(opts.warmup), f"{HOST}:{port}"])
     R.note_cmd("proxy load", argv, port=port)
     margin = min(0.1, opts.duration * 0.1)
-    log = os.path.join(R.LOGDIR, f"proxy-load-{tag}.log")
+    log = os.path.join(R.LOGDIR, f"proxy-{kind}-{tag}.log")
     with open(log, "w") as f:
         t0 = time.monotonic()
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -237,7 +244,7 @@ def load_run(R, proxy, backend, port, opts, tag, cpu_c):
     r["cpu_us_per_msg"] = u / rate * 1e6 if rate else None
     r["per_core"] = rate / u if rate and u > 0 else None
     if rc != 0 or not rate:
-        R.say(f"proxy load {tag}: crest-bench exit {rc}: {out[-300:]}")
+        R.say(f"proxy {kind} {tag}: crest-bench exit {rc}: {out[-300:]}")
     return r
 
 
@@ -269,6 +276,20 @@ def start_proxy(R, name, port, bport, binary, warm, tag, cpu_s):
     return Proc(name, argv, os.path.join(R.LOGDIR, f"proxy-{tag}.log"), port)
 
 
+def wait_quiet(R, most=60.0, limit=QUIET):
+    """Wait (at most `most` s) until the machine's busy CPU over half a
+    second is under `limit` cores: the two cores are shared with other
+    jobs (builds, tests), and a round measured beside one says little.
+    Nothing of ours runs meanwhile.  Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < most:
+        a = R.system_cpu()[0]
+        time.sleep(0.5)
+        if (R.system_cpu()[0] - a) / 0.5 < limit:
+            break
+    return time.monotonic() - t0
+
+
 def measure_all(opts, R):
     """Rounds: one backend each, every proxy in turn (order rotating)."""
     binary = crest_proxy_binary()
@@ -290,7 +311,8 @@ def measure_all(opts, R):
     tool = connect_tool(R)
     cpu_s, cpu_c = H.cpus()
     res = {"servers": names, "pinned": {"proxy": cpu_s, "client": cpu_c}, "warm": warm,
-           "conns": opts.proxy_conns, "seconds": opts.duration, "warmup": opts.warmup,
+           "conns": opts.proxy_conns, "light_conns": opts.proxy_light_conns,
+           "light_rate": opts.proxy_light_rate, "seconds": opts.duration, "warmup": opts.warmup,
            "setup_n": opts.proxy_setup_n, "setup_pause_us": opts.proxy_setup_pause_us,
            "rounds_n": opts.rounds, "rounds": [],
            "haproxy_version": subprocess.run(["haproxy", "-v"], capture_output=True,
@@ -298,11 +320,14 @@ def measure_all(opts, R):
     R.say(f"proxy: {opts.rounds} rounds x {', '.join(names)}; proxy on CPU {cpu_s}, "
           f"client and backend on CPU {cpu_c}")
     for rnd in range(opts.rounds):
+        waited = wait_quiet(R)
+        if waited > 1:
+            R.say(f"  waited {waited:.0f} s for other jobs to quieten")
         bport = H.free_port()
         backend = start_backend(R, bport, os.path.join(R.LOGDIR, f"proxy-backend-r{rnd}.log"),
                                 cpu_c)
         R.note_cmd("proxy servers", backend.argv, port=bport)
-        row = {"load": {}, "setup": {}}
+        row = {"load": {}, "light": {}, "setup": {}, "waited_s": waited}
         order = names[rnd % len(names):] + names[:rnd % len(names)]
         try:
             for name in order:
@@ -313,6 +338,8 @@ def measure_all(opts, R):
                 try:
                     if name in LOAD:
                         row["load"][name] = load_run(R, proxy, backend, port, opts, tag, cpu_c)
+                        row["light"][name] = load_run(R, proxy, backend, port, opts, tag, cpu_c,
+                                                      "light")
                     row["setup"][name] = setup_run(R, proxy, port, opts, tool, tag, cpu_c)
                 finally:
                     proxy.stop()
@@ -349,6 +376,16 @@ def summarize(res, median):
                 "backend_share", "client_share", "others")}
             s["load"][name]["errors"] = sum(v["errors"] for v in vals)
             s["load"][name]["n"] = len(vals)
+    s["light"] = {}
+    for name in LOAD:
+        vals = [r["light"][name] for r in rounds if r.get("light", {}).get(name)]
+        if vals:
+            s["light"][name] = {k: median([v.get(k) for v in vals]) for k in (
+                "msgs_per_s", "cpu_us_per_msg", "p50_us", "p99_us", "p999_us", "proxy_share")}
+            s["light"][name]["errors"] = sum(v["errors"] for v in vals)
+    for key in ("cpu_us_per_msg", "p50_us", "p99_us"):
+        s["ratio"]["light_" + key] = paired([r for r in rounds if "light" in r], "light",
+                                            "crest", "haproxy", key, median)
     for name in SETUP:
         vals = [r["setup"][name] for r in rounds if r["setup"].get(name)]
         if vals:
@@ -412,6 +449,27 @@ def tables(res, median):
                           ("p99_us", "p99")):
             w(f"| {what} | {rt(r[key])} | {rt(r[key + '_quiet'])} ({r['n_quiet']}) |")
         w("")
+    if s["light"]:
+        w(f"### Light load: open loop, {res.get('light_rate', 0):,} msgs/s in all over "
+          f"{res.get('light_conns')} connections, 64 bytes")
+        w("")
+        w("Latency counted from each message's scheduled time (crest-bench `-r`), so a "
+          "stall is not hidden by the client waiting; neither proxy is near saturation.")
+        w("")
+        w("| proxy | msgs/s | proxy CPU (% of its core) | proxy CPU us/msg | p50 | p99 | p99.9 "
+          "| errors |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name in LOAD:
+            x = s["light"].get(name)
+            if x:
+                w(f"| {label(name, res)} | {x['msgs_per_s'] or 0:,.0f} | {x['proxy_share'] or 0:.0%} "
+                  f"| {x['cpu_us_per_msg'] or 0:.2f} | {x['p50_us'] or 0:,.0f} us "
+                  f"| {x['p99_us'] or 0:,.0f} us | {x['p999_us'] or 0:,.0f} us | {x['errors']} |")
+        w("")
+        if "crest" in s["light"] and "haproxy" in s["light"]:
+            w(f"Paired ratios crest-proxy / HAProxy: CPU per message {rt(r['light_cpu_us_per_msg'])}, "
+              f"p50 {rt(r['light_p50_us'])}, p99 {rt(r['light_p99_us'])}.")
+            w("")
     w(f"### Connection setup for a new client: connect() to the first echoed byte of 16 bytes")
     w("")
     w(f"{res['setup_n']:,} connections per run, one at a time, {res['setup_pause_us']} us apart "
@@ -599,6 +657,8 @@ def write_section(data, path, R):
 def set_options(opts):
     q = opts.quick
     opts.proxy_conns = 100
+    opts.proxy_light_conns = 10      # open loop: latency without a queue
+    opts.proxy_light_rate = 10000
     opts.proxy_setup_n = 500 if q else 2000
     opts.proxy_setup_pause_us = 500
     opts.proxy_warm = 8
