@@ -592,6 +592,10 @@ def section(data, R):
       "relay both ways, which is what a warm pool can shorten. The client loop is the same "
       "C code for every proxy. Proxy CPU per connection: its CPU over the run (plus 50 ms "
       "for the last close) over the connections.")
+    w("- The two cores are shared with other jobs: before each round bench/ waits (60 s at "
+      f"most) until the machine's busy CPU is under {QUIET} of a core; the other jobs' CPU "
+      "during each load run is kept (`others`), and the quiet rounds are those where it "
+      f"stayed under {QUIET} of a core for both proxies.")
     w("- Ratios are paired: crest-proxy's figure over HAProxy's in the same round, median "
       "over rounds (min–max).")
     w("")
