@@ -400,9 +400,13 @@ def summarize(res, median):
                     "msgs_per_s", "cpu_us_per_msg", "per_core", "p50_us", "p99_us", "p999_us",
                     "proxy_share")}
                 s[fk][name]["errors"] = sum(v["errors"] for v in vals)
+        have = [r for r in rounds if fk in r]
+        calm = [r for r in have if all((x.get("others") or 0) < QUIET for x in r[fk].values())]
+        s["ratio"][fk + "_n_quiet"] = len(calm)
         for key in ("cpu_us_per_msg", "per_core", "p50_us", "p99_us"):
-            s["ratio"][fk + "_" + key] = paired([r for r in rounds if fk in r], fk,
-                                                "crest", "haproxy", key, median)
+            s["ratio"][fk + "_" + key] = paired(have, fk, "crest", "haproxy", key, median)
+            s["ratio"][fk + "_" + key + "_quiet"] = paired(calm, fk, "crest", "haproxy", key,
+                                                           median)
     for name in SETUP:
         vals = [r["setup"][name] for r in rounds if r["setup"].get(name)]
         if vals:
@@ -491,9 +495,15 @@ def tables(res, median):
                   f"| {x['p999_us'] or 0:,.0f} us | {x['errors']} |")
         w("")
         if "crest" in s[fk] and "haproxy" in s[fk]:
-            w(f"Paired ratios crest-proxy / HAProxy: CPU per message "
-              f"{rt(r[fk + '_cpu_us_per_msg'])}, msgs/s per proxy core {rt(r[fk + '_per_core'])}, "
-              f"p50 {rt(r[fk + '_p50_us'])}, p99 {rt(r[fk + '_p99_us'])}.")
+            w("Paired ratios crest-proxy / HAProxy (median, min–max over rounds):")
+            w("")
+            w("| figure | all rounds | quiet rounds |")
+            w("|---|---|---|")
+            for key, what in (("per_core", "msgs/s per proxy core"),
+                              ("cpu_us_per_msg", "proxy CPU per message"), ("p50_us", "p50"),
+                              ("p99_us", "p99")):
+                w(f"| {what} | {rt(r[fk + '_' + key])} | {rt(r[fk + '_' + key + '_quiet'])} "
+                  f"({r[fk + '_n_quiet']}) |")
             w("")
     w(f"### Connection setup for a new client: connect() to the first echoed byte of 16 bytes")
     w("")
