@@ -81,6 +81,7 @@ struct crest_pool {
     uint64_t refill_after_ms;    /* warm connects wait until then after a */
     uint32_t backoff_ms;         /* failure: 100 ms, doubling to 5 s */
     uint64_t next_seq;
+    uint64_t tick_ms;            /* the housekeeping timer's period */
     crest_pool_stats_t st;
 };
 
@@ -413,6 +414,7 @@ static void hand_over(crest_pool_t *p, crest_pool_req_t *q, struct pconn *pc) {
  * by a callback. */
 static bool dispatch(crest_pool_t *p) {
     uint64_t now = crest_loop_now(p->loop);
+    bool handed = false;
     while (p->wait_head && p->idle.n) {
         struct pconn *pc = p->idle.head;
         if (crest_conn_state(pc->c) != CREST_CONN_OPEN || expired(p, pc, now)) {
@@ -422,6 +424,7 @@ static bool dispatch(crest_pool_t *p) {
         hand_over(p, p->wait_head, pc);
         if (!still_alive(p))
             return false;
+        handed = true;
     }
     /* Waiters without a connect of their own get one, within max_size. */
     for (crest_pool_req_t *q = p->wait_head; q && total(p) < p->o.max_size; q = q->next) {
@@ -429,6 +432,13 @@ static bool dispatch(crest_pool_t *p) {
             continue;
         if (start_connect(p, q) < 0)
             break; /* the timer tries again */
+    }
+    if (handed && p->idle.n + p->connecting.n < p->o.min_idle) {
+        /* A warm connection just went to a caller whose first bytes are
+         * on their way: replace it a millisecond later, off that path
+         * (the refill's connect costs syscalls, and the target's accept). */
+        crest_timer_start(p->timer, 1, p->tick_ms);
+        return true;
     }
     while (p->idle.n + p->connecting.n < p->o.min_idle && total(p) < p->o.max_size &&
            now >= p->refill_after_ms)
@@ -588,9 +598,10 @@ int crest_pool_create(crest_loop_t *loop, const char *target, const crest_pool_o
     p->target = strdup(target);
     p->name = strdup(opts && opts->name ? opts->name : target);
     p->o.name = NULL;
+    p->tick_ms = tick_ms(&p->o);
     rc = p->target && p->name ? crest_timer_create(loop, on_timer, p, &p->timer) : -ENOMEM;
     if (rc == 0)
-        rc = crest_timer_start(p->timer, tick_ms(&p->o), tick_ms(&p->o));
+        rc = crest_timer_start(p->timer, p->tick_ms, p->tick_ms);
     if (rc < 0) {
         if (p->timer)
             crest_timer_destroy(p->timer);
