@@ -97,7 +97,10 @@ else fail "no 'client failed' line for the RST clients"; fi
 stop_proxy rr "$rr"
 a=$(pairs rr "${eport[1]}"); b=$(pairs rr "${eport[2]}"); c=$(pairs rr "${eport[3]}")
 total=$((a + b + c))
-if [ "$a" -ge $((total / 3)) ] && [ "$b" -ge $((total / 3)) ] && [ "$c" -ge $((total / 3)) ]; then
+# Picks go strictly in turn, but a pair counts only once its backend is
+# open: a hostile client gone before that (slow under valgrind) used a turn
+# without a pair.  So each backend gets close to a third, not exactly.
+if [ "$a" -ge $((total / 4)) ] && [ "$b" -ge $((total / 4)) ] && [ "$c" -ge $((total / 4)) ]; then
     pass "round-robin: pairs per backend $a $b $c"
 else fail "round-robin: pairs per backend $a $b $c"; fi
 
