@@ -751,14 +751,20 @@ def report(data, w, R):
         w("")
 
 
-def write_section(data, path, R):
-    """Put the block between the markers of docs/performance.md."""
-    block = section(data, R)
+def put_marked(path, begin, end, block):
+    """Replace what lies between the markers begin..end of path with block
+    (appended when the markers are not there yet).  Shared with
+    proxy_bench.py."""
     text = open(path).read() if os.path.exists(path) else ""
-    m = re.search(re.escape(BEGIN.split(" (")[0]) + r".*?" + re.escape(END), text, re.S)
+    m = re.search(re.escape(begin.split(" (")[0]) + r".*?" + re.escape(end), text, re.S)
     text = text[:m.start()] + block + text[m.end():] if m else text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:
         f.write(text)
+
+
+def write_section(data, path, R):
+    """Put the block between the markers of docs/performance.md."""
+    put_marked(path, BEGIN, END, section(data, R))
 
 
 def set_options(opts):

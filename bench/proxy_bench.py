@@ -701,13 +701,7 @@ def report(data, w, R):
 
 def write_section(data, path, R):
     """Put the block between the markers of docs/performance.md."""
-    block = section(data, R)
-    text = open(path).read() if os.path.exists(path) else ""
-    m = re.search(re.escape(BEGIN.split(" (")[0]) + r".*?" + re.escape(END), text, re.S)
-    text = (text[:m.start()] + block + text[m.end():] if m
-            else text.rstrip("\n") + "\n\n" + block + "\n")
-    with open(path, "w") as f:
-        f.write(text)
+    H.put_marked(path, BEGIN, END, section(data, R))
 
 
 def set_options(opts):
