@@ -156,6 +156,10 @@ struct crest__conn_extra {
                                      connected; NULL once an attempt won */
 };
 
+/* connect.c: an errno that says the connect failed (reported through
+ * on_close), not that the call was wrong. */
+bool crest__is_connect_failure(int err);
+
 /* dial.c: crest_connect() to a name. */
 int crest__dial_start(crest_loop_t *loop, const char *host, uint16_t port,
                       const crest_conn_opts_t *opts, const crest_handler_t *handler, void *ctx,

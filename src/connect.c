@@ -18,7 +18,8 @@
 
 #include "conn_int.h"
 
-static bool is_connect_failure(int err) {
+/* Shared with dial.c's attempts. */
+bool crest__is_connect_failure(int err) {
     switch (err) {
     case ECONNREFUSED:
     case ENETUNREACH:
@@ -80,7 +81,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
     int err = 0;
     if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
         err = errno;
-        if (err != EINPROGRESS && err != EINTR && !is_connect_failure(err)) {
+        if (err != EINPROGRESS && err != EINTR && !crest__is_connect_failure(err)) {
             rc = -err;
             goto fail;
         }
@@ -94,7 +95,7 @@ int crest_connect_addr(crest_loop_t *loop, const crest_addr_t *addr, const crest
     crest__conn_set_peer(c, (const struct sockaddr *)&addr->ss, addr->len);
     if (err == 0) {
         /* Connected at once (Unix sockets can): open on the first event. */
-    } else if (is_connect_failure(err)) {
+    } else if (crest__is_connect_failure(err)) {
         c->flags |= CREST__C_DEAD;
         crest__conn_request_close(c, CREST_CLOSE_CONNECT_FAILED, err);
         crest_io_feed(&c->io, CREST__IO_KICK);

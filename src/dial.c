@@ -130,11 +130,6 @@ static void on_attempt(crest_io_t *io, unsigned events, void *arg) {
     start_next(d); /* a failure starts the next at once (RFC 8305 5.) */
 }
 
-static bool is_failure(int err) {
-    return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
-           err == ETIMEDOUT || err == EADDRNOTAVAIL || err == ECONNRESET || err == EAFNOSUPPORT;
-}
-
 /* Open and connect the next address; 0 started, else its errno. */
 static int attempt_start(struct crest__dial *d, struct attempt *a, const crest_addr_t *addr) {
     crest_loop_t *loop = d->c->io.loop;
@@ -178,7 +173,7 @@ static void start_next(struct crest__dial *d) {
             return;
         }
         d->last_err = err;
-        if (!is_failure(err) && err != EAGAIN) {
+        if (!crest__is_connect_failure(err) && err != EAFNOSUPPORT) {
             dial_fail(d, CREST_CLOSE_CONNECT_FAILED, err); /* local trouble */
             return;
         }
