@@ -147,8 +147,7 @@ static void wait_remove(crest_pool_t *p, crest_pool_req_t *q) {
 }
 
 /* Run a caller's callback; the pool may be destroyed inside it. */
-static void call_back(crest_pool_t *p, crest_pool_req_t *q, int status, crest_conn_t *c) {
-    (void)p;
+static void call_back(crest_pool_req_t *q, int status, crest_conn_t *c) {
     q->cb(status, c, q->arg);
     free(q);
 }
@@ -360,7 +359,7 @@ static void pool_on_close(crest_conn_t *c, crest_close_reason_t reason, int err)
         pc->for_req = NULL;
         wait_remove(p, q);
         enter(p);
-        call_back(p, q, status, NULL);
+        call_back(q, status, NULL);
         leave(p);
     }
 }
@@ -393,7 +392,7 @@ static void hand_over(crest_pool_t *p, crest_pool_req_t *q, struct pconn *pc) {
     int rc = crest_conn_set_handler(pc->c, &q->handler, q->ctx);
     if (rc < 0) { /* not for an open connection: fail the caller */
         discard(p, pc, true);
-        call_back(p, q, rc, NULL);
+        call_back(q, rc, NULL);
         return;
     }
     crest_conn_resume(pc->c);
@@ -406,7 +405,7 @@ static void hand_over(crest_pool_t *p, crest_pool_req_t *q, struct pconn *pc) {
     }
     crest__hist_record(&p->st.acquire_wait_ns, waited);
     crest__hist_record(&p->loop->ins.fig.pool_acquire_wait, waited);
-    call_back(p, q, 0, pc->c);
+    call_back(q, 0, pc->c);
 }
 
 /* Give idle connections to waiters, connect for the rest within max_size,
@@ -489,7 +488,7 @@ static bool expire_waiters(crest_pool_t *p, uint64_t now) {
                   " ms (%u of %u connections borrowed, %u waiting)",
                   p->name, q->label, p->o.acquire_timeout_ms, p->borrowed.n, p->o.max_size,
                   p->waiting);
-        call_back(p, q, -ETIMEDOUT, NULL);
+        call_back(q, -ETIMEDOUT, NULL);
         if (!still_alive(p))
             return false;
     }
