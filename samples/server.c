@@ -276,6 +276,8 @@ static void add_figures(struct figures *sum, const struct figures *f) {
     s->paused += c->paused;
     s->lingered += c->lingered;
     s->lingering += c->lingering;
+    s->accept_shed += c->accept_shed;
+    s->accept_errors += c->accept_errors;
     for (int r = 0; r < CREST_CLOSE_REASON_COUNT; r++)
         s->close_reasons[r] += c->close_reasons[r];
     sum->buf.allocated += f->buf.allocated;

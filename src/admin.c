@@ -25,6 +25,7 @@
 #include "crest/log.h"
 #include "crest/timer.h"
 #include "admin_int.h"
+#include "http_int.h"
 
 #define ROUND_TIMEOUT_MS 1000
 #define MAX_SECONDS 300
@@ -122,6 +123,7 @@ void crest__admin_collect(crest_loop_t *loop, unsigned index,
     crest_loop_get_stats(loop, &f->loop);
     crest_loop_conn_stats(loop, &f->conns);
     crest_loop_buf_stats(loop, &f->bufs);
+    f->http_servers = crest_http_loop_stats(loop, &f->http);
     crest_insight_opts_t io;
     crest_loop_get_insight_opts(loop, &io);
     f->insight_enabled = io.enabled;
@@ -434,7 +436,9 @@ static bool is_loopback(const crest_addr_t *addr) {
 
 int crest_admin_start(crest_loop_t *loop, const char *addr, const crest_admin_opts_t *opts,
                       crest_admin_t **out) {
-    if (!loop || !addr || !out)
+    if (!addr)
+        addr = CREST_ADMIN_DEFAULT_ADDR;
+    if (!loop || !out)
         return -EINVAL;
     crest_admin_opts_t o;
     if (opts) {
@@ -462,6 +466,7 @@ int crest_admin_start(crest_loop_t *loop, const char *addr, const crest_admin_op
         free(a);
         return rc;
     }
+    crest__http_server_uncounted(a->http);
     crest_listener_t *l;
     rc = crest_http_server_listen(a->http, addr, &o.listen, &l);
     if (rc < 0) {

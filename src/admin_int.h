@@ -23,6 +23,8 @@ struct crest__admin_loop_figures {
     crest_loop_stats_t loop;
     crest_conn_stats_t conns;
     crest_buf_stats_t bufs;
+    crest_http_server_stats_t http; /* crest_http_loop_stats() */
+    unsigned http_servers;   /* HTTP servers ever made on the loop */
     bool insight_enabled;
     crest_insight_t insight; /* crest_loop_get_insight(): live figures */
 };

@@ -10,4 +10,8 @@
  * (http.c). */
 extern const uint8_t crest__http_tchar[256];
 
+/* Leave server s out of its loop's crest_http_loop_stats(): the admin
+ * endpoint's own server, right after it is created (http_server.c). */
+void crest__http_server_uncounted(crest_http_server_t *s);
+
 #endif

@@ -109,6 +109,8 @@ struct crest_http_server {
     char date[48];                 /* "Date: Fri, 04 Dec 2026 19:10:20 GMT\r\n" */
     size_t date_len;
     size_t server_len;             /* strlen(opts.server) */
+    bool counted;                  /* on the loop's list (not the admin's) */
+    struct crest_http_server *prev, *next; /* the loop's list */
 };
 
 /* ---- options -------------------------------------------------------------- */
@@ -887,7 +889,57 @@ static void on_flushed(crest_conn_t *c) {
     stream_pump(hc, false);
 }
 
+/* Counters add up; the gauge (pending) is what is open now, so a freed
+ * server, which has none, adds nothing to it. */
+static void stats_add(crest_http_server_stats_t *sum, const crest_http_server_stats_t *s) {
+    sum->connections += s->connections;
+    sum->requests += s->requests;
+    for (size_t i = 0; i < sizeof s->responses / sizeof s->responses[0]; i++)
+        sum->responses[i] += s->responses[i];
+    sum->refused += s->refused;
+    sum->timeouts += s->timeouts;
+    sum->cancelled += s->cancelled;
+    sum->pending += s->pending;
+}
+
+static void loop_unlink(crest_http_server_t *s) {
+    if (!s->counted)
+        return;
+    crest_loop_t *loop = s->loop;
+    crest_http_server_stats_t st = s->stats;
+    st.pending = 0;
+    stats_add(&loop->http_retired, &st);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        loop->http_servers = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->counted = false;
+}
+
+/* The admin endpoint's own server: its traffic is counted in the admin's
+ * families, not the application's.  Called right after create, while its
+ * counters are all zero. */
+void crest__http_server_uncounted(crest_http_server_t *s) {
+    loop_unlink(s);
+    s->loop->http_servers_made--;
+}
+
+unsigned crest_http_loop_stats(const crest_loop_t *loop, crest_http_server_stats_t *out) {
+    if (!out)
+        return 0;
+    memset(out, 0, sizeof *out);
+    if (!loop)
+        return 0;
+    *out = loop->http_retired;
+    for (const crest_http_server_t *s = loop->http_servers; s; s = s->next)
+        stats_add(out, &s->stats);
+    return loop->http_servers_made;
+}
+
 static void server_free(crest_http_server_t *s) {
+    loop_unlink(s);
     free(s->scratch);
     free(s->listeners);
     free(s);
@@ -963,6 +1015,12 @@ int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t 
     s->handler.on_close = on_close;
     s->handler.on_flushed = on_flushed;
     s->handler.name = s->opts.name;
+    s->counted = true;
+    s->next = loop->http_servers;
+    if (s->next)
+        s->next->prev = s;
+    loop->http_servers = s;
+    loop->http_servers_made++;
     *out = s;
     return 0;
 }

@@ -76,6 +76,11 @@ struct crest_posted {
 struct crest_loop {
     struct crest_pool *conn_pools;  /* pool.c: this loop's connection pools */
     struct crest_resolver *resolver; /* resolve.c: made on the first name */
+    struct crest_http_server *http_servers; /* http_server.c: the loop's HTTP
+                                               servers (not the admin's) */
+    crest_http_server_stats_t http_retired; /* counters of those freed */
+    unsigned http_servers_made;      /* ever created: 0 leaves the HTTP
+                                        families out of /metrics */
     int epfd;
     int wakefd;
     _Atomic int stop_flag;

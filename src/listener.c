@@ -90,6 +90,7 @@ static void shed_pending(struct crest_listener *l, int err) {
     if (dropped == 0 && end_err == EAGAIN)
         return; /* accept4 says EMFILE before it looks: nothing was pending */
     l->ep->lstats.emfile += dropped ? dropped : 1;
+    loop->conn_stats.accept_shed += dropped ? dropped : 1;
     if (loop->now_ns - l->emfile_logged_ns >= 1000000000ull || !l->emfile_logged_ns) {
         l->emfile_logged_ns = loop->now_ns;
         char where[CREST_ADDR_STRLEN];
@@ -118,6 +119,7 @@ static void unrecorded(struct crest_listener *l, int fd, int err) {
     (void)crest_sockopt_set_linger_abort(fd);
     close(fd);
     l->ep->lstats.accept_errors++;
+    l->loop->conn_stats.accept_errors++;
     l->loop->conn_stats.close_reasons[CREST_CLOSE_NO_MEMORY]++;
     char where[CREST_ADDR_STRLEN];
     crest_addr_format(&l->addr, where, sizeof where);
@@ -152,6 +154,7 @@ void crest__listener_on_io(crest_io_t *io, unsigned events, void *arg) {
                 return;
             default:
                 ep->lstats.accept_errors++;
+                loop->conn_stats.accept_errors++;
                 crest_log(CREST_LOG_WARN, "accept4 failed: %s; retrying in %u ms",
                           crest_strerror(-errno), ACCEPT_RETRY_MS);
                 /* No new edge will come for what is queued: look again soon,

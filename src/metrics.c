@@ -168,7 +168,7 @@ static struct labels loop_labels(const struct crest__admin_loop_figures *f, bool
 
 /* ---- per-loop scalar families, by table ----------------------------------- */
 
-enum source { S_LOOP, S_CONNS, S_BUFS, S_INSIGHT };
+enum source { S_LOOP, S_CONNS, S_BUFS, S_INSIGHT, S_HTTP };
 
 struct scalar {
     const char *name;
@@ -185,6 +185,7 @@ struct scalar {
 #define CONNF(f) S_CONNS, FIELD(crest_conn_stats_t, f)
 #define BUFF(f) S_BUFS, FIELD(crest_buf_stats_t, f)
 #define INSF(f) S_INSIGHT, FIELD(crest_insight_t, f)
+#define HTTPF(f) S_HTTP, FIELD(crest_http_server_stats_t, f)
 
 static const struct scalar loop_scalars[] = {
     {"crest_loop_iterations_total", "counter", LOOPF(iterations), U_COUNT,
@@ -233,6 +234,11 @@ static const struct scalar conn_buf_scalars[] = {
      "Write system calls on connections."},
     {"crest_highwater_pauses_total", "counter", CONNF(paused), U_COUNT,
      "Reading paused because output rose above high water."},
+    {"crest_accept_shed_total", "counter", CONNF(accept_shed), U_COUNT,
+     "Pending connections accepted and closed at once because the process was out of file "
+     "descriptors (EMFILE/ENFILE)."},
+    {"crest_accept_errors_total", "counter", CONNF(accept_errors), U_COUNT,
+     "Other accept failures (accept4 errors, accepted fds the registry could not record)."},
 
     {"crest_buffer_pool_allocated_bytes", "gauge", BUFF(allocated), U_COUNT,
      "Bytes the loop's buffer pool holds from the system."},
@@ -345,6 +351,29 @@ static const struct scalar insight_outbound_scalars[] = {
      "The pools' maximum sizes, summed."},
 };
 
+/* The application's HTTP servers (crest_http_loop_stats: the admin
+ * endpoint's own are in crest_admin_*), on loops that have had one.  After
+ * crest_http_responses_total. */
+static const struct scalar http_scalars[] = {
+    {"crest_http_refused_total", "counter", HTTPF(refused), U_COUNT,
+     "HTTP requests refused as malformed or over a limit (answered 4xx/5xx, connection "
+     "closed, logged)."},
+    {"crest_http_read_timeouts_total", "counter", HTTPF(timeouts), U_COUNT,
+     "HTTP connections closed with a request not whole in time (logged)."},
+    {"crest_http_cancelled_total", "counter", HTTPF(cancelled), U_COUNT,
+     "HTTP exchanges cancelled before their response ended (the connection reset, timed out "
+     "or its server was destroyed)."},
+    {"crest_http_pending_exchanges", "gauge", HTTPF(pending), U_COUNT,
+     "HTTP requests handed to the application and not yet answered (or still streaming)."},
+};
+
+static const struct scalar http_lead_scalars[] = {
+    {"crest_http_connections_total", "counter", HTTPF(connections), U_COUNT,
+     "Connections the HTTP servers accepted."},
+    {"crest_http_requests_total", "counter", HTTPF(requests), U_COUNT,
+     "HTTP requests handed to the application."},
+};
+
 static const void *source_of(const struct crest__admin_loop_figures *f, enum source src) {
     switch (src) {
     case S_LOOP:
@@ -355,6 +384,8 @@ static const void *source_of(const struct crest__admin_loop_figures *f, enum sou
         return &f->bufs;
     case S_INSIGHT:
         return &f->insight;
+    case S_HTTP:
+        return &f->http;
     }
     return NULL;
 }
@@ -374,6 +405,10 @@ static uint64_t field_value(const void *base, size_t offset, size_t size) {
 /* Does this loop render the insight families? */
 static bool has_insight(const struct crest__admin_loop_figures *f) {
     return f->insight_enabled;
+}
+
+static bool has_http(const struct crest__admin_loop_figures *f) {
+    return f->http_servers > 0;
 }
 
 static bool has_rx(const struct crest__admin_loop_figures *f) {
@@ -514,6 +549,10 @@ static const char *phase_key(unsigned k) {
 }
 static const char *cb_kind_key(unsigned k) {
     return crest_cb_kind_name((crest_cb_kind_t)k);
+}
+static const char *status_class_key(unsigned k) {
+    static const char *const names[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    return k < 6 ? names[k] : "other";
 }
 
 /* One family with one sample per loop and per key: name{loop,label=key}
@@ -687,6 +726,20 @@ void crest__metrics_render(struct crest__strbuf *out,
                      NULL);
         render_scalars(out, conn_buf_scalars, sizeof conn_buf_scalars / sizeof conn_buf_scalars[0],
                        loops, n, labelled, NULL);
+    }
+
+    if (n > 0 && loops) {
+        render_scalars(out, http_lead_scalars,
+                       sizeof http_lead_scalars / sizeof http_lead_scalars[0], loops, n,
+                       labelled, has_http);
+        render_keyed(out, "crest_http_responses_total", "counter",
+                     "HTTP responses, by status class (counted when the head is written; "
+                     "\"other\": outside 100-599).",
+                     "code", status_class_key, 6, S_HTTP,
+                     offsetof(crest_http_server_stats_t, responses), U_COUNT, loops, n,
+                     labelled, has_http);
+        render_scalars(out, http_scalars, sizeof http_scalars / sizeof http_scalars[0], loops,
+                       n, labelled, has_http);
     }
 
     if (proc)

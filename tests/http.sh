@@ -92,9 +92,10 @@ hpid=$pid hport=$port
 hspid=$!
 pids+=("$hspid")
 
-start main --threads 2 -q
+start main --threads 2 -q --admin 127.0.0.1:0
 mpid=$pid
 base=http://127.0.0.1:$port
+admin=$(sed -n 's|^crest-http: admin endpoint on http://127\.0\.0\.1:\([0-9]*\)/$|\1|p' "$work/main.out")
 pass "crest-http (pid $mpid) on 127.0.0.1:$port, 2 threads; hostile one (pid $hpid) on 127.0.0.1:$hport"
 
 # ---- curl ------------------------------------------------------------------------
@@ -250,11 +251,44 @@ else
     fail "ab: exit $arc"; cat "$work/ab.log"
 fi
 
+# ---- the main server's /metrics ----------------------------------------------------
+
+# metric_sum NAME [LABEL-FILTER]: the sum of NAME's samples (every loop's)
+# in $work/metrics whose labels contain LABEL-FILTER.
+metric_sum() {
+    awk -v n="$1" -v f="${2:-}" '
+        { name = $1; sub(/\{.*/, "", name) }
+        name == n && index($1, f) { s += $2 }
+        END { printf "%d\n", s }' "$work/metrics"
+}
+want=$((sent + wrk_sent - 1))
+curl -sS --max-time 30 -o "$work/metrics" "http://127.0.0.1:$admin/metrics" 2>"$work/metrics.err"
+m_req=$(metric_sum crest_http_requests_total)
+m_4xx=$(metric_sum crest_http_responses_total 'code="4xx"')
+m_2xx=$(metric_sum crest_http_responses_total 'code="2xx"')
+if [ -n "$admin" ] && [ "$m_req" = "$want" ] && [ "$m_4xx" = 7 ] &&
+    [ $((m_2xx + m_4xx)) -eq "$want" ] &&
+    grep -q '^crest_http_requests_total{loop="1"} [1-9]' "$work/metrics" &&
+    [ "$(metric_sum crest_http_pending_exchanges)" = 0 ]; then
+    pass "/metrics (admin port $admin): crest_http_requests_total sums to the $want requests sent, 2xx $m_2xx + 4xx 7, none pending, both loops serving"
+else
+    fail "/metrics (admin port ${admin:-none}): requests $m_req (want $want), 2xx $m_2xx, 4xx $m_4xx"
+    grep '^crest_http_' "$work/metrics" "$work/metrics.err"
+fi
+if command -v promtool >/dev/null; then
+    promtool check metrics <"$work/metrics" >"$work/promtool.out" 2>&1
+    prc=$?
+    if [ "$prc" -eq 0 ] && [ ! -s "$work/promtool.out" ]; then
+        pass "promtool check metrics on crest-http's /metrics: exit 0, nothing to say ($(grep -c '^# TYPE crest_http_' "$work/metrics") crest_http_ families)"
+    else
+        fail "promtool check metrics: exit $prc"; cat "$work/promtool.out"
+    fi
+fi
+
 # ---- the main server's report -------------------------------------------------------
 
 stop "$mpid" crest-http
 got=$(report_requests main)
-want=$((sent + wrk_sent - 1))
 if [ "$stop_rc" -eq 0 ] && grep -q '^  0 fds leaked' "$work/main.out" && [ "$got" = "$want" ]; then
     pass "crest-http: exit 0, 0 fds leaked, $got requests = $sent (curl, h2load, ab) + $((wrk_sent - 1)) (wrk's request() calls less its check; $wrk_done answered before it stopped)"
 else

@@ -744,6 +744,12 @@ static void test_accept_emfile(void **state) {
     crest_conn_close(e.c);
     RUN_UNTIL(loop, a.closed && c.closed && d.closed && e.closed && s.closed == 4);
     crest_listener_close(s.l);
+    /* The loop's figures (/metrics crest_accept_shed_total) keep the
+     * closed listener's count. */
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(loop, &cs);
+    assert_int_equal(cs.accept_shed, 2);
+    assert_int_equal(cs.accept_errors, 0);
     finish(loop);
 }
 
@@ -788,6 +794,10 @@ static void test_accept_transient_error(void **state) {
     crest_conn_close(c.c);
     RUN_UNTIL(loop, a.closed && b.closed && c.closed && s.closed == 3);
     crest_listener_close(s.l);
+    crest_conn_stats_t cs;
+    crest_loop_conn_stats(loop, &cs);
+    assert_int_equal(cs.accept_errors, 1);
+    assert_int_equal(cs.accept_shed, 0);
     finish(loop);
     if (opened != 2)
         fail_msg("after one accept4 ENOMEM the pending connection waited 100 iterations "

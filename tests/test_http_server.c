@@ -697,6 +697,81 @@ static void test_destroy_pending(void **state) {
     app_finish(&a);
 }
 
+/* crest_http_loop_stats(): the sum of the loop's servers, a freed
+ * server's counters kept (its pending gone), the admin endpoint's own
+ * server left out. */
+static void test_loop_stats(void **state) {
+    (void)state;
+    struct app a;
+    struct client cl, cl2, cl3;
+    app_open(&a, &cl);
+    client_get_body(&a, &cl, "GET /one HTTP/1.1\r\nHost: x\r\n\r\n", "target=/one");
+    client_get_body(&a, &cl, "GET /two HTTP/1.1\r\nHost: x\r\n\r\n", "target=/two");
+    crest_http_server_stats_t st;
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 1);
+    assert_int_equal(st.connections, 1);
+    assert_int_equal(st.requests, 2);
+    assert_int_equal(st.responses[2], 2);
+
+    /* A second server on the same loop (a.addr names it for the client). */
+    static struct app b;
+    b = a;
+    crest_http_server_t *srv2;
+    assert_int_equal(crest_http_server_create(a.loop, NULL, on_request, &a, &srv2), 0);
+    crest_listener_t *l;
+    assert_int_equal(crest_http_server_listen(srv2, "127.0.0.1:0", NULL, &l), 0);
+    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_listener_port(l));
+    client_open(&cl2, &b);
+    client_get_body(&b, &cl2, "GET /three HTTP/1.1\r\nHost: x\r\n\r\n", "target=/three");
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
+    assert_int_equal(st.connections, 2);
+    assert_int_equal(st.requests, 3);
+    assert_int_equal(st.responses[2], 3);
+
+    /* The admin endpoint on the same loop: its requests are not counted. */
+    crest_admin_t *admin;
+    assert_int_equal(crest_admin_start(a.loop, "127.0.0.1:0", NULL, &admin), 0);
+    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_admin_port(admin));
+    client_open(&cl3, &b);
+    SEND(&b, &cl3, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_expect_body(&b, &cl3, "ok\n");
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
+    assert_int_equal(st.connections, 2);
+    assert_int_equal(st.requests, 3);
+    client_close(&cl3);
+    crest_admin_stop(admin);
+
+    /* An exchange waiting; then the second server freed: its counts stay. */
+    SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(a.loop, a.requests == 4);
+    crest_timer_stop(a.timer);
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
+    assert_int_equal(st.pending, 1);
+    client_close(&cl2);
+    crest_http_server_destroy(srv2);
+    tu_spin(a.loop, 3);
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
+    assert_int_equal(st.connections, 2);
+    assert_int_equal(st.requests, 4);
+    assert_int_equal(st.responses[2], 3);
+    assert_int_equal(st.pending, 1);
+
+    /* The first destroyed with its exchange waiting: cancelled, not pending. */
+    crest_http_server_destroy(a.srv);
+    a.srv = NULL;
+    RUN_UNTIL(a.loop, a.cancelled == 1);
+    client_expect_eof(&a, &cl);
+    client_close(&cl);
+    tu_spin(a.loop, 3);
+    assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
+    assert_int_equal(st.requests, 4);
+    assert_int_equal(st.cancelled, 1);
+    assert_int_equal(st.pending, 0);
+    assert_int_equal(crest_http_loop_stats(NULL, &st), 0);
+    assert_int_equal(st.requests, 0);
+    app_finish(&a);
+}
+
 /* Slowloris: a head sent a byte every few ms never completes within the
  * header timeout: closed (READ_TIMEOUT) while another client is served. */
 static void test_header_timeout(void **state) {
@@ -1419,6 +1494,7 @@ int main(void) {
         tu_test(test_refusals),
         tu_test(test_cancel),
         tu_test(test_destroy_pending),
+        tu_test(test_loop_stats),
         tu_test(test_header_timeout),
         tu_test(test_body_and_keepalive_timeouts),
         tu_test(test_half_close_client),

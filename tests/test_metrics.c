@@ -701,6 +701,60 @@ static void test_insight_absent(void **state) {
     free(loops);
 }
 
+/* The application's HTTP servers' families only for loops that have had
+ * one (and none at all when no loop has); the accept path's counters on
+ * every loop. */
+static void test_http_and_accept_families(void **state) {
+    (void)state;
+    const bool insight[3] = {false, false, false};
+    struct crest__admin_loop_figures *loops = group_figures(3, insight);
+    struct crest__admin_process_figures proc = proc_figures("1.2.3");
+    char *text = render(loops, 3, true, &proc);
+    struct page pg;
+    parse_page(text, &pg);
+    check_page_rules(&pg);
+    assert_null(strstr(text, "crest_http_"));
+    assert_line(text, "crest_accept_shed_total{loop=\"1\"} 0");
+    assert_line(text, "crest_accept_errors_total{loop=\"2\"} 0");
+    free_page(&pg);
+    free(text);
+
+    loops[0].conns.accept_shed = 9;
+    loops[0].conns.accept_errors = 2;
+    loops[0].http_servers = 1;
+    loops[0].http.connections = 3;
+    loops[0].http.requests = 120;
+    loops[0].http.responses[2] = 110;
+    loops[0].http.responses[4] = 7;
+    loops[0].http.responses[0] = 1;
+    loops[0].http.refused = 6;
+    loops[0].http.timeouts = 1;
+    loops[0].http.cancelled = 2;
+    loops[0].http.pending = 3;
+    loops[2].http_servers = 2; /* servers made, no traffic yet: zeros */
+    text = render(loops, 3, true, &proc);
+    parse_page(text, &pg);
+    check_page_rules(&pg);
+    assert_line(text, "crest_accept_shed_total{loop=\"0\"} 9");
+    assert_line(text, "crest_accept_errors_total{loop=\"0\"} 2");
+    assert_line(text, "crest_http_connections_total{loop=\"0\"} 3");
+    assert_line(text, "crest_http_requests_total{loop=\"0\"} 120");
+    assert_line(text, "crest_http_responses_total{loop=\"0\",code=\"2xx\"} 110");
+    assert_line(text, "crest_http_responses_total{loop=\"0\",code=\"4xx\"} 7");
+    assert_line(text, "crest_http_responses_total{loop=\"0\",code=\"other\"} 1");
+    assert_line(text, "crest_http_responses_total{loop=\"0\",code=\"5xx\"} 0");
+    assert_line(text, "crest_http_refused_total{loop=\"0\"} 6");
+    assert_line(text, "crest_http_read_timeouts_total{loop=\"0\"} 1");
+    assert_line(text, "crest_http_cancelled_total{loop=\"0\"} 2");
+    assert_line(text, "crest_http_pending_exchanges{loop=\"0\"} 3");
+    assert_line(text, "crest_http_requests_total{loop=\"2\"} 0");
+    assert_null(find(&pg, "crest_http_requests_total", "loop", "1", NULL, NULL));
+    assert_int_equal(count_samples(&pg, "crest_http_responses_total"), 2 * 6);
+    free_page(&pg);
+    free(text);
+    free(loops);
+}
+
 /* Label values are escaped; the render appends to what out holds; no
  * loops at all still gives a valid page. */
 static void test_escaping_and_append(void **state) {
@@ -778,6 +832,9 @@ static void test_promtool(void **state) {
     struct crest__admin_loop_figures *loops = group_figures(3, insight);
     loops[0].insight.rx_timestamps = true;
     crest_hist_record(&loops[0].insight.rx_dwell, 30 * NS_PER_US);
+    loops[1].http_servers = 1; /* the HTTP families too */
+    loops[1].http.requests = 5;
+    loops[1].http.responses[2] = 5;
     struct crest__admin_process_figures proc = proc_figures("1.0 \"x\\y\"\nz");
     char *text = render(loops, 3, true, &proc);
     promtool_check(text);
@@ -794,6 +851,7 @@ int main(void) {
         cmocka_unit_test(test_buckets_match_count_le),
         cmocka_unit_test(test_group),
         cmocka_unit_test(test_insight_absent),
+        cmocka_unit_test(test_http_and_accept_families),
         cmocka_unit_test(test_escaping_and_append),
         cmocka_unit_test(test_promtool),
     };

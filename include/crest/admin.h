@@ -75,8 +75,13 @@ typedef struct crest_admin_opts {
 
 void crest_admin_opts_init(crest_admin_opts_t *opts);
 
-/* Serve the admin pages on addr ("127.0.0.1:9464"; a port of 0 picks a
- * free one: crest_admin_port()).  opts may be NULL.  0 and *out, or
+/* Where the endpoint listens when no address is given: loopback, on the
+ * port of the Prometheus exporters' registry that crest's docs use. */
+#define CREST_ADMIN_DEFAULT_ADDR "127.0.0.1:9464"
+
+/* Serve the admin pages on addr ("127.0.0.1:9464"; NULL:
+ * CREST_ADMIN_DEFAULT_ADDR; a port of 0 picks a free one:
+ * crest_admin_port()).  opts may be NULL.  0 and *out, or
  * -EINVAL, -ENOMEM, or crest_listen()'s -errno (-EADDRINUSE ...). */
 int crest_admin_start(crest_loop_t *loop, const char *addr, const crest_admin_opts_t *opts,
                       crest_admin_t **out);

@@ -683,6 +683,13 @@ typedef struct crest_conn_stats {
                                   peer before closing the socket) */
     uint64_t lingering;        /* of those, still lingering now (not counted
                                   in active: on_close has run) */
+    /* The accept path of the loop's listeners (crest_listener_stats_t
+     * has them per listener; these outlive a closed listener): */
+    uint64_t accept_shed;      /* pending connections accepted and closed
+                                  at once because the process was out of
+                                  fds (EMFILE/ENFILE; each burst logged) */
+    uint64_t accept_errors;    /* other accept4 failures, and accepted fds
+                                  the registry could not record */
 } crest_conn_stats_t;
 
 void crest_loop_conn_stats(const crest_loop_t *loop, crest_conn_stats_t *out);

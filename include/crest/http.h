@@ -378,6 +378,15 @@ typedef struct crest_http_server_stats {
 
 void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server_stats_t *out);
 
+/* The sum over every HTTP server of loop, those already freed included
+ * (their counters stay in it; pending is the live servers' only).  The
+ * admin endpoint's own server is not among them: its traffic has its own
+ * figures (crest_admin_* in /metrics).  Returns how many servers were
+ * created on the loop: 0 means none ever was, and *out is zeros.  On the
+ * loop's thread; no callback runs inside.  These are the figures of the
+ * crest_http_* families of /metrics (admin.h). */
+unsigned crest_http_loop_stats(const crest_loop_t *loop, crest_http_server_stats_t *out);
+
 /* ---- responses ----------------------------------------------------------- */
 
 /* Write the response to x: the status line, Date, Server (if set),
