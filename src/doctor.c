@@ -701,6 +701,7 @@ int crest_doctor_diagnose(const crest_insight_t *w, const crest_doctor_opts_t *o
     out->utilization = c.util;
     out->rx_dwell_p99_ns = w->rx_timestamps ? crest_hist_percentile(&w->rx_dwell, 99.0) : 0;
     out->rtt_p99_ns = crest_hist_percentile(&w->rtt, 99.0);
+    out->http_response_p99_ns = crest_hist_percentile(&w->http_response_time, 99.0);
 
     rule_slow_callback(&c, out);
     rule_loop_blocked(&c, out);
@@ -810,6 +811,8 @@ int crest_diagnosis_text(const crest_diagnosis_t *dx, char *buf, size_t len) {
             putf(&o, ", p99 socket dwell %s", dur(dx->rx_dwell_p99_ns).s);
         if (dx->rtt_p99_ns)
             putf(&o, ", p99 rtt %s", dur(dx->rtt_p99_ns).s);
+        if (dx->http_response_p99_ns)
+            putf(&o, ", p99 HTTP response %s", dur(dx->http_response_p99_ns).s);
         puts_(&o, ")\n");
     }
     return finish(&o);
@@ -839,8 +842,9 @@ int crest_diagnosis_json(const crest_diagnosis_t *dx, char *buf, size_t len) {
     putf(&o,
          "],\"headline\":{\"window_ns\":%" PRIu64 ",\"iterations\":%" PRIu64
          ",\"busy_p99_ns\":%" PRIu64 ",\"busy_max_ns\":%" PRIu64 ",\"utilization\":%.4f"
-         ",\"rx_dwell_p99_ns\":%" PRIu64 ",\"rtt_p99_ns\":%" PRIu64 "}}\n",
+         ",\"rx_dwell_p99_ns\":%" PRIu64 ",\"rtt_p99_ns\":%" PRIu64
+         ",\"http_response_p99_ns\":%" PRIu64 "}}\n",
          dx->window_ns, dx->iterations, dx->busy_p99_ns, dx->busy_max_ns, util,
-         dx->rx_dwell_p99_ns, dx->rtt_p99_ns);
+         dx->rx_dwell_p99_ns, dx->rtt_p99_ns, dx->http_response_p99_ns);
     return finish(&o);
 }

@@ -81,6 +81,7 @@ struct http_conn {
     bool deadline_extended;  /* the read timeout covers the body now */
     bool peer_eof;           /* the client shut down its side */
     uint8_t sflags;          /* S_*: the streamed response */
+    uint64_t dispatched_ns;  /* the loop's clock when x went to on_request */
     union {
         crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
         struct stream st;           /* S_ON */
@@ -364,6 +365,10 @@ static void exchange_end(struct http_conn *hc, bool close) {
 static int respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head_only,
                         const void *body, size_t body_len) {
     struct http_conn *hc = x->hc;
+    crest_loop_t *loop = hc->srv->loop;
+    if (CREST__LIKELY(loop->ins.on) && hc->srv->counted)
+        crest__hist_record(&loop->ins.fig.http_response_time,
+                           crest__clock_ns() - hc->dispatched_ns);
     r->keep_alive_10 = x->http10 && x->keep_alive;
     int rc = write_response(hc, r, head_only, body, body_len);
     if (rc == -EMSGSIZE) { /* the caller's head did not fit: do not leave the client waiting */
@@ -668,6 +673,7 @@ static bool dispatch(struct http_conn *hc, const crest_http_request_t *req, cons
     x->keep_alive = req->keep_alive;
     x->http10 = req->version_minor == 0;
     x->active = true;
+    hc->dispatched_ns = s->loop->now_ns;
     s->stats.requests++;
     s->stats.pending++;
     static const uint8_t empty[1];

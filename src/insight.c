@@ -462,6 +462,7 @@ void crest_insight_window(crest_insight_t *out, const crest_insight_t *newer,
     DIFF(pool_connect_failures);
     DIFF(pool_leaks);
     HWIN(pool_acquire_wait);
+    HWIN(http_response_time);
     DIFF(pool_exhausted_samples);
     /* The slow callbacks of the window only. */
     unsigned k = 0;
@@ -561,6 +562,7 @@ void crest_insight_add(crest_insight_t *dst, const crest_insight_t *src) {
     ADD(pool_connect_failures);
     ADD(pool_leaks);
     HADD(pool_acquire_wait);
+    HADD(http_response_time);
     ADD(pool_exhausted_samples);
     ADD(pools);
     ADD(pool_active);

@@ -411,6 +411,10 @@ static bool has_http(const struct crest__admin_loop_figures *f) {
     return f->http_servers > 0;
 }
 
+static bool has_http_insight(const struct crest__admin_loop_figures *f) {
+    return f->insight_enabled && f->http_servers > 0;
+}
+
 static bool has_rx(const struct crest__admin_loop_figures *f) {
     return f->insight_enabled && f->insight.rx_timestamps;
 }
@@ -618,6 +622,10 @@ static void render_insight(struct crest__strbuf *sb, const struct crest__admin_l
          "Duration of each name lookup sent to DNS."},
         {"crest_pool_acquire_wait_seconds", HIST(pool_acquire_wait), true, has_insight,
          "Pool acquires: from the call to the connection handed over."},
+        {"crest_http_response_time_seconds", HIST(http_response_time), true, has_http_insight,
+         "HTTP requests: from the loop iteration that completed the request to its "
+         "response's head written (the callbacks before it, the handler, any wait for "
+         "the answer)."},
     };
     for (size_t k = 0; k < sizeof hists / sizeof hists[0]; k++)
         render_histogram(sb, &hists[k], loops, n, labelled);

@@ -772,6 +772,47 @@ static void test_loop_stats(void **state) {
     app_finish(&a);
 }
 
+/* The loop's HTTP response time (insight.h http_response_time): from the
+ * iteration that completed the request to its head written.  An answer
+ * given in on_request takes well under the 20 ms of one given from a
+ * timer 20 ms later; the admin endpoint's own answers are not recorded. */
+static void test_response_time(void **state) {
+    (void)state;
+    struct app a;
+    struct client cl;
+    app_open(&a, &cl);
+    crest_insight_t *ins = malloc(sizeof *ins);
+    assert_non_null(ins);
+    client_get_body(&a, &cl, "GET /now HTTP/1.1\r\nHost: x\r\n\r\n", "target=/now");
+    assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
+    assert_int_equal(ins->http_response_time.count, 1);
+    assert_true(ins->http_response_time.max < 20000000u);
+    uint64_t t0 = tu_mono_ns();
+    client_get_body(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n", "later");
+    uint64_t took = tu_mono_ns() - t0;
+    assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
+    assert_int_equal(ins->http_response_time.count, 2);
+    assert_true(ins->http_response_time.max >= 19000000u); /* the timer's 20 ms, its ms clock */
+    assert_true(ins->http_response_time.max <= took);
+
+    crest_admin_t *admin;
+    assert_int_equal(crest_admin_start(a.loop, "127.0.0.1:0", NULL, &admin), 0);
+    static struct app b;
+    b = a;
+    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_admin_port(admin));
+    struct client cl2;
+    client_open(&cl2, &b);
+    SEND(&b, &cl2, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_expect_body(&b, &cl2, "ok\n");
+    assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
+    assert_int_equal(ins->http_response_time.count, 2);
+    client_close(&cl2);
+    crest_admin_stop(admin);
+    free(ins);
+    client_close(&cl);
+    app_finish(&a);
+}
+
 /* Slowloris: a head sent a byte every few ms never completes within the
  * header timeout: closed (READ_TIMEOUT) while another client is served. */
 static void test_header_timeout(void **state) {
@@ -1495,6 +1536,7 @@ int main(void) {
         tu_test(test_cancel),
         tu_test(test_destroy_pending),
         tu_test(test_loop_stats),
+        tu_test(test_response_time),
         tu_test(test_header_timeout),
         tu_test(test_body_and_keepalive_timeouts),
         tu_test(test_half_close_client),

@@ -750,6 +750,23 @@ static void test_http_and_accept_families(void **state) {
     assert_line(text, "crest_http_requests_total{loop=\"2\"} 0");
     assert_null(find(&pg, "crest_http_requests_total", "loop", "1", NULL, NULL));
     assert_int_equal(count_samples(&pg, "crest_http_responses_total"), 2 * 6);
+    assert_null(strstr(text, "crest_http_response_time_seconds")); /* no insight */
+    free_page(&pg);
+    free(text);
+
+    /* With insight: the response-time histogram, on the loops with HTTP. */
+    loops[0].insight_enabled = loops[1].insight_enabled = true;
+    crest_hist_record(&loops[0].insight.http_response_time, 180 * NS_PER_US);
+    crest_hist_record(&loops[0].insight.http_response_time, 30 * NS_PER_MS);
+    crest_hist_record(&loops[1].insight.http_response_time, 1 * NS_PER_US);
+    text = render(loops, 3, true, &proc);
+    parse_page(text, &pg);
+    check_page_rules(&pg);
+    assert_line(text, "crest_http_response_time_seconds_bucket{loop=\"0\",le=\"0.00025\"} 1");
+    assert_line(text, "crest_http_response_time_seconds_bucket{loop=\"0\",le=\"0.05\"} 2");
+    assert_line(text, "crest_http_response_time_seconds_sum{loop=\"0\"} 0.03018");
+    assert_line(text, "crest_http_response_time_seconds_count{loop=\"0\"} 2");
+    assert_null(find(&pg, "crest_http_response_time_seconds_count", "loop", "1", NULL, NULL));
     free_page(&pg);
     free(text);
     free(loops);
@@ -835,6 +852,8 @@ static void test_promtool(void **state) {
     loops[1].http_servers = 1; /* the HTTP families too */
     loops[1].http.requests = 5;
     loops[1].http.responses[2] = 5;
+    loops[2].http_servers = 1; /* ... and, with insight, the response times */
+    crest_hist_record(&loops[2].insight.http_response_time, 180 * NS_PER_US);
     struct crest__admin_process_figures proc = proc_figures("1.0 \"x\\y\"\nz");
     char *text = render(loops, 3, true, &proc);
     promtool_check(text);

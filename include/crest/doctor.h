@@ -72,6 +72,8 @@ typedef struct crest_diagnosis {
     double utilization;         /* busy / wall over the window, 0..1 */
     uint64_t rx_dwell_p99_ns;   /* 0 when rx_timestamps is off */
     uint64_t rtt_p99_ns;        /* 0 without TCP samples */
+    uint64_t http_response_p99_ns; /* insight.h http_response_time, p99;
+                                      0 without HTTP responses */
     unsigned n;                 /* findings */
     crest_finding_t findings[CREST_FINDINGS_MAX]; /* most severe first */
 } crest_diagnosis_t;
@@ -147,7 +149,8 @@ int crest_doctor_diagnose(const crest_insight_t *window, const crest_doctor_opts
  * JSON for machines, one line: {"findings":[{"cause":...,"severity":...,
  * "evidence":...,"advice":...}],"headline":{"window_ns":...,
  * "iterations":...,"busy_p99_ns":...,"busy_max_ns":...,"utilization":...,
- * "rx_dwell_p99_ns":...,"rtt_p99_ns":...}} (strings escaped: quotes,
+ * "rx_dwell_p99_ns":...,"rtt_p99_ns":...,"http_response_p99_ns":...}}
+ * (strings escaped: quotes,
  * backslashes, control characters; bytes of 0x80 and above as they are).
  * Both write at most len bytes, NUL included, and always NUL-terminate
  * when len > 0 (buf may be NULL when len is 0); they return what snprintf

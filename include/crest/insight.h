@@ -245,6 +245,15 @@ typedef struct crest_insight {
     uint32_t pool_busiest_active, pool_busiest_max, pool_busiest_waiting;
     char pool_busiest[48];       /* its name ("" without pools) */
 
+    /* HTTP servers (http.h) on this loop, the admin endpoint's excepted:
+     * from the loop iteration that completed a request (its clock, set
+     * when epoll_wait returned) to its response's head written.  So it
+     * holds the callbacks run before it in that iteration, the
+     * application's handler, and any wait for an answer given later
+     * (a post from a worker thread, a timer, a backend); not the time
+     * the bytes sat in the kernel (rx_dwell) nor the body's sending. */
+    crest_hist_t http_response_time; /* ns */
+
     /* fd growth (process-wide; see crest_fd_origins in fdreg.h) */
     uint64_t fds_open;           /* registered fds open at the sample */
     uint64_t fds_unregistered;   /* fds in /proc/self/fd the registry does
