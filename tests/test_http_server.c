@@ -697,13 +697,29 @@ static void test_destroy_pending(void **state) {
     app_finish(&a);
 }
 
+/* An admin endpoint (admin.h) on a's loop answers one GET /healthz, and
+ * stops: traffic of the admin's own HTTP server. */
+static void admin_healthz(struct app *a) {
+    crest_admin_t *admin;
+    assert_int_equal(crest_admin_start(a->loop, "127.0.0.1:0", NULL, &admin), 0);
+    static struct app b;
+    b = *a;
+    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_admin_port(admin));
+    static struct client cl;
+    client_open(&cl, &b);
+    SEND(&b, &cl, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    client_expect_body(&b, &cl, "ok\n");
+    client_close(&cl);
+    crest_admin_stop(admin);
+}
+
 /* crest_http_loop_stats(): the sum of the loop's servers, a freed
  * server's counters kept (its pending gone), the admin endpoint's own
  * server left out. */
 static void test_loop_stats(void **state) {
     (void)state;
     struct app a;
-    struct client cl, cl2, cl3;
+    struct client cl, cl2;
     app_open(&a, &cl);
     client_get_body(&a, &cl, "GET /one HTTP/1.1\r\nHost: x\r\n\r\n", "target=/one");
     client_get_body(&a, &cl, "GET /two HTTP/1.1\r\nHost: x\r\n\r\n", "target=/two");
@@ -729,17 +745,10 @@ static void test_loop_stats(void **state) {
     assert_int_equal(st.responses[2], 3);
 
     /* The admin endpoint on the same loop: its requests are not counted. */
-    crest_admin_t *admin;
-    assert_int_equal(crest_admin_start(a.loop, "127.0.0.1:0", NULL, &admin), 0);
-    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_admin_port(admin));
-    client_open(&cl3, &b);
-    SEND(&b, &cl3, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    client_expect_body(&b, &cl3, "ok\n");
+    admin_healthz(&a);
     assert_int_equal(crest_http_loop_stats(a.loop, &st), 2);
     assert_int_equal(st.connections, 2);
     assert_int_equal(st.requests, 3);
-    client_close(&cl3);
-    crest_admin_stop(admin);
 
     /* An exchange waiting; then the second server freed: its counts stay. */
     SEND(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -795,19 +804,9 @@ static void test_response_time(void **state) {
     assert_true(ins->http_response_time.max >= 19000000u); /* the timer's 20 ms, its ms clock */
     assert_true(ins->http_response_time.max <= took);
 
-    crest_admin_t *admin;
-    assert_int_equal(crest_admin_start(a.loop, "127.0.0.1:0", NULL, &admin), 0);
-    static struct app b;
-    b = a;
-    snprintf(b.addr, sizeof b.addr, "127.0.0.1:%d", crest_admin_port(admin));
-    struct client cl2;
-    client_open(&cl2, &b);
-    SEND(&b, &cl2, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    client_expect_body(&b, &cl2, "ok\n");
+    admin_healthz(&a);
     assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
     assert_int_equal(ins->http_response_time.count, 2);
-    client_close(&cl2);
-    crest_admin_stop(admin);
     free(ins);
     client_close(&cl);
     app_finish(&a);
