@@ -9,6 +9,11 @@
  *                  for a bad N;
  *   POST /echo     the request's body, with its Content-Type (or
  *                  application/octet-stream);
+ *   GET /delay/N   "delayed N ms\n", answered N ms later (0 <= N <=
+ *                  60000) from a timer: a stand-in for a handler that
+ *                  waits on a backend, which the doctor's slow_response
+ *                  tells from a slow loop (docs/latency.md); 400 for a
+ *                  bad N;
  *   HEAD           for every GET route (the head only, same length);
  *   anything else  404; a known path with another method 405 with Allow.
  * A query ("?...") is ignored.  Keep-alive, pipelining, Connection: close,
@@ -41,6 +46,7 @@
 #include "server.h"
 
 #define BYTES_MAX ((uint64_t)1 << 30) /* /bytes/N: at most 1 GiB */
+#define DELAY_MAX_MS 60000u           /* /delay/N: at most a minute */
 
 /* The final report's counters (loop_counters). */
 enum {
@@ -87,9 +93,9 @@ static void method_not_allowed(crest_http_exchange_t *x, const char *allow) {
     crest_http_respond(x, 405, h, 2, body, sizeof body - 1);
 }
 
-/* N of /bytes/N: decimal digits only, no leading zero (but "0"), at most
- * BYTES_MAX.  0 or -1. */
-static int parse_count(crest_http_str_t s, uint64_t *out) {
+/* N of /bytes/N and /delay/N: decimal digits only, no leading zero (but
+ * "0"), at most max.  0 or -1. */
+static int parse_count(crest_http_str_t s, uint64_t max, uint64_t *out) {
     if (s.len == 0 || s.len > 10 || (s.len > 1 && s.ptr[0] == '0'))
         return -1;
     uint64_t v = 0;
@@ -98,7 +104,7 @@ static int parse_count(crest_http_str_t s, uint64_t *out) {
             return -1;
         v = v * 10 + (uint64_t)(s.ptr[i] - '0');
     }
-    if (v > BYTES_MAX)
+    if (v > max)
         return -1;
     *out = v;
     return 0;
@@ -124,7 +130,7 @@ static ssize_t bytes_body(crest_http_exchange_t *x, uint8_t *buf, size_t cap, vo
 
 static void route_bytes(crest_http_exchange_t *x, crest_http_str_t n) {
     uint64_t count;
-    if (parse_count(n, &count) < 0) {
+    if (parse_count(n, BYTES_MAX, &count) < 0) {
         answer_text(x, 400, "400 Bad Request: /bytes/N wants N from 0 to 1073741824\n");
         return;
     }
@@ -133,6 +139,56 @@ static void route_bytes(crest_http_exchange_t *x, crest_http_str_t n) {
     int rc = crest_http_respond_stream(x, 200, &octets, 1, count, bytes_body, NULL);
     if (rc < 0)
         fprintf(stderr, "crest-http: /bytes/%" PRIu64 ": %s\n", count, crest_strerror(rc));
+}
+
+/* /delay/N: the exchange waits on a timer, as it would on a backend.  The
+ * timer hangs off the exchange's data, so a cancel (the client gone, the
+ * drain) frees it. */
+struct delayed {
+    crest_http_exchange_t *x;
+    crest_timer_t *timer;
+    uint64_t ms;
+};
+
+static void delay_free(struct delayed *d) {
+    crest_http_exchange_set_data(d->x, NULL);
+    crest_timer_destroy(d->timer); /* safe from its own callback */
+    free(d);
+}
+
+static void delay_fire(crest_timer_t *t, void *arg) {
+    (void)t;
+    struct delayed *d = arg;
+    char text[40];
+    snprintf(text, sizeof text, "delayed %" PRIu64 " ms\n", d->ms);
+    crest_http_exchange_t *x = d->x;
+    delay_free(d);
+    answer_text(x, 200, text);
+}
+
+static void on_cancel(crest_http_exchange_t *x, void *ctx) {
+    (void)ctx;
+    struct delayed *d = crest_http_exchange_get_data(x);
+    if (d)
+        delay_free(d);
+}
+
+static void route_delay(crest_http_exchange_t *x, crest_loop_t *loop, crest_http_str_t n) {
+    uint64_t ms;
+    if (parse_count(n, DELAY_MAX_MS, &ms) < 0) {
+        answer_text(x, 400, "400 Bad Request: /delay/N wants N from 0 to 60000 (ms)\n");
+        return;
+    }
+    struct delayed *d = calloc(1, sizeof *d);
+    if (!d || crest_timer_create(loop, delay_fire, d, &d->timer) < 0) {
+        free(d);
+        answer_text(x, 503, "503 Service Unavailable: out of memory\n");
+        return;
+    }
+    d->x = x;
+    d->ms = ms;
+    crest_http_exchange_set_data(x, d);
+    crest_timer_start(d->timer, ms, 0);
 }
 
 static void route_echo(crest_http_exchange_t *x, const crest_http_request_t *req,
@@ -151,7 +207,7 @@ static void route_echo(crest_http_exchange_t *x, const crest_http_request_t *req
 
 static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req,
                        const uint8_t *body, size_t body_len, void *ctx) {
-    (void)ctx;
+    crest_loop_t *loop = ctx;
     crest_http_str_t path = req->target;
     const char *q = memchr(path.ptr, '?', path.len);
     if (q)
@@ -159,6 +215,8 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
     bool get = req->method == CREST_HTTP_GET || req->method == CREST_HTTP_HEAD;
     static const char bytes_prefix[] = "/bytes/";
     const size_t plen = sizeof bytes_prefix - 1;
+    static const char delay_prefix[] = "/delay/";
+    const size_t dlen = sizeof delay_prefix - 1;
 
     if (str_is(path, "/")) {
         if (get)
@@ -173,6 +231,11 @@ static void on_request(crest_http_exchange_t *x, const crest_http_request_t *req
     } else if (path.len >= plen && memcmp(path.ptr, bytes_prefix, plen) == 0) {
         if (get)
             route_bytes(x, (crest_http_str_t){path.ptr + plen, path.len - plen});
+        else
+            method_not_allowed(x, "GET, HEAD");
+    } else if (path.len >= dlen && memcmp(path.ptr, delay_prefix, dlen) == 0) {
+        if (get)
+            route_delay(x, loop, (crest_http_str_t){path.ptr + dlen, path.len - dlen});
         else
             method_not_allowed(x, "GET, HEAD");
     } else {
@@ -209,7 +272,7 @@ static ssize_t http_data(crest_conn_t *c, const uint8_t *data, size_t len) {
 static int http_loop_init(server_proto_t *p, crest_loop_t *loop, unsigned index) {
     (void)p;
     struct http_loop *hl = &http.loops[index];
-    int rc = crest_http_server_create(loop, &http.opts, on_request, NULL, &hl->srv);
+    int rc = crest_http_server_create(loop, &http.opts, on_request, loop, &hl->srv);
     if (rc < 0)
         return rc;
     crest_loop_set_data(loop, hl);
@@ -358,8 +421,9 @@ static int http_configured(server_proto_t *p) {
 
 static server_proto_t http_proto = {
     .name = "crest-http",
-    .summary = "An HTTP/1.1 server: GET / says hello, GET /bytes/N sends N bytes, POST /echo\n"
-               "sends the body back; HEAD for every GET; keep-alive and pipelining.",
+    .summary = "An HTTP/1.1 server: GET / says hello, GET /bytes/N sends N bytes, GET /delay/N\n"
+               "answers N ms later, POST /echo sends the body back; HEAD for every GET;\n"
+               "keep-alive and pipelining.",
     .default_port = 8080,
     .options = http_options,
     .options_help =
@@ -394,6 +458,7 @@ int main(int argc, char **argv) {
     pattern_init();
     crest_http_server_opts_init(&http.opts);
     http.opts.server = "crest-http";
+    http.opts.on_cancel = on_cancel;
     int code = server_main(argc, argv, &http_proto);
     free(http.loops);
     return code;

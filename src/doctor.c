@@ -23,6 +23,7 @@
 static const char *const cause_keys[CREST_CAUSE_COUNT] = {
     "slow_callback", "loop_blocked", "loop_saturated", "cpu_starved", "accept_queue",
     "slow_reader", "sndbuf_limited", "nagle", "network", "fd_growth", "pool_exhausted",
+    "slow_response",
 };
 
 const char *crest_cause_key(crest_cause_t cause) {
@@ -66,6 +67,8 @@ void crest_doctor_opts_init(crest_doctor_opts_t *o) {
     o->network_segs_min = 1000;
     o->fd_unregistered_max = 1024;
     o->slow_callback_share = 0.001;
+    o->http_response_p99_ms = 100;
+    o->http_responses_min = 20;
 }
 
 /* ---- formatting numbers for people ---- */
@@ -651,6 +654,45 @@ static void rule_pool_exhausted(const ctx_t *c, crest_diagnosis_t *dx) {
                     "hold each one for less time (crest_pool_report() lists who has them).");
 }
 
+/* slow_response: the p99 HTTP response time (insight.h: from the
+ * iteration that completed a request to its head written) at or above
+ * http_response_p99_ms.  The loop's other rules say why when the loop
+ * held the responses; this one says where the time went: the slow
+ * responses answered inside on_request waited for the loop (the handler,
+ * or the callbacks before it), those answered later waited for what the
+ * handler waits for (a worker thread, a backend, a timer), which no loop
+ * figure shows.  Warning; critical at 10x the threshold. */
+static void rule_slow_response(const ctx_t *c, crest_diagnosis_t *dx) {
+    const crest_insight_t *w = c->w;
+    const crest_hist_t *all = &w->http_response_time;
+    uint32_t min = c->o->http_responses_min ? c->o->http_responses_min : 20;
+    if (all->count < min)
+        return;
+    uint64_t thr = MS(c->o->http_response_p99_ms ? c->o->http_response_p99_ms : 100);
+    uint64_t p99 = crest_hist_percentile(all, 99.0);
+    if (p99 < thr)
+        return;
+    uint64_t slow = count_ge(all, thr);
+    uint64_t later = count_ge(&w->http_deferred_time, thr);
+    if (later > slow)
+        later = slow; /* both are whole-bucket counts of the same values */
+    crest_finding_t *f = add(dx, CREST_CAUSE_SLOW_RESPONSE,
+                             p99 >= 10 * thr ? CREST_SEVERITY_CRITICAL : CREST_SEVERITY_WARNING);
+    bool waited = 2 * later >= slow;
+    evidence(f,
+             "p99 HTTP response %s over %s responses in %s; %s of them %s or longer, %s answered "
+             "after on_request returned (%s); p99 iteration %s",
+             dur(p99).s, num(all->count).s, dur(c->window_ns).s, num(slow).s, dur(thr).s,
+             num(later).s, waited ? "the wait was outside the loop" : "the loop held them",
+             dur(crest_hist_percentile(&w->iteration_busy, 99.0)).s);
+    advice(f, waited
+                  ? "The time is in what the handlers wait for after on_request (a worker "
+                    "thread, a backend, a timer), not in the loop: time those waits, or answer "
+                    "sooner."
+                  : "The loop held these responses: see its other findings (slow_callback, "
+                    "loop_saturated, cpu_starved) and make the handlers faster.");
+}
+
 /* ---- diagnose ---- */
 
 static bool bad_fraction(double x) {
@@ -714,6 +756,7 @@ int crest_doctor_diagnose(const crest_insight_t *w, const crest_doctor_opts_t *o
     rule_network(&c, out);
     rule_fd_growth(&c, out);
     rule_pool_exhausted(&c, out);
+    rule_slow_response(&c, out);
 
     /* Most severe first; within a severity, in the order of the causes
      * (insertion sort: stable, ten at most). */

@@ -81,6 +81,8 @@ struct http_conn {
     bool deadline_extended;  /* the read timeout covers the body now */
     bool peer_eof;           /* the client shut down its side */
     uint8_t sflags;          /* S_*: the streamed response */
+    bool in_request;         /* inside on_request (an answer now is not
+                                deferred) */
     uint64_t dispatched_ns;  /* the loop's clock when x went to on_request */
     union {
         crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
@@ -366,9 +368,12 @@ static int respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head
                         const void *body, size_t body_len) {
     struct http_conn *hc = x->hc;
     crest_loop_t *loop = hc->srv->loop;
-    if (CREST__LIKELY(loop->ins.on) && hc->srv->counted)
-        crest__hist_record(&loop->ins.fig.http_response_time,
-                           crest__clock_ns() - hc->dispatched_ns);
+    if (CREST__LIKELY(loop->ins.on) && hc->srv->counted) {
+        uint64_t took = crest__clock_ns() - hc->dispatched_ns;
+        crest__hist_record(&loop->ins.fig.http_response_time, took);
+        if (!hc->in_request)
+            crest__hist_record(&loop->ins.fig.http_deferred_time, took);
+    }
     r->keep_alive_10 = x->http10 && x->keep_alive;
     int rc = write_response(hc, r, head_only, body, body_len);
     if (rc == -EMSGSIZE) { /* the caller's head did not fit: do not leave the client waiting */
@@ -677,7 +682,9 @@ static bool dispatch(struct http_conn *hc, const crest_http_request_t *req, cons
     s->stats.requests++;
     s->stats.pending++;
     static const uint8_t empty[1];
+    hc->in_request = true;
     s->on_request(x, req, body ? body : empty, body_len, s->ctx);
+    hc->in_request = false;
     if ((hc->sflags & S_ON) && crest_conn_state(hc->c) < CREST_CONN_CLOSING)
         stream_pump(hc, true); /* the first bytes go with this read's replies */
     if (crest_conn_state(hc->c) >= CREST_CONN_CLOSING) {

@@ -463,6 +463,7 @@ void crest_insight_window(crest_insight_t *out, const crest_insight_t *newer,
     DIFF(pool_leaks);
     HWIN(pool_acquire_wait);
     HWIN(http_response_time);
+    HWIN(http_deferred_time);
     DIFF(pool_exhausted_samples);
     /* The slow callbacks of the window only. */
     unsigned k = 0;
@@ -563,6 +564,7 @@ void crest_insight_add(crest_insight_t *dst, const crest_insight_t *src) {
     ADD(pool_leaks);
     HADD(pool_acquire_wait);
     HADD(http_response_time);
+    HADD(http_deferred_time);
     ADD(pool_exhausted_samples);
     ADD(pools);
     ADD(pool_active);

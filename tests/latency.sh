@@ -51,7 +51,7 @@ if [ "${1:-}" = --demo ]; then
 fi
 
 all_cases=(slow_callback loop_blocked accept_queue cpu_starved slow_reader
-    sndbuf_limited nagle fd_growth network healthy)
+    sndbuf_limited nagle fd_growth slow_response network healthy)
 
 # ----------------------------------------------------------------- helpers
 
@@ -339,6 +339,22 @@ case_fd_growth() {
     say "  $bench_line"
     stop_server
     check_named fd_growth --evidence-has "crest-echo fd-leak"
+}
+
+case_slow_response() {
+    say "== slow_response: an HTTP handler that waits 150 ms on a backend (a timer stands in)"
+    local srv=(-q) load=(-k -n 120 -c 8)
+    cmd "crest-http --doctor 1 ${srv[*]}"
+    cmd "ab ${load[*]} http://127.0.0.1:8080/delay/150"
+    if ! command -v ab >/dev/null; then
+        result SKIP "ab (apache2-utils) is not installed"
+        return
+    fi
+    start_server crest-http "${srv[@]}" || { result FAIL "server did not start"; return; }
+    ab "${load[@]}" "http://127.0.0.1:$port/delay/150" >"$work/$case.ab" 2>&1
+    say "  ab: $(grep -E '^(Complete|Failed) requests' "$work/$case.ab" | tr -s ' ' | paste -sd ';' -)"
+    stop_server
+    check_named slow_response --evidence-has "the wait was outside the loop"
 }
 
 case_network() {

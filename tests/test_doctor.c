@@ -700,6 +700,54 @@ static void test_pool_exhausted(void **state) {
     free(w);
 }
 
+/* slow_response: the p99 HTTP response time over the threshold, and
+ * where the slow ones waited: after on_request (a backend) or inside it
+ * (the loop held them). */
+static void test_slow_response(void **state) {
+    (void)state;
+    crest_diagnosis_t dx;
+    crest_insight_t *w = healthy();
+    /* Fast responses, a few slow ones under 1%: nothing to say. */
+    crest_hist_record_n(&w->http_response_time, US(80), 5000);
+    crest_hist_record_n(&w->http_response_time, MS(300), 40);
+    crest_hist_record_n(&w->http_deferred_time, MS(300), 40);
+    expect_none(w, &dx);
+    assert_true(dx.http_response_p99_ns > 0 && dx.http_response_p99_ns < MS(1));
+    /* 2% at 300 ms, all answered after on_request: the backend's time. */
+    crest_hist_record_n(&w->http_response_time, MS(300), 60);
+    crest_hist_record_n(&w->http_deferred_time, MS(300), 60);
+    const crest_finding_t *f =
+        expect_one(w, CREST_CAUSE_SLOW_RESPONSE, CREST_SEVERITY_WARNING, &dx);
+    assert_true(dx.http_response_p99_ns >= MS(290));
+    assert_non_null(strstr(f->evidence, "over 5,100 responses"));
+    assert_non_null(strstr(f->evidence, "100 of them 100 ms or longer, 100 answered after"));
+    assert_non_null(strstr(f->evidence, "(the wait was outside the loop)"));
+    assert_non_null(strstr(f->advice, "what the handlers wait for"));
+    /* The threshold is the caller's: a long-poll server raises it. */
+    crest_doctor_opts_t o;
+    crest_doctor_opts_init(&o);
+    o.http_response_p99_ms = 500;
+    assert_int_equal(crest_doctor_diagnose(w, &o, &dx), 0);
+    assert_int_equal(dx.n, 0);
+    free(w);
+
+    /* Slow ones answered inside on_request: the loop held them. */
+    w = healthy();
+    crest_hist_record_n(&w->http_response_time, US(80), 1000);
+    crest_hist_record_n(&w->http_response_time, S(2), 30);
+    crest_hist_record_n(&w->http_deferred_time, S(2), 5);
+    f = expect_one(w, CREST_CAUSE_SLOW_RESPONSE, CREST_SEVERITY_CRITICAL, &dx);
+    assert_non_null(strstr(f->evidence, "30 of them 100 ms or longer, 5 answered after"));
+    assert_non_null(strstr(f->evidence, "(the loop held them)"));
+    assert_non_null(strstr(f->advice, "The loop held these responses"));
+    /* Too few responses to judge. */
+    crest_doctor_opts_init(&o);
+    o.http_responses_min = 2000;
+    assert_int_equal(crest_doctor_diagnose(w, &o, &dx), 0);
+    assert_int_equal(dx.n, 0);
+    free(w);
+}
+
 static void test_order_and_lines(void **state) {
     (void)state;
     crest_diagnosis_t dx;
@@ -911,6 +959,7 @@ int main(void) {
         cmocka_unit_test(test_network_recorded),
         cmocka_unit_test(test_fd_growth),
         cmocka_unit_test(test_pool_exhausted),
+        cmocka_unit_test(test_slow_response),
         cmocka_unit_test(test_order_and_lines),
         cmocka_unit_test(test_edges),
         cmocka_unit_test(test_slow_callback_explained_by_preemption),

@@ -246,6 +246,9 @@ static void answer_later(crest_timer_t *t, void *arg) {
     a->nlater = 0;
 }
 
+/* The listener's options for the next app_start (NULL: the defaults). */
+static const crest_listen_opts_t *app_listen_opts;
+
 static void app_start_opts(struct app *a, crest_http_server_opts_t *o) {
     memset(a, 0, sizeof *a);
     a->loop = tu_loop();
@@ -253,7 +256,7 @@ static void app_start_opts(struct app *a, crest_http_server_opts_t *o) {
     o->server = "crest-test";
     assert_int_equal(crest_http_server_create(a->loop, o, on_request, a, &a->srv), 0);
     crest_listener_t *l;
-    assert_int_equal(crest_http_server_listen(a->srv, "127.0.0.1:0", NULL, &l), 0);
+    assert_int_equal(crest_http_server_listen(a->srv, "127.0.0.1:0", app_listen_opts, &l), 0);
     snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", crest_listener_port(l));
     assert_int_equal(crest_timer_create(a->loop, answer_later, a, &a->timer), 0);
     assert_int_equal(crest_timer_create(a->loop, resume_later, a, &a->resume_timer), 0);
@@ -796,6 +799,7 @@ static void test_response_time(void **state) {
     assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
     assert_int_equal(ins->http_response_time.count, 1);
     assert_true(ins->http_response_time.max < 20000000u);
+    assert_int_equal(ins->http_deferred_time.count, 0); /* answered in on_request */
     uint64_t t0 = tu_mono_ns();
     client_get_body(&a, &cl, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n", "later");
     uint64_t took = tu_mono_ns() - t0;
@@ -803,6 +807,8 @@ static void test_response_time(void **state) {
     assert_int_equal(ins->http_response_time.count, 2);
     assert_true(ins->http_response_time.max >= 19000000u); /* the timer's 20 ms, its ms clock */
     assert_true(ins->http_response_time.max <= took);
+    assert_int_equal(ins->http_deferred_time.count, 1); /* answered from a timer */
+    assert_true(ins->http_deferred_time.min >= 19000000u);
 
     admin_healthz(&a);
     assert_int_equal(crest_loop_get_insight(a.loop, ins), 0);
@@ -1106,7 +1112,15 @@ static void assert_head_has(const char *head, const char *s) {
 static void test_stream_slow_reader(void **state) {
     (void)state;
     struct app a;
+    /* A send buffer of its own: autotuned, one on loopback grows to
+     * tcp_wmem's most (4 MiB here) at once, and would take the whole
+     * stream without the server ever waiting. */
+    crest_listen_opts_t lo;
+    crest_listen_opts_init(&lo);
+    lo.conn.sndbuf = 65536;
+    app_listen_opts = &lo;
     app_start(&a);
+    app_listen_opts = NULL;
     uint64_t total = (4u << 20) + 12345;
     struct client cl;
     client_open(&cl, &a);

@@ -8,6 +8,7 @@
  * text line begins with and the JSON "cause" carries):
  *   slow_callback loop_blocked loop_saturated cpu_starved accept_queue
  *   slow_reader sndbuf_limited nagle network fd_growth pool_exhausted
+ *   slow_response
  * A window with nothing wrong has no finding, and says so ("no latency
  * problem found") with the headline figures.
  *
@@ -41,6 +42,7 @@ typedef enum crest_cause {
     CREST_CAUSE_NETWORK,
     CREST_CAUSE_FD_GROWTH,
     CREST_CAUSE_POOL_EXHAUSTED,
+    CREST_CAUSE_SLOW_RESPONSE,
     CREST_CAUSE_COUNT
 } crest_cause_t;
 
@@ -126,6 +128,12 @@ typedef struct crest_doctor_opts {
                                         least (default 0.001: they reach
                                         the p99.9 iteration; 0 reports
                                         every one) */
+    uint32_t http_response_p99_ms;   /* slow_response: p99 HTTP response
+                                        time (insight.h) at least this
+                                        (default 100; 0 means 100; a
+                                        long-poll server raises it) ... */
+    uint32_t http_responses_min;     /* ... over at least this many
+                                        responses (default 20) */
 } crest_doctor_opts_t;
 
 /* The defaults above.  Any thread. */

@@ -253,6 +253,11 @@ typedef struct crest_insight {
      * (a post from a worker thread, a timer, a backend); not the time
      * the bytes sat in the kernel (rx_dwell) nor the body's sending. */
     crest_hist_t http_response_time; /* ns */
+    crest_hist_t http_deferred_time; /* ... of the responses written after
+                                        their request's on_request returned
+                                        (from a timer, a post, a backend's
+                                        answer): what the handlers waited
+                                        for, not the loop */
 
     /* fd growth (process-wide; see crest_fd_origins in fdreg.h) */
     uint64_t fds_open;           /* registered fds open at the sample */
