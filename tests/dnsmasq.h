@@ -7,6 +7,7 @@
 #define CREST_TEST_DNSMASQ_H
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -77,7 +78,34 @@ static bool udp_port_bound(uint16_t port)
     return found;
 }
 
-/* Start dnsmasq; 0 when it listens (its UDP port is bound), -1 if not. */
+/* Does a DNS server answer on 127.0.0.1:port?  One query for
+ * probe.test (A), 200 ms for a reply with its id: the port being bound
+ * is not enough, since another test's socket may hold it (it took the
+ * port between our probe and dnsmasq's bind, and dnsmasq then exited). */
+static bool dns_answers(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    static const unsigned char query[] = {
+        0xc3, 0x57, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* header */
+        5, 'p', 'r', 'o', 'b', 'e', 4, 't', 'e', 's', 't', 0, 0x00, 0x01, 0x00, 0x01};
+    bool ok = false;
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
+        send(fd, query, sizeof(query), 0) == (ssize_t)sizeof(query)) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        unsigned char reply[512];
+        if (poll(&pfd, 1, 200) == 1) {
+            ssize_t n = recv(fd, reply, sizeof(reply), 0);
+            ok = n >= 12 && reply[0] == query[0] && reply[1] == query[1] && (reply[2] & 0x80);
+        }
+    }
+    close(fd);
+    return ok;
+}
+
+/* Start dnsmasq; 0 when it answers on its port, -1 if not. */
 static int dns_start_once(const char *const *records)
 {
     uint16_t port = 0;
@@ -111,9 +139,13 @@ static int dns_start_once(const char *const *records)
     dns_pid = pid;
     snprintf(dns_servers, sizeof(dns_servers), "127.0.0.1:%u", port);
     for (int i = 0; i < 1000; i++) { /* bounded: 10 s */
-        if (udp_port_bound(port)) return 0;
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) { /* it could not bind */
             dns_pid = -1;
+            return -1;
+        }
+        if (udp_port_bound(port)) {
+            for (int q = 0; q < 10; q++) /* 2 s for a first answer */
+                if (dns_answers(port)) return 0;
             return -1;
         }
         tu_sleep_ms(10);
