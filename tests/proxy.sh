@@ -245,8 +245,10 @@ stop_pid "$pe" pv2echo 10
 # ---- warm pooled connections, a backend by name (dnsmasq) ---------------------
 dnsmasq=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
 if [ -n "$dnsmasq" ]; then
-    # dnsmasq on a free port, seen bound in /proc/net/udp; another start
-    # on a new port if it lost the port to someone else.
+    # dnsmasq on a free port, seen bound in /proc/net/udp and answering a
+    # query (the port bound is not enough: another test's socket may have
+    # taken it before dnsmasq, which then exits); another start on a new
+    # port if it lost the port to someone else.
     dpid=
     for _ in 1 2 3 4 5; do
         dport=$("$py" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -260,7 +262,22 @@ if [ -n "$dnsmasq" ]; then
             kill -0 "$dpid" 2>/dev/null || break
             sleep 0.1
         done
-        grep -q "$hex" /proc/net/udp && kill -0 "$dpid" 2>/dev/null && break
+        grep -q "$hex" /proc/net/udp && kill -0 "$dpid" 2>/dev/null &&
+            "$py" - "$dport" <<'PY' && break
+import socket, sys
+q = bytes.fromhex("c357010000010000000000000570726f6265047465737400" "00010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+for _ in range(4):
+    s.send(q)
+    try:
+        r = s.recv(512)
+    except OSError:
+        continue
+    sys.exit(0 if r[:2] == q[:2] and r[2] & 0x80 else 1)
+sys.exit(1)
+PY
         stop_pid "$dpid" dnsmasq 5; dpid=
     done
     pids+=("$dpid")
