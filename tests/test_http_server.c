@@ -277,6 +277,38 @@ static void app_finish(struct app *a) {
     tu_finish_conns(a->loop);
 }
 
+/* ---- allocations: the library is linked in whole (libcrest_test), so
+ * -Wl,--wrap (Makefile.am) routes its calls through these ------------------ */
+
+static bool alloc_counting;
+static unsigned long alloc_calls;
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+char *__real_strdup(const char *s);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+char *__wrap_strdup(const char *s);
+
+void *__wrap_malloc(size_t n) {
+    alloc_calls += alloc_counting;
+    return __real_malloc(n);
+}
+void *__wrap_calloc(size_t k, size_t n) {
+    alloc_calls += alloc_counting;
+    return __real_calloc(k, n);
+}
+void *__wrap_realloc(void *p, size_t n) {
+    alloc_calls += alloc_counting;
+    return __real_realloc(p, n);
+}
+char *__wrap_strdup(const char *s) {
+    alloc_calls += alloc_counting;
+    return __real_strdup(s);
+}
+
 /* ---- the client: raw sockets, responses parsed here ------------------------ */
 
 struct client {
@@ -714,6 +746,49 @@ static void admin_healthz(struct app *a) {
     client_expect_body(&b, &cl, "ok\n");
     client_close(&cl);
     crest_admin_stop(admin);
+}
+
+/* No allocation per request in the common case (http.h): requests whole
+ * in the read buffer, a Content-Length body, pipelined ones, answered from
+ * on_request; after a warm-up (the buffers, the first Date line), 600
+ * requests make no malloc, calloc, realloc or strdup call in crest. */
+static void test_no_allocation_per_request(void **state) {
+    (void)state;
+    struct app a;
+    struct client cl;
+    app_open(&a, &cl);
+    static const char get[] = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char post[] = "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    static char four[4 * sizeof get];
+    snprintf(four, sizeof four, "%s%s%s%s", get, get, get, get);
+    for (int i = 0; i < 20; i++) { /* warm-up */
+        client_get_body(&a, &cl, get, "target=/x");
+        client_get_body(&a, &cl, post, "body=hello");
+    }
+    unsigned long requests = a.requests;
+    alloc_calls = 0;
+    alloc_counting = true;
+    for (int i = 0; i < 100; i++) {
+        client_get_body(&a, &cl, get, "target=/x");
+        client_get_body(&a, &cl, post, "body=hello");
+        SEND(&a, &cl, four);
+        for (int k = 0; k < 4; k++)
+            client_expect_body(&a, &cl, "target=/x");
+    }
+    alloc_counting = false;
+    assert_int_equal(a.requests - requests, 600);
+    if (alloc_calls)
+        fail_msg("%lu allocations in crest for 600 requests", alloc_calls);
+    /* The counter counts: a new connection allocates. */
+    struct client cl2;
+    alloc_counting = true;
+    client_open(&cl2, &a);
+    client_get_body(&a, &cl2, get, "target=/x");
+    alloc_counting = false;
+    assert_true(alloc_calls > 0);
+    client_close(&cl2);
+    client_close(&cl);
+    app_finish(&a);
 }
 
 /* crest_http_loop_stats(): the sum of the loop's servers, a freed
@@ -1549,6 +1624,7 @@ int main(void) {
         tu_test(test_cancel),
         tu_test(test_destroy_pending),
         tu_test(test_loop_stats),
+        tu_test(test_no_allocation_per_request),
         tu_test(test_response_time),
         tu_test(test_header_timeout),
         tu_test(test_body_and_keepalive_timeouts),
