@@ -16,7 +16,7 @@
  * it stay in the input buffer, and are answered in order once reading
  * resumes.  A streamed response (crest_http_respond_stream()) is such an
  * answer: the exchange waits, reading paused, until its body has ended;
- * the pull loop is under "streamed responses". */
+ * the pull loop is in http_stream.c. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,93 +28,8 @@
 #include "crest/http.h"
 #include "crest/log.h"
 #include "http_int.h"
+#include "http_server_int.h"
 #include "internal.h"
-
-enum http_conn_state {
-    HC_HEAD = 0, /* waiting for a request head */
-    HC_BODY,     /* head whole (head_len), waiting for its body */
-    HC_WAITING   /* on_request returned without a response: paused */
-};
-
-struct crest_http_exchange {
-    struct http_conn *hc;
-    void *data;
-    crest_http_method_t method;
-    bool active;      /* on_request has it, no response yet */
-    bool keep_alive;  /* the request allows another after it */
-    bool http10;
-};
-
-/* A streamed response (crest_http_respond_stream()): the body callback,
- * and where the stream stands.  It lives where the body scanner's state
- * does: a connection streams a response only between two requests'
- * bodies (reading is paused meanwhile). */
-struct stream {
-    crest_http_body_cb body;
-    void *ctx;
-    uint64_t left; /* bytes still due, or CREST_HTTP_LENGTH_UNKNOWN */
-    struct http_conn *rprev, *rnext; /* the server's ready streams */
-};
-
-/* http_conn.sflags */
-enum {
-    S_ON = 1u << 0,      /* a streamed response is being written */
-    S_CHUNKED = 1u << 1, /* ... chunked (else by length, or by the close) */
-    S_CLOSE = 1u << 2,   /* close once it has all gone */
-    S_WAIT = 1u << 3,    /* the body said CREST_HTTP_BODY_WAIT */
-    S_RESUMED = 1u << 4, /* crest_http_stream_resume() during the body call */
-    S_READY = 1u << 5    /* on the server's ready or running list */
-};
-
-struct http_conn {
-    crest_conn_t *c;
-    crest_http_server_t *srv;
-    struct http_conn *prev, *next; /* the server's connections */
-    crest_http_exchange_t x;
-    uint32_t scanned;        /* HC_HEAD: bytes searched for a line end */
-    uint32_t head_len;       /* HC_BODY: the head's length */
-    uint64_t content_length; /* HC_BODY: Content-Length */
-    uint8_t state;           /* enum http_conn_state */
-    bool chunked;            /* HC_BODY: the body is chunked */
-    bool expect_continue;    /* HC_BODY: 100 Continue is due */
-    bool continue_sent;
-    bool deadline_extended;  /* the read timeout covers the body now */
-    bool peer_eof;           /* the client shut down its side */
-    uint8_t sflags;          /* S_*: the streamed response */
-    bool in_request;         /* inside on_request (an answer now is not
-                                deferred) */
-    uint64_t dispatched_ns;  /* the loop's clock when x went to on_request */
-    union {
-        crest_http_chunked_t chunk; /* HC_BODY, chunked: the scan so far */
-        struct stream st;           /* S_ON */
-    } u;
-};
-
-struct crest_http_server {
-    crest_loop_t *loop;
-    crest_http_server_opts_t opts; /* limits normalised */
-    size_t head_max;               /* crest_http_head_max() */
-    crest_http_request_cb on_request;
-    void *ctx;
-    crest_handler_t handler;
-    crest_listener_t **listeners;
-    unsigned nlisteners;
-    struct http_conn *conns;       /* open connections */
-    unsigned nconns;
-    bool destroyed;                /* freed when the last connection goes */
-    crest_http_server_stats_t stats;
-    uint8_t *scratch;              /* CREST_HTTP_STREAM_CHUNK bytes for
-                                      streamed bodies (on first use) */
-    struct http_conn *ready;       /* streams to continue next iteration */
-    struct http_conn *running;     /* ... being continued now */
-    bool defer_pending;            /* stream_continue() is deferred */
-    uint64_t date_sec;             /* loop clock second of date[] */
-    char date[48];                 /* "Date: Fri, 04 Dec 2026 19:10:20 GMT\r\n" */
-    size_t date_len;
-    size_t server_len;             /* strlen(opts.server) */
-    bool counted;                  /* on the loop's list (not the admin's) */
-    struct crest_http_server *prev, *next; /* the loop's list */
-};
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -217,7 +132,7 @@ static bool has_crlf(crest_http_str_t s) {
     return s.len && (memchr(s.ptr, '\r', s.len) || memchr(s.ptr, '\n', s.len));
 }
 
-static bool bodyless_status(int status) {
+bool crest__http_bodyless_status(int status) {
     return status < 200 || status == 204 || status == 304;
 }
 
@@ -226,15 +141,6 @@ static bool bodyless_status(int status) {
 /* What a response's head says.  length: the Content-Length, or
  * CREST_HTTP_LENGTH_UNKNOWN for a streamed body of unknown length
  * (chunked: Transfer-Encoding: chunked; else delimited by the close). */
-struct resp_head {
-    int status;
-    const crest_http_header_t *headers;
-    size_t header_count;
-    uint64_t length;
-    bool chunked;
-    bool close_after;   /* "Connection: close" (the caller closes) */
-    bool keep_alive_10; /* an HTTP/1.0 request that asked for keep-alive */
-};
 
 /* Build the head in w (w->over if it does not fit). */
 /* v in decimal at dst (20 bytes at most); its length.  The head is built
@@ -269,7 +175,7 @@ static void build_head(crest_http_server_t *s, const struct resp_head *r, struct
         hw_put(w, s->opts.server, s->server_len);
         hw_put(w, "\r\n", 2);
     }
-    if (!bodyless_status(r->status)) {
+    if (!crest__http_bodyless_status(r->status)) {
         if (r->length != CREST_HTTP_LENGTH_UNKNOWN) {
             memcpy(line, "Content-Length: ", 16);
             n = 16 + put_u64(line + 16, r->length);
@@ -305,7 +211,7 @@ static int write_response(struct http_conn *hc, const struct resp_head *r, bool 
     if (w.over)
         return -EMSGSIZE;
     struct iovec iov[2] = {{buf, w.len}, {(void *)(uintptr_t)body, body_len}};
-    int iovcnt = (head_only || bodyless_status(r->status) || body_len == 0) ? 1 : 2;
+    int iovcnt = (head_only || crest__http_bodyless_status(r->status) || body_len == 0) ? 1 : 2;
     int rc = crest_conn_writev(hc->c, iov, iovcnt);
     unsigned cls = (unsigned)r->status / 100;
     s->stats.responses[cls <= 5 ? cls : 0]++;
@@ -331,7 +237,7 @@ static void refuse(struct http_conn *hc, int status, const char *reason) {
 }
 
 /* May x be answered with this status and these headers? */
-static bool response_ok(const crest_http_exchange_t *x, int status,
+bool crest__http_response_ok(const crest_http_exchange_t *x, int status,
                         const crest_http_header_t *headers, size_t header_count) {
     if (!x || !x->active || (x->hc->sflags & S_ON) || status < 100 || status > 999)
         return false;
@@ -343,7 +249,7 @@ static bool response_ok(const crest_http_exchange_t *x, int status,
 
 /* The exchange is over (its response written, or given up): the
  * connection reads the requests behind it, or closes if close. */
-static void exchange_end(struct http_conn *hc, bool close) {
+void crest__http_exchange_end(struct http_conn *hc, bool close) {
     crest_http_server_t *s = hc->srv;
     bool was_waiting = hc->state == HC_WAITING;
     hc->x.active = false;
@@ -364,7 +270,7 @@ static void exchange_end(struct http_conn *hc, bool close) {
 }
 
 /* The head of x's response (and its 500 if the caller's did not fit). */
-static int respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head_only,
+int crest__http_respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head_only,
                         const void *body, size_t body_len) {
     struct http_conn *hc = x->hc;
     crest_loop_t *loop = hc->srv->loop;
@@ -386,236 +292,15 @@ static int respond_head(crest_http_exchange_t *x, struct resp_head *r, bool head
 static int respond(crest_http_exchange_t *x, int status, bool force_close,
                    const crest_http_header_t *headers, size_t header_count, const void *body,
                    size_t body_len) {
-    if (!response_ok(x, status, headers, header_count) || (body_len && !body))
+    if (!crest__http_response_ok(x, status, headers, header_count) || (body_len && !body))
         return -EINVAL;
     struct http_conn *hc = x->hc;
     bool close_after = force_close || !x->keep_alive || hc->peer_eof;
     struct resp_head r = {.status = status, .headers = headers, .header_count = header_count,
                           .length = body_len, .close_after = close_after};
-    int rc = respond_head(x, &r, x->method == CREST_HTTP_HEAD, body, body_len);
-    exchange_end(hc, rc < 0 || close_after);
+    int rc = crest__http_respond_head(x, &r, x->method == CREST_HTTP_HEAD, body, body_len);
+    crest__http_exchange_end(hc, rc < 0 || close_after);
     return rc;
-}
-
-/* ---- streamed responses ---------------------------------------------------
- *
- * The pull loop: fill the server's scratch buffer from the body callback,
- * write it, and go on while the socket takes everything (nothing left
- * queued) and the turn's budget lasts.  Output left queued stops it until
- * on_flushed; a spent turn, or crest_http_stream_resume(), puts the stream
- * on the server's ready list, served by one deferred stream_continue() per
- * iteration (a defer cannot be taken back: the list is what a closing
- * connection leaves, not the defer). */
-
-static void server_free(crest_http_server_t *s);
-static void stream_continue(crest_loop_t *loop, void *arg);
-
-static void ready_unlink(struct http_conn *hc) {
-    if (!(hc->sflags & S_READY))
-        return;
-    crest_http_server_t *s = hc->srv;
-    struct stream *st = &hc->u.st;
-    if (st->rprev)
-        st->rprev->u.st.rnext = st->rnext;
-    else if (s->ready == hc)
-        s->ready = st->rnext;
-    else if (s->running == hc)
-        s->running = st->rnext;
-    if (st->rnext)
-        st->rnext->u.st.rprev = st->rprev;
-    st->rprev = st->rnext = NULL;
-    hc->sflags &= (uint8_t)~S_READY;
-}
-
-/* Continue hc's stream on the next iteration. */
-static void stream_later(struct http_conn *hc) {
-    if (hc->sflags & S_READY)
-        return;
-    crest_http_server_t *s = hc->srv;
-    if (!s->defer_pending) {
-        int rc = crest_loop_defer(s->loop, stream_continue, s);
-        if (rc < 0) { /* the stream cannot go on: on_close cancels it */
-            crest_conn_fail(hc->c, rc == -ESHUTDOWN ? CREST_CLOSE_SHUTDOWN : CREST_CLOSE_NO_MEMORY,
-                            "http: a streamed response cannot continue: %s", crest_strerror(rc));
-            return;
-        }
-        s->defer_pending = true;
-    }
-    struct stream *st = &hc->u.st;
-    st->rprev = NULL;
-    st->rnext = s->ready;
-    if (s->ready)
-        s->ready->u.st.rprev = hc;
-    s->ready = hc;
-    hc->sflags |= S_READY;
-}
-
-/* The stream is no more (its end written, given up, or cancelled): the
- * room goes back to the body scanner. */
-static void stream_clear(struct http_conn *hc) {
-    ready_unlink(hc);
-    hc->sflags = 0;
-    memset(&hc->u, 0, sizeof hc->u);
-}
-
-/* The body's end: the last-chunk, then the exchange is over. */
-static void stream_finish(struct http_conn *hc) {
-    int rc = 0;
-    if (hc->sflags & S_CHUNKED) {
-        static const char last[] = "0\r\n\r\n";
-        rc = crest_conn_write(hc->c, last, sizeof last - 1);
-    }
-    bool close = (hc->sflags & S_CLOSE) || hc->peer_eof || rc < 0;
-    stream_clear(hc);
-    exchange_end(hc, close);
-}
-
-/* The body failed (n < 0), ended short of its Content-Length (n == 0), or
- * said more than it was asked for: the client cannot be told in the
- * middle of a body, so the connection closes.  The exchange ends here,
- * without on_cancel: the application's own callback gave it up. */
-static void stream_fail(struct http_conn *hc, ssize_t n, size_t cap) {
-    if (n == 0)
-        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR,
-                        "http: streamed body ended %" PRIu64 " bytes short of its Content-Length",
-                        hc->u.st.left);
-    else if (n > 0)
-        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR,
-                        "http: streamed body returned %zd bytes, asked for %zu at most", n, cap);
-    else
-        crest_conn_fail(hc->c, CREST_CLOSE_PROTOCOL_ERROR, "http: streamed body failed: %s (%zd)",
-                        crest_strerror((int)n), n);
-    stream_clear(hc);
-    exchange_end(hc, true);
-}
-
-/* One piece of the body: as is, or as a chunk (size line, data, CRLF). */
-static int stream_write(struct http_conn *hc, const uint8_t *data, size_t n) {
-    if (!(hc->sflags & S_CHUNKED))
-        return crest_conn_write(hc->c, data, n);
-    char line[24];
-    int len = snprintf(line, sizeof line, "%zx\r\n", n);
-    struct iovec iov[3] = {{line, (size_t)len}, {(void *)data, n}, {(void *)"\r\n", 2}};
-    return crest_conn_writev(hc->c, iov, 3);
-}
-
-/* Ask the body for more while the socket takes it all and the turn lasts.
- * gathering: called from on_data, whose writes wait in the loop's gather
- * buffer until it returns and may then leave whole, with no on_flushed to
- * say so: look again on the next iteration. */
-static void stream_pump(struct http_conn *hc, bool gathering) {
-    crest_http_server_t *s = hc->srv;
-    crest_conn_t *c = hc->c;
-    struct stream *st = &hc->u.st;
-    size_t turn = 0;
-    while ((hc->sflags & (S_ON | S_WAIT)) == S_ON) {
-        if (crest_conn_state(c) >= CREST_CONN_CLOSING)
-            return; /* on_close cancels the exchange */
-        if (crest_conn_output_bytes(c) > 0) { /* the client reads slower: on_flushed */
-            if (gathering)
-                stream_later(hc);
-            return;
-        }
-        if (turn >= CREST_HTTP_STREAM_TURN) { /* let the loop serve the others */
-            stream_later(hc);
-            return;
-        }
-        if (!s->scratch && !(s->scratch = malloc(CREST_HTTP_STREAM_CHUNK))) {
-            crest_conn_fail(c, CREST_CLOSE_NO_MEMORY, "http: no memory for a streamed body");
-            return;
-        }
-        size_t cap = CREST_HTTP_STREAM_CHUNK;
-        if (st->left < cap)
-            cap = (size_t)st->left;
-        hc->sflags &= (uint8_t)~S_RESUMED;
-        ssize_t n = st->body(&hc->x, s->scratch, cap, st->ctx);
-        if (!(hc->sflags & S_ON) || crest_conn_state(c) >= CREST_CONN_CLOSING)
-            return; /* the body closed its connection (or the server) */
-        if (n == CREST_HTTP_BODY_WAIT) {
-            if (hc->sflags & S_RESUMED) /* resumed before it said wait */
-                stream_later(hc);
-            else
-                hc->sflags |= S_WAIT;
-            return;
-        }
-        if (n == 0 && st->left == CREST_HTTP_LENGTH_UNKNOWN) {
-            stream_finish(hc);
-            return;
-        }
-        if (n <= 0 || (size_t)n > cap) {
-            stream_fail(hc, n, cap);
-            return;
-        }
-        int rc = stream_write(hc, s->scratch, (size_t)n);
-        if (rc < 0) {
-            if (crest_conn_state(c) < CREST_CONN_CLOSING) /* refused, not failed */
-                crest_conn_fail(c, CREST_CLOSE_IO_ERROR, "http: streamed body: write: %s",
-                                crest_strerror(rc));
-            return; /* on_close cancels the exchange */
-        }
-        turn += (size_t)n;
-        if (st->left != CREST_HTTP_LENGTH_UNKNOWN && (st->left -= (uint64_t)n) == 0) {
-            stream_finish(hc);
-            return;
-        }
-    }
-}
-
-/* The deferred continuation: one turn for each stream that was ready. */
-static void stream_continue(crest_loop_t *loop, void *arg) {
-    (void)loop;
-    crest_http_server_t *s = arg;
-    s->defer_pending = false;
-    s->running = s->ready; /* those made ready now wait for the next */
-    s->ready = NULL;
-    while (s->running) {
-        struct http_conn *hc = s->running;
-        ready_unlink(hc);
-        stream_pump(hc, false);
-    }
-    if (s->destroyed && s->nconns == 0)
-        server_free(s);
-}
-
-int crest_http_respond_stream(crest_http_exchange_t *x, int status,
-                              const crest_http_header_t *headers, size_t header_count,
-                              uint64_t content_length, crest_http_body_cb body, void *ctx) {
-    if (!body || !response_ok(x, status, headers, header_count))
-        return -EINVAL;
-    struct http_conn *hc = x->hc;
-    bool no_body = x->method == CREST_HTTP_HEAD || bodyless_status(status) || content_length == 0;
-    bool unknown = content_length == CREST_HTTP_LENGTH_UNKNOWN;
-    bool chunked = unknown && !x->http10;
-    /* HTTP/1.0 has no chunks: the close delimits the body. */
-    bool close_after = !x->keep_alive || hc->peer_eof || (unknown && !chunked && !no_body);
-    struct resp_head r = {.status = status, .headers = headers, .header_count = header_count,
-                          .length = content_length, .chunked = chunked,
-                          .close_after = close_after};
-    int rc = respond_head(x, &r, true, NULL, 0);
-    if (rc < 0 || no_body) {
-        exchange_end(hc, rc < 0 || close_after);
-        return rc;
-    }
-    hc->sflags = (uint8_t)(S_ON | (chunked ? S_CHUNKED : 0) | (close_after ? S_CLOSE : 0));
-    hc->u.st = (struct stream){.body = body, .ctx = ctx, .left = content_length};
-    /* Inside on_request, dispatch() pumps once it returns; later, the
-     * next iteration does (body never runs inside this call). */
-    if (hc->state == HC_WAITING)
-        stream_later(hc);
-    return 0;
-}
-
-int crest_http_stream_resume(crest_http_exchange_t *x) {
-    if (!x || !x->active || !(x->hc->sflags & S_ON))
-        return -EINVAL;
-    struct http_conn *hc = x->hc;
-    if (hc->sflags & S_WAIT) {
-        hc->sflags &= (uint8_t)~S_WAIT;
-        stream_later(hc);
-    } else {
-        hc->sflags |= S_RESUMED; /* a wait said after this asks again */
-    }
-    return 0;
 }
 
 int crest_http_respond(crest_http_exchange_t *x, int status, const crest_http_header_t *headers,
@@ -686,7 +371,7 @@ static bool dispatch(struct http_conn *hc, const crest_http_request_t *req, cons
     s->on_request(x, req, body ? body : empty, body_len, s->ctx);
     hc->in_request = false;
     if ((hc->sflags & S_ON) && crest_conn_state(hc->c) < CREST_CONN_CLOSING)
-        stream_pump(hc, true); /* the first bytes go with this read's replies */
+        crest__http_stream_pump(hc, true); /* the first bytes go with this read's replies */
     if (crest_conn_state(hc->c) >= CREST_CONN_CLOSING) {
         /* Closed by the application without a response (a stream cut
          * short is cancelled by on_close, as one the client cut). */
@@ -898,8 +583,8 @@ static void on_flushed(crest_conn_t *c) {
     struct http_conn *hc = crest_conn_get_data(c);
     if (!hc || (hc->sflags & (S_ON | S_WAIT)) != S_ON)
         return;
-    ready_unlink(hc); /* it goes on now, not next iteration */
-    stream_pump(hc, false);
+    crest__http_stream_unready(hc); /* it goes on now, not next iteration */
+    crest__http_stream_pump(hc, false);
 }
 
 /* Counters add up; the gauge (pending) is what is open now, so a freed
@@ -951,7 +636,7 @@ unsigned crest_http_loop_stats(const crest_loop_t *loop, crest_http_server_stats
     return loop->http_servers_made;
 }
 
-static void server_free(crest_http_server_t *s) {
+void crest__http_server_free(crest_http_server_t *s) {
     loop_unlink(s);
     free(s->scratch);
     free(s->listeners);
@@ -978,7 +663,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
                                        : s->opts.header_timeout_ms);
     }
     crest_conn_set_data(c, NULL);
-    stream_clear(hc); /* body is not called again */
+    crest__http_stream_clear(hc); /* body is not called again */
     if (hc->x.active) {
         hc->x.active = false;
         s->stats.pending--;
@@ -995,7 +680,7 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
     s->nconns--;
     free(hc);
     if (s->destroyed && s->nconns == 0 && !s->defer_pending)
-        server_free(s);
+        crest__http_server_free(s);
 }
 
 /* ---- the server ---------------------------------------------------------- */
@@ -1072,7 +757,7 @@ void crest_http_server_destroy(crest_http_server_t *s) {
     for (struct http_conn *hc = s->conns; hc; hc = hc->next)
         crest_conn_close(hc->c);
     if (s->nconns == 0 && !s->defer_pending) /* else the last of them frees it */
-        server_free(s);
+        crest__http_server_free(s);
 }
 
 void crest_http_server_get_stats(const crest_http_server_t *s, crest_http_server_stats_t *out) {
