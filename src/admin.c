@@ -461,12 +461,11 @@ int crest_admin_start(crest_loop_t *loop, const char *addr, const crest_admin_op
     a->group = o.group;
     a->start_time_s = (uint64_t)time(NULL);
     o.http.on_cancel = on_cancel;
-    rc = crest_http_server_create(loop, &o.http, on_request, a, &a->http);
+    rc = crest__http_server_create_uncounted(loop, &o.http, on_request, a, &a->http);
     if (rc < 0) {
         free(a);
         return rc;
     }
-    crest__http_server_uncounted(a->http);
     crest_listener_t *l;
     rc = crest_http_server_listen(a->http, addr, &o.listen, &l);
     if (rc < 0) {

@@ -10,8 +10,10 @@
  * (http.c). */
 extern const uint8_t crest__http_tchar[256];
 
-/* Leave server s out of its loop's crest_http_loop_stats(): the admin
- * endpoint's own server, right after it is created (http_server.c). */
-void crest__http_server_uncounted(crest_http_server_t *s);
+/* crest_http_server_create() for a server left out of its loop's
+ * crest_http_loop_stats(): the admin endpoint's own (http_server.c). */
+int crest__http_server_create_uncounted(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                                        crest_http_request_cb on_request, void *ctx,
+                                        crest_http_server_t **out);
 
 #endif

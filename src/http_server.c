@@ -616,14 +616,6 @@ static void loop_unlink(crest_http_server_t *s) {
     s->counted = false;
 }
 
-/* The admin endpoint's own server: its traffic is counted in the admin's
- * families, not the application's.  Called right after create, while its
- * counters are all zero. */
-void crest__http_server_uncounted(crest_http_server_t *s) {
-    loop_unlink(s);
-    s->loop->http_servers_made--;
-}
-
 unsigned crest_http_loop_stats(const crest_loop_t *loop, crest_http_server_stats_t *out) {
     if (!out)
         return 0;
@@ -685,9 +677,11 @@ static void on_close(crest_conn_t *c, crest_close_reason_t reason, int err) {
 
 /* ---- the server ---------------------------------------------------------- */
 
-int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t *opts,
-                             crest_http_request_cb on_request, void *ctx,
-                             crest_http_server_t **out) {
+/* counted: on the loop's list, in crest_http_loop_stats() (every server
+ * but the admin endpoint's, whose traffic has its own families). */
+static int server_create(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                         crest_http_request_cb on_request, void *ctx, bool counted,
+                         crest_http_server_t **out) {
     if (!loop || !on_request || !out)
         return -EINVAL;
     crest_http_server_t *s = calloc(1, sizeof *s);
@@ -713,14 +707,28 @@ int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t 
     s->handler.on_close = on_close;
     s->handler.on_flushed = on_flushed;
     s->handler.name = s->opts.name;
-    s->counted = true;
-    s->next = loop->http_servers;
-    if (s->next)
-        s->next->prev = s;
-    loop->http_servers = s;
-    loop->http_servers_made++;
+    if (counted) {
+        s->counted = true;
+        s->next = loop->http_servers;
+        if (s->next)
+            s->next->prev = s;
+        loop->http_servers = s;
+        loop->http_servers_made++;
+    }
     *out = s;
     return 0;
+}
+
+int crest_http_server_create(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                             crest_http_request_cb on_request, void *ctx,
+                             crest_http_server_t **out) {
+    return server_create(loop, opts, on_request, ctx, true, out);
+}
+
+int crest__http_server_create_uncounted(crest_loop_t *loop, const crest_http_server_opts_t *opts,
+                                        crest_http_request_cb on_request, void *ctx,
+                                        crest_http_server_t **out) {
+    return server_create(loop, opts, on_request, ctx, false, out);
 }
 
 int crest_http_server_listen(crest_http_server_t *s, const char *addr,
